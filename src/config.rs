@@ -1,0 +1,1118 @@
+//! Configuration: TOML as written -> validated -> typed [`Config`].
+//!
+//! Owns parsing, defaults and every check that can be made before a port is bound: unknown keys,
+//! addresses, paths, limits, certificates (loaded here through [`crate::tls`]). It does not bind,
+//! connect or serve anything. Every error names the key and, where the TOML parser knows it, the line.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::origin::Origin;
+
+/// Default largest message payload, in bytes (`max_message_size`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+/// Default largest frame payload, in bytes (`max_frame_size`).
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = 1024 * 1024;
+/// Default largest number of frames in one message (`max_fragments`).
+pub const DEFAULT_MAX_FRAGMENTS: u64 = 65_536;
+/// Default idle timeout: no traffic either way for this long closes the session with 1001.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+/// Default deadline from TCP accept to a complete request head, TLS handshake included.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Default deadline for connecting to a backend.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// Default deadline for the closing handshake (and for draining the backend after a client Close).
+pub const DEFAULT_CLOSE_TIMEOUT_SECS: u64 = 5;
+/// Default bound on the request head (request line and headers), in bytes.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Default bound on the number of request headers.
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// Default greeting of the `greeter` demo backend.
+pub const DEFAULT_DEMO_GREETING: &str = "world";
+/// Default index file of the static directory.
+pub const DEFAULT_STATIC_INDEX: &str = "index.html";
+
+/// Smallest request head bound we accept; below this even ordinary browsers fail.
+const MIN_HEADER_BYTES: usize = 1024;
+/// Largest message bound we accept (the length-prefixed envelope carries a u32 length).
+const MAX_MESSAGE_BYTES_CEILING: u64 = u32::MAX as u64;
+
+/// A configuration error: what is wrong, and where.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file, when the error came from one.
+    pub file: Option<PathBuf>,
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    /// The key, e.g. `route[0].backend`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}", file.display())?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
+            write!(f, ": ")?;
+        } else if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How messages become bytes on the backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Framing {
+    /// Payloads as a byte stream both ways; backend bytes reach the client as binary messages.
+    Raw,
+    /// One text message per `\n`-terminated line.
+    Lines,
+    /// `[type u8][length u32 BE][payload]` envelopes both ways.
+    LengthPrefixed,
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Framing::Raw => "raw",
+            Framing::Lines => "lines",
+            Framing::LengthPrefixed => "length-prefixed",
+        })
+    }
+}
+
+/// Where a route's backend lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    /// `host:port`; the host may be a name, resolved at each connect.
+    Tcp { host: String, port: u16 },
+    /// `unix:/path/to/socket`.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            BackendAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            BackendAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Limits that apply per session; global in `[limits]`, overridable per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub max_message_size: u64,
+    pub max_frame_size: u64,
+    pub max_fragments: u64,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub close_timeout: Duration,
+}
+
+/// Limits that apply before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub handshake_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// One `[[route]]`, validated.
+#[derive(Debug)]
+pub struct Route {
+    /// Index in the file, for messages.
+    pub index: usize,
+    pub path: String,
+    pub backend: BackendAddr,
+    pub framing: Framing,
+    /// `None` = any Origin (or none) accepted.
+    pub allowed_origins: Option<Vec<Origin>>,
+    /// Subprotocols the route may select, in preference order.
+    pub subprotocols: Vec<String>,
+    pub limits: SessionLimits,
+}
+
+/// One `[[listener]]`, validated, with its TLS configuration loaded.
+#[derive(Clone)]
+pub struct Listener {
+    pub bind: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificate file, for the summary.
+    pub tls_cert: Option<PathBuf>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("bind", &self.bind)
+            .field("tls_cert", &self.tls_cert)
+            .finish()
+    }
+}
+
+/// What a built-in demo backend does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DemoKind {
+    /// Sends the greeting line on connect and logs every line it receives.
+    Greeter,
+    /// Echoes every byte back.
+    Echo,
+}
+
+/// One `[[demo_backend]]`.
+#[derive(Debug, Clone)]
+pub struct DemoBackend {
+    pub bind: SocketAddr,
+    pub kind: DemoKind,
+    pub greeting: String,
+}
+
+/// The `[static]` table.
+#[derive(Debug, Clone)]
+pub struct StaticFiles {
+    pub dir: PathBuf,
+    pub index: String,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Arc<Route>>,
+    pub http: HttpLimits,
+    pub static_files: Option<StaticFiles>,
+    pub demo_backends: Vec<DemoBackend>,
+}
+
+// ---- the TOML as written -------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(rename = "static")]
+    static_files: Option<RawStatic>,
+    #[serde(default)]
+    demo_backend: Vec<RawDemo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    bind: Spanned<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: Spanned<String>,
+    backend: Spanned<String>,
+    #[serde(default)]
+    framing: Option<Framing>,
+    allowed_origins: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    subprotocols: Vec<Spanned<String>>,
+    #[serde(default)]
+    limits: RawRouteLimits,
+}
+
+/// Sizes may be written as integers (bytes) or strings with a unit: "64KiB", "16MiB".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_message_size: Option<Spanned<RawSize>>,
+    max_frame_size: Option<Spanned<RawSize>>,
+    max_fragments: Option<Spanned<i64>>,
+    idle_timeout: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    close_timeout: Option<Spanned<String>>,
+    handshake_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<RawSize>>,
+    max_headers: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteLimits {
+    max_message_size: Option<Spanned<RawSize>>,
+    max_frame_size: Option<Spanned<RawSize>>,
+    max_fragments: Option<Spanned<i64>>,
+    idle_timeout: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    close_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatic {
+    dir: Spanned<String>,
+    index: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDemo {
+    bind: Spanned<String>,
+    kind: Spanned<DemoKind>,
+    greeting: Option<Spanned<String>>,
+}
+
+// ---- loading and validation ------------------------------------------------------------------
+
+impl Config {
+    /// Read, parse and validate the file at `path`. Relative paths inside it (certificates, the
+    /// static directory, unix sockets) are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            key: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|mut e| {
+            e.file = Some(path.to_path_buf());
+            e
+        })
+    }
+
+    /// Parse and validate TOML text; `base` resolves relative paths.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: None,
+            line: e.span().map(|s| line_of(text, s.start)),
+            key: None,
+            message: e.message().trim().to_string(),
+        })?;
+        Validator { text, base }.validate(raw)
+    }
+
+    /// The route whose path is exactly `path` (no prefix matching, no normalisation).
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.path == path)
+    }
+
+    /// A one-screen summary for `wsgate check`.
+    pub fn summary(&self) -> String {
+        use fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "listeners:");
+        for l in &self.listeners {
+            match &l.tls_cert {
+                Some(cert) => {
+                    let _ = writeln!(s, "  wss://{}  (certificate {})", l.bind, cert.display());
+                }
+                None => {
+                    let _ = writeln!(s, "  ws://{}", l.bind);
+                }
+            }
+        }
+        let _ = writeln!(s, "routes:");
+        for r in &self.routes {
+            let origins = match &r.allowed_origins {
+                None => "any origin".to_string(),
+                Some(list) => format!(
+                    "origins {}",
+                    list.iter()
+                        .map(|o| o.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let _ = writeln!(
+                s,
+                "  {} -> {}  [{}; {}; max message {} B; idle {:?}]",
+                r.path,
+                r.backend,
+                r.framing,
+                origins,
+                r.limits.max_message_size,
+                r.limits.idle_timeout
+            );
+        }
+        if !self.demo_backends.is_empty() {
+            let _ = writeln!(s, "demo backends:");
+            for d in &self.demo_backends {
+                let _ = writeln!(s, "  {} ({:?})", d.bind, d.kind);
+            }
+        }
+        if let Some(st) = &self.static_files {
+            let _ = writeln!(s, "static files: {}", st.dir.display());
+        }
+        s
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err<T>(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            file: None,
+            line: Some(line_of(self.text, span.start)),
+            key: Some(key.into()),
+            message: message.into(),
+        })
+    }
+
+    fn err_nospan<T>(
+        &self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            file: None,
+            line: None,
+            key: Some(key.into()),
+            message: message.into(),
+        })
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let global = self.global_limits(&raw.limits)?;
+        let http = self.http_limits(&raw.limits)?;
+
+        let demo_backends = raw
+            .demo_backend
+            .iter()
+            .enumerate()
+            .map(|(i, d)| self.demo(i, d))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        if raw.listener.is_empty() {
+            return self.err_nospan("listener", "at least one [[listener]] is required");
+        }
+        let mut binds = HashSet::new();
+        for d in &demo_backends {
+            binds.insert(d.bind);
+        }
+        let mut listeners = Vec::new();
+        for (i, l) in raw.listener.iter().enumerate() {
+            let listener = self.listener(i, l)?;
+            if !binds.insert(listener.bind) {
+                return self.err(
+                    l.bind.span(),
+                    format!("listener[{i}].bind"),
+                    format!("address {} is used twice", listener.bind),
+                );
+            }
+            listeners.push(listener);
+        }
+
+        if raw.route.is_empty() {
+            return self.err_nospan("route", "at least one [[route]] is required");
+        }
+        let mut routes: Vec<Arc<Route>> = Vec::new();
+        for (i, r) in raw.route.iter().enumerate() {
+            let route = self.route(i, r, &global)?;
+            if let Some(other) = routes.iter().find(|o| o.path == route.path) {
+                return self.err(
+                    r.path.span(),
+                    format!("route[{i}].path"),
+                    format!(
+                        "path {:?} is already used by route[{}]",
+                        route.path, other.index
+                    ),
+                );
+            }
+            routes.push(Arc::new(route));
+        }
+
+        let static_files = match &raw.static_files {
+            None => None,
+            Some(s) => Some(self.static_files(s)?),
+        };
+
+        Ok(Config {
+            listeners,
+            routes,
+            http,
+            static_files,
+            demo_backends,
+        })
+    }
+
+    fn listener(&self, i: usize, l: &RawListener) -> Result<Listener, ConfigError> {
+        let key = format!("listener[{i}].bind");
+        let bind = self.socket_addr(&l.bind, &key)?;
+        let (tls, tls_cert) = match &l.tls {
+            None => (None, None),
+            Some(t) => {
+                let cert = self.resolve(t.cert.get_ref());
+                let keyfile = self.resolve(t.key.get_ref());
+                match crate::tls::load_server_config(&cert, &keyfile) {
+                    Ok(cfg) => (Some(cfg), Some(cert)),
+                    Err(e) => {
+                        let span = match e {
+                            crate::tls::TlsError::Key { .. } => t.key.span(),
+                            _ => t.cert.span(),
+                        };
+                        return self.err(span, format!("listener[{i}].tls"), e.to_string());
+                    }
+                }
+            }
+        };
+        Ok(Listener {
+            bind,
+            tls,
+            tls_cert,
+        })
+    }
+
+    fn socket_addr(&self, value: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        value.get_ref().parse::<SocketAddr>().or_else(|_| {
+            self.err(
+                value.span(),
+                key,
+                format!(
+                    "{:?} is not an IP address with a port (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn route(&self, i: usize, r: &RawRoute, global: &SessionLimits) -> Result<Route, ConfigError> {
+        let path = r.path.get_ref();
+        if !path.starts_with('/') {
+            return self.err(
+                r.path.span(),
+                format!("route[{i}].path"),
+                format!("{path:?} must start with '/'"),
+            );
+        }
+        if path.contains(['?', '#']) || path.chars().any(|c| c.is_ascii_control() || c == ' ') {
+            return self.err(
+                r.path.span(),
+                format!("route[{i}].path"),
+                format!("{path:?} must be a plain path (no query, fragment, spaces or control characters)"),
+            );
+        }
+        let backend = self.backend(i, &r.backend)?;
+        let allowed_origins = match &r.allowed_origins {
+            None => None,
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (j, o) in list.iter().enumerate() {
+                    match Origin::parse(o.get_ref()) {
+                        Ok(origin) => out.push(origin),
+                        Err(e) => {
+                            return self.err(
+                                o.span(),
+                                format!("route[{i}].allowed_origins[{j}]"),
+                                e.to_string(),
+                            )
+                        }
+                    }
+                }
+                Some(out)
+            }
+        };
+        let mut subprotocols = Vec::new();
+        for (j, p) in r.subprotocols.iter().enumerate() {
+            let name = p.get_ref();
+            if name.is_empty() || !name.bytes().all(crate::handshake::is_token_byte) {
+                return self.err(
+                    p.span(),
+                    format!("route[{i}].subprotocols[{j}]"),
+                    format!("{name:?} is not a valid subprotocol token (RFC 6455 §4.1)"),
+                );
+            }
+            subprotocols.push(name.clone());
+        }
+        let limits = self.route_limits(i, &r.limits, global)?;
+        Ok(Route {
+            index: i,
+            path: path.clone(),
+            backend,
+            framing: r.framing.unwrap_or(Framing::Raw),
+            allowed_origins,
+            subprotocols,
+            limits,
+        })
+    }
+
+    fn backend(&self, i: usize, value: &Spanned<String>) -> Result<BackendAddr, ConfigError> {
+        let key = format!("route[{i}].backend");
+        let s = value.get_ref().trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return self.err(
+                    value.span(),
+                    key,
+                    "\"unix:\" needs a socket path, e.g. \"unix:/run/app.sock\"",
+                );
+            }
+            return Ok(BackendAddr::Unix(self.resolve(path)));
+        }
+        let bad = || {
+            self.err(
+                value.span(),
+                &key,
+                format!(
+                    "{s:?} is not host:port (e.g. \"127.0.0.1:9001\", \"[::1]:9001\", \"backend.local:9001\") or unix:/path"
+                ),
+            )
+        };
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            match rest.split_once("]:") {
+                Some((h, p)) if h.parse::<std::net::Ipv6Addr>().is_ok() => (h, p),
+                _ => return bad(),
+            }
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && !h.contains(':') => (h, p),
+                _ => return bad(),
+            }
+        };
+        let port: u16 = match port.parse() {
+            Ok(p) if p != 0 => p,
+            _ => return bad(),
+        };
+        let host_ok = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b == b':');
+        if !host_ok {
+            return bad();
+        }
+        Ok(BackendAddr::Tcp {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    fn global_limits(&self, l: &RawLimits) -> Result<SessionLimits, ConfigError> {
+        let defaults = SessionLimits {
+            max_message_size: DEFAULT_MAX_MESSAGE_BYTES,
+            max_frame_size: DEFAULT_MAX_FRAME_BYTES,
+            max_fragments: DEFAULT_MAX_FRAGMENTS,
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
+            close_timeout: Duration::from_secs(DEFAULT_CLOSE_TIMEOUT_SECS),
+        };
+        let over = RawRouteLimitsRef {
+            max_message_size: &l.max_message_size,
+            max_frame_size: &l.max_frame_size,
+            max_fragments: &l.max_fragments,
+            idle_timeout: &l.idle_timeout,
+            connect_timeout: &l.connect_timeout,
+            close_timeout: &l.close_timeout,
+        };
+        self.merge_limits("limits", over, &defaults)
+    }
+
+    fn route_limits(
+        &self,
+        i: usize,
+        l: &RawRouteLimits,
+        global: &SessionLimits,
+    ) -> Result<SessionLimits, ConfigError> {
+        let over = RawRouteLimitsRef {
+            max_message_size: &l.max_message_size,
+            max_frame_size: &l.max_frame_size,
+            max_fragments: &l.max_fragments,
+            idle_timeout: &l.idle_timeout,
+            connect_timeout: &l.connect_timeout,
+            close_timeout: &l.close_timeout,
+        };
+        self.merge_limits(&format!("route[{i}].limits"), over, global)
+    }
+
+    fn merge_limits(
+        &self,
+        prefix: &str,
+        l: RawRouteLimitsRef<'_>,
+        base: &SessionLimits,
+    ) -> Result<SessionLimits, ConfigError> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        let size =
+            |v: &Option<Spanned<RawSize>>, k: &str, default: u64| -> Result<u64, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(v) => {
+                        let n = self.size(v, &key(k))?;
+                        if n == 0 || n > MAX_MESSAGE_BYTES_CEILING {
+                            return self.err(
+                                v.span(),
+                                key(k),
+                                format!("must be between 1 and {MAX_MESSAGE_BYTES_CEILING} bytes"),
+                            );
+                        }
+                        Ok(n)
+                    }
+                }
+            };
+        let dur = |v: &Option<Spanned<String>>,
+                   k: &str,
+                   default: Duration|
+         -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(v) => self.duration(v, &key(k)),
+            }
+        };
+        let limits = SessionLimits {
+            max_message_size: size(
+                l.max_message_size,
+                "max_message_size",
+                base.max_message_size,
+            )?,
+            max_frame_size: size(l.max_frame_size, "max_frame_size", base.max_frame_size)?,
+            max_fragments: match l.max_fragments {
+                None => base.max_fragments,
+                Some(v) if *v.get_ref() >= 1 => *v.get_ref() as u64,
+                Some(v) => return self.err(v.span(), key("max_fragments"), "must be at least 1"),
+            },
+            idle_timeout: dur(l.idle_timeout, "idle_timeout", base.idle_timeout)?,
+            connect_timeout: dur(l.connect_timeout, "connect_timeout", base.connect_timeout)?,
+            close_timeout: dur(l.close_timeout, "close_timeout", base.close_timeout)?,
+        };
+        if limits.max_frame_size > limits.max_message_size {
+            return self.err_nospan(
+                key("max_frame_size"),
+                format!(
+                    "max_frame_size ({}) is larger than max_message_size ({}); a frame can never exceed its message",
+                    limits.max_frame_size, limits.max_message_size
+                ),
+            );
+        }
+        Ok(limits)
+    }
+
+    fn http_limits(&self, l: &RawLimits) -> Result<HttpLimits, ConfigError> {
+        let handshake_timeout = match &l.handshake_timeout {
+            None => Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            Some(v) => self.duration(v, "limits.handshake_timeout")?,
+        };
+        let max_header_bytes = match &l.max_header_bytes {
+            None => DEFAULT_MAX_HEADER_BYTES,
+            Some(v) => {
+                let n = self.size(v, "limits.max_header_bytes")?;
+                if n < MIN_HEADER_BYTES as u64 || n > 1024 * 1024 {
+                    return self.err(
+                        v.span(),
+                        "limits.max_header_bytes",
+                        format!("must be between {MIN_HEADER_BYTES} and 1048576 bytes"),
+                    );
+                }
+                n as usize
+            }
+        };
+        let max_headers = match &l.max_headers {
+            None => DEFAULT_MAX_HEADERS,
+            Some(v) if (8..=1000).contains(v.get_ref()) => *v.get_ref() as usize,
+            Some(v) => {
+                return self.err(v.span(), "limits.max_headers", "must be between 8 and 1000")
+            }
+        };
+        Ok(HttpLimits {
+            handshake_timeout,
+            max_header_bytes,
+            max_headers,
+        })
+    }
+
+    fn size(&self, v: &Spanned<RawSize>, key: &str) -> Result<u64, ConfigError> {
+        match v.get_ref() {
+            RawSize::Bytes(n) if *n > 0 => Ok(*n as u64),
+            RawSize::Bytes(_) => self.err(v.span(), key, "must be a positive number of bytes"),
+            RawSize::Text(s) => parse_size(s).map_err(|m| ConfigError {
+                file: None,
+                line: Some(line_of(self.text, v.span().start)),
+                key: Some(key.to_string()),
+                message: m,
+            }),
+        }
+    }
+
+    fn duration(&self, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        match parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => self.err(v.span(), key, "must be longer than zero"),
+            Err(m) => self.err(v.span(), key, m),
+        }
+    }
+
+    fn demo(&self, i: usize, d: &RawDemo) -> Result<DemoBackend, ConfigError> {
+        let key = format!("demo_backend[{i}].bind");
+        let bind = self.socket_addr(&d.bind, &key)?;
+        if !bind.ip().is_loopback() {
+            return self.err(
+                d.bind.span(),
+                key,
+                "demo backends listen on loopback only (127.0.0.0/8 or ::1)",
+            );
+        }
+        let kind = *d.kind.get_ref();
+        let greeting = match &d.greeting {
+            None => DEFAULT_DEMO_GREETING.to_string(),
+            Some(g) if kind != DemoKind::Greeter => {
+                return self.err(
+                    g.span(),
+                    format!("demo_backend[{i}].greeting"),
+                    "only a \"greeter\" demo backend has a greeting",
+                )
+            }
+            Some(g) if g.get_ref().contains(['\n', '\r']) => {
+                return self.err(
+                    g.span(),
+                    format!("demo_backend[{i}].greeting"),
+                    "must be one line",
+                )
+            }
+            Some(g) => g.get_ref().clone(),
+        };
+        Ok(DemoBackend {
+            bind,
+            kind,
+            greeting,
+        })
+    }
+
+    fn static_files(&self, s: &RawStatic) -> Result<StaticFiles, ConfigError> {
+        let dir = self.resolve(s.dir.get_ref());
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return self.err(
+                    s.dir.span(),
+                    "static.dir",
+                    format!("{} is not a directory", dir.display()),
+                )
+            }
+            Err(e) => {
+                return self.err(
+                    s.dir.span(),
+                    "static.dir",
+                    format!("{}: {e}", dir.display()),
+                )
+            }
+        }
+        let dir = dir.canonicalize().or_else(|e| {
+            self.err(
+                s.dir.span(),
+                "static.dir",
+                format!("{}: {e}", dir.display()),
+            )
+        })?;
+        let index = match &s.index {
+            None => DEFAULT_STATIC_INDEX.to_string(),
+            Some(i)
+                if i.get_ref().is_empty()
+                    || i.get_ref().contains(['/', '\\'])
+                    || i.get_ref() == ".." =>
+            {
+                return self.err(i.span(), "static.index", "must be a plain file name")
+            }
+            Some(i) => i.get_ref().clone(),
+        };
+        Ok(StaticFiles { dir, index })
+    }
+}
+
+/// The per-session limit keys, shared by `[limits]` and `[route.limits]`.
+struct RawRouteLimitsRef<'a> {
+    max_message_size: &'a Option<Spanned<RawSize>>,
+    max_frame_size: &'a Option<Spanned<RawSize>>,
+    max_fragments: &'a Option<Spanned<i64>>,
+    idle_timeout: &'a Option<Spanned<String>>,
+    connect_timeout: &'a Option<Spanned<String>>,
+    close_timeout: &'a Option<Spanned<String>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parse "250ms", "10s", "5m", "1h" (one number, one unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let hint = || {
+        format!("{s:?} is not a duration; write a whole number and a unit: \"250ms\", \"10s\", \"5m\", \"1h\"")
+    };
+    let n: u64 = num.parse().map_err(|_| hint())?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(hint)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(hint)?),
+        _ => return Err(hint()),
+    };
+    Ok(d)
+}
+
+/// Parse "4096", "64KiB", "16MiB", "1GiB" (binary units; "KB"/"MB" are accepted as the same).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let hint = || {
+        format!("{s:?} is not a size; write bytes as a number, or a number and a unit: \"64KiB\", \"16MiB\"")
+    };
+    let n: u64 = num.parse().map_err(|_| hint())?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1024,
+        "MiB" | "MB" | "M" => 1024 * 1024,
+        "GiB" | "GB" | "G" => 1024 * 1024 * 1024,
+        _ => return Err(hint()),
+    };
+    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(hint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("."))
+    }
+
+    const MINIMAL: &str = r#"
+[[listener]]
+bind = "127.0.0.1:0"
+
+[[route]]
+path = "/echo"
+backend = "127.0.0.1:9001"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        let r = &c.routes[0];
+        assert_eq!(r.framing, Framing::Raw);
+        assert_eq!(r.limits.max_message_size, DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(
+            r.limits.idle_timeout,
+            Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS)
+        );
+        assert_eq!(
+            c.http.handshake_timeout,
+            Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS)
+        );
+        assert!(r.allowed_origins.is_none());
+        assert_eq!(
+            r.backend,
+            BackendAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port: 9001
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line() {
+        let e = parse(&format!("{MINIMAL}colour = \"blue\"\n")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("colour"), "{msg}");
+        assert_eq!(e.line, Some(8), "{msg}");
+    }
+
+    #[test]
+    fn unknown_route_key_is_an_error() {
+        let text = MINIMAL.replace("path = \"/echo\"", "path = \"/echo\"\nbackends = 3");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("backends"), "{e}");
+    }
+
+    #[test]
+    fn bad_backend_names_key_and_line() {
+        let text = MINIMAL.replace("127.0.0.1:9001", "nowhere");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("route[0].backend"));
+        assert_eq!(e.line, Some(7));
+    }
+
+    #[test]
+    fn backend_forms() {
+        for (text, want) in [
+            (
+                "[::1]:9",
+                BackendAddr::Tcp {
+                    host: "::1".into(),
+                    port: 9,
+                },
+            ),
+            (
+                "db.internal:5432",
+                BackendAddr::Tcp {
+                    host: "db.internal".into(),
+                    port: 5432,
+                },
+            ),
+            ("unix:/run/x.sock", BackendAddr::Unix("/run/x.sock".into())),
+        ] {
+            let c = parse(&MINIMAL.replace("127.0.0.1:9001", text)).unwrap();
+            assert_eq!(c.routes[0].backend, want);
+        }
+        for bad in ["host:0", "host:99999", ":80", "::1:80", "unix:", "a b:1"] {
+            assert!(
+                parse(&MINIMAL.replace("127.0.0.1:9001", bad)).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_framing_is_an_error() {
+        let text = MINIMAL.replace("path = \"/echo\"", "path = \"/echo\"\nframing = \"json\"");
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.to_string().contains("json") || e.to_string().contains("framing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("five seconds").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert!(parse_size("1PB").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn route_limits_override_global() {
+        let text = format!(
+            "{MINIMAL}\n[route.limits]\nmax_message_size = \"16MiB\"\nmax_frame_size = \"16MiB\"\nidle_timeout = \"10s\"\n\n[limits]\nmax_frame_size = 4096\n"
+        );
+        let c = parse(&text).unwrap();
+        let l = c.routes[0].limits;
+        assert_eq!(l.max_message_size, 16 << 20);
+        assert_eq!(l.max_frame_size, 16 << 20);
+        assert_eq!(l.idle_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn handshake_timeout_is_global_only() {
+        let text = format!("{MINIMAL}\n[route.limits]\nhandshake_timeout = \"1s\"\n");
+        assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn frame_larger_than_message_is_an_error() {
+        let text = format!("{MINIMAL}\n[limits]\nmax_message_size = 1024\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("max_frame_size"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_path_and_bind_are_errors() {
+        let text = format!("{MINIMAL}\n[[route]]\npath = \"/echo\"\nbackend = \"127.0.0.1:1\"\n");
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("already used"));
+        let text = format!("{MINIMAL}\n[[listener]]\nbind = \"127.0.0.1:0\"\n");
+        assert!(parse(&text).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn missing_tls_file_names_the_path() {
+        let text = MINIMAL.replace(
+            "bind = \"127.0.0.1:0\"",
+            "bind = \"127.0.0.1:0\"\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }",
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/c.pem"), "{e}");
+    }
+
+    #[test]
+    fn bad_origin_is_an_error() {
+        let text = MINIMAL.replace(
+            "path = \"/echo\"",
+            "path = \"/echo\"\nallowed_origins = [\"app.example.com\"]",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("route[0].allowed_origins[0]"));
+    }
+
+    #[test]
+    fn demo_backend_must_be_loopback() {
+        let text =
+            format!("{MINIMAL}\n[[demo_backend]]\nbind = \"0.0.0.0:9001\"\nkind = \"greeter\"\n");
+        assert!(parse(&text).unwrap_err().to_string().contains("loopback"));
+    }
+
+    #[test]
+    fn no_listener_or_route_is_an_error() {
+        assert!(parse("[[route]]\npath = \"/\"\nbackend = \"127.0.0.1:1\"\n").is_err());
+        assert!(parse("[[listener]]\nbind = \"127.0.0.1:0\"\n").is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! How sessions end: one close code per failure after the 101, and the side that caused it.
+//!
+//! Failures before the 101 are HTTP statuses ([`crate::handshake::Reject`]); failures after it are
+//! [`Close`] values. The tables in README.md list both and must stay in step with this file and
+//! the call sites that build them.
+
+use std::fmt;
+
+use crate::ws::CloseCode;
+
+/// Which side of the gateway a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+    Gateway,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+            Side::Gateway => "gateway",
+        })
+    }
+}
+
+/// A session-ending event: the close code sent to the client, a short reason, who caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
+    pub by: Side,
+}
+
+impl Close {
+    pub const fn new(code: u16, reason: &'static str, by: Side) -> Close {
+        Close { code, reason, by }
+    }
+
+    /// The backend closed its side (EOF) and everything it sent was delivered.
+    pub const BACKEND_EOF: Close = Close::new(
+        CloseCode::NORMAL,
+        "backend closed the connection",
+        Side::Backend,
+    );
+    /// The backend connection failed (reset, I/O error).
+    pub const BACKEND_ERROR: Close = Close::new(
+        CloseCode::INTERNAL_ERROR,
+        "backend connection failed",
+        Side::Backend,
+    );
+    /// No traffic either way for `idle_timeout`.
+    pub const IDLE: Close = Close::new(CloseCode::GOING_AWAY, "idle timeout", Side::Gateway);
+    /// The gateway is shutting down.
+    pub const SHUTDOWN: Close = Close::new(
+        CloseCode::GOING_AWAY,
+        "gateway shutting down",
+        Side::Gateway,
+    );
+}
+
+impl fmt::Display for Close {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} ({})", self.code, self.reason, self.by)
+    }
+}

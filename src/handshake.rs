@@ -1,0 +1,340 @@
+//! The opening handshake (RFC 6455 §4.2), as a pure function of the request head.
+//!
+//! Owns: deciding whether a request is a WebSocket upgrade attempt, validating it, computing
+//! `Sec-WebSocket-Accept`, and parsing the offered subprotocols. It does not route, authorise,
+//! connect, or write anything: the server turns a [`Reject`] into exactly one HTTP answer.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, StatusCode, Version};
+use sha1::{Digest, Sha1};
+
+/// RFC 6455 §1.3: the GUID appended to the key before hashing.
+pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The only protocol version we speak (RFC 6455 §4.1).
+pub const WEBSOCKET_VERSION: &str = "13";
+
+/// A request head that passed every check of RFC 6455 §4.2.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The value for `Sec-WebSocket-Accept`.
+    pub accept: String,
+    /// Subprotocols the client offered, in its order.
+    pub offered_protocols: Vec<String>,
+}
+
+/// A refusal: exactly one HTTP status and a short plain-text reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: StatusCode,
+    pub reason: &'static str,
+}
+
+impl Reject {
+    pub const fn new(status: StatusCode, reason: &'static str) -> Reject {
+        Reject { status, reason }
+    }
+
+    fn bad(reason: &'static str) -> Reject {
+        Reject::new(StatusCode::BAD_REQUEST, reason)
+    }
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.reason)
+    }
+}
+
+/// True when the client is trying to open a WebSocket (or any upgrade), as opposed to a plain
+/// HTTP request: it carries `Upgrade` or any `Sec-WebSocket-*` handshake header.
+pub fn is_upgrade_attempt(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+        || headers.contains_key(header::SEC_WEBSOCKET_VERSION)
+}
+
+/// Validate an upgrade request per RFC 6455 §4.2.1.
+pub fn validate(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Accepted, Reject> {
+    // §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
+    if method != Method::GET {
+        return Err(Reject::bad("a WebSocket handshake must use GET"));
+    }
+    if version < Version::HTTP_11 {
+        return Err(Reject::bad("a WebSocket handshake needs HTTP/1.1 or later"));
+    }
+    // §4.2.1 item 2: a |Host| header field.
+    match single(headers, &header::HOST) {
+        Some(h) if !h.is_empty() => {}
+        Some(_) => return Err(Reject::bad("empty Host header")),
+        None => return Err(Reject::bad("exactly one Host header is required")),
+    }
+    // An upgrade request carries no body; anything after the head is WebSocket frames.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(Reject::bad(
+            "a WebSocket handshake must not have a body (Transfer-Encoding)",
+        ));
+    }
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        if v.as_bytes() != b"0" {
+            return Err(Reject::bad(
+                "a WebSocket handshake must not have a body (Content-Length)",
+            ));
+        }
+    }
+    // §4.2.1 item 3: |Upgrade| including "websocket" (case-insensitive).
+    if !has_token(headers, &header::UPGRADE, "websocket") {
+        return Err(Reject::bad("Upgrade header must name websocket"));
+    }
+    // §4.2.1 item 4: |Connection| including the token "Upgrade".
+    if !has_token(headers, &header::CONNECTION, "upgrade") {
+        return Err(Reject::bad(
+            "Connection header must contain the upgrade token",
+        ));
+    }
+    // §4.2.1 item 6 and §4.4: any version but 13 gets 426 and the version we speak.
+    if single(headers, &header::SEC_WEBSOCKET_VERSION) != Some(WEBSOCKET_VERSION.as_bytes()) {
+        return Err(Reject::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version (this server speaks 13)",
+        ));
+    }
+    // §4.2.1 item 5: |Sec-WebSocket-Key|, base64 of 16 bytes.
+    let key = match single(headers, &header::SEC_WEBSOCKET_KEY) {
+        Some(k) => k,
+        None if headers.get_all(header::SEC_WEBSOCKET_KEY).iter().count() > 1 => {
+            return Err(Reject::bad("more than one Sec-WebSocket-Key header"))
+        }
+        None => return Err(Reject::bad("missing Sec-WebSocket-Key header")),
+    };
+    let key = trim_ows(key);
+    match BASE64.decode(key) {
+        Ok(raw) if raw.len() == 16 => {}
+        _ => return Err(Reject::bad("Sec-WebSocket-Key must be base64 of 16 bytes")),
+    }
+    let offered_protocols = offered_protocols(headers)?;
+    Ok(Accepted {
+        accept: accept_key(key),
+        offered_protocols,
+    })
+}
+
+/// `base64(sha1(key + GUID))` (RFC 6455 §4.2.2 item 5.4).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(WEBSOCKET_GUID.as_bytes());
+    BASE64.encode(sha.finalize())
+}
+
+/// RFC 7230 §3.2.6 `tchar`.
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The subprotocols offered in `Sec-WebSocket-Protocol` (RFC 6455 §4.1: comma-separated tokens).
+fn offered_protocols(headers: &HeaderMap) -> Result<Vec<String>, Reject> {
+    let mut out = Vec::new();
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = trim_ows(item);
+            if item.is_empty() || !item.iter().all(|&b| is_token_byte(b)) {
+                return Err(Reject::bad("malformed Sec-WebSocket-Protocol header"));
+            }
+            // Token bytes are ASCII, so this cannot fail.
+            out.push(String::from_utf8_lossy(item).into_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// The value of a header that must appear exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    Some(first.as_bytes())
+}
+
+/// True when any of the comma-separated tokens in any `name` header equals `token` (ASCII case-insensitive).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| trim_ows(t).eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn good() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("localhost:8080"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        h
+    }
+
+    fn check(h: &HeaderMap) -> Result<Accepted, Reject> {
+        validate(&Method::GET, Version::HTTP_11, h)
+    }
+
+    #[test]
+    fn rfc_accept_vectors() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(
+            accept_key(b"w4v7O6xFTi36lq3RNcgctw=="),
+            "Oy4NRAQ13jhfONC7bP8dTKb4PTU="
+        );
+    }
+
+    #[test]
+    fn valid_request_is_accepted() {
+        let a = check(&good()).unwrap();
+        assert_eq!(a.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(a.offered_protocols.is_empty());
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_lists() {
+        let mut h = good();
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, UPGRADE"),
+        );
+        assert!(check(&h).is_ok());
+    }
+
+    #[test]
+    fn method_and_version() {
+        let r = validate(&Method::POST, Version::HTTP_11, &good()).unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let r = validate(&Method::GET, Version::HTTP_10, &good()).unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn each_missing_or_bad_header_is_400() {
+        let cases: Vec<(HeaderName, Option<&'static str>)> = vec![
+            (header::HOST, None),
+            (header::UPGRADE, None),
+            (header::UPGRADE, Some("h2c")),
+            (header::CONNECTION, None),
+            (header::CONNECTION, Some("keep-alive")),
+            (header::SEC_WEBSOCKET_KEY, None),
+            (header::SEC_WEBSOCKET_KEY, Some("short")),
+            (header::SEC_WEBSOCKET_KEY, Some("dGhlIHNhbXBsZSBub25jZQ")),
+            (
+                header::SEC_WEBSOCKET_KEY,
+                Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            ),
+            (header::CONTENT_LENGTH, Some("5")),
+            (header::TRANSFER_ENCODING, Some("chunked")),
+            (header::SEC_WEBSOCKET_PROTOCOL, Some("chat, ")),
+        ];
+        for (name, value) in cases {
+            let mut h = good();
+            match value {
+                Some(v) => {
+                    h.insert(name.clone(), HeaderValue::from_static(v));
+                }
+                None => {
+                    h.remove(&name);
+                }
+            }
+            let r = check(&h).unwrap_err();
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name}: {value:?}");
+        }
+    }
+
+    #[test]
+    fn two_keys_is_400() {
+        let mut h = good();
+        h.append(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("w4v7O6xFTi36lq3RNcgctw=="),
+        );
+        assert_eq!(check(&h).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn version_other_than_13_is_426() {
+        for v in [Some("8"), Some("14"), Some("13, 8"), None] {
+            let mut h = good();
+            match v {
+                Some(v) => {
+                    h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static(v));
+                }
+                None => {
+                    h.remove(header::SEC_WEBSOCKET_VERSION);
+                }
+            }
+            assert_eq!(
+                check(&h).unwrap_err().status,
+                StatusCode::UPGRADE_REQUIRED,
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn offered_protocols_are_parsed() {
+        let mut h = good();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, binary"),
+        );
+        h.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("base64"),
+        );
+        assert_eq!(
+            check(&h).unwrap().offered_protocols,
+            ["chat", "binary", "base64"]
+        );
+    }
+
+    #[test]
+    fn upgrade_attempt_detection() {
+        assert!(is_upgrade_attempt(&good()));
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("x"));
+        assert!(!is_upgrade_attempt(&h));
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("x"));
+        assert!(is_upgrade_attempt(&h));
+    }
+}

@@ -1,0 +1,45 @@
+//! wsgate: a WebSocket-to-TCP gateway.
+//!
+//! The data path, one module per stage, in order:
+//!
+//! ```text
+//! server      accept -> (tls) -> HTTP/1.1 (hyper) -> one answer per request
+//! handshake   RFC 6455 §4.2.1 validation, Sec-WebSocket-Accept          -> 400 / 426
+//! config      route lookup (exact path)                                 -> 404
+//! auth        Origin policy, subprotocol selection                      -> 403
+//! backend     connect to the route's backend, with a deadline           -> 502 / 504
+//!             101 Switching Protocols, then the session task:
+//! pump        upstream (client -> backend) and downstream (backend -> client)
+//! ws          frame codec: unmasking, limits, UTF-8, control frames      -> 1002 / 1007 / 1009
+//! framing     messages <-> backend bytes: raw, lines, length-prefixed    -> 1003 / 1007 / 1011
+//! error       how a session ends: one close code, and the side that caused it
+//! ```
+//!
+//! `static_files` serves the demo page for plain HTTP requests; `demo` runs the built-in demo
+//! backends; `tls` loads certificates during config validation; `origin` parses origins.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod framing;
+pub mod handshake;
+pub mod origin;
+pub mod pump;
+pub mod server;
+pub mod static_files;
+pub mod tls;
+pub mod ws;
+
+use std::future::Future;
+
+pub use config::Config;
+pub use server::RunError;
+
+/// Run the gateway on a validated configuration until `shutdown` resolves, then close every
+/// session with 1001 and return within the shutdown grace period.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    server::run(config, shutdown).await
+}

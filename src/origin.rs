@@ -1,0 +1,153 @@
+//! Web origins (RFC 6454) as the gateway compares them: `scheme://host[:port]`, normalised.
+//!
+//! Owns parsing of `allowed_origins` entries and of the `Origin` request header, and the comparison
+//! between them. Scheme and host are compared case-insensitively, default ports are dropped, and
+//! nothing else is forgiven: no path, no user info, no trailing dot folding. It does not decide
+//! which routes need an Origin (that is the handshake's business).
+
+use std::fmt;
+
+/// A normalised origin.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    scheme: String,
+    host: String,
+    /// `None` when the port is the scheme's default.
+    port: Option<u16>,
+}
+
+/// Why a string is not an origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginError(&'static str);
+
+impl fmt::Display for OriginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not an origin (scheme://host[:port]): {}", self.0)
+    }
+}
+
+impl std::error::Error for OriginError {}
+
+impl Origin {
+    /// Parse `scheme://host[:port]`. Schemes: http, https (and ws, wss for non-browser clients).
+    pub fn parse(s: &str) -> Result<Origin, OriginError> {
+        let (scheme, rest) = s.split_once("://").ok_or(OriginError("missing \"://\""))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" | "ws" => 80,
+            "https" | "wss" => 443,
+            _ => return Err(OriginError("scheme must be http or https")),
+        };
+        if rest.is_empty() {
+            return Err(OriginError("missing host"));
+        }
+        if rest.contains(['/', '?', '#', '@', '\\']) || rest.bytes().any(|b| b <= b' ' || b >= 0x7f)
+        {
+            return Err(OriginError("only scheme, host and port are allowed"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (addr, after) = v6.split_once(']').ok_or(OriginError("unclosed '['"))?;
+            addr.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| OriginError("bad IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or(OriginError("junk after ']'"))?),
+            };
+            (format!("[{}]", addr.to_ascii_lowercase()), port)
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
+                None => (rest.to_ascii_lowercase(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(OriginError("missing host"));
+        }
+        if !host.starts_with('[')
+            && !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(OriginError("bad character in host"));
+        }
+        let port = match port {
+            None => None,
+            Some(p) => {
+                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.len() > 5 {
+                    return Err(OriginError("bad port"));
+                }
+                let n: u16 = p.parse().map_err(|_| OriginError("bad port"))?;
+                if n == 0 {
+                    return Err(OriginError("bad port"));
+                }
+                (n != default_port).then_some(n)
+            }
+        };
+        Ok(Origin { scheme, host, port })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(s: &str) -> Origin {
+        Origin::parse(s).unwrap()
+    }
+
+    #[test]
+    fn normalises_case_and_default_port() {
+        assert_eq!(o("HTTPS://App.Example.COM"), o("https://app.example.com"));
+        assert_eq!(
+            o("https://app.example.com:443"),
+            o("https://app.example.com")
+        );
+        assert_eq!(o("http://127.0.0.1:80"), o("http://127.0.0.1"));
+        assert_eq!(o("http://[::1]:8080").to_string(), "http://[::1]:8080");
+    }
+
+    #[test]
+    fn attack_list_does_not_match() {
+        let allowed = o("https://app.example.com");
+        for attack in [
+            "https://app.example.com.evil.io",
+            "https://evil-app.example.com",
+            "http://app.example.com",
+            "https://app.example.com:8443",
+            "https://app.example.com.",
+        ] {
+            assert_ne!(o(attack), allowed, "{attack}");
+        }
+    }
+
+    #[test]
+    fn malformed_values_are_errors() {
+        for bad in [
+            "null",
+            "",
+            "app.example.com",
+            "https://",
+            "https://app.example.com/",
+            "https://user@app.example.com",
+            "https://app.example.com:",
+            "https://app.example.com:99999",
+            "https://app.example.com:0",
+            "ftp://app.example.com",
+            "https://[::1",
+            "https://ex ample.com",
+            "https://exämple.com",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

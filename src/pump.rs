@@ -1,0 +1,585 @@
+//! The session after the 101: two named halves moving data both ways, and the closing handshake.
+//!
+//! - `upstream` (client -> backend) reads frames, decodes them, turns messages into backend bytes
+//!   ([`ToBackend`]) and answers nothing itself: pongs and Close frames are written by the other half.
+//! - `downstream` (backend -> client) reads the backend, turns bytes into messages
+//!   ([`FromBackend`]), writes frames to the client, and owns every frame the client receives:
+//!   data, pongs, and the one Close frame of the session.
+//!
+//! The halves run concurrently in one task and share only a small control block (a pending pong,
+//! what ended, deadlines), never an unbounded queue: each side writes with `await`, so a peer that
+//! does not read stalls the other side (backpressure) and memory stays flat. Close semantics are the
+//! table in README.md; [`crate::error::Close`] names each ending.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Route;
+use crate::error::{Close, Side};
+use crate::framing::{FromBackend, ToBackend};
+use crate::ws::{self, CloseCode, Decoder, DecoderLimits, Frame, OpCode};
+
+/// How much we ask for per read, from either side.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Bytes gathered before a write is started even though more input is waiting.
+const FLUSH_THRESHOLD_BYTES: usize = 64 * 1024;
+/// Largest control frame payload (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// Who a session is, for its log line.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub route: Arc<Route>,
+    pub client: SocketAddr,
+}
+
+/// Counters of one direction.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    pub bytes: u64,
+    pub messages: u64,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The Close we sent (code, reason, cause); `None` when the connection was cut without one.
+    pub close: Option<Close>,
+    /// The close code the client sent, if it sent a Close frame (`Some(None)`: empty Close).
+    pub client_close: Option<Option<u16>>,
+    /// Client -> backend.
+    pub up: Traffic,
+    /// Backend -> client.
+    pub down: Traffic,
+    pub duration: Duration,
+}
+
+/// Run a session to its end. `shutdown` asks for a Close 1001.
+pub async fn run<C, B>(
+    info: &SessionInfo,
+    client: C,
+    backend: B,
+    shutdown: CancellationToken,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let started = Instant::now();
+    let shared = Shared::new(started);
+    let (cr, cw) = tokio::io::split(client);
+    let (br, bw) = tokio::io::split(backend);
+    let route = &info.route;
+    let up = Upstream {
+        client: cr,
+        backend: bw,
+        shared: &shared,
+        out: ToBackend::new(route.framing),
+        close_timeout: route.limits.close_timeout,
+        traffic: Traffic::default(),
+    };
+    let down = Downstream {
+        backend: br,
+        client: cw,
+        shared: &shared,
+        from: FromBackend::new(route.framing, route.limits.max_message_size),
+        obuf: BytesMut::new(),
+        route,
+        traffic: Traffic::default(),
+    };
+    let limits = DecoderLimits {
+        max_frame_size: route.limits.max_frame_size,
+        max_message_size: route.limits.max_message_size,
+        max_fragments: route.limits.max_fragments,
+    };
+    let (up_traffic, (close, down_traffic)) = tokio::join!(up.run(limits), down.run(shutdown));
+    let client_close = shared.lock().client_close;
+    Outcome {
+        close,
+        client_close,
+        up: up_traffic,
+        down: down_traffic,
+        duration: started.elapsed(),
+    }
+}
+
+/// What the halves tell each other.
+#[derive(Debug, Default)]
+struct Ctl {
+    /// The payload of the latest unanswered ping (pongs are coalesced: RFC 6455 §5.5.3).
+    pong: Option<([u8; MAX_CONTROL_PAYLOAD], u8)>,
+    /// The client sent Close (inner: its code, if any).
+    client_close: Option<Option<u16>>,
+    /// The client broke the protocol (or our framing rules): send this Close and cut.
+    fail: Option<Close>,
+    /// Writing to the backend failed.
+    backend_write_failed: bool,
+    /// The client's connection ended without a Close (EOF or error).
+    client_gone: bool,
+    /// Upstream has returned.
+    up_done: bool,
+    /// Downstream has sent its Close frame.
+    close_sent: bool,
+    /// Upstream must return now (deadline passed or the client connection is unusable).
+    stop_up: bool,
+}
+
+struct Shared {
+    ctl: Mutex<Ctl>,
+    /// Wakes downstream: something in `ctl` changed.
+    to_down: Notify,
+    /// Wakes upstream: something in `ctl` changed.
+    to_up: Notify,
+    started: Instant,
+    /// Milliseconds since `started` of the last bytes read from either side.
+    last_activity_ms: AtomicU64,
+}
+
+impl Shared {
+    fn new(started: Instant) -> Shared {
+        Shared {
+            ctl: Mutex::new(Ctl::default()),
+            to_down: Notify::new(),
+            to_up: Notify::new(),
+            started,
+            last_activity_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ctl> {
+        // A panic while holding this lock cannot leave Ctl inconsistent (plain fields).
+        self.ctl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Change the control block and wake downstream.
+    fn tell_down(&self, f: impl FnOnce(&mut Ctl)) {
+        f(&mut self.lock());
+        self.to_down.notify_one();
+    }
+
+    /// Change the control block and wake upstream.
+    fn tell_up(&self, f: impl FnOnce(&mut Ctl)) {
+        f(&mut self.lock());
+        self.to_up.notify_one();
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
+        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        tokio::time::Instant::from_std(self.started + last + idle)
+    }
+}
+
+/// Why upstream stopped decoding.
+enum UpStop {
+    ClientClose(Option<u16>),
+    Fail(Close),
+}
+
+struct Upstream<'s, R, W> {
+    client: R,
+    backend: W,
+    shared: &'s Shared,
+    out: ToBackend,
+    close_timeout: Duration,
+    traffic: Traffic,
+}
+
+impl<R, W> Upstream<'_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    async fn run(mut self, limits: DecoderLimits) -> Traffic {
+        self.pump(limits).await;
+        self.shared.tell_down(|c| c.up_done = true);
+        self.traffic
+    }
+
+    async fn pump(&mut self, limits: DecoderLimits) {
+        let mut decoder = Decoder::new(limits);
+        let mut rbuf = BytesMut::new();
+        let mut forward = true;
+        loop {
+            let mut stop = None;
+            loop {
+                let frame = match decoder.decode(&mut rbuf) {
+                    Ok(None) => break,
+                    Ok(Some(frame)) => frame,
+                    Err(e) => {
+                        stop = Some(UpStop::Fail(Close::new(e.code, e.reason, Side::Client)));
+                        break;
+                    }
+                };
+                match frame {
+                    Frame::Data {
+                        payload,
+                        text,
+                        first,
+                        last,
+                    } => {
+                        if last {
+                            self.traffic.messages += 1;
+                        }
+                        self.traffic.bytes += payload.len() as u64;
+                        if !forward {
+                            continue;
+                        }
+                        if let Err(close) = push_piece(&mut self.out, payload, text, first, last) {
+                            stop = Some(UpStop::Fail(close));
+                            break;
+                        }
+                        if self.out.ready().len() >= FLUSH_THRESHOLD_BYTES
+                            && !self.flush(&mut forward).await
+                        {
+                            return;
+                        }
+                    }
+                    Frame::Ping(payload) => {
+                        let mut slot = [0u8; MAX_CONTROL_PAYLOAD];
+                        let n = payload.len().min(MAX_CONTROL_PAYLOAD);
+                        slot[..n].copy_from_slice(&payload[..n]);
+                        self.shared.tell_down(|c| c.pong = Some((slot, n as u8)));
+                    }
+                    Frame::Pong(_) => {}
+                    Frame::Close(frame) => {
+                        stop = Some(UpStop::ClientClose(frame.map(|f| f.code)));
+                        break;
+                    }
+                }
+            }
+            if forward && !self.out.ready().is_empty() && !self.flush(&mut forward).await {
+                return;
+            }
+            match stop {
+                Some(UpStop::ClientClose(code)) => {
+                    // Client Close -> backend write side shut; downstream delivers what is left.
+                    if forward {
+                        let _ =
+                            tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
+                    }
+                    self.shared.tell_down(|c| c.client_close = Some(code));
+                    return;
+                }
+                Some(UpStop::Fail(close)) => {
+                    self.shared.tell_down(|c| c.fail = Some(close));
+                    let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
+                    self.discard_until_eof().await;
+                    return;
+                }
+                None => {}
+            }
+            if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {
+                rbuf.reserve(READ_CHUNK_BYTES);
+            }
+            tokio::select! {
+                r = self.client.read_buf(&mut rbuf) => match r {
+                    Ok(n) if n > 0 => self.shared.touch(),
+                    // EOF or error without a Close: the client is gone (1006 on its side).
+                    _ => {
+                        self.shared.tell_down(|c| c.client_gone = true);
+                        return;
+                    }
+                },
+                _ = self.shared.to_up.notified() => {
+                    let ctl = self.shared.lock();
+                    if ctl.stop_up {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write the ready bytes to the backend. Returns false when upstream must stop. A backend
+    /// that stops reading stalls us here (backpressure); `stop_up` still ends the wait.
+    async fn flush(&mut self, forward: &mut bool) -> bool {
+        while !self.out.ready().is_empty() {
+            tokio::select! {
+                // `write` is cancel-safe: if the other branch wins, nothing was written.
+                r = self.backend.write(self.out.ready()) => match r {
+                    Ok(n) if n > 0 => self.out.consume(n),
+                    _ => {
+                        *forward = false;
+                        self.out.discard();
+                        self.shared.tell_down(|c| c.backend_write_failed = true);
+                        return true;
+                    }
+                },
+                _ = self.shared.to_up.notified() => {
+                    if self.shared.lock().stop_up {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// After a protocol error: read and drop whatever the client still sends until it closes,
+    /// the close deadline passes, or downstream says stop, so that our close is not turned into
+    /// a reset by unread data.
+    async fn discard_until_eof(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.close_timeout;
+        let mut sink = [0u8; 4096];
+        loop {
+            tokio::select! {
+                r = self.client.read(&mut sink) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return,
+                },
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = self.shared.to_up.notified() => {
+                    if self.shared.lock().stop_up {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn push_piece(
+    out: &mut ToBackend,
+    payload: &[u8],
+    text: bool,
+    first: bool,
+    last: bool,
+) -> Result<(), Close> {
+    if first {
+        out.begin(text)?;
+    }
+    out.push(payload)?;
+    if last {
+        out.end();
+    }
+    Ok(())
+}
+
+struct Downstream<'s, R, W> {
+    backend: R,
+    client: W,
+    shared: &'s Shared,
+    from: FromBackend,
+    obuf: BytesMut,
+    route: &'s Route,
+    traffic: Traffic,
+}
+
+/// How downstream's main loop ended.
+enum DownEnd {
+    /// We start the closing handshake with this Close.
+    Initiate(Close),
+    /// The client closed first: answer with its code.
+    Answer(Option<u16>),
+    /// The client broke the protocol: send this Close and cut.
+    Fail(Close),
+    /// The client connection is unusable; nothing can be sent.
+    Abort,
+}
+
+/// A write to the client failed or stalled past the deadline.
+struct ClientUnwritable;
+
+impl<R, W> Downstream<'_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    async fn run(mut self, shutdown: CancellationToken) -> (Option<Close>, Traffic) {
+        let end = self.pump(shutdown).await;
+        let close = self.finish(end).await;
+        (close, self.traffic)
+    }
+
+    async fn pump(&mut self, shutdown: CancellationToken) -> DownEnd {
+        let limits = self.route.limits;
+        let mut rbuf = BytesMut::new();
+        // Set once the client has sent Close: what we owe it, and until when we drain the backend.
+        let mut answer: Option<(Option<u16>, tokio::time::Instant)> = None;
+        loop {
+            if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {
+                rbuf.reserve(READ_CHUNK_BYTES);
+            }
+            let idle_at = self.shared.idle_deadline(limits.idle_timeout);
+            let drain_until = answer.map(|(_, d)| d);
+            tokio::select! {
+                biased;
+                _ = self.shared.to_down.notified() => {
+                    let (pong, fail, client_close, gone, write_failed) = {
+                        let mut c = self.shared.lock();
+                        (c.pong.take(), c.fail, c.client_close, c.client_gone, c.backend_write_failed)
+                    };
+                    if gone {
+                        return DownEnd::Abort;
+                    }
+                    if let Some(close) = fail {
+                        return DownEnd::Fail(close);
+                    }
+                    if let Some((payload, len)) = pong {
+                        if answer.is_none() {
+                            encode_frame(&mut self.obuf, OpCode::Pong, &payload[..len as usize]);
+                            if self.write_client().await.is_err() {
+                                return DownEnd::Abort;
+                            }
+                        }
+                    }
+                    if let Some(code) = client_close {
+                        if answer.is_none() {
+                            answer = Some((code, tokio::time::Instant::now() + limits.close_timeout));
+                        }
+                    } else if write_failed {
+                        return DownEnd::Initiate(Close::BACKEND_ERROR);
+                    }
+                }
+                r = self.backend.read_buf(&mut rbuf) => {
+                    let eof = !matches!(r, Ok(n) if n > 0);
+                    if !eof {
+                        self.shared.touch();
+                    }
+                    // Everything read so far is delivered, on EOF too (a last unterminated line).
+                    if let Err(close) = self.deliver(&mut rbuf, matches!(r, Ok(0))).await {
+                        return match close {
+                            Some(close) => match answer {
+                                Some((code, _)) => DownEnd::Answer(code),
+                                None => DownEnd::Initiate(close),
+                            },
+                            None => DownEnd::Abort,
+                        };
+                    }
+                    if eof {
+                        if let Some((code, _)) = answer {
+                            return DownEnd::Answer(code);
+                        }
+                        return DownEnd::Initiate(if r.is_ok() { Close::BACKEND_EOF } else { Close::BACKEND_ERROR });
+                    }
+                }
+                _ = sleep_until_opt(drain_until) => {
+                    if let Some((code, _)) = answer {
+                        return DownEnd::Answer(code);
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_at), if answer.is_none() => {
+                    if self.shared.idle_deadline(limits.idle_timeout) <= tokio::time::Instant::now() {
+                        return DownEnd::Initiate(Close::IDLE);
+                    }
+                }
+                _ = shutdown.cancelled(), if answer.is_none() => return DownEnd::Initiate(Close::SHUTDOWN),
+            }
+        }
+    }
+
+    /// Turn what the backend sent into frames and write them. `Err(Some(close))`: the backend broke
+    /// the framing rules; `Err(None)`: the client cannot be written to.
+    async fn deliver(&mut self, rbuf: &mut BytesMut, eof: bool) -> Result<(), Option<Close>> {
+        loop {
+            match self.from.next(rbuf, eof) {
+                Ok(Some(m)) => {
+                    let opcode = if m.text { OpCode::Text } else { OpCode::Binary };
+                    self.traffic.messages += 1;
+                    self.traffic.bytes += m.payload.len() as u64;
+                    encode_frame(&mut self.obuf, opcode, m.payload);
+                    if self.obuf.len() >= FLUSH_THRESHOLD_BYTES {
+                        self.write_client().await.map_err(|_| None)?;
+                    }
+                }
+                Ok(None) => break,
+                Err(close) => {
+                    self.write_client().await.map_err(|_| None)?;
+                    return Err(Some(close));
+                }
+            }
+        }
+        self.write_client().await.map_err(|_| None)
+    }
+
+    /// Write `obuf` to the client. A client that does not read for `idle_timeout` is cut.
+    async fn write_client(&mut self) -> Result<(), ClientUnwritable> {
+        if self.obuf.is_empty() {
+            return Ok(());
+        }
+        let stall = self.route.limits.idle_timeout;
+        match tokio::time::timeout(stall, self.client.write_all(&self.obuf)).await {
+            Ok(Ok(())) => {
+                self.obuf.clear();
+                Ok(())
+            }
+            _ => Err(ClientUnwritable),
+        }
+    }
+
+    /// Send the session's Close (if any can be sent), run the closing handshake, close the client
+    /// connection. Returns the Close we sent.
+    async fn finish(&mut self, end: DownEnd) -> Option<Close> {
+        let close_timeout = self.route.limits.close_timeout;
+        let sent = match end {
+            DownEnd::Abort => None,
+            DownEnd::Answer(code) => {
+                ws::close::encode_close(code, "", &mut self.obuf);
+                let close = Close::new(
+                    code.unwrap_or(CloseCode::NORMAL),
+                    "client closed",
+                    Side::Client,
+                );
+                self.write_client().await.ok().map(|_| close)
+            }
+            DownEnd::Fail(close) | DownEnd::Initiate(close) => {
+                ws::close::encode_close(Some(close.code), close.reason, &mut self.obuf);
+                let ok = self.write_client().await.is_ok();
+                self.shared.tell_up(|c| c.close_sent = true);
+                if ok && matches!(end, DownEnd::Initiate(_)) {
+                    // RFC 6455 §5.5.1: wait (bounded) for the client's Close before closing TCP.
+                    self.wait_for_upstream(close_timeout).await;
+                }
+                ok.then_some(close)
+            }
+        };
+        if sent.is_some() {
+            // FIN (and TLS close_notify): the server closes the TCP connection first (RFC 6455 §7.1.1).
+            let _ = tokio::time::timeout(close_timeout, self.client.shutdown()).await;
+        }
+        self.shared.tell_up(|c| c.stop_up = true);
+        sent
+    }
+
+    async fn wait_for_upstream(&mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.shared.lock().up_done {
+                return;
+            }
+            tokio::select! {
+                _ = self.shared.to_down.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Append one unmasked, unfragmented server frame.
+fn encode_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    let mut header = [0u8; ws::MAX_SERVER_HEADER_BYTES];
+    let n = ws::encode_header(true, opcode, payload.len() as u64, &mut header);
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+}
