@@ -30,8 +30,9 @@ use crate::ws::{self, CloseCode, Decoder, DecoderLimits, Frame, OpCode};
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Bytes gathered before a write is started even though more input is waiting.
 const FLUSH_THRESHOLD_BYTES: usize = 64 * 1024;
-/// Largest control frame payload (RFC 6455 §5.5).
-const MAX_CONTROL_PAYLOAD: usize = 125;
+/// Pong frames waiting to be written, in bytes. Past this, only the latest ping is answered
+/// (RFC 6455 §5.5.3 allows it), so a ping flood from a client that never reads costs nothing.
+const MAX_PENDING_PONG_BYTES: usize = 4 * 1024;
 
 /// Who a session is, for its log line.
 #[derive(Debug, Clone)]
@@ -114,8 +115,8 @@ where
 /// What the halves tell each other.
 #[derive(Debug, Default)]
 struct Ctl {
-    /// The payload of the latest unanswered ping (pongs are coalesced: RFC 6455 §5.5.3).
-    pong: Option<([u8; MAX_CONTROL_PAYLOAD], u8)>,
+    /// Encoded Pong frames not yet written, bounded by [`MAX_PENDING_PONG_BYTES`].
+    pongs: BytesMut,
     /// The client sent Close (inner: its code, if any).
     client_close: Option<Option<u16>>,
     /// The client broke the protocol (or our framing rules): send this Close and cut.
@@ -247,12 +248,12 @@ where
                             return;
                         }
                     }
-                    Frame::Ping(payload) => {
-                        let mut slot = [0u8; MAX_CONTROL_PAYLOAD];
-                        let n = payload.len().min(MAX_CONTROL_PAYLOAD);
-                        slot[..n].copy_from_slice(&payload[..n]);
-                        self.shared.tell_down(|c| c.pong = Some((slot, n as u8)));
-                    }
+                    Frame::Ping(payload) => self.shared.tell_down(|c| {
+                        if c.pongs.len() + payload.len() + 2 > MAX_PENDING_PONG_BYTES {
+                            c.pongs.clear();
+                        }
+                        encode_frame(&mut c.pongs, OpCode::Pong, payload);
+                    }),
                     Frame::Pong(_) => {}
                     Frame::Close(frame) => {
                         stop = Some(UpStop::ClientClose(frame.map(|f| f.code)));
@@ -418,9 +419,13 @@ where
             tokio::select! {
                 biased;
                 _ = self.shared.to_down.notified() => {
-                    let (pong, fail, client_close, gone, write_failed) = {
+                    let (fail, client_close, gone, write_failed) = {
                         let mut c = self.shared.lock();
-                        (c.pong.take(), c.fail, c.client_close, c.client_gone, c.backend_write_failed)
+                        if answer.is_none() && !c.pongs.is_empty() {
+                            self.obuf.extend_from_slice(&c.pongs);
+                            c.pongs.clear();
+                        }
+                        (c.fail, c.client_close, c.client_gone, c.backend_write_failed)
                     };
                     if gone {
                         return DownEnd::Abort;
@@ -428,13 +433,8 @@ where
                     if let Some(close) = fail {
                         return DownEnd::Fail(close);
                     }
-                    if let Some((payload, len)) = pong {
-                        if answer.is_none() {
-                            encode_frame(&mut self.obuf, OpCode::Pong, &payload[..len as usize]);
-                            if self.write_client().await.is_err() {
-                                return DownEnd::Abort;
-                            }
-                        }
+                    if self.write_client().await.is_err() {
+                        return DownEnd::Abort;
                     }
                     if let Some(code) = client_close {
                         if answer.is_none() {
