@@ -524,6 +524,7 @@ where
     /// connection. Returns the Close we sent.
     async fn finish(&mut self, end: DownEnd) -> Option<Close> {
         let close_timeout = self.route.limits.close_timeout;
+        let failed = matches!(end, DownEnd::Fail(_));
         let sent = match end {
             DownEnd::Abort => None,
             DownEnd::Answer(code) => {
@@ -550,7 +551,11 @@ where
             // FIN (and TLS close_notify): the server closes the TCP connection first (RFC 6455 §7.1.1).
             let _ = tokio::time::timeout(close_timeout, self.client.shutdown()).await;
         }
-        self.shared.tell_up(|c| c.stop_up = true);
+        if !failed {
+            // After a protocol error upstream keeps draining the client until it closes (bounded by
+            // close_timeout), so that unread bytes do not turn our close into a reset.
+            self.shared.tell_up(|c| c.stop_up = true);
+        }
         sent
     }
 

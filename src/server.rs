@@ -207,7 +207,9 @@ async fn serve_http<I>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(remaining)
-        .keep_alive(false)
+        // Keep-alive stays on only so that hyper does not add `close` to the 101's Connection
+        // header; every other answer carries `Connection: close`, so a connection serves one request.
+        .keep_alive(true)
         .max_headers(limits.max_headers)
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192));
@@ -342,7 +344,9 @@ async fn plain_http(
     }
     if let Some(st) = &gw.config.static_files {
         if req.method() == Method::GET || req.method() == Method::HEAD {
-            if let Some(resp) = static_files::serve(st, path, req.method() == Method::HEAD).await {
+            if let Some(mut resp) = static_files::serve(st, path, req.method() == Method::HEAD).await {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 debug!(client = %peer, path, status = resp.status().as_u16(), "static file");
                 return resp;
             }
