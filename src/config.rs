@@ -15,7 +15,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::origin::Origin;
+use crate::auth::jwt::{self, JwtAuth, KeyMaterial, TokenSource};
+use crate::auth::{forward, RouteAuth};
+use crate::origin::OriginPattern;
+use crate::proxy_protocol;
 
 /// Default largest message payload, in bytes (`max_message_size`).
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
@@ -146,7 +149,13 @@ pub struct Route {
     pub backend: BackendAddr,
     pub framing: Framing,
     /// `None` = any Origin (or none) accepted.
-    pub allowed_origins: Option<Vec<Origin>>,
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+    /// With `allowed_origins`: a request without an Origin header is accepted (non-browser clients).
+    pub allow_missing_origin: bool,
+    /// The credential check, if any.
+    pub auth: Option<Arc<RouteAuth>>,
+    /// Write a PROXY protocol header to the backend first.
+    pub proxy_protocol: Option<proxy_protocol::Version>,
     /// Subprotocols the route may select, in preference order.
     pub subprotocols: Vec<String>,
     pub limits: SessionLimits,
@@ -248,6 +257,37 @@ struct RawRoute {
     subprotocols: Vec<Spanned<String>>,
     #[serde(default)]
     limits: RawRouteLimits,
+    allow_missing_origin: Option<Spanned<bool>>,
+    proxy_protocol: Option<proxy_protocol::Version>,
+    auth: Option<Spanned<RawAuth>>,
+}
+
+/// `[route.auth]`: one table for both kinds; keys of the other kind are refused in validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    // jwt
+    token_from: Option<Spanned<String>>,
+    cookie: Option<Spanned<String>>,
+    subprotocol_prefix: Option<Spanned<String>>,
+    algorithms: Option<Spanned<Vec<String>>>,
+    key_file: Option<Spanned<String>>,
+    secret_file: Option<Spanned<String>>,
+    secret_env: Option<Spanned<String>>,
+    issuer: Option<Spanned<String>>,
+    audience: Option<Spanned<String>>,
+    leeway: Option<Spanned<String>>,
+    subject_claim: Option<Spanned<String>>,
+    // forward
+    url: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    identity_header: Option<Spanned<String>>,
+    cache_ttl: Option<Spanned<String>>,
+    cache_size: Option<Spanned<i64>>,
+    max_concurrent: Option<Spanned<i64>>,
+    ca_file: Option<Spanned<String>>,
 }
 
 /// Sizes may be written as integers (bytes) or strings with a unit: "64KiB", "16MiB".
@@ -365,13 +405,22 @@ impl Config {
             };
             let _ = writeln!(
                 s,
-                "  {} -> {}  [{}; {}; max message {} B; idle {:?}]",
+                "  {} -> {}  [{}; {}; auth {}; max message {} B; idle {:?}{}]",
                 r.path,
                 r.backend,
                 r.framing,
                 origins,
+                match r.auth.as_deref() {
+                    None => "none".to_string(),
+                    Some(RouteAuth::Jwt(j)) => format!("jwt from {:?}", j.source),
+                    Some(RouteAuth::Forward(_)) => "forward".to_string(),
+                },
                 r.limits.max_message_size,
-                r.limits.idle_timeout
+                r.limits.idle_timeout,
+                match r.proxy_protocol {
+                    Some(v) => format!("; PROXY {v:?}"),
+                    None => String::new(),
+                }
             );
         }
         if !self.demo_backends.is_empty() {
@@ -555,7 +604,7 @@ impl Validator<'_> {
             Some(list) => {
                 let mut out = Vec::with_capacity(list.len());
                 for (j, o) in list.iter().enumerate() {
-                    match Origin::parse(o.get_ref()) {
+                    match OriginPattern::parse(o.get_ref()) {
                         Ok(origin) => out.push(origin),
                         Err(e) => {
                             return self.err(
@@ -582,15 +631,318 @@ impl Validator<'_> {
             subprotocols.push(name.clone());
         }
         let limits = self.route_limits(i, &r.limits, global)?;
+        let auth = match &r.auth {
+            None => None,
+            Some(a) => Some(Arc::new(self.auth(i, a, &subprotocols)?)),
+        };
+        let ambient = auth.as_deref().is_some_and(RouteAuth::is_ambient);
+        if ambient && allowed_origins.is_none() {
+            return self.err(
+                r.auth.as_ref().map(|a| a.span()).unwrap_or(0..0),
+                format!("route[{i}].allowed_origins"),
+                "this route authenticates with a credential browsers send on their own (a cookie), \
+                 so it must list allowed_origins (cross-site WebSocket hijacking defence)",
+            );
+        }
+        let allow_missing_origin = match &r.allow_missing_origin {
+            None => false,
+            Some(v) if *v.get_ref() && ambient => {
+                return self.err(
+                    v.span(),
+                    format!("route[{i}].allow_missing_origin"),
+                    "not allowed on a route whose credential browsers send on their own (a cookie, or forward auth)",
+                )
+            }
+            Some(v) if *v.get_ref() && allowed_origins.is_none() => {
+                return self.err(
+                    v.span(),
+                    format!("route[{i}].allow_missing_origin"),
+                    "only meaningful together with allowed_origins",
+                )
+            }
+            Some(v) => *v.get_ref(),
+        };
         Ok(Route {
             index: i,
             path: path.clone(),
             backend,
             framing: r.framing.unwrap_or(Framing::Raw),
             allowed_origins,
+            allow_missing_origin,
+            auth,
+            proxy_protocol: r.proxy_protocol,
             subprotocols,
             limits,
         })
+    }
+
+    fn auth(
+        &self,
+        i: usize,
+        a: &Spanned<RawAuth>,
+        subprotocols: &[String],
+    ) -> Result<RouteAuth, ConfigError> {
+        let key = |k: &str| format!("route[{i}].auth.{k}");
+        let a_span = a.span();
+        let a = a.get_ref();
+        let jwt_keys = [
+            ("token_from", a.token_from.as_ref().map(|v| v.span())),
+            ("cookie", a.cookie.as_ref().map(|v| v.span())),
+            (
+                "subprotocol_prefix",
+                a.subprotocol_prefix.as_ref().map(|v| v.span()),
+            ),
+            ("algorithms", a.algorithms.as_ref().map(|v| v.span())),
+            ("key_file", a.key_file.as_ref().map(|v| v.span())),
+            ("secret_file", a.secret_file.as_ref().map(|v| v.span())),
+            ("secret_env", a.secret_env.as_ref().map(|v| v.span())),
+            ("issuer", a.issuer.as_ref().map(|v| v.span())),
+            ("audience", a.audience.as_ref().map(|v| v.span())),
+            ("leeway", a.leeway.as_ref().map(|v| v.span())),
+            ("subject_claim", a.subject_claim.as_ref().map(|v| v.span())),
+        ];
+        let forward_keys = [
+            ("url", a.url.as_ref().map(|v| v.span())),
+            ("timeout", a.timeout.as_ref().map(|v| v.span())),
+            (
+                "identity_header",
+                a.identity_header.as_ref().map(|v| v.span()),
+            ),
+            ("cache_ttl", a.cache_ttl.as_ref().map(|v| v.span())),
+            ("cache_size", a.cache_size.as_ref().map(|v| v.span())),
+            (
+                "max_concurrent",
+                a.max_concurrent.as_ref().map(|v| v.span()),
+            ),
+            ("ca_file", a.ca_file.as_ref().map(|v| v.span())),
+        ];
+        let (kind, foreign) = match a.kind.get_ref().as_str() {
+            "jwt" => ("jwt", &forward_keys[..]),
+            "forward" => ("forward", &jwt_keys[..]),
+            other => {
+                return self.err(
+                    a.kind.span(),
+                    key("type"),
+                    format!("{other:?} is not an auth type; use \"jwt\" or \"forward\""),
+                )
+            }
+        };
+        if let Some((name, Some(span))) = foreign.iter().find(|(_, s)| s.is_some()) {
+            return self.err(
+                span.clone(),
+                key(name),
+                format!("does not apply to type = \"{kind}\""),
+            );
+        }
+        if kind == "forward" {
+            let url = a.url.as_ref().ok_or_else(|| {
+                self.err::<()>(a_span.clone(), key("url"), "type = \"forward\" needs a url")
+                    .unwrap_err()
+            })?;
+            let timeout = match &a.timeout {
+                Some(t) => self.duration(t, &key("timeout"))?,
+                None => Duration::from_secs(forward::DEFAULT_FORWARD_TIMEOUT_SECS),
+            };
+            let cache_ttl = match &a.cache_ttl {
+                Some(t) => Some(self.duration(t, &key("cache_ttl"))?),
+                None => None,
+            };
+            let positive = |v: &Option<Spanned<i64>>,
+                            k: &str,
+                            default: usize|
+             -> Result<usize, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(n) if (1..=10_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+                    Some(n) => self.err(n.span(), key(k), "must be between 1 and 10000000"),
+                }
+            };
+            let cache_size = positive(&a.cache_size, "cache_size", forward::DEFAULT_CACHE_ENTRIES)?;
+            let max_concurrent = positive(
+                &a.max_concurrent,
+                "max_concurrent",
+                forward::DEFAULT_MAX_CONCURRENT,
+            )?;
+            let ca = match &a.ca_file {
+                None => None,
+                Some(f) => {
+                    let path = self.resolve(f.get_ref());
+                    Some(std::fs::read(&path).or_else(|e| {
+                        self.err(f.span(), key("ca_file"), format!("{}: {e}", path.display()))
+                    })?)
+                }
+            };
+            let fwd = forward::ForwardAuth::new(
+                url.get_ref(),
+                timeout,
+                a.identity_header.as_ref().map(|h| h.get_ref().as_str()),
+                cache_ttl,
+                cache_size,
+                max_concurrent,
+                ca,
+            )
+            .or_else(|m| self.err(url.span(), key("url"), m))?;
+            return Ok(RouteAuth::Forward(fwd));
+        }
+
+        // type = "jwt"
+        let from = a.token_from.as_ref().ok_or_else(|| {
+            self.err::<()>(
+                a_span.clone(),
+                key("token_from"),
+                "type = \"jwt\" needs token_from = \"cookie\", \"bearer\" or \"subprotocol\"",
+            )
+            .unwrap_err()
+        })?;
+        let source = match from.get_ref().as_str() {
+            "cookie" => {
+                let name = a.cookie.as_ref().ok_or_else(|| {
+                    self.err::<()>(from.span(), key("cookie"), "token_from = \"cookie\" needs the cookie name in cookie").unwrap_err()
+                })?;
+                if name.get_ref().is_empty() || !name.get_ref().bytes().all(crate::handshake::is_token_byte) {
+                    return self.err(name.span(), key("cookie"), "not a valid cookie name");
+                }
+                TokenSource::Cookie(name.get_ref().clone())
+            }
+            "bearer" => TokenSource::Bearer,
+            "subprotocol" => {
+                let prefix = a
+                    .subprotocol_prefix
+                    .as_ref()
+                    .map(|p| p.get_ref().clone())
+                    .unwrap_or_else(|| jwt::DEFAULT_SUBPROTOCOL_PREFIX.to_string());
+                if prefix.is_empty() || !prefix.bytes().all(crate::handshake::is_token_byte) {
+                    return self.err(
+                        a.subprotocol_prefix.as_ref().map(|p| p.span()).unwrap_or(from.span()),
+                        key("subprotocol_prefix"),
+                        "must be a non-empty run of token characters",
+                    );
+                }
+                if subprotocols.is_empty() {
+                    return self.err(
+                        from.span(),
+                        format!("route[{i}].subprotocols"),
+                        "token_from = \"subprotocol\" needs at least one subprotocol for the gateway to answer with \
+                         (browsers refuse a connection whose offered subprotocols all go unanswered)",
+                    );
+                }
+                if let Some(p) = subprotocols.iter().find(|p| p.starts_with(&prefix)) {
+                    return self.err(
+                        from.span(),
+                        format!("route[{i}].subprotocols"),
+                        format!("{p:?} starts with the token prefix {prefix:?}; it would echo a token back"),
+                    );
+                }
+                TokenSource::Subprotocol { prefix }
+            }
+            other => {
+                return self.err(
+                    from.span(),
+                    key("token_from"),
+                    format!("{other:?} is not a token source; use \"cookie\", \"bearer\" or \"subprotocol\""),
+                )
+            }
+        };
+        if a.cookie.is_some() && !matches!(source, TokenSource::Cookie(_)) {
+            return self.err(
+                a.cookie.as_ref().unwrap().span(),
+                key("cookie"),
+                "only applies to token_from = \"cookie\"",
+            );
+        }
+        let algs_spanned = a.algorithms.as_ref().ok_or_else(|| {
+            self.err::<()>(
+                a_span.clone(),
+                key("algorithms"),
+                "list the accepted algorithms, e.g. [\"RS256\"]",
+            )
+            .unwrap_err()
+        })?;
+        let mut algorithms = Vec::new();
+        for name in algs_spanned.get_ref() {
+            match jwt::parse_algorithm(name) {
+                Some(alg) => algorithms.push(alg),
+                None => {
+                    return self.err(
+                        algs_spanned.span(),
+                        key("algorithms"),
+                        format!("{name:?} is not supported; use HS256, RS256, ES256 or EdDSA (\"none\" is never accepted)"),
+                    )
+                }
+            }
+        }
+        let material = match (&a.key_file, &a.secret_file, &a.secret_env) {
+            (Some(f), None, None) => {
+                let path = self.resolve(f.get_ref());
+                KeyMaterial::PublicPem(std::fs::read(&path).or_else(|e| {
+                    self.err(
+                        f.span(),
+                        key("key_file"),
+                        format!("{}: {e}", path.display()),
+                    )
+                })?)
+            }
+            (None, Some(f), None) => {
+                let path = self.resolve(f.get_ref());
+                let mut bytes = std::fs::read(&path).or_else(|e| {
+                    self.err(
+                        f.span(),
+                        key("secret_file"),
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                KeyMaterial::Secret(bytes)
+            }
+            (None, None, Some(v)) => match std::env::var_os(v.get_ref()) {
+                Some(val) if !val.is_empty() => KeyMaterial::Secret(val.into_encoded_bytes()),
+                _ => {
+                    return self.err(
+                        v.span(),
+                        key("secret_env"),
+                        format!("environment variable {} is not set or empty", v.get_ref()),
+                    )
+                }
+            },
+            (None, None, None) => {
+                return self.err(
+                    a_span,
+                    key("key_file"),
+                    "give key_file (RS256, ES256, EdDSA) or secret_file / secret_env (HS256)",
+                )
+            }
+            _ => {
+                return self.err(
+                    a_span,
+                    key("key_file"),
+                    "give exactly one of key_file, secret_file, secret_env",
+                )
+            }
+        };
+        let leeway = match &a.leeway {
+            None => Duration::from_secs(jwt::DEFAULT_LEEWAY_SECS),
+            Some(l) => {
+                parse_duration(l.get_ref()).or_else(|m| self.err(l.span(), key("leeway"), m))?
+            }
+        };
+        let claim = a
+            .subject_claim
+            .as_ref()
+            .map(|c| c.get_ref().as_str())
+            .unwrap_or("sub");
+        let auth = JwtAuth::new(
+            source,
+            &algorithms,
+            material,
+            a.issuer.as_ref().map(|v| v.get_ref().as_str()),
+            a.audience.as_ref().map(|v| v.get_ref().as_str()),
+            leeway,
+            claim,
+        )
+        .or_else(|m| self.err(algs_spanned.span(), format!("route[{i}].auth"), m))?;
+        Ok(RouteAuth::Jwt(auth))
     }
 
     fn backend(&self, i: usize, value: &Spanned<String>) -> Result<BackendAddr, ConfigError> {
@@ -1108,6 +1460,99 @@ backend = "127.0.0.1:9001"
         let text =
             format!("{MINIMAL}\n[[demo_backend]]\nbind = \"0.0.0.0:9001\"\nkind = \"greeter\"\n");
         assert!(parse(&text).unwrap_err().to_string().contains("loopback"));
+    }
+
+    fn with_auth(route_extra: &str, auth: &str) -> Result<Config, ConfigError> {
+        std::env::set_var("WSGATE_TEST_SECRET", "0123456789abcdef0123456789abcdef");
+        let text = MINIMAL.replace(
+            "path = \"/echo\"",
+            &format!("path = \"/echo\"\n{route_extra}"),
+        );
+        parse(&format!("{text}\n[route.auth]\n{auth}\n"))
+    }
+
+    const HS_BEARER: &str = "type = \"jwt\"\ntoken_from = \"bearer\"\nalgorithms = [\"HS256\"]\nsecret_env = \"WSGATE_TEST_SECRET\"";
+    const HS_COOKIE: &str = "type = \"jwt\"\ntoken_from = \"cookie\"\ncookie = \"session\"\nalgorithms = [\"HS256\"]\nsecret_env = \"WSGATE_TEST_SECRET\"";
+
+    #[test]
+    fn cookie_auth_needs_allowed_origins() {
+        let e = with_auth("", HS_COOKIE).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("route[0].allowed_origins"), "{e}");
+        assert!(with_auth("allowed_origins = [\"https://app.example.com\"]", HS_COOKIE).is_ok());
+        let forward = "type = \"forward\"\nurl = \"http://127.0.0.1:9/auth\"";
+        assert!(with_auth("", forward).is_err());
+    }
+
+    #[test]
+    fn allow_missing_origin_only_for_non_ambient_credentials() {
+        let origins =
+            "allowed_origins = [\"https://app.example.com\"]\nallow_missing_origin = true";
+        assert!(with_auth(origins, HS_BEARER).unwrap().routes[0].allow_missing_origin);
+        let e = with_auth(origins, HS_COOKIE).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("route[0].allow_missing_origin"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn jwt_config_errors_name_the_key() {
+        let cases = [
+            (
+                HS_BEARER.replace("HS256", "none"),
+                "route[0].auth.algorithms",
+            ),
+            (
+                HS_BEARER.replace("[\"HS256\"]", "[\"HS256\", \"RS256\"]"),
+                "route[0].auth",
+            ),
+            (
+                HS_BEARER.replace("WSGATE_TEST_SECRET", "WSGATE_UNSET_VARIABLE"),
+                "route[0].auth.secret_env",
+            ),
+            (
+                HS_BEARER.replace("bearer", "header"),
+                "route[0].auth.token_from",
+            ),
+            (
+                format!("{HS_BEARER}\nurl = \"http://x/\""),
+                "route[0].auth.url",
+            ),
+            (
+                HS_BEARER.replace(
+                    "secret_env = \"WSGATE_TEST_SECRET\"",
+                    "key_file = \"/nonexistent.pem\"",
+                ),
+                "route[0].auth.key_file",
+            ),
+            (
+                HS_BEARER.replace("bearer", "subprotocol"),
+                "route[0].subprotocols",
+            ),
+        ];
+        for (auth, key) in cases {
+            let e = with_auth("", &auth).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{auth}: {e}");
+        }
+    }
+
+    #[test]
+    fn wildcard_origins_and_proxy_protocol_parse() {
+        let c = parse(&MINIMAL.replace(
+            "path = \"/echo\"",
+            "path = \"/echo\"\nallowed_origins = [\"https://*.example.com\"]\nproxy_protocol = \"v2\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.routes[0].proxy_protocol,
+            Some(proxy_protocol::Version::V2)
+        );
+        assert!(parse(&MINIMAL.replace(
+            "path = \"/echo\"",
+            "path = \"/echo\"\nproxy_protocol = \"v3\""
+        ))
+        .is_err());
     }
 
     #[test]

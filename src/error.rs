@@ -53,6 +53,12 @@ impl Close {
     );
     /// No traffic either way for `idle_timeout`.
     pub const IDLE: Close = Close::new(CloseCode::GOING_AWAY, "idle timeout", Side::Gateway);
+    /// The client's credential (a JWT) expired during the session.
+    pub const CREDENTIAL_EXPIRED: Close = Close::new(
+        CloseCode::POLICY_VIOLATION,
+        "credential expired",
+        Side::Client,
+    );
     /// The gateway is shutting down.
     pub const SHUTDOWN: Close = Close::new(
         CloseCode::GOING_AWAY,

@@ -27,6 +27,7 @@ pub mod error;
 pub mod framing;
 pub mod handshake;
 pub mod origin;
+pub mod proxy_protocol;
 pub mod pump;
 pub mod server;
 pub mod static_files;

@@ -1,9 +1,10 @@
 //! Web origins (RFC 6454) as the gateway compares them: `scheme://host[:port]`, normalised.
 //!
-//! Owns parsing of `allowed_origins` entries and of the `Origin` request header, and the comparison
-//! between them. Scheme and host are compared case-insensitively, default ports are dropped, and
-//! nothing else is forgiven: no path, no user info, no trailing dot folding. It does not decide
-//! which routes need an Origin (that is the handshake's business).
+//! Owns parsing of `allowed_origins` entries ([`OriginPattern`]: exact, or a leading-label wildcard
+//! `https://*.example.com`) and of the `Origin` request header, and the comparison between them.
+//! Scheme and host are compared case-insensitively, default ports are dropped, and nothing else
+//! is forgiven: no path, no user info, no trailing dot folding. It does not decide which routes
+//! need an Origin (that is `auth`'s business).
 
 use std::fmt;
 
@@ -87,6 +88,83 @@ impl Origin {
     }
 }
 
+/// One `allowed_origins` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// Matches this origin only.
+    Exact(Origin),
+    /// `scheme://*.domain[:port]`: matches any origin of that scheme and port whose host ends in
+    /// `.domain` (one or more labels in front). The bare domain itself does not match.
+    Subdomains {
+        scheme: String,
+        domain: String,
+        port: Option<u16>,
+    },
+}
+
+impl OriginPattern {
+    /// Parse an entry; `*.` is allowed only as the whole first label of the host.
+    pub fn parse(s: &str) -> Result<OriginPattern, OriginError> {
+        if let Some((scheme, rest)) = s.split_once("://*.") {
+            let base = Origin::parse(&format!("{scheme}://{rest}"))?;
+            if base.host.starts_with('[')
+                || !base.host.contains('.')
+                || base.host.parse::<std::net::Ipv4Addr>().is_ok()
+            {
+                return Err(OriginError("a wildcard needs a domain with at least two labels, e.g. https://*.example.com"));
+            }
+            return Ok(OriginPattern::Subdomains {
+                scheme: base.scheme,
+                domain: base.host,
+                port: base.port,
+            });
+        }
+        if s.contains('*') {
+            return Err(OriginError(
+                "'*' is only allowed as the first label: https://*.example.com",
+            ));
+        }
+        Origin::parse(s).map(OriginPattern::Exact)
+    }
+
+    pub fn matches(&self, origin: &Origin) -> bool {
+        match self {
+            OriginPattern::Exact(o) => o == origin,
+            OriginPattern::Subdomains {
+                scheme,
+                domain,
+                port,
+            } => {
+                *scheme == origin.scheme
+                    && *port == origin.port
+                    && origin.host.len() > domain.len() + 1
+                    && origin.host.ends_with(domain.as_str())
+                    && origin.host.as_bytes()[origin.host.len() - domain.len() - 1] == b'.'
+                    && !origin.host.starts_with('.')
+            }
+        }
+    }
+}
+
+impl fmt::Display for OriginPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OriginPattern::Exact(o) => o.fmt(f),
+            OriginPattern::Subdomains {
+                scheme,
+                domain,
+                port,
+            } => {
+                write!(f, "{scheme}://*.{domain}")?;
+                if let Some(p) = port {
+                    write!(f, ":{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme, self.host)?;
@@ -127,6 +205,35 @@ mod tests {
             "https://app.example.com.",
         ] {
             assert_ne!(o(attack), allowed, "{attack}");
+        }
+    }
+
+    #[test]
+    fn wildcard_matches_subdomains_only() {
+        let p = OriginPattern::parse("https://*.example.com").unwrap();
+        assert!(p.matches(&o("https://a.example.com")));
+        assert!(p.matches(&o("https://A.b.EXAMPLE.com:443")));
+        for no in [
+            "https://example.com",
+            "https://evil-example.com",
+            "https://a.example.com.evil.io",
+            "http://a.example.com",
+            "https://a.example.com:8443",
+            "https://a.example.com.",
+        ] {
+            assert!(!p.matches(&o(no)), "{no}");
+        }
+        let exact = OriginPattern::parse("https://app.example.com").unwrap();
+        assert!(exact.matches(&o("https://APP.example.com")));
+        for bad in [
+            "https://*.com",
+            "https://a.*.com",
+            "https://*example.com",
+            "*",
+            "https://*.[::1]",
+            "https://*.1.2.3.4",
+        ] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -40,6 +40,10 @@ pub struct SessionInfo {
     pub id: u64,
     pub route: Arc<Route>,
     pub client: SocketAddr,
+    /// The authenticated subject, if the route authenticates.
+    pub subject: Option<String>,
+    /// When the client's credential expires: the session is closed with 1008 then.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 /// Counters of one direction.
@@ -101,7 +105,14 @@ where
         max_message_size: route.limits.max_message_size,
         max_fragments: route.limits.max_fragments,
     };
-    let (up_traffic, (close, down_traffic)) = tokio::join!(up.run(limits), down.run(shutdown));
+    let expires = info.expires_at.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::Instant::now() + left
+    });
+    let (up_traffic, (close, down_traffic)) =
+        tokio::join!(up.run(limits), down.run(shutdown, expires));
     let client_close = shared.lock().client_close;
     Outcome {
         close,
@@ -399,13 +410,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    async fn run(mut self, shutdown: CancellationToken) -> (Option<Close>, Traffic) {
-        let end = self.pump(shutdown).await;
+    async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        expires: Option<tokio::time::Instant>,
+    ) -> (Option<Close>, Traffic) {
+        let end = self.pump(shutdown, expires).await;
         let close = self.finish(end).await;
         (close, self.traffic)
     }
 
-    async fn pump(&mut self, shutdown: CancellationToken) -> DownEnd {
+    async fn pump(
+        &mut self,
+        shutdown: CancellationToken,
+        expires: Option<tokio::time::Instant>,
+    ) -> DownEnd {
         let limits = self.route.limits;
         let mut rbuf = BytesMut::new();
         // Set once the client has sent Close: what we owe it, and until when we drain the backend.
@@ -477,6 +496,7 @@ where
                     }
                 }
                 _ = shutdown.cancelled(), if answer.is_none() => return DownEnd::Initiate(Close::SHUTDOWN),
+                _ = sleep_until_opt(expires), if answer.is_none() => return DownEnd::Initiate(Close::CREDENTIAL_EXPIRED),
             }
         }
     }

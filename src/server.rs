@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, Listener};
 use crate::handshake::{self, Reject};
 use crate::pump::{self, SessionInfo};
-use crate::{auth, backend, demo, static_files};
+use crate::{auth, backend, demo, proxy_protocol, static_files};
 
 /// After a shutdown request, how long sessions get to finish their closing handshake.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -175,27 +176,38 @@ fn is_per_connection_error(e: &io::Error) -> bool {
     )
 }
 
+/// Addresses of one client connection.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    peer: SocketAddr,
+    /// The gateway address the client connected to.
+    local: SocketAddr,
+    tls: bool,
+}
+
 /// One client connection, up to the moment it is upgraded (or answered and closed).
 async fn connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
     let _ = tcp.set_nodelay(true);
+    let Ok(local) = tcp.local_addr() else { return };
+    let conn = Conn {
+        peer,
+        local,
+        tls: tls.is_some(),
+    };
     let accepted_at = Instant::now();
     let deadline = tokio::time::Instant::from_std(accepted_at + gw.config.http.handshake_timeout);
     match tls {
-        None => serve_http(gw, TokioIo::new(tcp), peer, deadline).await,
+        None => serve_http(gw, TokioIo::new(tcp), conn, deadline).await,
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => serve_http(gw, TokioIo::new(stream), peer, deadline).await,
+            Ok(Ok(stream)) => serve_http(gw, TokioIo::new(stream), conn, deadline).await,
             Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
             Err(_) => debug!(client = %peer, "TLS handshake deadline (handshake_timeout) passed"),
         },
     }
 }
 
-async fn serve_http<I>(
-    gw: Arc<Gateway>,
-    io: TokioIo<I>,
-    peer: SocketAddr,
-    deadline: tokio::time::Instant,
-) where
+async fn serve_http<I>(gw: Arc<Gateway>, io: TokioIo<I>, conn: Conn, deadline: tokio::time::Instant)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -217,10 +229,11 @@ async fn serve_http<I>(
     let gw2 = gw.clone();
     let service = service_fn(move |req| {
         let gw = gw2.clone();
-        async move { Ok::<_, Infallible>(handle(&gw, req, peer).await) }
+        async move { Ok::<_, Infallible>(handle(&gw, req, conn).await) }
     });
-    let conn = builder.serve_connection(io, service).with_upgrades();
-    match tokio::time::timeout(phase_limit, conn).await {
+    let peer = conn.peer;
+    let http = builder.serve_connection(io, service).with_upgrades();
+    match tokio::time::timeout(phase_limit, http).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(client = %peer, error = %e, "HTTP connection ended with an error"),
         Err(_) => {
@@ -233,15 +246,15 @@ async fn serve_http<I>(
 async fn handle(
     gw: &Arc<Gateway>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    conn: Conn,
 ) -> Response<Full<Bytes>> {
     if !handshake::is_upgrade_attempt(req.headers()) {
-        return plain_http(gw, &req, peer).await;
+        return plain_http(gw, &req, conn.peer).await;
     }
-    match upgrade(gw, &mut req, peer).await {
+    match upgrade(gw, &mut req, conn).await {
         Ok(resp) => resp,
         Err(reject) => {
-            info!(client = %peer, path = %req.uri().path(), status = reject.status.as_u16(), reason = reject.reason, "handshake refused");
+            info!(client = %conn.peer, path = %req.uri().path(), status = reject.status.as_u16(), reason = reject.reason, "handshake refused");
             reject_response(&reject)
         }
     }
@@ -251,8 +264,9 @@ async fn handle(
 async fn upgrade(
     gw: &Arc<Gateway>,
     req: &mut Request<Incoming>,
-    peer: SocketAddr,
+    conn: Conn,
 ) -> Result<Response<Full<Bytes>>, Reject> {
+    let peer = conn.peer;
     let accepted = handshake::validate(req.method(), req.version(), req.headers())?;
     let route = gw
         .config
@@ -263,19 +277,51 @@ async fn upgrade(
         ))?
         .clone();
     auth::check_origin(&route, req.headers())?;
+    let identity = auth::authenticate(
+        &route,
+        &auth::Request {
+            headers: req.headers(),
+            uri: req.uri(),
+            offered_protocols: &accepted.offered_protocols,
+            client: peer,
+            tls: conn.tls,
+        },
+    )
+    .await?;
     let protocol = auth::select_subprotocol(&route, &accepted.offered_protocols).map(str::to_owned);
-    let backend = backend::connect(&route.backend, route.limits.connect_timeout)
+    let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
+    let mut backend = backend::connect(&route.backend, route.limits.connect_timeout)
         .await
         .map_err(|e| {
             warn!(client = %peer, route = %route.path, error = %e, "backend connect failed");
             e.reject()
         })?;
+    if let Some(version) = route.proxy_protocol {
+        let header = proxy_protocol::encode(
+            version,
+            &proxy_protocol::Header {
+                source: peer,
+                destination: conn.local,
+                subject: identity.subject.as_deref(),
+                route: &route.path,
+                session_id: id,
+            },
+        );
+        let write =
+            tokio::time::timeout(route.limits.connect_timeout, backend.write_all(&header)).await;
+        if !matches!(write, Ok(Ok(()))) {
+            warn!(client = %peer, route = %route.path, "backend failed while the PROXY header was written");
+            return Err(Reject::new(StatusCode::BAD_GATEWAY, "backend unavailable"));
+        }
+    }
 
     let on_upgrade = hyper::upgrade::on(req);
     let info = SessionInfo {
-        id: gw.next_session.fetch_add(1, Ordering::Relaxed),
+        id,
         route: route.clone(),
         client: peer,
+        subject: identity.subject,
+        expires_at: identity.expires_at,
     };
     let shutdown = gw.shutdown.child_token();
     gw.sessions.spawn(async move {
@@ -286,7 +332,8 @@ async fn upgrade(
                 return;
             }
         };
-        info!(session = info.id, route = %info.route.path, client = %info.client, backend = %info.route.backend, "session open");
+        let subject = info.subject.as_deref().unwrap_or("-");
+        info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %info.route.backend, "session open");
         let outcome = pump::run(&info, TokioIo::new(upgraded), backend, shutdown).await;
         let (code, reason, by) = match &outcome.close {
             Some(c) => (Some(c.code), c.reason, c.by.to_string()),
@@ -296,6 +343,7 @@ async fn upgrade(
             session = info.id,
             route = %info.route.path,
             client = %info.client,
+            subject,
             duration_ms = outcome.duration.as_millis() as u64,
             close_code = ?code,
             reason,
@@ -344,7 +392,9 @@ async fn plain_http(
     }
     if let Some(st) = &gw.config.static_files {
         if req.method() == Method::GET || req.method() == Method::HEAD {
-            if let Some(mut resp) = static_files::serve(st, path, req.method() == Method::HEAD).await {
+            if let Some(mut resp) =
+                static_files::serve(st, path, req.method() == Method::HEAD).await
+            {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 debug!(client = %peer, path, status = resp.status().as_u16(), "static file");
@@ -373,6 +423,12 @@ fn reject_response(reject: &Reject) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if reject.status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"wsgate\""),
+        );
+    }
     if reject.status == StatusCode::UPGRADE_REQUIRED {
         h.insert(
             header::SEC_WEBSOCKET_VERSION,

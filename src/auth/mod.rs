@@ -1,14 +1,101 @@
 //! Who may connect to a route, decided from the request head before any backend is touched.
 //!
-//! Owns the per-route Origin policy and subprotocol selection. Pure: takes headers, returns a
-//! decision. Never logs or returns credential values.
+//! Owns the per-route Origin policy, the route's credential check ([`RouteAuth`]: a JWT, or an
+//! external auth service), and subprotocol selection. Refusals are 401 (missing or invalid
+//! credential), 403 (Origin or subject refused) or 503 (auth service unavailable). Credential values
+//! are never logged, returned in an error, or passed to a backend.
+
+pub mod forward;
+pub mod jwt;
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use http::header::{self, HeaderMap};
-use http::StatusCode;
+use http::{StatusCode, Uri};
 
 use crate::config::Route;
 use crate::handshake::Reject;
 use crate::origin::Origin;
+
+/// A route's credential check.
+#[derive(Debug)]
+pub enum RouteAuth {
+    Jwt(jwt::JwtAuth),
+    Forward(forward::ForwardAuth),
+}
+
+impl RouteAuth {
+    /// Whether browsers send this credential on their own, so that any page can use it.
+    pub fn is_ambient(&self) -> bool {
+        match self {
+            RouteAuth::Jwt(j) => j.source.is_ambient(),
+            // The auth service sees the Cookie header, so cookies can carry the decision.
+            RouteAuth::Forward(_) => true,
+        }
+    }
+}
+
+/// Who the client is, once authenticated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: Option<String>,
+    /// When the credential stops being valid: the session is closed with 1008 then.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// The parts of a request the credential check reads.
+pub struct Request<'a> {
+    pub headers: &'a HeaderMap,
+    pub uri: &'a Uri,
+    pub offered_protocols: &'a [String],
+    pub client: SocketAddr,
+    pub tls: bool,
+}
+
+/// Run the route's credential check, if it has one.
+pub async fn authenticate(route: &Route, req: &Request<'_>) -> Result<Identity, Reject> {
+    match route.auth.as_deref() {
+        None => Ok(Identity::default()),
+        Some(RouteAuth::Jwt(j)) => {
+            let token = j
+                .extract(req.headers, req.offered_protocols)
+                .map_err(|e| unauthorized(e.reason()))?;
+            let verified = j.verify(token).map_err(|e| unauthorized(e.reason()))?;
+            Ok(Identity {
+                subject: verified.subject,
+                expires_at: Some(verified.expires_at),
+            })
+        }
+        Some(RouteAuth::Forward(f)) => {
+            let subject = forward::Subject {
+                headers: req.headers,
+                uri: req.uri,
+                client: req.client,
+                tls: req.tls,
+                route: &route.path,
+            };
+            match f.check(&subject).await {
+                forward::Decision::Allow(subject) => Ok(Identity {
+                    subject,
+                    expires_at: None,
+                }),
+                forward::Decision::Deny(StatusCode::FORBIDDEN) => Err(Reject::new(
+                    StatusCode::FORBIDDEN,
+                    "denied by the auth service",
+                )),
+                forward::Decision::Deny(_) => Err(unauthorized("refused by the auth service")),
+                forward::Decision::Unavailable(reason) => {
+                    Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, reason))
+                }
+            }
+        }
+    }
+}
+
+fn unauthorized(reason: &'static str) -> Reject {
+    Reject::new(StatusCode::UNAUTHORIZED, reason)
+}
 
 /// Check the `Origin` header against the route's `allowed_origins`.
 ///
@@ -43,7 +130,7 @@ pub fn check_origin(route: &Route, headers: &HeaderMap) -> Result<(), Reject> {
             StatusCode::FORBIDDEN,
             "malformed or opaque Origin",
         ))?;
-    if allowed.contains(&origin) {
+    if allowed.iter().any(|p| p.matches(&origin)) {
         Ok(())
     } else {
         Err(Reject::new(
@@ -54,6 +141,8 @@ pub fn check_origin(route: &Route, headers: &HeaderMap) -> Result<(), Reject> {
 }
 
 /// The subprotocol to answer with: the first of the route's `subprotocols` that the client offered.
+/// (A token carried in `Sec-WebSocket-Protocol` is never one of them: config validation ensures no
+/// configured name starts with the token prefix.)
 pub fn select_subprotocol<'r>(route: &'r Route, offered: &[String]) -> Option<&'r str> {
     route
         .subprotocols

@@ -1,0 +1,443 @@
+//! JSON Web Token credentials: where the token is read from, and its verification.
+//!
+//! Owns extracting the token (a named cookie, `Authorization: Bearer`, or a
+//! `Sec-WebSocket-Protocol` entry with a prefix) and checking it with the `jsonwebtoken` crate:
+//! signature, `exp` (required), `nbf`, `iss` and `aud` when configured, with a small leeway.
+//! Only the configured algorithms are accepted, and all of them belong to the family of the one
+//! configured key, so `alg: none` and algorithm confusion (an RSA public key used as an HMAC
+//! secret) are refused. Token values are never logged or returned in an error.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+/// Default prefix of the `Sec-WebSocket-Protocol` entry that carries a token.
+pub const DEFAULT_SUBPROTOCOL_PREFIX: &str = "access_token.";
+/// Default clock leeway for `exp` and `nbf`.
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+/// Shortest HMAC secret accepted: 256 bits, as RFC 7518 §3.2 requires for HS256.
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// Where the token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The cookie with this name (sent ambiently by browsers: the route needs an Origin policy).
+    Cookie(String),
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// A `Sec-WebSocket-Protocol` entry `<prefix><token>`; that entry is never echoed back.
+    Subprotocol { prefix: String },
+}
+
+impl TokenSource {
+    /// Whether a browser attaches this credential on its own (cross-site requests included).
+    pub fn is_ambient(&self) -> bool {
+        matches!(self, TokenSource::Cookie(_))
+    }
+}
+
+/// The verification key, matching the configured algorithms.
+pub enum KeyMaterial {
+    /// HS256 secret bytes.
+    Secret(Vec<u8>),
+    /// PEM public key for RS256, ES256 or EdDSA.
+    PublicPem(Vec<u8>),
+}
+
+/// A configured JWT check.
+pub struct JwtAuth {
+    pub source: TokenSource,
+    key: DecodingKey,
+    validation: Validation,
+    subject_claim: String,
+    leeway: Duration,
+}
+
+impl std::fmt::Debug for JwtAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtAuth")
+            .field("source", &self.source)
+            .field("algorithms", &self.validation.algorithms)
+            .field("subject_claim", &self.subject_claim)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a token was refused; a short reason safe to log and to send (never the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtError {
+    Missing,
+    Ambiguous,
+    Invalid(&'static str),
+}
+
+impl JwtError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            JwtError::Missing => "missing credential",
+            JwtError::Ambiguous => "more than one credential",
+            JwtError::Invalid(r) => r,
+        }
+    }
+}
+
+/// A verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub subject: Option<String>,
+    /// When the session must end (the token's `exp` plus the leeway).
+    pub expires_at: SystemTime,
+}
+
+/// Parse an algorithm name as written in the config.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    match name {
+        "HS256" => Some(Algorithm::HS256),
+        "RS256" => Some(Algorithm::RS256),
+        "ES256" => Some(Algorithm::ES256),
+        "EdDSA" => Some(Algorithm::EdDSA),
+        _ => None,
+    }
+}
+
+impl JwtAuth {
+    /// Build the check. `algorithms` must be non-empty and of one family, matching `key`.
+    pub fn new(
+        source: TokenSource,
+        algorithms: &[Algorithm],
+        key: KeyMaterial,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+        leeway: Duration,
+        subject_claim: &str,
+    ) -> Result<JwtAuth, String> {
+        let first = *algorithms
+            .first()
+            .ok_or("at least one algorithm is required")?;
+        let family = |a: Algorithm| match a {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => 0,
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => 1,
+            Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => 1,
+            Algorithm::ES256 | Algorithm::ES384 => 2,
+            Algorithm::EdDSA => 3,
+        };
+        if algorithms.iter().any(|a| family(*a) != family(first)) {
+            return Err(
+                "all algorithms must use the same kind of key (HMAC, RSA, EC or Ed25519); \
+                        mixing them invites algorithm confusion"
+                    .into(),
+            );
+        }
+        let key = match (first, key) {
+            (Algorithm::HS256, KeyMaterial::Secret(s)) => {
+                if s.len() < MIN_HMAC_SECRET_BYTES {
+                    return Err(format!(
+                        "the HS256 secret is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are required",
+                        s.len()
+                    ));
+                }
+                DecodingKey::from_secret(&s)
+            }
+            (Algorithm::HS256, KeyMaterial::PublicPem(_)) => {
+                return Err("HS256 takes secret_file or secret_env, not key_file".into())
+            }
+            (_, KeyMaterial::Secret(_)) => {
+                return Err(format!(
+                    "{first:?} takes a public key in key_file, not a secret"
+                ))
+            }
+            (Algorithm::RS256, KeyMaterial::PublicPem(pem)) => DecodingKey::from_rsa_pem(&pem)
+                .map_err(|e| format!("not an RSA public key in PEM: {e}"))?,
+            (Algorithm::ES256, KeyMaterial::PublicPem(pem)) => DecodingKey::from_ec_pem(&pem)
+                .map_err(|e| format!("not an EC public key in PEM: {e}"))?,
+            (Algorithm::EdDSA, KeyMaterial::PublicPem(pem)) => DecodingKey::from_ed_pem(&pem)
+                .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"))?,
+            (other, _) => return Err(format!("algorithm {other:?} is not supported")),
+        };
+        let mut validation = Validation::new(first);
+        validation.algorithms = algorithms.to_vec();
+        validation.leeway = leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
+        match audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        Ok(JwtAuth {
+            source,
+            key,
+            validation,
+            subject_claim: subject_claim.to_string(),
+            leeway,
+        })
+    }
+
+    /// Find the token in the request head.
+    pub fn extract<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        offered_protocols: &'h [String],
+    ) -> Result<&'h str, JwtError> {
+        match &self.source {
+            TokenSource::Cookie(name) => {
+                let mut found = None;
+                for value in headers.get_all(header::COOKIE) {
+                    let Ok(value) = value.to_str() else { continue };
+                    for pair in value.split(';') {
+                        let Some((k, v)) = pair.trim().split_once('=') else {
+                            continue;
+                        };
+                        if k == name {
+                            if found.is_some() {
+                                return Err(JwtError::Ambiguous);
+                            }
+                            found = Some(v.trim_matches('"'));
+                        }
+                    }
+                }
+                found.filter(|v| !v.is_empty()).ok_or(JwtError::Missing)
+            }
+            TokenSource::Bearer => {
+                let mut all = headers.get_all(header::AUTHORIZATION).iter();
+                let value = all.next().ok_or(JwtError::Missing)?;
+                if all.next().is_some() {
+                    return Err(JwtError::Ambiguous);
+                }
+                let value = value
+                    .to_str()
+                    .map_err(|_| JwtError::Invalid("malformed Authorization header"))?;
+                let (scheme, token) = value
+                    .split_once(' ')
+                    .ok_or(JwtError::Invalid("malformed Authorization header"))?;
+                if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                    return Err(JwtError::Invalid("Authorization is not a Bearer token"));
+                }
+                Ok(token.trim())
+            }
+            TokenSource::Subprotocol { prefix } => {
+                let mut tokens = offered_protocols
+                    .iter()
+                    .filter_map(|p| p.strip_prefix(prefix.as_str()));
+                let token = tokens.next().ok_or(JwtError::Missing)?;
+                if tokens.next().is_some() {
+                    return Err(JwtError::Ambiguous);
+                }
+                Ok(token)
+            }
+        }
+    }
+
+    /// Verify a token.
+    pub fn verify(&self, token: &str) -> Result<Verified, JwtError> {
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &self.key,
+            &self.validation,
+        )
+        .map_err(|e| JwtError::Invalid(describe(e.kind())))?;
+        let claims = data.claims;
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or(JwtError::Invalid("token has no usable exp claim"))?;
+        let subject = claims.get(&self.subject_claim).and_then(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .or_else(|| v.as_u64().map(|n| n.to_string()))
+        });
+        Ok(Verified {
+            subject,
+            expires_at: UNIX_EPOCH + Duration::from_secs(exp) + self.leeway,
+        })
+    }
+}
+
+fn describe(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
+        ErrorKind::InvalidSignature => "token signature invalid",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "token algorithm not allowed"
+        }
+        ErrorKind::InvalidAudience => "token audience not accepted",
+        ErrorKind::InvalidIssuer => "token issuer not accepted",
+        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
+        _ => "malformed token",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn hs(source: TokenSource) -> JwtAuth {
+        JwtAuth::new(
+            source,
+            &[Algorithm::HS256],
+            KeyMaterial::Secret(SECRET.to_vec()),
+            Some("issuer"),
+            Some("wsgate"),
+            Duration::from_secs(0),
+            "sub",
+        )
+        .unwrap()
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn good_claims() -> serde_json::Value {
+        serde_json::json!({"sub": "alice", "exp": now() + 60, "iss": "issuer", "aud": "wsgate"})
+    }
+
+    #[test]
+    fn valid_token_gives_subject() {
+        let v = hs(TokenSource::Bearer)
+            .verify(&token(good_claims()))
+            .unwrap();
+        assert_eq!(v.subject.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn refusals() {
+        let a = hs(TokenSource::Bearer);
+        let mut c = good_claims();
+        c["exp"] = (now() - 10).into();
+        assert_eq!(
+            a.verify(&token(c)).unwrap_err(),
+            JwtError::Invalid("token expired")
+        );
+        let mut c = good_claims();
+        c["aud"] = "other".into();
+        assert_eq!(
+            a.verify(&token(c)).unwrap_err(),
+            JwtError::Invalid("token audience not accepted")
+        );
+        let mut c = good_claims();
+        c["iss"] = "evil".into();
+        assert_eq!(
+            a.verify(&token(c)).unwrap_err(),
+            JwtError::Invalid("token issuer not accepted")
+        );
+        let mut c = good_claims();
+        c["nbf"] = (now() + 100).into();
+        assert_eq!(
+            a.verify(&token(c)).unwrap_err(),
+            JwtError::Invalid("token not valid yet (nbf)")
+        );
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove("exp");
+        assert!(a.verify(&token(c)).is_err());
+        // Tampered payload: signature no longer matches.
+        let t = token(good_claims());
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let other = token(
+            serde_json::json!({"sub": "mallory", "exp": now() + 60, "iss": "issuer", "aud": "wsgate"}),
+        );
+        let other_payload = other.split('.').nth(1).unwrap().to_string();
+        parts[1] = &other_payload;
+        assert_eq!(
+            a.verify(&parts.join(".")).unwrap_err(),
+            JwtError::Invalid("token signature invalid")
+        );
+        // alg: none.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(good_claims().to_string())
+        );
+        assert!(a.verify(&none).is_err());
+        assert!(a.verify("garbage").is_err());
+    }
+
+    #[test]
+    fn mixed_families_and_short_secrets_are_refused() {
+        let mixed = JwtAuth::new(
+            TokenSource::Bearer,
+            &[Algorithm::HS256, Algorithm::RS256],
+            KeyMaterial::Secret(SECRET.to_vec()),
+            None,
+            None,
+            Duration::ZERO,
+            "sub",
+        );
+        assert!(mixed.is_err());
+        let short = JwtAuth::new(
+            TokenSource::Bearer,
+            &[Algorithm::HS256],
+            KeyMaterial::Secret(b"short".to_vec()),
+            None,
+            None,
+            Duration::ZERO,
+            "sub",
+        );
+        assert!(short.is_err());
+    }
+
+    #[test]
+    fn extraction() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; session=tok; b=2"),
+        );
+        let cookie = hs(TokenSource::Cookie("session".into()));
+        assert_eq!(cookie.extract(&h, &[]), Ok("tok"));
+        h.append(header::COOKIE, HeaderValue::from_static("session=again"));
+        assert_eq!(cookie.extract(&h, &[]), Err(JwtError::Ambiguous));
+        assert_eq!(
+            cookie.extract(&HeaderMap::new(), &[]),
+            Err(JwtError::Missing)
+        );
+
+        let bearer = hs(TokenSource::Bearer);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer.extract(&h, &[]), Ok("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(bearer.extract(&h, &[]).is_err());
+
+        let sub = hs(TokenSource::Subprotocol {
+            prefix: DEFAULT_SUBPROTOCOL_PREFIX.into(),
+        });
+        let offered = vec!["app".to_string(), "access_token.xyz".to_string()];
+        assert_eq!(sub.extract(&HeaderMap::new(), &offered), Ok("xyz"));
+        assert_eq!(
+            sub.extract(&HeaderMap::new(), &offered[..1]),
+            Err(JwtError::Missing)
+        );
+    }
+}
