@@ -448,12 +448,21 @@ impl Validator<'_> {
         key: impl Into<String>,
         message: impl Into<String>,
     ) -> Result<T, ConfigError> {
-        Err(ConfigError {
+        Err(self.error(span, key, message))
+    }
+
+    fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
             file: None,
             line: Some(line_of(self.text, span.start)),
             key: Some(key.into()),
             message: message.into(),
-        })
+        }
     }
 
     fn err_nospan<T>(
@@ -736,8 +745,7 @@ impl Validator<'_> {
         }
         if kind == "forward" {
             let url = a.url.as_ref().ok_or_else(|| {
-                self.err::<()>(a_span.clone(), key("url"), "type = \"forward\" needs a url")
-                    .unwrap_err()
+                self.error(a_span.clone(), key("url"), "type = \"forward\" needs a url")
             })?;
             let timeout = match &a.timeout {
                 Some(t) => self.duration(t, &key("timeout"))?,
@@ -787,17 +795,16 @@ impl Validator<'_> {
 
         // type = "jwt"
         let from = a.token_from.as_ref().ok_or_else(|| {
-            self.err::<()>(
+            self.error(
                 a_span.clone(),
                 key("token_from"),
                 "type = \"jwt\" needs token_from = \"cookie\", \"bearer\" or \"subprotocol\"",
             )
-            .unwrap_err()
         })?;
         let source = match from.get_ref().as_str() {
             "cookie" => {
                 let name = a.cookie.as_ref().ok_or_else(|| {
-                    self.err::<()>(from.span(), key("cookie"), "token_from = \"cookie\" needs the cookie name in cookie").unwrap_err()
+                    self.error(from.span(), key("cookie"), "token_from = \"cookie\" needs the cookie name in cookie")
                 })?;
                 if name.get_ref().is_empty() || !name.get_ref().bytes().all(crate::handshake::is_token_byte) {
                     return self.err(name.span(), key("cookie"), "not a valid cookie name");
@@ -843,20 +850,19 @@ impl Validator<'_> {
                 )
             }
         };
-        if a.cookie.is_some() && !matches!(source, TokenSource::Cookie(_)) {
+        if let (Some(cookie), false) = (&a.cookie, matches!(source, TokenSource::Cookie(_))) {
             return self.err(
-                a.cookie.as_ref().unwrap().span(),
+                cookie.span(),
                 key("cookie"),
                 "only applies to token_from = \"cookie\"",
             );
         }
         let algs_spanned = a.algorithms.as_ref().ok_or_else(|| {
-            self.err::<()>(
+            self.error(
                 a_span.clone(),
                 key("algorithms"),
                 "list the accepted algorithms, e.g. [\"RS256\"]",
             )
-            .unwrap_err()
         })?;
         let mut algorithms = Vec::new();
         for name in algs_spanned.get_ref() {
