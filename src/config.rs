@@ -34,6 +34,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 /// Default deadline for the closing handshake (and for draining the backend after a client Close).
 pub const DEFAULT_CLOSE_TIMEOUT_SECS: u64 = 5;
+/// Default keepalive: a Ping after this long without hearing from the client.
+pub const DEFAULT_PING_INTERVAL_SECS: u64 = 30;
+/// Default deadline for the client to answer a keepalive Ping (any frame counts).
+pub const DEFAULT_PONG_TIMEOUT_SECS: u64 = 10;
+/// Default bound on a write to the client or the backend that makes no progress.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 /// Default bound on the request head (request line and headers), in bytes.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Default bound on the number of request headers.
@@ -130,6 +136,10 @@ pub struct SessionLimits {
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub close_timeout: Duration,
+    /// `None`: no keepalive pings.
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 /// Limits that apply before routing.
@@ -307,6 +317,9 @@ struct RawLimits {
     idle_timeout: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     close_timeout: Option<Spanned<String>>,
+    ping_interval: Option<Spanned<String>>,
+    pong_timeout: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
     handshake_timeout: Option<Spanned<String>>,
     max_header_bytes: Option<Spanned<RawSize>>,
     max_headers: Option<Spanned<i64>>,
@@ -321,6 +334,9 @@ struct RawRouteLimits {
     idle_timeout: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     close_timeout: Option<Spanned<String>>,
+    ping_interval: Option<Spanned<String>>,
+    pong_timeout: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1008,6 +1024,9 @@ impl Validator<'_> {
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             close_timeout: Duration::from_secs(DEFAULT_CLOSE_TIMEOUT_SECS),
+            ping_interval: Some(Duration::from_secs(DEFAULT_PING_INTERVAL_SECS)),
+            pong_timeout: Duration::from_secs(DEFAULT_PONG_TIMEOUT_SECS),
+            write_timeout: Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
         };
         let over = RawRouteLimitsRef {
             max_message_size: &l.max_message_size,
@@ -1016,6 +1035,9 @@ impl Validator<'_> {
             idle_timeout: &l.idle_timeout,
             connect_timeout: &l.connect_timeout,
             close_timeout: &l.close_timeout,
+            ping_interval: &l.ping_interval,
+            pong_timeout: &l.pong_timeout,
+            write_timeout: &l.write_timeout,
         };
         self.merge_limits("limits", over, &defaults)
     }
@@ -1033,6 +1055,9 @@ impl Validator<'_> {
             idle_timeout: &l.idle_timeout,
             connect_timeout: &l.connect_timeout,
             close_timeout: &l.close_timeout,
+            ping_interval: &l.ping_interval,
+            pong_timeout: &l.pong_timeout,
+            write_timeout: &l.write_timeout,
         };
         self.merge_limits(&format!("route[{i}].limits"), over, global)
     }
@@ -1085,6 +1110,13 @@ impl Validator<'_> {
             idle_timeout: dur(l.idle_timeout, "idle_timeout", base.idle_timeout)?,
             connect_timeout: dur(l.connect_timeout, "connect_timeout", base.connect_timeout)?,
             close_timeout: dur(l.close_timeout, "close_timeout", base.close_timeout)?,
+            ping_interval: match l.ping_interval {
+                None => base.ping_interval,
+                Some(v) if v.get_ref().trim() == "off" => None,
+                Some(v) => Some(self.duration(v, &key("ping_interval"))?),
+            },
+            pong_timeout: dur(l.pong_timeout, "pong_timeout", base.pong_timeout)?,
+            write_timeout: dur(l.write_timeout, "write_timeout", base.write_timeout)?,
         };
         if limits.max_frame_size > limits.max_message_size {
             return self.err_nospan(
@@ -1237,6 +1269,9 @@ struct RawRouteLimitsRef<'a> {
     idle_timeout: &'a Option<Spanned<String>>,
     connect_timeout: &'a Option<Spanned<String>>,
     close_timeout: &'a Option<Spanned<String>>,
+    ping_interval: &'a Option<Spanned<String>>,
+    pong_timeout: &'a Option<Spanned<String>>,
+    write_timeout: &'a Option<Spanned<String>>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

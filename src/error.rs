@@ -51,6 +51,12 @@ impl Close {
         "backend connection failed",
         Side::Backend,
     );
+    /// A write to the backend made no progress for `write_timeout`.
+    pub const BACKEND_STALLED: Close = Close::new(
+        CloseCode::INTERNAL_ERROR,
+        "backend stopped reading (write_timeout)",
+        Side::Backend,
+    );
     /// No traffic either way for `idle_timeout`.
     pub const IDLE: Close = Close::new(CloseCode::GOING_AWAY, "idle timeout", Side::Gateway);
     /// The client's credential (a JWT) expired during the session.

@@ -56,8 +56,8 @@ pub struct Traffic {
 /// How a session ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// The Close we sent (code, reason, cause); `None` when the connection was cut without one.
-    pub close: Option<Close>,
+    /// The Close we sent (code, reason, cause), or why the connection was cut without one.
+    pub close: Result<Close, &'static str>,
     /// The close code the client sent, if it sent a Close frame (`Some(None)`: empty Close).
     pub client_close: Option<Option<u16>>,
     /// Client -> backend.
@@ -89,6 +89,7 @@ where
         shared: &shared,
         out: ToBackend::new(route.framing),
         close_timeout: route.limits.close_timeout,
+        write_timeout: route.limits.write_timeout,
         traffic: Traffic::default(),
     };
     let down = Downstream {
@@ -99,6 +100,7 @@ where
         obuf: BytesMut::new(),
         route,
         traffic: Traffic::default(),
+        cut: None,
     };
     let limits = DecoderLimits {
         max_frame_size: route.limits.max_frame_size,
@@ -132,8 +134,8 @@ struct Ctl {
     client_close: Option<Option<u16>>,
     /// The client broke the protocol (or our framing rules): send this Close and cut.
     fail: Option<Close>,
-    /// Writing to the backend failed.
-    backend_write_failed: bool,
+    /// Writing to the backend failed or stalled (the Close to send).
+    backend_write_failed: Option<Close>,
     /// The client's connection ended without a Close (EOF or error).
     client_gone: bool,
     /// Upstream has returned.
@@ -151,8 +153,11 @@ struct Shared {
     /// Wakes upstream: something in `ctl` changed.
     to_up: Notify,
     started: Instant,
-    /// Milliseconds since `started` of the last bytes read from either side.
+    /// Milliseconds since `started` of the last traffic: data either way, or a client Ping.
+    /// Keepalive Pongs do not count, so an idle session still times out.
     last_activity_ms: AtomicU64,
+    /// Milliseconds since `started` of the last bytes read from the client (liveness).
+    last_client_read_ms: AtomicU64,
 }
 
 impl Shared {
@@ -163,6 +168,7 @@ impl Shared {
             to_up: Notify::new(),
             started,
             last_activity_ms: AtomicU64::new(0),
+            last_client_read_ms: AtomicU64::new(0),
         }
     }
 
@@ -183,14 +189,30 @@ impl Shared {
         self.to_up.notify_one();
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn at_ms(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started + Duration::from_millis(ms))
+    }
+
     fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        self.last_activity_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn client_read(&self) {
+        self.last_client_read_ms
+            .store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
-        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
-        tokio::time::Instant::from_std(self.started + last + idle)
+        self.at_ms(self.last_activity_ms.load(Ordering::Relaxed)) + idle
+    }
+
+    fn last_client_read(&self) -> tokio::time::Instant {
+        self.at_ms(self.last_client_read_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -206,6 +228,7 @@ struct Upstream<'s, R, W> {
     shared: &'s Shared,
     out: ToBackend,
     close_timeout: Duration,
+    write_timeout: Duration,
     traffic: Traffic,
 }
 
@@ -246,6 +269,7 @@ where
                             self.traffic.messages += 1;
                         }
                         self.traffic.bytes += payload.len() as u64;
+                        self.shared.touch();
                         if !forward {
                             continue;
                         }
@@ -259,12 +283,15 @@ where
                             return;
                         }
                     }
-                    Frame::Ping(payload) => self.shared.tell_down(|c| {
-                        if c.pongs.len() + payload.len() + 2 > MAX_PENDING_PONG_BYTES {
-                            c.pongs.clear();
-                        }
-                        encode_frame(&mut c.pongs, OpCode::Pong, payload);
-                    }),
+                    Frame::Ping(payload) => {
+                        self.shared.touch();
+                        self.shared.tell_down(|c| {
+                            if c.pongs.len() + payload.len() + 2 > MAX_PENDING_PONG_BYTES {
+                                c.pongs.clear();
+                            }
+                            encode_frame(&mut c.pongs, OpCode::Pong, payload);
+                        })
+                    }
                     Frame::Pong(_) => {}
                     Frame::Close(frame) => {
                         stop = Some(UpStop::ClientClose(frame.map(|f| f.code)));
@@ -298,7 +325,7 @@ where
             }
             tokio::select! {
                 r = self.client.read_buf(&mut rbuf) => match r {
-                    Ok(n) if n > 0 => self.shared.touch(),
+                    Ok(n) if n > 0 => self.shared.client_read(),
                     // EOF or error without a Close: the client is gone (1006 on its side).
                     _ => {
                         self.shared.tell_down(|c| c.client_gone = true);
@@ -319,17 +346,20 @@ where
     /// that stops reading stalls us here (backpressure); `stop_up` still ends the wait.
     async fn flush(&mut self, forward: &mut bool) -> bool {
         while !self.out.ready().is_empty() {
+            let stalled = tokio::time::sleep(self.write_timeout);
             tokio::select! {
                 // `write` is cancel-safe: if the other branch wins, nothing was written.
                 r = self.backend.write(self.out.ready()) => match r {
                     Ok(n) if n > 0 => self.out.consume(n),
                     _ => {
-                        *forward = false;
-                        self.out.discard();
-                        self.shared.tell_down(|c| c.backend_write_failed = true);
+                        self.backend_failed(forward, Close::BACKEND_ERROR);
                         return true;
                     }
                 },
+                _ = stalled => {
+                    self.backend_failed(forward, Close::BACKEND_STALLED);
+                    return true;
+                }
                 _ = self.shared.to_up.notified() => {
                     if self.shared.lock().stop_up {
                         return false;
@@ -338,6 +368,14 @@ where
             }
         }
         true
+    }
+
+    /// Stop forwarding: the backend cannot take more. Downstream ends the session with `close`.
+    fn backend_failed(&mut self, forward: &mut bool, close: Close) {
+        *forward = false;
+        self.out.discard();
+        self.shared
+            .tell_down(|c| c.backend_write_failed = Some(close));
     }
 
     /// After a protocol error: read and drop whatever the client still sends until it closes,
@@ -388,6 +426,8 @@ struct Downstream<'s, R, W> {
     obuf: BytesMut,
     route: &'s Route,
     traffic: Traffic,
+    /// Why the connection was cut without a Close, if it was.
+    cut: Option<&'static str>,
 }
 
 /// How downstream's main loop ended.
@@ -398,12 +438,70 @@ enum DownEnd {
     Answer(Option<u16>),
     /// The client broke the protocol: send this Close and cut.
     Fail(Close),
-    /// The client connection is unusable; nothing can be sent.
-    Abort,
+    /// The client connection is unusable; nothing can be sent. The reason is logged.
+    Abort(&'static str),
 }
 
-/// A write to the client failed or stalled past the deadline.
-struct ClientUnwritable;
+/// Why frames could not be delivered.
+enum Undeliverable {
+    /// The client connection failed or stalled (the reason is logged).
+    Client(&'static str),
+    /// The backend broke the framing rules.
+    Backend(Close),
+}
+
+const CLIENT_GONE: &str = "client connection lost without a Close";
+const CLIENT_STALLED: &str = "client stopped reading (write_timeout)";
+const CLIENT_UNRESPONSIVE: &str = "client did not answer a keepalive ping (pong_timeout)";
+
+/// Keepalive: a Ping after `interval` without hearing from the client; the client is dead if
+/// nothing at all arrives within `pong_timeout` after it.
+struct Keepalive {
+    interval: Option<Duration>,
+    pong_timeout: Duration,
+    ping_sent: Option<tokio::time::Instant>,
+}
+
+enum Due {
+    Nothing,
+    Ping,
+    Dead,
+}
+
+impl Keepalive {
+    /// When to look again.
+    fn next(&mut self, shared: &Shared) -> Option<tokio::time::Instant> {
+        let interval = self.interval?;
+        let last = shared.last_client_read();
+        match self.ping_sent {
+            Some(sent) if last >= sent => {
+                self.ping_sent = None;
+                Some(last + interval)
+            }
+            Some(sent) => Some(sent + self.pong_timeout),
+            None => Some(last + interval),
+        }
+    }
+
+    fn due(&mut self, shared: &Shared) -> Due {
+        let now = tokio::time::Instant::now();
+        let last = shared.last_client_read();
+        match (self.interval, self.ping_sent) {
+            (None, _) => Due::Nothing,
+            (Some(_), Some(sent)) if last >= sent => {
+                self.ping_sent = None;
+                Due::Nothing
+            }
+            (Some(_), Some(sent)) if now >= sent + self.pong_timeout => Due::Dead,
+            (Some(_), Some(_)) => Due::Nothing,
+            (Some(interval), None) if now >= last + interval => {
+                self.ping_sent = Some(now);
+                Due::Ping
+            }
+            (Some(_), None) => Due::Nothing,
+        }
+    }
+}
 
 impl<R, W> Downstream<'_, R, W>
 where
@@ -414,10 +512,11 @@ where
         mut self,
         shutdown: CancellationToken,
         expires: Option<tokio::time::Instant>,
-    ) -> (Option<Close>, Traffic) {
+    ) -> (Result<Close, &'static str>, Traffic) {
         let end = self.pump(shutdown, expires).await;
         let close = self.finish(end).await;
-        (close, self.traffic)
+        let ended = close.ok_or(self.cut.unwrap_or(CLIENT_GONE));
+        (ended, self.traffic)
     }
 
     async fn pump(
@@ -429,6 +528,11 @@ where
         let mut rbuf = BytesMut::new();
         // Set once the client has sent Close: what we owe it, and until when we drain the backend.
         let mut answer: Option<(Option<u16>, tokio::time::Instant)> = None;
+        let mut keepalive = Keepalive {
+            interval: limits.ping_interval,
+            pong_timeout: limits.pong_timeout,
+            ping_sent: None,
+        };
         loop {
             if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {
                 rbuf.reserve(READ_CHUNK_BYTES);
@@ -447,20 +551,20 @@ where
                         (c.fail, c.client_close, c.client_gone, c.backend_write_failed)
                     };
                     if gone {
-                        return DownEnd::Abort;
+                        return DownEnd::Abort(CLIENT_GONE);
                     }
                     if let Some(close) = fail {
                         return DownEnd::Fail(close);
                     }
-                    if self.write_client().await.is_err() {
-                        return DownEnd::Abort;
+                    if let Err(why) = self.write_client().await {
+                        return DownEnd::Abort(why);
                     }
                     if let Some(code) = client_close {
                         if answer.is_none() {
                             answer = Some((code, tokio::time::Instant::now() + limits.close_timeout));
                         }
-                    } else if write_failed {
-                        return DownEnd::Initiate(Close::BACKEND_ERROR);
+                    } else if let Some(close) = write_failed {
+                        return DownEnd::Initiate(close);
                     }
                 }
                 r = self.backend.read_buf(&mut rbuf) => {
@@ -469,14 +573,15 @@ where
                         self.shared.touch();
                     }
                     // Everything read so far is delivered, on EOF too (a last unterminated line).
-                    if let Err(close) = self.deliver(&mut rbuf, matches!(r, Ok(0))).await {
-                        return match close {
-                            Some(close) => match answer {
+                    match self.deliver(&mut rbuf, matches!(r, Ok(0))).await {
+                        Ok(()) => {}
+                        Err(Undeliverable::Client(why)) => return DownEnd::Abort(why),
+                        Err(Undeliverable::Backend(close)) => {
+                            return match answer {
                                 Some((code, _)) => DownEnd::Answer(code),
                                 None => DownEnd::Initiate(close),
-                            },
-                            None => DownEnd::Abort,
-                        };
+                            }
+                        }
                     }
                     if eof {
                         if let Some((code, _)) = answer {
@@ -495,15 +600,26 @@ where
                         return DownEnd::Initiate(Close::IDLE);
                     }
                 }
+                _ = sleep_until_opt(keepalive.next(&self.shared)), if answer.is_none() => {
+                    match keepalive.due(&self.shared) {
+                        Due::Nothing => {}
+                        Due::Ping => {
+                            encode_frame(&mut self.obuf, OpCode::Ping, b"wsgate");
+                            if let Err(why) = self.write_client().await {
+                                return DownEnd::Abort(why);
+                            }
+                        }
+                        Due::Dead => return DownEnd::Abort(CLIENT_UNRESPONSIVE),
+                    }
+                }
                 _ = shutdown.cancelled(), if answer.is_none() => return DownEnd::Initiate(Close::SHUTDOWN),
                 _ = sleep_until_opt(expires), if answer.is_none() => return DownEnd::Initiate(Close::CREDENTIAL_EXPIRED),
             }
         }
     }
 
-    /// Turn what the backend sent into frames and write them. `Err(Some(close))`: the backend broke
-    /// the framing rules; `Err(None)`: the client cannot be written to.
-    async fn deliver(&mut self, rbuf: &mut BytesMut, eof: bool) -> Result<(), Option<Close>> {
+    /// Turn what the backend sent into frames and write them.
+    async fn deliver(&mut self, rbuf: &mut BytesMut, eof: bool) -> Result<(), Undeliverable> {
         loop {
             match self.from.next(rbuf, eof) {
                 Ok(Some(m)) => {
@@ -512,32 +628,41 @@ where
                     self.traffic.bytes += m.payload.len() as u64;
                     encode_frame(&mut self.obuf, opcode, m.payload);
                     if self.obuf.len() >= FLUSH_THRESHOLD_BYTES {
-                        self.write_client().await.map_err(|_| None)?;
+                        self.write_client().await.map_err(Undeliverable::Client)?;
                     }
                 }
                 Ok(None) => break,
                 Err(close) => {
-                    self.write_client().await.map_err(|_| None)?;
-                    return Err(Some(close));
+                    self.write_client().await.map_err(Undeliverable::Client)?;
+                    return Err(Undeliverable::Backend(close));
                 }
             }
         }
-        self.write_client().await.map_err(|_| None)
+        self.write_client().await.map_err(Undeliverable::Client)
     }
 
-    /// Write `obuf` to the client. A client that does not read for `idle_timeout` is cut.
-    async fn write_client(&mut self) -> Result<(), ClientUnwritable> {
+    /// Write `obuf` to the client. A write that makes no progress for `write_timeout` (a client
+    /// that stopped reading) fails, and the connection is cut.
+    async fn write_client(&mut self) -> Result<(), &'static str> {
         if self.obuf.is_empty() {
             return Ok(());
         }
-        let stall = self.route.limits.idle_timeout;
-        match tokio::time::timeout(stall, self.client.write_all(&self.obuf)).await {
-            Ok(Ok(())) => {
-                self.obuf.clear();
-                Ok(())
+        let stall = self.route.limits.write_timeout;
+        let mut written = 0;
+        while written < self.obuf.len() {
+            match tokio::time::timeout(stall, self.client.write(&self.obuf[written..])).await {
+                Ok(Ok(n)) if n > 0 => written += n,
+                Ok(_) => return Err(CLIENT_GONE),
+                Err(_) => return Err(CLIENT_STALLED),
             }
-            _ => Err(ClientUnwritable),
         }
+        match tokio::time::timeout(stall, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(CLIENT_GONE),
+            Err(_) => return Err(CLIENT_STALLED),
+        }
+        self.obuf.clear();
+        Ok(())
     }
 
     /// Send the session's Close (if any can be sent), run the closing handshake, close the client
@@ -546,7 +671,10 @@ where
         let close_timeout = self.route.limits.close_timeout;
         let failed = matches!(end, DownEnd::Fail(_));
         let sent = match end {
-            DownEnd::Abort => None,
+            DownEnd::Abort(why) => {
+                self.cut = Some(why);
+                None
+            }
             DownEnd::Answer(code) => {
                 ws::close::encode_close(code, "", &mut self.obuf);
                 let close = Close::new(

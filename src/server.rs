@@ -336,8 +336,8 @@ async fn upgrade(
         info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %info.route.backend, "session open");
         let outcome = pump::run(&info, TokioIo::new(upgraded), backend, shutdown).await;
         let (code, reason, by) = match &outcome.close {
-            Some(c) => (Some(c.code), c.reason, c.by.to_string()),
-            None => (None, "connection cut without a Close", "client".to_string()),
+            Ok(c) => (Some(c.code), c.reason, c.by.to_string()),
+            Err(why) => (None, *why, "client".to_string()),
         };
         info!(
             session = info.id,
