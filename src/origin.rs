@@ -64,6 +64,9 @@ impl Origin {
         if host.is_empty() {
             return Err(OriginError("missing host"));
         }
+        if host.starts_with('.') || host.contains("..") {
+            return Err(OriginError("empty label in host"));
+        }
         if !host.starts_with('[')
             && !host
                 .bytes()
@@ -74,7 +77,11 @@ impl Origin {
         let port = match port {
             None => None,
             Some(p) => {
-                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.len() > 5 {
+                if p.is_empty()
+                    || !p.bytes().all(|b| b.is_ascii_digit())
+                    || p.len() > 5
+                    || p.starts_with('0')
+                {
                     return Err(OriginError("bad port"));
                 }
                 let n: u16 = p.parse().map_err(|_| OriginError("bad port"))?;
@@ -253,6 +260,9 @@ mod tests {
             "https://[::1",
             "https://ex ample.com",
             "https://exämple.com",
+            "https://a..example.com",
+            "https://.example.com",
+            "https://app.example.com:0443",
         ] {
             assert!(Origin::parse(bad).is_err(), "{bad:?}");
         }

@@ -600,8 +600,8 @@ where
                         return DownEnd::Initiate(Close::IDLE);
                     }
                 }
-                _ = sleep_until_opt(keepalive.next(&self.shared)), if answer.is_none() => {
-                    match keepalive.due(&self.shared) {
+                _ = sleep_until_opt(keepalive.next(self.shared)), if answer.is_none() => {
+                    match keepalive.due(self.shared) {
                         Due::Nothing => {}
                         Due::Ping => {
                             encode_frame(&mut self.obuf, OpCode::Ping, b"wsgate");

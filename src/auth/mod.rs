@@ -100,14 +100,17 @@ fn unauthorized(reason: &'static str) -> Reject {
 /// Check the `Origin` header against the route's `allowed_origins`.
 ///
 /// A route without `allowed_origins` accepts any Origin, or none. A route with it requires exactly
-/// one well-formed Origin that is in the list: a missing, `null` or malformed Origin is refused with
-/// 403, like a foreign one (cross-site WebSocket hijacking defence; RFC 6455 §10.2).
+/// one well-formed Origin that matches an entry: a `null` or malformed Origin is refused with 403,
+/// like a foreign one (cross-site WebSocket hijacking defence; RFC 6455 §10.2), and so is a missing
+/// one unless the route sets `allow_missing_origin` (only possible when its credential is not
+/// ambient, see config validation).
 pub fn check_origin(route: &Route, headers: &HeaderMap) -> Result<(), Reject> {
     let Some(allowed) = &route.allowed_origins else {
         return Ok(());
     };
     let mut values = headers.get_all(header::ORIGIN).iter();
     let value = match (values.next(), values.next()) {
+        (None, _) if route.allow_missing_origin => return Ok(()),
         (None, _) => {
             return Err(Reject::new(
                 StatusCode::FORBIDDEN,
