@@ -87,8 +87,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// How messages become bytes on the backend connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     /// Payloads as a byte stream both ways; backend bytes reach the client as binary messages.
     Raw,
@@ -190,8 +189,7 @@ impl fmt::Debug for Listener {
 }
 
 /// What a built-in demo backend does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DemoKind {
     /// Sends the greeting line on connect and logs every line it receives.
     Greeter,
@@ -260,15 +258,14 @@ struct RawTls {
 struct RawRoute {
     path: Spanned<String>,
     backend: Spanned<String>,
-    #[serde(default)]
-    framing: Option<Framing>,
+    framing: Option<Spanned<String>>,
     allowed_origins: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     subprotocols: Vec<Spanned<String>>,
     #[serde(default)]
     limits: RawRouteLimits,
     allow_missing_origin: Option<Spanned<bool>>,
-    proxy_protocol: Option<proxy_protocol::Version>,
+    proxy_protocol: Option<Spanned<String>>,
     auth: Option<Spanned<RawAuth>>,
 }
 
@@ -350,7 +347,7 @@ struct RawStatic {
 #[serde(deny_unknown_fields)]
 struct RawDemo {
     bind: Spanned<String>,
-    kind: Spanned<DemoKind>,
+    kind: Spanned<String>,
     greeting: Option<Spanned<String>>,
 }
 
@@ -691,11 +688,38 @@ impl Validator<'_> {
             index: i,
             path: path.clone(),
             backend,
-            framing: r.framing.unwrap_or(Framing::Raw),
+            framing: match &r.framing {
+                None => Framing::Raw,
+                Some(f) => match f.get_ref().as_str() {
+                    "raw" => Framing::Raw,
+                    "lines" => Framing::Lines,
+                    "length-prefixed" => Framing::LengthPrefixed,
+                    other => {
+                        return self.err(
+                            f.span(),
+                            format!("route[{i}].framing"),
+                            format!("{other:?} is not a framing; use \"raw\", \"lines\" or \"length-prefixed\""),
+                        )
+                    }
+                },
+            },
             allowed_origins,
             allow_missing_origin,
             auth,
-            proxy_protocol: r.proxy_protocol,
+            proxy_protocol: match &r.proxy_protocol {
+                None => None,
+                Some(v) => match v.get_ref().as_str() {
+                    "v1" => Some(proxy_protocol::Version::V1),
+                    "v2" => Some(proxy_protocol::Version::V2),
+                    other => {
+                        return self.err(
+                            v.span(),
+                            format!("route[{i}].proxy_protocol"),
+                            format!("{other:?} is not a PROXY protocol version; use \"v1\" or \"v2\""),
+                        )
+                    }
+                },
+            },
             subprotocols,
             limits,
         })
@@ -1194,7 +1218,17 @@ impl Validator<'_> {
                 "demo backends listen on loopback only (127.0.0.0/8 or ::1)",
             );
         }
-        let kind = *d.kind.get_ref();
+        let kind = match d.kind.get_ref().as_str() {
+            "greeter" => DemoKind::Greeter,
+            "echo" => DemoKind::Echo,
+            other => {
+                return self.err(
+                    d.kind.span(),
+                    format!("demo_backend[{i}].kind"),
+                    format!("{other:?} is not a demo backend kind; use \"greeter\" or \"echo\""),
+                )
+            }
+        };
         let greeting = match &d.greeting {
             None => DEFAULT_DEMO_GREETING.to_string(),
             Some(g) if kind != DemoKind::Greeter => {

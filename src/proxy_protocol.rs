@@ -19,8 +19,7 @@ pub const TLV_ROUTE: u8 = 0xE1;
 pub const TLV_SESSION_ID: u8 = 0xE2;
 
 /// Which header a route writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
     V1,
     V2,

@@ -210,10 +210,6 @@ impl Shared {
     fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
         self.at_ms(self.last_activity_ms.load(Ordering::Relaxed)) + idle
     }
-
-    fn last_client_read(&self) -> tokio::time::Instant {
-        self.at_ms(self.last_client_read_ms.load(Ordering::Relaxed))
-    }
 }
 
 /// Why upstream stopped decoding.
@@ -459,7 +455,9 @@ const CLIENT_UNRESPONSIVE: &str = "client did not answer a keepalive ping (pong_
 struct Keepalive {
     interval: Option<Duration>,
     pong_timeout: Duration,
-    ping_sent: Option<tokio::time::Instant>,
+    /// When the outstanding Ping was sent, on the same millisecond clock as the client reads, so
+    /// that a Pong arriving within the same millisecond counts as an answer.
+    ping_sent_ms: Option<u64>,
 }
 
 enum Due {
@@ -472,33 +470,36 @@ impl Keepalive {
     /// When to look again.
     fn next(&mut self, shared: &Shared) -> Option<tokio::time::Instant> {
         let interval = self.interval?;
-        let last = shared.last_client_read();
-        match self.ping_sent {
+        let last = shared.last_client_read_ms.load(Ordering::Relaxed);
+        match self.ping_sent_ms {
             Some(sent) if last >= sent => {
-                self.ping_sent = None;
-                Some(last + interval)
+                self.ping_sent_ms = None;
+                Some(shared.at_ms(last) + interval)
             }
-            Some(sent) => Some(sent + self.pong_timeout),
-            None => Some(last + interval),
+            Some(sent) => Some(shared.at_ms(sent) + self.pong_timeout),
+            None => Some(shared.at_ms(last) + interval),
         }
     }
 
     fn due(&mut self, shared: &Shared) -> Due {
-        let now = tokio::time::Instant::now();
-        let last = shared.last_client_read();
-        match (self.interval, self.ping_sent) {
-            (None, _) => Due::Nothing,
-            (Some(_), Some(sent)) if last >= sent => {
-                self.ping_sent = None;
+        let Some(interval) = self.interval else {
+            return Due::Nothing;
+        };
+        let now = shared.now_ms();
+        let last = shared.last_client_read_ms.load(Ordering::Relaxed);
+        let ms = |d: Duration| d.as_millis() as u64;
+        match self.ping_sent_ms {
+            Some(sent) if last >= sent => {
+                self.ping_sent_ms = None;
                 Due::Nothing
             }
-            (Some(_), Some(sent)) if now >= sent + self.pong_timeout => Due::Dead,
-            (Some(_), Some(_)) => Due::Nothing,
-            (Some(interval), None) if now >= last + interval => {
-                self.ping_sent = Some(now);
+            Some(sent) if now >= sent + ms(self.pong_timeout) => Due::Dead,
+            Some(_) => Due::Nothing,
+            None if now >= last + ms(interval) => {
+                self.ping_sent_ms = Some(now);
                 Due::Ping
             }
-            (Some(_), None) => Due::Nothing,
+            None => Due::Nothing,
         }
     }
 }
@@ -531,7 +532,7 @@ where
         let mut keepalive = Keepalive {
             interval: limits.ping_interval,
             pong_timeout: limits.pong_timeout,
-            ping_sent: None,
+            ping_sent_ms: None,
         };
         loop {
             if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {

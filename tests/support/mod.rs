@@ -1,6 +1,8 @@
 //! Shared test helpers: run the real `wsgate` binary on a config, find its ports, read its log.
 #![allow(dead_code)]
 
+pub mod backends;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,7 +39,10 @@ impl Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
             .arg("--config")
             .arg(&path)
-            .env("WSGATE_LOG", std::env::var("WSGATE_TEST_LOG").unwrap_or_else(|_| "debug".into()))
+            .env(
+                "WSGATE_LOG",
+                std::env::var("WSGATE_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -70,7 +75,11 @@ impl Gateway {
             if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("wsgate exited early ({status}):\n{}", gw.logs());
             }
-            assert!(Instant::now() < deadline, "wsgate did not start listening:\n{}", gw.logs());
+            assert!(
+                Instant::now() < deadline,
+                "wsgate did not start listening:\n{}",
+                gw.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -102,7 +111,10 @@ impl Gateway {
             if logs.contains(needle) {
                 return logs;
             }
-            assert!(Instant::now() < deadline, "log never contained {needle:?}:\n{logs}");
+            assert!(
+                Instant::now() < deadline,
+                "log never contained {needle:?}:\n{logs}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -110,14 +122,22 @@ impl Gateway {
     /// Send SIGTERM (by PID) and wait for the exit status, at most `timeout`.
     pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let pid = self.pid();
-        let ok = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "wsgate did not exit after SIGTERM:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "wsgate did not exit after SIGTERM:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
