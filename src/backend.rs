@@ -1,12 +1,22 @@
-//! Connecting to a route's backend: TCP (names resolved at each connect) or a unix socket.
+//! Connecting to a route's backends: TCP (names resolved at each connect) or a unix socket.
 //!
-//! Owns the connect deadline and the mapping of connect failures to HTTP statuses (refused or
-//! unreachable -> 502, deadline -> 504). One connection per session, never shared or pooled.
+//! Owns the connect deadline, the mapping of connect failures to HTTP statuses (refused or
+//! unreachable -> 502, deadline -> 504), and a route's [`Pool`]: balancing (round-robin or least
+//! connections), failover to the next backend, passive health (a backend failing `failures`
+//! connects in a row is skipped for `cooloff`) and optional active TCP checks. One connection per
+//! session, never shared.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::config::{Balance, Health};
+use crate::metrics::{BackendLabel, Metrics};
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -96,6 +106,198 @@ async fn connect_inner(addr: &BackendAddr, name: &str) -> Result<BackendStream, 
                 source: last,
             })
         }
+    }
+}
+
+/// A route's backends and their health.
+pub struct Pool {
+    route: String,
+    members: Vec<Member>,
+    balance: Balance,
+    health: Health,
+    next: AtomicUsize,
+    epoch: Instant,
+    metrics: Arc<Metrics>,
+}
+
+struct Member {
+    addr: BackendAddr,
+    label: BackendLabel,
+    /// Sessions using this backend now.
+    active: AtomicUsize,
+    /// Consecutive failed connects.
+    failures: AtomicU32,
+    /// Skipped until this many ms after `epoch` (0: in rotation).
+    down_until_ms: AtomicU64,
+}
+
+/// A session's claim on a backend; releases it (for least-connections) when dropped.
+pub struct Lease {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Lease {
+    pub fn backend(&self) -> &BackendAddr {
+        &self.pool.members[self.index].addr
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.members[self.index]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    pub fn new(
+        route: &str,
+        addrs: &[BackendAddr],
+        balance: Balance,
+        health: Health,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Pool> {
+        let members = addrs
+            .iter()
+            .map(|a| {
+                let label = BackendLabel {
+                    route: route.to_string(),
+                    backend: a.to_string(),
+                };
+                metrics.backend_up.get_or_create(&label).set(1);
+                Member {
+                    addr: a.clone(),
+                    label,
+                    active: AtomicUsize::new(0),
+                    failures: AtomicU32::new(0),
+                    down_until_ms: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        Arc::new(Pool {
+            route: route.to_string(),
+            members,
+            balance,
+            health,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            metrics,
+        })
+    }
+
+    pub fn addrs(&self) -> impl Iterator<Item = &BackendAddr> {
+        self.members.iter().map(|m| &m.addr)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn is_up(&self, m: &Member) -> bool {
+        m.down_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    /// The order in which to try the backends: the balance choice first, backends in cool-off last.
+    fn candidates(&self) -> Vec<usize> {
+        let n = self.members.len();
+        let mut order: Vec<usize> = match self.balance {
+            Balance::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                (0..n).map(|k| (start + k) % n).collect()
+            }
+            Balance::LeastConnections => {
+                let mut v: Vec<usize> = (0..n).collect();
+                v.sort_by_key(|&k| self.members[k].active.load(Ordering::Relaxed));
+                v
+            }
+        };
+        order.sort_by_key(|&k| !self.is_up(&self.members[k]));
+        order
+    }
+
+    /// Connect to one of the backends, trying the next on failure, each within `timeout`.
+    pub async fn connect(
+        self: &Arc<Self>,
+        timeout: Duration,
+    ) -> Result<(BackendStream, Lease), ConnectError> {
+        let mut last = None;
+        for index in self.candidates() {
+            let m = &self.members[index];
+            let started = Instant::now();
+            match connect(&m.addr, timeout).await {
+                Ok(stream) => {
+                    self.metrics
+                        .backend_connect_seconds
+                        .get_or_create(&m.label)
+                        .observe(started.elapsed().as_secs_f64());
+                    self.mark_up(m);
+                    m.active.fetch_add(1, Ordering::Relaxed);
+                    return Ok((
+                        stream,
+                        Lease {
+                            pool: self.clone(),
+                            index,
+                        },
+                    ));
+                }
+                Err(e) => {
+                    warn!(route = %self.route, backend = %m.addr, error = %e, "backend connect failed");
+                    self.metrics
+                        .backend_connect_failures
+                        .get_or_create(&m.label)
+                        .inc();
+                    let failures = m.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    if failures >= self.health.failures {
+                        self.mark_down(m, "connects failed in a row");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(ConnectError::Io {
+            addr: self.route.clone(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no backend"),
+        }))
+    }
+
+    fn mark_up(&self, m: &Member) {
+        m.failures.store(0, Ordering::Relaxed);
+        if m.down_until_ms.swap(0, Ordering::Relaxed) != 0 {
+            info!(route = %self.route, backend = %m.addr, "backend back in rotation");
+        }
+        self.metrics.backend_up.get_or_create(&m.label).set(1);
+    }
+
+    fn mark_down(&self, m: &Member, why: &str) {
+        let until = self.now_ms() + self.health.cooloff.as_millis() as u64;
+        if m.down_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
+            warn!(route = %self.route, backend = %m.addr, cooloff = ?self.health.cooloff, why, "backend skipped");
+        }
+        self.metrics.backend_up.get_or_create(&m.label).set(0);
+    }
+
+    /// Start the active health checks, if configured. They stop when the pool is dropped.
+    pub fn start_health_checks(self: &Arc<Self>, timeout: Duration) {
+        let Some(interval) = self.health.check_interval else {
+            return;
+        };
+        let weak: Weak<Pool> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                for m in &pool.members {
+                    match connect(&m.addr, timeout).await {
+                        Ok(_) => pool.mark_up(m),
+                        Err(_) => pool.mark_down(m, "health check failed"),
+                    }
+                }
+            }
+        });
     }
 }
 

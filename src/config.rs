@@ -44,6 +44,18 @@ pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Default bound on the number of request headers.
 pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// Default cap on open client connections (`max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default cap on open client connections from one IP address (`max_connections_per_ip`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default deadline for the TLS handshake (within `handshake_timeout`).
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 5;
+/// Default time sessions get to close after SIGTERM before they are cut.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Default consecutive connect failures after which a backend is skipped.
+pub const DEFAULT_HEALTH_FAILURES: u32 = 3;
+/// Default time a failing backend is skipped.
+pub const DEFAULT_HEALTH_COOLOFF_SECS: u64 = 10;
 /// Default greeting of the `greeter` demo backend.
 pub const DEFAULT_DEMO_GREETING: &str = "world";
 /// Default index file of the static directory.
@@ -145,8 +157,53 @@ pub struct SessionLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
     pub handshake_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// How a route picks among its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+}
+
+/// Health rules of a route's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Consecutive failed connects after which a backend is skipped.
+    pub failures: u32,
+    /// How long it is skipped.
+    pub cooloff: Duration,
+    /// Active TCP connect checks, if set.
+    pub check_interval: Option<Duration>,
+}
+
+/// The `[admin]` table.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub bind: SocketAddr,
+    /// Bearer token required on every admin request, if set.
+    pub token: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// One line per session and per refused handshake (target `wsgate::access`).
+    pub access: bool,
 }
 
 /// One `[[route]]`, validated.
@@ -155,7 +212,12 @@ pub struct Route {
     /// Index in the file, for messages.
     pub index: usize,
     pub path: String,
-    pub backend: BackendAddr,
+    /// One or more backends, in config order.
+    pub backends: Vec<BackendAddr>,
+    pub balance: Balance,
+    pub health: Health,
+    /// Cap on this route's open sessions.
+    pub max_sessions: Option<usize>,
     pub framing: Framing,
     /// `None` = any Origin (or none) accepted.
     pub allowed_origins: Option<Vec<OriginPattern>>,
@@ -175,8 +237,9 @@ pub struct Route {
 pub struct Listener {
     pub bind: SocketAddr,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// The certificate file, for the summary.
+    /// The certificate and key files (for the summary, and reloading when they change).
     pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl fmt::Debug for Listener {
@@ -213,13 +276,15 @@ pub struct StaticFiles {
 }
 
 /// The validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub listeners: Vec<Listener>,
     pub routes: Vec<Arc<Route>>,
     pub http: HttpLimits,
     pub static_files: Option<StaticFiles>,
     pub demo_backends: Vec<DemoBackend>,
+    pub admin: Option<Admin>,
+    pub log: LogConfig,
 }
 
 // ---- the TOML as written -------------------------------------------------------------------
@@ -237,6 +302,31 @@ struct RawConfig {
     static_files: Option<RawStatic>,
     #[serde(default)]
     demo_backend: Vec<RawDemo>,
+    admin: Option<RawAdmin>,
+    log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Spanned<String>,
+    token_env: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<Spanned<String>>,
+    access: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    failures: Option<Spanned<i64>>,
+    cooloff: Option<Spanned<String>>,
+    check_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,7 +347,12 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     path: Spanned<String>,
-    backend: Spanned<String>,
+    backend: Option<Spanned<String>>,
+    backends: Option<Spanned<Vec<Spanned<String>>>>,
+    balance: Option<Spanned<String>>,
+    #[serde(default)]
+    health: RawHealth,
+    max_sessions: Option<Spanned<i64>>,
     framing: Option<Spanned<String>>,
     allowed_origins: Option<Vec<Spanned<String>>>,
     #[serde(default)]
@@ -318,8 +413,12 @@ struct RawLimits {
     pong_timeout: Option<Spanned<String>>,
     write_timeout: Option<Spanned<String>>,
     handshake_timeout: Option<Spanned<String>>,
+    tls_handshake_timeout: Option<Spanned<String>>,
     max_header_bytes: Option<Spanned<RawSize>>,
     max_headers: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_ip: Option<Spanned<i64>>,
+    shutdown_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -420,7 +519,11 @@ impl Config {
                 s,
                 "  {} -> {}  [{}; {}; auth {}; max message {} B; idle {:?}{}]",
                 r.path,
-                r.backend,
+                r.backends
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 r.framing,
                 origins,
                 match r.auth.as_deref() {
@@ -444,6 +547,18 @@ impl Config {
         }
         if let Some(st) = &self.static_files {
             let _ = writeln!(s, "static files: {}", st.dir.display());
+        }
+        if let Some(a) = &self.admin {
+            let _ = writeln!(
+                s,
+                "admin: http://{}{}",
+                a.bind,
+                if a.token.is_some() {
+                    " (token required)"
+                } else {
+                    ""
+                }
+            );
         }
         s
     }
@@ -555,25 +670,104 @@ impl Validator<'_> {
             Some(s) => Some(self.static_files(s)?),
         };
 
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => {
+                let bind = self.socket_addr(&a.bind, "admin.bind")?;
+                if !binds.insert(bind) {
+                    return self.err(
+                        a.bind.span(),
+                        "admin.bind",
+                        format!("address {bind} is used twice"),
+                    );
+                }
+                let token = match (&a.token_env, &a.token_file) {
+                    (None, None) => None,
+                    (Some(v), None) => match std::env::var(v.get_ref()) {
+                        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                        _ => {
+                            return self.err(
+                                v.span(),
+                                "admin.token_env",
+                                format!("environment variable {} is not set or empty", v.get_ref()),
+                            )
+                        }
+                    },
+                    (None, Some(f)) => {
+                        let path = self.resolve(f.get_ref());
+                        match std::fs::read_to_string(&path) {
+                            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                            Ok(_) => {
+                                return self.err(
+                                    f.span(),
+                                    "admin.token_file",
+                                    format!("{} is empty", path.display()),
+                                )
+                            }
+                            Err(e) => {
+                                return self.err(
+                                    f.span(),
+                                    "admin.token_file",
+                                    format!("{}: {e}", path.display()),
+                                )
+                            }
+                        }
+                    }
+                    (Some(v), Some(_)) => {
+                        return self.err(
+                            v.span(),
+                            "admin.token_env",
+                            "give token_env or token_file, not both",
+                        )
+                    }
+                };
+                Some(Admin { bind, token })
+            }
+        };
+        let log = match &raw.log {
+            None => LogConfig {
+                format: LogFormat::Text,
+                access: true,
+            },
+            Some(l) => LogConfig {
+                format: match &l.format {
+                    None => LogFormat::Text,
+                    Some(f) => match f.get_ref().as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        other => {
+                            return self.err(
+                                f.span(),
+                                "log.format",
+                                format!("{other:?} is not a log format; use \"text\" or \"json\""),
+                            )
+                        }
+                    },
+                },
+                access: l.access.unwrap_or(true),
+            },
+        };
         Ok(Config {
             listeners,
             routes,
             http,
             static_files,
             demo_backends,
+            admin,
+            log,
         })
     }
 
     fn listener(&self, i: usize, l: &RawListener) -> Result<Listener, ConfigError> {
         let key = format!("listener[{i}].bind");
         let bind = self.socket_addr(&l.bind, &key)?;
-        let (tls, tls_cert) = match &l.tls {
-            None => (None, None),
+        let (tls, tls_cert, tls_key) = match &l.tls {
+            None => (None, None, None),
             Some(t) => {
                 let cert = self.resolve(t.cert.get_ref());
                 let keyfile = self.resolve(t.key.get_ref());
                 match crate::tls::load_server_config(&cert, &keyfile) {
-                    Ok(cfg) => (Some(cfg), Some(cert)),
+                    Ok(cfg) => (Some(cfg), Some(cert), Some(keyfile)),
                     Err(e) => {
                         let span = match e {
                             crate::tls::TlsError::Key { .. } => t.key.span(),
@@ -588,6 +782,7 @@ impl Validator<'_> {
             bind,
             tls,
             tls_cert,
+            tls_key,
         })
     }
 
@@ -620,7 +815,82 @@ impl Validator<'_> {
                 format!("{path:?} must be a plain path (no query, fragment, spaces or control characters)"),
             );
         }
-        let backend = self.backend(i, &r.backend)?;
+        let backends = match (&r.backend, &r.backends) {
+            (Some(b), None) => vec![self.backend(&format!("route[{i}].backend"), b)?],
+            (None, Some(list)) if !list.get_ref().is_empty() => list
+                .get_ref()
+                .iter()
+                .enumerate()
+                .map(|(j, b)| self.backend(&format!("route[{i}].backends[{j}]"), b))
+                .collect::<Result<Vec<_>, _>>()?,
+            (None, Some(list)) => {
+                return self.err(
+                    list.span(),
+                    format!("route[{i}].backends"),
+                    "must not be empty",
+                )
+            }
+            (Some(b), Some(_)) => {
+                return self.err(
+                    b.span(),
+                    format!("route[{i}].backend"),
+                    "give backend (one) or backends (a list), not both",
+                )
+            }
+            (None, None) => {
+                return self.err(
+                    r.path.span(),
+                    format!("route[{i}].backend"),
+                    "a route needs backend = \"host:port\" or backends = [...]",
+                )
+            }
+        };
+        let balance = match &r.balance {
+            None => Balance::RoundRobin,
+            Some(b) => match b.get_ref().as_str() {
+                "round-robin" => Balance::RoundRobin,
+                "least-connections" => Balance::LeastConnections,
+                other => {
+                    return self.err(
+                        b.span(),
+                        format!("route[{i}].balance"),
+                        format!("{other:?} is not a balance mode; use \"round-robin\" or \"least-connections\""),
+                    )
+                }
+            },
+        };
+        let health = Health {
+            failures: match &r.health.failures {
+                None => DEFAULT_HEALTH_FAILURES,
+                Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref() as u32,
+                Some(n) => {
+                    return self.err(
+                        n.span(),
+                        format!("route[{i}].health.failures"),
+                        "must be between 1 and 1000",
+                    )
+                }
+            },
+            cooloff: match &r.health.cooloff {
+                None => Duration::from_secs(DEFAULT_HEALTH_COOLOFF_SECS),
+                Some(v) => self.duration(v, &format!("route[{i}].health.cooloff"))?,
+            },
+            check_interval: match &r.health.check_interval {
+                None => None,
+                Some(v) => Some(self.duration(v, &format!("route[{i}].health.check_interval"))?),
+            },
+        };
+        let max_sessions = match &r.max_sessions {
+            None => None,
+            Some(n) if (1..=10_000_000).contains(n.get_ref()) => Some(*n.get_ref() as usize),
+            Some(n) => {
+                return self.err(
+                    n.span(),
+                    format!("route[{i}].max_sessions"),
+                    "must be between 1 and 10000000",
+                )
+            }
+        };
         let allowed_origins = match &r.allowed_origins {
             None => None,
             Some(list) => {
@@ -687,7 +957,10 @@ impl Validator<'_> {
         Ok(Route {
             index: i,
             path: path.clone(),
-            backend,
+            backends,
+            balance,
+            health,
+            max_sessions,
             framing: match &r.framing {
                 None => Framing::Raw,
                 Some(f) => match f.get_ref().as_str() {
@@ -991,8 +1264,8 @@ impl Validator<'_> {
         Ok(RouteAuth::Jwt(auth))
     }
 
-    fn backend(&self, i: usize, value: &Spanned<String>) -> Result<BackendAddr, ConfigError> {
-        let key = format!("route[{i}].backend");
+    fn backend(&self, key: &str, value: &Spanned<String>) -> Result<BackendAddr, ConfigError> {
+        let key = key.to_string();
         let s = value.get_ref().trim();
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
@@ -1180,10 +1453,38 @@ impl Validator<'_> {
                 return self.err(v.span(), "limits.max_headers", "must be between 8 and 1000")
             }
         };
+        let tls_handshake_timeout = match &l.tls_handshake_timeout {
+            None => Duration::from_secs(DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS).min(handshake_timeout),
+            Some(v) => self.duration(v, "limits.tls_handshake_timeout")?,
+        };
+        let count =
+            |v: &Option<Spanned<i64>>, key: &str, default: usize| -> Result<usize, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(n) if (1..=10_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+                    Some(n) => self.err(n.span(), key, "must be between 1 and 10000000"),
+                }
+            };
+        let shutdown_grace = match &l.shutdown_grace {
+            None => Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
+            Some(v) => self.duration(v, "limits.shutdown_grace")?,
+        };
         Ok(HttpLimits {
             handshake_timeout,
+            tls_handshake_timeout,
             max_header_bytes,
             max_headers,
+            max_connections: count(
+                &l.max_connections,
+                "limits.max_connections",
+                DEFAULT_MAX_CONNECTIONS,
+            )?,
+            max_connections_per_ip: count(
+                &l.max_connections_per_ip,
+                "limits.max_connections_per_ip",
+                DEFAULT_MAX_CONNECTIONS_PER_IP,
+            )?,
+            shutdown_grace,
         })
     }
 
@@ -1389,7 +1690,7 @@ backend = "127.0.0.1:9001"
         );
         assert!(r.allowed_origins.is_none());
         assert_eq!(
-            r.backend,
+            r.backends[0],
             BackendAddr::Tcp {
                 host: "127.0.0.1".into(),
                 port: 9001
@@ -1407,9 +1708,9 @@ backend = "127.0.0.1:9001"
 
     #[test]
     fn unknown_route_key_is_an_error() {
-        let text = MINIMAL.replace("path = \"/echo\"", "path = \"/echo\"\nbackends = 3");
+        let text = MINIMAL.replace("path = \"/echo\"", "path = \"/echo\"\nbackendz = 3");
         let e = parse(&text).unwrap_err();
-        assert!(e.to_string().contains("backends"), "{e}");
+        assert!(e.to_string().contains("backendz"), "{e}");
     }
 
     #[test]
@@ -1440,7 +1741,7 @@ backend = "127.0.0.1:9001"
             ("unix:/run/x.sock", BackendAddr::Unix("/run/x.sock".into())),
         ] {
             let c = parse(&MINIMAL.replace("127.0.0.1:9001", text)).unwrap();
-            assert_eq!(c.routes[0].backend, want);
+            assert_eq!(c.routes[0].backends[0], want);
         }
         for bad in ["host:0", "host:99999", ":80", "::1:80", "unix:", "a b:1"] {
             assert!(

@@ -65,6 +65,12 @@ impl Close {
         "credential expired",
         Side::Client,
     );
+    /// An operator closed the session (admin `DELETE /sessions/{id}`).
+    pub const OPERATOR: Close = Close::new(
+        CloseCode::POLICY_VIOLATION,
+        "closed by the operator",
+        Side::Gateway,
+    );
     /// The gateway is shutting down.
     pub const SHUTDOWN: Close = Close::new(
         CloseCode::GOING_AWAY,

@@ -30,11 +30,26 @@ pub struct Accepted {
 pub struct Reject {
     pub status: StatusCode,
     pub reason: &'static str,
+    /// A capacity refusal: the answer carries `Retry-After`.
+    pub retry_after: bool,
 }
 
 impl Reject {
     pub const fn new(status: StatusCode, reason: &'static str) -> Reject {
-        Reject { status, reason }
+        Reject {
+            status,
+            reason,
+            retry_after: false,
+        }
+    }
+
+    /// 503 because a connection or session limit is reached; the client may retry later.
+    pub const fn busy(reason: &'static str) -> Reject {
+        Reject {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason,
+            retry_after: true,
+        }
     }
 
     fn bad(reason: &'static str) -> Reject {

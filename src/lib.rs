@@ -16,9 +16,12 @@
 //! ```
 //!
 //! `static_files` serves the demo page for plain HTTP requests; `demo` runs the built-in demo
-//! backends; `tls` loads certificates during config validation; `origin` parses origins.
+//! backends; `tls` loads certificates during config validation; `origin` parses origins;
+//! `proxy_protocol` encodes the PROXY header for backends; `metrics` and `admin` serve the
+//! operator's view (Prometheus metrics, health, live sessions).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod demo;
 pub mod error;
 pub mod framing;
 pub mod handshake;
+pub mod metrics;
 pub mod origin;
 pub mod proxy_protocol;
 pub mod pump;
@@ -42,5 +46,16 @@ pub use server::RunError;
 /// Run the gateway on a validated configuration until `shutdown` resolves, then close every
 /// session with 1001 and return within the shutdown grace period.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    server::run(config, shutdown).await
+    server::run(config, None, shutdown).await
+}
+
+/// Like [`run`], for a configuration loaded from `path`: SIGHUP re-reads the file (new
+/// connections use the new configuration; open sessions keep theirs), and certificate files are
+/// reloaded when they change.
+pub async fn run_from_file(
+    config: Config,
+    path: std::path::PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    server::run(config, Some(path), shutdown).await
 }

@@ -35,7 +35,6 @@ fn main() -> ExitCode {
         eprintln!("wsgate: --config <PATH> is required (try `wsgate --help`)");
         return ExitCode::from(2);
     };
-    init_logging();
     let config = match wsgate::Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -43,6 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(config.log);
     if matches!(cli.command, Some(Command::Check)) {
         print!("{}", config.summary());
         println!("configuration OK");
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(wsgate::run(config, shutdown_signal())) {
+    match runtime.block_on(wsgate::run_from_file(config, path, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsgate: {e}");
@@ -68,13 +68,23 @@ fn main() -> ExitCode {
 }
 
 /// Log to stderr; `WSGATE_LOG` takes a filter such as `debug` or `wsgate=debug,hyper=info`.
-fn init_logging() {
-    let filter = EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+/// `[log] format` picks text or JSON lines; `[log] access = false` silences the access lines.
+fn init_logging(log: wsgate::config::LogConfig) {
+    let mut filter =
+        EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if !log.access {
+        if let Ok(d) = "wsgate::access=off".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match log.format {
+        wsgate::config::LogFormat::Text => builder.init(),
+        wsgate::config::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -44,11 +44,48 @@ pub struct SessionInfo {
     pub subject: Option<String>,
     /// When the client's credential expires: the session is closed with 1008 then.
     pub expires_at: Option<std::time::SystemTime>,
+    /// Live counters, readable while the session runs (admin `/sessions`).
+    pub stats: Arc<SessionStats>,
+    /// Cancelled by an operator: the session is closed with 1008.
+    pub kill: CancellationToken,
 }
 
-/// Counters of one direction.
-#[derive(Debug, Default, Clone, Copy)]
+/// Counters of one direction, updated as messages pass.
+#[derive(Debug, Default)]
 pub struct Traffic {
+    bytes: AtomicU64,
+    messages: AtomicU64,
+}
+
+impl Traffic {
+    fn add_bytes(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn add_message(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Both directions of a session.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Client -> backend.
+    pub up: Traffic,
+    /// Backend -> client.
+    pub down: Traffic,
+}
+
+/// A snapshot of one direction's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
     pub bytes: u64,
     pub messages: u64,
 }
@@ -61,9 +98,9 @@ pub struct Outcome {
     /// The close code the client sent, if it sent a Close frame (`Some(None)`: empty Close).
     pub client_close: Option<Option<u16>>,
     /// Client -> backend.
-    pub up: Traffic,
+    pub up: Counts,
     /// Backend -> client.
-    pub down: Traffic,
+    pub down: Counts,
     pub duration: Duration,
 }
 
@@ -90,7 +127,7 @@ where
         out: ToBackend::new(route.framing),
         close_timeout: route.limits.close_timeout,
         write_timeout: route.limits.write_timeout,
-        traffic: Traffic::default(),
+        traffic: &info.stats.up,
     };
     let down = Downstream {
         backend: br,
@@ -99,7 +136,7 @@ where
         from: FromBackend::new(route.framing, route.limits.max_message_size),
         obuf: BytesMut::new(),
         route,
-        traffic: Traffic::default(),
+        traffic: &info.stats.down,
         cut: None,
     };
     let limits = DecoderLimits {
@@ -113,14 +150,13 @@ where
             .unwrap_or_default();
         tokio::time::Instant::now() + left
     });
-    let (up_traffic, (close, down_traffic)) =
-        tokio::join!(up.run(limits), down.run(shutdown, expires));
+    let ((), close) = tokio::join!(up.run(limits), down.run(shutdown, &info.kill, expires));
     let client_close = shared.lock().client_close;
     Outcome {
         close,
         client_close,
-        up: up_traffic,
-        down: down_traffic,
+        up: info.stats.up.snapshot(),
+        down: info.stats.down.snapshot(),
         duration: started.elapsed(),
     }
 }
@@ -225,7 +261,7 @@ struct Upstream<'s, R, W> {
     out: ToBackend,
     close_timeout: Duration,
     write_timeout: Duration,
-    traffic: Traffic,
+    traffic: &'s Traffic,
 }
 
 impl<R, W> Upstream<'_, R, W>
@@ -233,10 +269,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    async fn run(mut self, limits: DecoderLimits) -> Traffic {
+    async fn run(mut self, limits: DecoderLimits) {
         self.pump(limits).await;
         self.shared.tell_down(|c| c.up_done = true);
-        self.traffic
     }
 
     async fn pump(&mut self, limits: DecoderLimits) {
@@ -262,9 +297,9 @@ where
                         last,
                     } => {
                         if last {
-                            self.traffic.messages += 1;
+                            self.traffic.add_message();
                         }
-                        self.traffic.bytes += payload.len() as u64;
+                        self.traffic.add_bytes(payload.len());
                         self.shared.touch();
                         if !forward {
                             continue;
@@ -421,7 +456,7 @@ struct Downstream<'s, R, W> {
     from: FromBackend,
     obuf: BytesMut,
     route: &'s Route,
-    traffic: Traffic,
+    traffic: &'s Traffic,
     /// Why the connection was cut without a Close, if it was.
     cut: Option<&'static str>,
 }
@@ -512,17 +547,18 @@ where
     async fn run(
         mut self,
         shutdown: CancellationToken,
+        kill: &CancellationToken,
         expires: Option<tokio::time::Instant>,
-    ) -> (Result<Close, &'static str>, Traffic) {
-        let end = self.pump(shutdown, expires).await;
+    ) -> Result<Close, &'static str> {
+        let end = self.pump(shutdown, kill, expires).await;
         let close = self.finish(end).await;
-        let ended = close.ok_or(self.cut.unwrap_or(CLIENT_GONE));
-        (ended, self.traffic)
+        close.ok_or(self.cut.unwrap_or(CLIENT_GONE))
     }
 
     async fn pump(
         &mut self,
         shutdown: CancellationToken,
+        kill: &CancellationToken,
         expires: Option<tokio::time::Instant>,
     ) -> DownEnd {
         let limits = self.route.limits;
@@ -614,6 +650,7 @@ where
                     }
                 }
                 _ = shutdown.cancelled(), if answer.is_none() => return DownEnd::Initiate(Close::SHUTDOWN),
+                _ = kill.cancelled(), if answer.is_none() => return DownEnd::Initiate(Close::OPERATOR),
                 _ = sleep_until_opt(expires), if answer.is_none() => return DownEnd::Initiate(Close::CREDENTIAL_EXPIRED),
             }
         }
@@ -625,8 +662,8 @@ where
             match self.from.next(rbuf, eof) {
                 Ok(Some(m)) => {
                     let opcode = if m.text { OpCode::Text } else { OpCode::Binary };
-                    self.traffic.messages += 1;
-                    self.traffic.bytes += m.payload.len() as u64;
+                    self.traffic.add_message();
+                    self.traffic.add_bytes(m.payload.len());
                     encode_frame(&mut self.obuf, opcode, m.payload);
                     if self.obuf.len() >= FLUSH_THRESHOLD_BYTES {
                         self.write_client().await.map_err(Undeliverable::Client)?;

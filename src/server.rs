@@ -1,18 +1,23 @@
 //! The front end: listeners, the accept loop, TLS, HTTP/1.1 with hyper, and the handshake pipeline.
 //!
-//! Owns: binding (demo backends first, then listeners), one task per connection, the deadlines
-//! before the 101 (TLS handshake and request head within `handshake_timeout`), turning each
-//! request into exactly one answer (a 101 or one HTTP status, see README.md), spawning sessions,
-//! and shutdown (stop accepting, Close 1001 to every session, wait at most the grace period).
-//! The checks themselves live in `handshake`, `auth` and `backend`; the session in `pump`.
+//! Owns: binding (demo backends first, then listeners, then the admin listener), connection
+//! admission (`max_connections`, `max_connections_per_ip`, per-route `max_sessions`: 503 with
+//! `Retry-After`), one task per connection, the deadlines before the 101 (TLS handshake and request
+//! head), turning each request into exactly one answer (a 101 or one HTTP status, see README.md),
+//! spawning sessions and tracking them (admin `/sessions`), reloading the configuration and
+//! certificates, and shutdown (stop accepting, Close 1001 to every session, wait at most
+//! `shutdown_grace`). The checks themselves live in `handshake`, `auth` and `backend`; the session
+//! in `pump`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -27,20 +32,24 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, Listener};
+use crate::backend::Pool;
+use crate::config::{Config, Route};
 use crate::handshake::{self, Reject};
-use crate::pump::{self, SessionInfo};
-use crate::{auth, backend, demo, proxy_protocol, static_files};
+use crate::metrics::{AuthLabel, CloseLabel, Metrics, RouteLabel};
+use crate::pump::{self, SessionInfo, SessionStats};
+use crate::{admin, auth, demo, proxy_protocol, static_files};
 
-/// After a shutdown request, how long sessions get to finish their closing handshake.
-pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Time allowed, beyond the handshake and backend-connect deadlines, to write an HTTP answer.
 const RESPONSE_GRACE_SECS: u64 = 10;
 /// Backoff after an accept error such as "too many open files", doubled up to the maximum.
 const ACCEPT_BACKOFF_START_MS: u64 = 10;
 const ACCEPT_BACKOFF_MAX_MS: u64 = 1000;
+/// How often certificate files are checked for changes.
+const CERT_POLL_SECS: u64 = 5;
+/// `Retry-After` on 503 answers caused by connection or session limits, in seconds.
+const RETRY_AFTER_SECS: u64 = 1;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,20 +60,181 @@ pub enum RunError {
     Demo { addr: SocketAddr, source: io::Error },
 }
 
-/// State shared by every connection.
-struct Gateway {
-    config: Config,
+/// A route with its runtime state.
+pub struct RouteRt {
+    pub route: Arc<Route>,
+    pub pool: Arc<Pool>,
+    /// Sessions open on this route path (kept across reloads).
+    sessions: Arc<AtomicUsize>,
+}
+
+/// One configuration generation: what new connections use. Replaced whole on reload.
+pub struct State {
+    pub config: Config,
+    routes: HashMap<String, Arc<RouteRt>>,
+    /// Per listener (config order): the TLS acceptor, if it is a TLS listener.
+    tls: Vec<Option<TlsAcceptor>>,
+    /// Bound on everything before the upgrade is handed to the session.
+    http_phase_limit: Duration,
+}
+
+impl State {
+    fn build(config: Config, metrics: &Arc<Metrics>, previous: Option<&State>) -> State {
+        let mut routes = HashMap::new();
+        for r in &config.routes {
+            let old = previous.and_then(|p| p.routes.get(&r.path));
+            // Keep health state when the backends did not change, and the session count always.
+            let pool = match old {
+                Some(o)
+                    if o.pool.addrs().eq(r.backends.iter())
+                        && o.route.balance == r.balance
+                        && o.route.health == r.health =>
+                {
+                    o.pool.clone()
+                }
+                _ => {
+                    let pool =
+                        Pool::new(&r.path, &r.backends, r.balance, r.health, metrics.clone());
+                    pool.start_health_checks(r.limits.connect_timeout);
+                    pool
+                }
+            };
+            let sessions = old.map(|o| o.sessions.clone()).unwrap_or_default();
+            routes.insert(
+                r.path.clone(),
+                Arc::new(RouteRt {
+                    route: r.clone(),
+                    pool,
+                    sessions,
+                }),
+            );
+        }
+        let tls = config
+            .listeners
+            .iter()
+            .map(|l| l.tls.clone().map(TlsAcceptor::from))
+            .collect();
+        let max_connect = config
+            .routes
+            .iter()
+            .map(|r| r.limits.connect_timeout * r.backends.len() as u32)
+            .max()
+            .unwrap_or_default();
+        let http_phase_limit =
+            config.http.handshake_timeout + max_connect + Duration::from_secs(RESPONSE_GRACE_SECS);
+        State {
+            config,
+            routes,
+            tls,
+            http_phase_limit,
+        }
+    }
+
+    fn route(&self, path: &str) -> Option<&Arc<RouteRt>> {
+        self.routes.get(path)
+    }
+}
+
+/// A session as the admin endpoint shows it.
+pub struct LiveSession {
+    pub route: String,
+    pub client: SocketAddr,
+    pub subject: Option<String>,
+    pub started: SystemTime,
+    pub stats: Arc<SessionStats>,
+    pub kill: CancellationToken,
+}
+
+/// State shared by every connection, across configuration generations.
+pub struct Gateway {
+    state: RwLock<Arc<State>>,
     /// Session tasks, so that shutdown can wait for them.
     sessions: TaskTracker,
     /// Cancelled on shutdown: every session sends Close 1001.
     shutdown: CancellationToken,
     next_session: AtomicU64,
-    /// Bound on everything before the upgrade is handed to the session.
-    http_phase_limit: Duration,
+    pub metrics: Arc<Metrics>,
+    pub live: Mutex<HashMap<u64, LiveSession>>,
+    /// False before the listeners are bound and while draining.
+    pub ready: AtomicBool,
+    connections: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Bind everything, serve until `shutdown` resolves, then drain sessions.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+impl Gateway {
+    pub fn state(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_state(&self, s: State) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+    }
+
+    /// Count a new client connection; `Err` when a limit refuses it.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> (ConnGuard, Option<&'static str>) {
+        let limits = self.state().config.http;
+        let total = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let from_ip = {
+            let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            *n += 1;
+            *n
+        };
+        self.metrics.connections_open.inc();
+        let guard = ConnGuard {
+            gw: self.clone(),
+            ip,
+        };
+        let refused = if total > limits.max_connections {
+            Some("too many connections (max_connections)")
+        } else if from_ip > limits.max_connections_per_ip {
+            Some("too many connections from this address (max_connections_per_ip)")
+        } else {
+            None
+        };
+        if refused.is_some() {
+            self.metrics.connections_refused.inc();
+        }
+        (guard, refused)
+    }
+}
+
+/// Releases a connection's place in the counts when the connection (or its session) ends.
+struct ConnGuard {
+    gw: Arc<Gateway>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.gw.connections.fetch_sub(1, Ordering::Relaxed);
+        self.gw.metrics.connections_open.dec();
+        let mut map = self.gw.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Releases a route session slot.
+struct SessionSlot(Arc<AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Bind everything, serve until `shutdown` resolves, then drain sessions. With `config_path`,
+/// SIGHUP re-reads that file and certificate files are watched for changes.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     for d in &config.demo_backends {
         let addr = demo::start(d).await.map_err(|source| RunError::Demo {
             addr: d.bind,
@@ -73,7 +243,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         info!(addr = %addr, kind = ?d.kind, "demo backend listening");
     }
     let mut bound = Vec::new();
-    for l in &config.listeners {
+    for (index, l) in config.listeners.iter().enumerate() {
         let listener = TcpListener::bind(l.bind)
             .await
             .map_err(|source| RunError::Bind {
@@ -85,61 +255,197 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             source,
         })?;
         info!(addr = %addr, tls = l.tls.is_some(), "listening");
-        bound.push((listener, l.clone()));
+        bound.push((listener, index));
     }
-    let max_connect = config
-        .routes
-        .iter()
-        .map(|r| r.limits.connect_timeout)
-        .max()
-        .unwrap_or_default();
-    let http_phase_limit =
-        config.http.handshake_timeout + max_connect + Duration::from_secs(RESPONSE_GRACE_SECS);
+    let admin_listener = match &config.admin {
+        None => None,
+        Some(a) => {
+            let listener = TcpListener::bind(a.bind)
+                .await
+                .map_err(|source| RunError::Bind {
+                    addr: a.bind,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| RunError::Bind {
+                addr: a.bind,
+                source,
+            })?;
+            info!(addr = %addr, "admin listening");
+            Some((listener, a.token.clone()))
+        }
+    };
+    let metrics = Metrics::new();
+    let grace = config.http.shutdown_grace;
     let gw = Arc::new(Gateway {
-        config,
+        state: RwLock::new(Arc::new(State::build(config, &metrics, None))),
         sessions: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         next_session: AtomicU64::new(1),
-        http_phase_limit,
+        metrics,
+        live: Mutex::new(HashMap::new()),
+        ready: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+        per_ip: Mutex::new(HashMap::new()),
     });
 
     let stop_accepting = CancellationToken::new();
-    let connections = TaskTracker::new();
-    for (listener, l) in bound {
+    for (listener, index) in bound {
         tokio::spawn(accept_loop(
             gw.clone(),
             listener,
-            l,
+            index,
             stop_accepting.clone(),
-            connections.clone(),
         ));
     }
+    if let Some((listener, token)) = admin_listener {
+        tokio::spawn(admin::serve(
+            gw.clone(),
+            listener,
+            token,
+            stop_accepting.clone(),
+        ));
+    }
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_sighup(
+            gw.clone(),
+            path.clone(),
+            stop_accepting.clone(),
+        ));
+        tokio::spawn(watch_certificates(gw.clone(), stop_accepting.clone()));
+    }
+    gw.ready.store(true, Ordering::Relaxed);
 
     shutdown.await;
     info!("shutting down: no new connections, closing sessions with 1001");
+    gw.ready.store(false, Ordering::Relaxed);
     stop_accepting.cancel();
     gw.shutdown.cancel();
     gw.sessions.close();
-    connections.close();
-    let grace = Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS);
-    let drained = tokio::time::timeout(grace, async {
-        gw.sessions.wait().await;
-    })
-    .await;
+    let drained = tokio::time::timeout(grace, gw.sessions.wait()).await;
     if drained.is_err() {
-        warn!(grace = ?grace, "sessions still open after the shutdown grace period; cutting them");
+        warn!(grace = ?grace, "sessions still open after shutdown_grace; cutting them");
     }
     Ok(())
+}
+
+async fn reload_on_sighup(gw: Arc<Gateway>, path: PathBuf, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; configuration reload is unavailable");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        reload(&gw, &path);
+    }
+}
+
+/// Re-read the configuration: new connections use it, open sessions keep theirs. An invalid
+/// file changes nothing.
+pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "reload refused: the configuration is invalid; the running one stays in force");
+            return;
+        }
+    };
+    let old = gw.state();
+    let binds = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.bind, l.tls.is_some()))
+            .collect::<Vec<_>>()
+    };
+    if binds(&new) != binds(&old.config) {
+        error!(
+            "reload refused: listeners changed (bind or TLS on/off); restart to change listeners"
+        );
+        return;
+    }
+    let demo = |c: &Config| {
+        c.demo_backends
+            .iter()
+            .map(|d| (d.bind, d.kind))
+            .collect::<Vec<_>>()
+    };
+    if demo(&new) != demo(&old.config) {
+        warn!("reload: demo backend changes need a restart; the running demo backends stay");
+    }
+    if new.admin.as_ref().map(|a| a.bind) != old.config.admin.as_ref().map(|a| a.bind)
+        || new.log != old.config.log
+    {
+        warn!("reload: [admin] and [log] changes need a restart; they stay as they were");
+    }
+    let routes = new.routes.len();
+    gw.set_state(State::build(new, &gw.metrics, Some(&old)));
+    info!(
+        routes,
+        "configuration reloaded; new connections use it, open sessions keep theirs"
+    );
+}
+
+/// Reload certificates when their files change (checked every few seconds).
+async fn watch_certificates(gw: Arc<Gateway>, stop: CancellationToken) {
+    let stamp = |gw: &Gateway| -> Vec<Option<SystemTime>> {
+        gw.state()
+            .config
+            .listeners
+            .iter()
+            .flat_map(|l| [l.tls_cert.clone(), l.tls_key.clone()])
+            .map(|p| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
+            .collect()
+    };
+    let mut last = stamp(&gw);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(CERT_POLL_SECS)) => {}
+        }
+        let now = stamp(&gw);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let state = gw.state();
+        let mut tls = state.tls.clone();
+        let mut changed = false;
+        for (i, l) in state.config.listeners.iter().enumerate() {
+            let (Some(cert), Some(key)) = (&l.tls_cert, &l.tls_key) else {
+                continue;
+            };
+            match crate::tls::load_server_config(cert, key) {
+                Ok(cfg) => {
+                    tls[i] = Some(TlsAcceptor::from(cfg));
+                    changed = true;
+                    info!(cert = %cert.display(), "certificate reloaded");
+                }
+                Err(e) => {
+                    error!(error = %e, "certificate changed but cannot be loaded; the old one stays in use")
+                }
+            }
+        }
+        if changed {
+            let s = State {
+                config: state.config.clone(),
+                routes: state.routes.clone(),
+                tls,
+                http_phase_limit: state.http_phase_limit,
+            };
+            gw.set_state(s);
+        }
+    }
 }
 
 async fn accept_loop(
     gw: Arc<Gateway>,
     listener: TcpListener,
-    config: Listener,
+    index: usize,
     stop: CancellationToken,
-    connections: TaskTracker,
 ) {
-    let tls = config.tls.clone().map(TlsAcceptor::from);
     let mut backoff = ACCEPT_BACKOFF_START_MS;
     loop {
         let accepted = tokio::select! {
@@ -149,7 +455,16 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = ACCEPT_BACKOFF_START_MS;
-                connections.spawn(connection(gw.clone(), tcp, peer, tls.clone()));
+                let (guard, refused) = gw.admit(peer.ip());
+                let tls = gw.state().tls.get(index).cloned().flatten();
+                tokio::spawn(connection(
+                    gw.clone(),
+                    tcp,
+                    peer,
+                    tls,
+                    Arc::new(guard),
+                    refused,
+                ));
             }
             Err(e) if is_per_connection_error(&e) => {
                 debug!(error = %e, "accept: connection failed before it was accepted");
@@ -176,45 +491,69 @@ fn is_per_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// Addresses of one client connection.
-#[derive(Debug, Clone, Copy)]
+/// One client connection.
+#[derive(Clone)]
 struct Conn {
     peer: SocketAddr,
     /// The gateway address the client connected to.
     local: SocketAddr,
     tls: bool,
+    /// Set when a connection limit refused this connection: every request gets 503.
+    refused: Option<&'static str>,
+    /// Held by the connection and then by its session.
+    guard: Arc<ConnGuard>,
 }
 
 /// One client connection, up to the moment it is upgraded (or answered and closed).
-async fn connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+async fn connection(
+    gw: Arc<Gateway>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    guard: Arc<ConnGuard>,
+    refused: Option<&'static str>,
+) {
     let _ = tcp.set_nodelay(true);
     let Ok(local) = tcp.local_addr() else { return };
     let conn = Conn {
         peer,
         local,
         tls: tls.is_some(),
+        refused,
+        guard,
     };
+    let state = gw.state();
+    let limits = state.config.http;
     let accepted_at = Instant::now();
-    let deadline = tokio::time::Instant::from_std(accepted_at + gw.config.http.handshake_timeout);
+    let deadline = tokio::time::Instant::from_std(accepted_at + limits.handshake_timeout);
     match tls {
-        None => serve_http(gw, TokioIo::new(tcp), conn, deadline).await,
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => serve_http(gw, TokioIo::new(stream), conn, deadline).await,
-            Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
-            Err(_) => debug!(client = %peer, "TLS handshake deadline (handshake_timeout) passed"),
-        },
+        None => serve_http(gw, state, TokioIo::new(tcp), conn, deadline).await,
+        Some(acceptor) => {
+            let tls_deadline =
+                deadline.min(tokio::time::Instant::now() + limits.tls_handshake_timeout);
+            match tokio::time::timeout_at(tls_deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => serve_http(gw, state, TokioIo::new(stream), conn, deadline).await,
+                Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(client = %peer, "TLS handshake deadline passed"),
+            }
+        }
     }
 }
 
-async fn serve_http<I>(gw: Arc<Gateway>, io: TokioIo<I>, conn: Conn, deadline: tokio::time::Instant)
-where
+async fn serve_http<I>(
+    gw: Arc<Gateway>,
+    state: Arc<State>,
+    io: TokioIo<I>,
+    conn: Conn,
+    deadline: tokio::time::Instant,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     if remaining.is_zero() {
         return;
     }
-    let limits = gw.config.http;
+    let limits = state.config.http;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -225,13 +564,14 @@ where
         .max_headers(limits.max_headers)
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    let phase_limit = gw.http_phase_limit;
-    let gw2 = gw.clone();
-    let service = service_fn(move |req| {
-        let gw = gw2.clone();
-        async move { Ok::<_, Infallible>(handle(&gw, req, conn).await) }
-    });
+    let phase_limit = state.http_phase_limit;
     let peer = conn.peer;
+    let service = service_fn(move |req| {
+        let gw = gw.clone();
+        let state = state.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&gw, &state, req, conn).await) }
+    });
     let http = builder.serve_connection(io, service).with_upgrades();
     match tokio::time::timeout(phase_limit, http).await {
         Ok(Ok(())) => {}
@@ -245,16 +585,31 @@ where
 /// One request -> one answer.
 async fn handle(
     gw: &Arc<Gateway>,
+    state: &Arc<State>,
     mut req: Request<Incoming>,
     conn: Conn,
 ) -> Response<Full<Bytes>> {
-    if !handshake::is_upgrade_attempt(req.headers()) {
-        return plain_http(gw, &req, conn.peer).await;
+    if let Some(reason) = conn.refused {
+        info!(target: "wsgate::access", client = %conn.peer, path = %req.uri().path(), status = 503, reason, "connection refused");
+        return reject_response(&Reject::busy(reason));
     }
-    match upgrade(gw, &mut req, conn).await {
-        Ok(resp) => resp,
+    if !handshake::is_upgrade_attempt(req.headers()) {
+        return plain_http(state, &req, conn.peer).await;
+    }
+    let path = req.uri().path().to_string();
+    let label = if state.route(&path).is_some() {
+        path.as_str()
+    } else {
+        "-"
+    };
+    match upgrade(gw, state, &mut req, &conn).await {
+        Ok(resp) => {
+            gw.metrics.handshake(label, 101);
+            resp
+        }
         Err(reject) => {
-            info!(client = %conn.peer, path = %req.uri().path(), status = reject.status.as_u16(), reason = reject.reason, "handshake refused");
+            gw.metrics.handshake(label, reject.status.as_u16());
+            info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, "handshake refused");
             reject_response(&reject)
         }
     }
@@ -263,19 +618,20 @@ async fn handle(
 /// Validate, route, authorise, connect the backend, then answer 101 and start the session.
 async fn upgrade(
     gw: &Arc<Gateway>,
+    state: &Arc<State>,
     req: &mut Request<Incoming>,
-    conn: Conn,
+    conn: &Conn,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let peer = conn.peer;
     let accepted = handshake::validate(req.method(), req.version(), req.headers())?;
-    let route = gw
-        .config
+    let rt = state
         .route(req.uri().path())
         .ok_or(Reject::new(
             StatusCode::NOT_FOUND,
             "no WebSocket route at this path",
         ))?
         .clone();
+    let route = rt.route.clone();
     auth::check_origin(&route, req.headers())?;
     let identity = auth::authenticate(
         &route,
@@ -287,15 +643,36 @@ async fn upgrade(
             tls: conn.tls,
         },
     )
-    .await?;
+    .await;
+    if route.auth.is_some() {
+        let outcome = match &identity {
+            Ok(_) => "allowed",
+            Err(r) if r.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            Err(_) => "denied",
+        };
+        gw.metrics
+            .auth
+            .get_or_create(&AuthLabel {
+                route: route.path.clone(),
+                outcome,
+            })
+            .inc();
+    }
+    let identity = identity?;
+    let open = rt.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+    let slot = SessionSlot(rt.sessions.clone());
+    if route.max_sessions.is_some_and(|max| open > max) {
+        return Err(Reject::busy(
+            "too many sessions on this route (max_sessions)",
+        ));
+    }
     let protocol = auth::select_subprotocol(&route, &accepted.offered_protocols).map(str::to_owned);
     let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
-    let mut backend = backend::connect(&route.backend, route.limits.connect_timeout)
+    let (mut backend, lease) = rt
+        .pool
+        .connect(route.limits.connect_timeout)
         .await
-        .map_err(|e| {
-            warn!(client = %peer, route = %route.path, error = %e, "backend connect failed");
-            e.reject()
-        })?;
+        .map_err(|e| e.reject())?;
     if let Some(version) = route.proxy_protocol {
         let header = proxy_protocol::encode(
             version,
@@ -322,9 +699,15 @@ async fn upgrade(
         client: peer,
         subject: identity.subject,
         expires_at: identity.expires_at,
+        stats: Arc::new(SessionStats::default()),
+        kill: CancellationToken::new(),
     };
     let shutdown = gw.shutdown.child_token();
+    let gw2 = gw.clone();
+    let conn_guard = conn.guard.clone();
     gw.sessions.spawn(async move {
+        let _conn_guard = conn_guard;
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -332,29 +715,7 @@ async fn upgrade(
                 return;
             }
         };
-        let subject = info.subject.as_deref().unwrap_or("-");
-        info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %info.route.backend, "session open");
-        let outcome = pump::run(&info, TokioIo::new(upgraded), backend, shutdown).await;
-        let (code, reason, by) = match &outcome.close {
-            Ok(c) => (Some(c.code), c.reason, c.by.to_string()),
-            Err(why) => (None, *why, "client".to_string()),
-        };
-        info!(
-            session = info.id,
-            route = %info.route.path,
-            client = %info.client,
-            subject,
-            duration_ms = outcome.duration.as_millis() as u64,
-            close_code = ?code,
-            reason,
-            closed_by = %by,
-            client_close_code = ?outcome.client_close.flatten(),
-            bytes_up = outcome.up.bytes,
-            messages_up = outcome.up.messages,
-            bytes_down = outcome.down.bytes,
-            messages_down = outcome.down.messages,
-            "session closed"
-        );
+        run_session(&gw2, info, upgraded, backend, lease, shutdown).await;
     });
 
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -374,14 +735,90 @@ async fn upgrade(
     Ok(resp)
 }
 
+/// The session task after the upgrade: register, pump, account, log.
+async fn run_session(
+    gw: &Arc<Gateway>,
+    info: SessionInfo,
+    upgraded: hyper::upgrade::Upgraded,
+    backend: crate::backend::BackendStream,
+    lease: crate::backend::Lease,
+    shutdown: CancellationToken,
+) {
+    let route_label = RouteLabel {
+        route: info.route.path.clone(),
+    };
+    gw.metrics.sessions_open.get_or_create(&route_label).inc();
+    gw.metrics.sessions_total.get_or_create(&route_label).inc();
+    gw.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        info.id,
+        LiveSession {
+            route: info.route.path.clone(),
+            client: info.client,
+            subject: info.subject.clone(),
+            started: SystemTime::now(),
+            stats: info.stats.clone(),
+            kill: info.kill.clone(),
+        },
+    );
+    let subject = info.subject.as_deref().unwrap_or("-");
+    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %lease.backend(), "session open");
+
+    let outcome = pump::run(&info, TokioIo::new(upgraded), backend, shutdown).await;
+
+    gw.live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&info.id);
+    gw.metrics.sessions_open.get_or_create(&route_label).dec();
+    gw.metrics
+        .session_seconds
+        .get_or_create(&route_label)
+        .observe(outcome.duration.as_secs_f64());
+    let counters = gw.metrics.route_counters(&info.route.path);
+    counters.bytes_up.inc_by(outcome.up.bytes);
+    counters.bytes_down.inc_by(outcome.down.bytes);
+    counters.messages_up.inc_by(outcome.up.messages);
+    counters.messages_down.inc_by(outcome.down.messages);
+    let (code, reason, by) = match &outcome.close {
+        Ok(c) => (Some(c.code), c.reason, c.by.to_string()),
+        Err(why) => (None, *why, "client".to_string()),
+    };
+    gw.metrics
+        .closes
+        .get_or_create(&CloseLabel {
+            route: info.route.path.clone(),
+            code: code.map_or_else(|| "none".to_string(), |c| c.to_string()),
+            by: by.clone(),
+        })
+        .inc();
+    info!(
+        target: "wsgate::access",
+        session = info.id,
+        route = %info.route.path,
+        client = %info.client,
+        subject,
+        backend = %lease.backend(),
+        duration_ms = outcome.duration.as_millis() as u64,
+        close_code = ?code,
+        reason,
+        closed_by = %by,
+        client_close_code = ?outcome.client_close.flatten(),
+        bytes_up = outcome.up.bytes,
+        messages_up = outcome.up.messages,
+        bytes_down = outcome.down.bytes,
+        messages_down = outcome.down.messages,
+        "session closed"
+    );
+}
+
 /// A request that is not an upgrade attempt: a static file, or 426 on a route path, or 404.
 async fn plain_http(
-    gw: &Arc<Gateway>,
+    state: &State,
     req: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if gw.config.route(path).is_some() {
+    if state.route(path).is_some() {
         let mut resp = reject_response(&Reject::new(
             StatusCode::UPGRADE_REQUIRED,
             "this path serves WebSocket connections only",
@@ -390,7 +827,7 @@ async fn plain_http(
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return resp;
     }
-    if let Some(st) = &gw.config.static_files {
+    if let Some(st) = &state.config.static_files {
         if req.method() == Method::GET || req.method() == Method::HEAD {
             if let Some(mut resp) =
                 static_files::serve(st, path, req.method() == Method::HEAD).await
@@ -414,7 +851,7 @@ async fn plain_http(
 }
 
 /// The one answer to a refused request: status, short plain-text reason, `Connection: close`.
-fn reject_response(reject: &Reject) -> Response<Full<Bytes>> {
+pub fn reject_response(reject: &Reject) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(format!("{}\n", reject.reason))));
     *resp.status_mut() = reject.status;
     let h = resp.headers_mut();
@@ -423,17 +860,23 @@ fn reject_response(reject: &Reject) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    if reject.status == StatusCode::UNAUTHORIZED {
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"wsgate\""),
-        );
+    match reject.status {
+        StatusCode::UNAUTHORIZED => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wsgate\""),
+            );
+        }
+        StatusCode::UPGRADE_REQUIRED => {
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(handshake::WEBSOCKET_VERSION),
+            );
+        }
+        _ => {}
     }
-    if reject.status == StatusCode::UPGRADE_REQUIRED {
-        h.insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static(handshake::WEBSOCKET_VERSION),
-        );
+    if reject.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
     resp
 }

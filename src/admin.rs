@@ -1,0 +1,176 @@
+//! The admin listener: metrics, health, readiness, and the live session list.
+//!
+//! Owns the admin HTTP/1.1 endpoints (`GET /metrics`, `GET /healthz`, `GET /readyz`,
+//! `GET /sessions`, `DELETE /sessions/{id}`) and their optional bearer token. It reads the
+//! gateway's state and never touches the WebSocket listeners. Bind it to loopback or a private
+//! network: it shows client addresses and subjects.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::server::Gateway;
+
+/// Deadline for one admin request, head to answer.
+const ADMIN_REQUEST_TIMEOUT_SECS: u64 = 10;
+
+/// Serve the admin endpoints until `stop`.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    token: Option<String>,
+    stop: CancellationToken,
+) {
+    let token: Option<Arc<str>> = token.map(Arc::from);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let gw = gw.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let gw = gw.clone();
+                let token = token.clone();
+                async move { Ok::<_, Infallible>(handle(&gw, token.as_deref(), req)) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(ADMIN_REQUEST_TIMEOUT_SECS))
+                .keep_alive(false);
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            let limit = Duration::from_secs(ADMIN_REQUEST_TIMEOUT_SECS);
+            if let Ok(Err(e)) = tokio::time::timeout(limit, conn).await {
+                debug!(client = %peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn handle(gw: &Gateway, token: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(expected) = token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wsgate-admin\""),
+            );
+            return r;
+        }
+    }
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, gw.metrics.encode());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if gw.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/sessions") => {
+            let mut r = text(StatusCode::OK, sessions_json(gw));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        (&Method::DELETE, p) if p.starts_with("/sessions/") => {
+            let Ok(id) = p["/sessions/".len()..].parse::<u64>() else {
+                return text(StatusCode::BAD_REQUEST, "session ids are numbers\n");
+            };
+            let live = gw.live.lock().unwrap_or_else(|e| e.into_inner());
+            match live.get(&id) {
+                Some(s) => {
+                    s.kill.cancel();
+                    info!(session = id, route = %s.route, "session closed by the operator (1008)");
+                    text(StatusCode::ACCEPTED, "closing with 1008\n")
+                }
+                None => text(StatusCode::NOT_FOUND, "no such session\n"),
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/sessions") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn sessions_json(gw: &Gateway) -> String {
+    let live = gw.live.lock().unwrap_or_else(|e| e.into_inner());
+    let mut list: Vec<serde_json::Value> = live
+        .iter()
+        .map(|(id, s)| {
+            let up = s.stats.up.snapshot();
+            let down = s.stats.down.snapshot();
+            serde_json::json!({
+                "id": id,
+                "route": s.route,
+                "client": s.client.to_string(),
+                "subject": s.subject,
+                "started_unix_ms": s.started.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                "bytes_up": up.bytes,
+                "messages_up": up.messages,
+                "bytes_down": down.bytes,
+                "messages_down": down.messages,
+            })
+        })
+        .collect();
+    list.sort_by_key(|v| v["id"].as_u64());
+    let mut out = serde_json::Value::Array(list).to_string();
+    out.push('\n');
+    out
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Compare without leaking where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

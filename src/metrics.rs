@@ -1,0 +1,229 @@
+//! Prometheus metrics: what the gateway counts, and their exposition text for `/metrics`.
+//!
+//! Owns the registry and every metric family. Hot-path updates are single atomic operations on
+//! handles resolved once per session ([`RouteCounters`]); label sets are small and bounded (route
+//! paths come from the config, status and close codes from fixed tables).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabel {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub route: String,
+    /// The close code sent, or "none" when the connection was cut without one.
+    pub code: String,
+    /// client, backend or gateway.
+    pub by: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub route: String,
+    /// "up" (client -> backend) or "down" (backend -> client).
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub route: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabel {
+    pub route: String,
+    /// allowed, denied (401/403), unavailable (503).
+    pub outcome: &'static str,
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_open: Family<RouteLabel, Gauge>,
+    pub sessions_total: Family<RouteLabel, Counter>,
+    pub handshakes: Family<HandshakeLabel, Counter>,
+    pub closes: Family<CloseLabel, Counter>,
+    pub bytes: Family<DirectionLabel, Counter>,
+    pub messages: Family<DirectionLabel, Counter>,
+    pub backend_connect_seconds: Family<BackendLabel, Histogram>,
+    pub backend_connect_failures: Family<BackendLabel, Counter>,
+    pub backend_up: Family<BackendLabel, Gauge>,
+    pub session_seconds: Family<RouteLabel, Histogram>,
+    pub auth: Family<AuthLabel, Counter>,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
+}
+
+fn connect_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+fn session_histogram() -> Histogram {
+    // 10 ms .. ~3 days
+    Histogram::new(exponential_buckets(0.01, 4.0, 13))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("wsgate");
+        let m = Metrics {
+            sessions_open: Family::default(),
+            sessions_total: Family::default(),
+            handshakes: Family::default(),
+            closes: Family::default(),
+            bytes: Family::default(),
+            messages: Family::default(),
+            backend_connect_seconds: Family::new_with_constructor(connect_histogram),
+            backend_connect_failures: Family::default(),
+            backend_up: Family::default(),
+            session_seconds: Family::new_with_constructor(session_histogram),
+            auth: Family::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sessions_open",
+            "WebSocket sessions open now",
+            m.sessions_open.clone(),
+        );
+        registry.register(
+            "sessions",
+            "WebSocket sessions opened",
+            m.sessions_total.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "Upgrade attempts by answer status (101 = accepted)",
+            m.handshakes.clone(),
+        );
+        registry.register(
+            "closes",
+            "Sessions ended, by close code sent and by who caused the end",
+            m.closes.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Message payload bytes by direction",
+            m.bytes.clone(),
+        );
+        registry.register("messages", "Messages by direction", m.messages.clone());
+        registry.register(
+            "backend_connect_seconds",
+            "Time to connect to a backend",
+            m.backend_connect_seconds.clone(),
+        );
+        registry.register(
+            "backend_connect_failures",
+            "Failed backend connects (refused, unreachable, timed out)",
+            m.backend_connect_failures.clone(),
+        );
+        registry.register(
+            "backend_up",
+            "1 when a backend is in rotation, 0 while it is skipped after failures",
+            m.backend_up.clone(),
+        );
+        registry.register(
+            "session_seconds",
+            "Session durations",
+            m.session_seconds.clone(),
+        );
+        registry.register("auth", "Credential checks by outcome", m.auth.clone());
+        registry.register(
+            "connections_open",
+            "Client connections open now (before and after the upgrade)",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections refused by max_connections or max_connections_per_ip",
+            m.connections_refused.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn handshake(&self, route: &str, status: u16) {
+        self.handshakes
+            .get_or_create(&HandshakeLabel {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    /// Handles for one session's hot-path counters.
+    pub fn route_counters(&self, route: &str) -> RouteCounters {
+        let dir = |direction| DirectionLabel {
+            route: route.to_string(),
+            direction,
+        };
+        // One statement each: a family's read guard lives until the end of its statement, and
+        // creating the next child needs the write lock.
+        let bytes_up = self.bytes.get_or_create(&dir("up")).clone();
+        let bytes_down = self.bytes.get_or_create(&dir("down")).clone();
+        let messages_up = self.messages.get_or_create(&dir("up")).clone();
+        let messages_down = self.messages.get_or_create(&dir("down")).clone();
+        RouteCounters {
+            bytes_up,
+            bytes_down,
+            messages_up,
+            messages_down,
+        }
+    }
+}
+
+/// Per-route traffic counters, resolved once per session.
+#[derive(Clone, Debug, Default)]
+pub struct RouteCounters {
+    pub bytes_up: Counter,
+    pub bytes_down: Counter,
+    pub messages_up: Counter,
+    pub messages_down: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_contains_updates() {
+        let m = Metrics::new();
+        m.handshake("/echo", 101);
+        m.route_counters("/echo").bytes_up.inc_by(5);
+        let text = m.encode();
+        assert!(
+            text.contains("wsgate_handshakes_total{route=\"/echo\",status=\"101\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wsgate_bytes_total{route=\"/echo\",direction=\"up\"} 5"),
+            "{text}"
+        );
+    }
+}
