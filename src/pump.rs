@@ -271,6 +271,9 @@ where
 {
     async fn run(mut self, limits: DecoderLimits) {
         self.pump(limits).await;
+        // Whatever ended the session, the backend sees an orderly FIN (a second shutdown after
+        // the one on a client Close is harmless).
+        let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
         self.shared.tell_down(|c| c.up_done = true);
     }
 

@@ -298,11 +298,12 @@ pub async fn run(
         ));
     }
     if let Some((listener, token)) = admin_listener {
+        // The admin listener outlives the drain: /readyz must be seen turning false.
         tokio::spawn(admin::serve(
             gw.clone(),
             listener,
             token,
-            stop_accepting.clone(),
+            CancellationToken::new(),
         ));
     }
     if let Some(path) = config_path {
