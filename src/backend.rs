@@ -32,6 +32,74 @@ pub enum BackendStream {
     Unix(UnixStream),
 }
 
+impl BackendStream {
+    /// Owned read and write halves (no lock between the two directions).
+    pub fn into_split(self) -> (BackendReader, BackendWriter) {
+        match self {
+            BackendStream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (BackendReader::Tcp(r), BackendWriter::Tcp(w))
+            }
+            BackendStream::Unix(s) => {
+                let (r, w) = s.into_split();
+                (BackendReader::Unix(r), BackendWriter::Unix(w))
+            }
+        }
+    }
+}
+
+/// The read half of a backend connection.
+pub enum BackendReader {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    Unix(tokio::net::unix::OwnedReadHalf),
+}
+
+/// The write half of a backend connection.
+pub enum BackendWriter {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Unix(tokio::net::unix::OwnedWriteHalf),
+}
+
+impl AsyncRead for BackendReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendReader::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            BackendReader::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendWriter::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            BackendWriter::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendWriter::Tcp(s) => Pin::new(s).poll_flush(cx),
+            BackendWriter::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendWriter::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            BackendWriter::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Why no backend connection could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

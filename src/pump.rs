@@ -105,20 +105,27 @@ pub struct Outcome {
 }
 
 /// Run a session to its end. `shutdown` asks for a Close 1001.
-pub async fn run<C, B>(
+///
+/// `client` and `backend` are the read and write halves of each connection (owned halves where
+/// the transport has them, so the two directions never contend for a lock). `preread` holds
+/// bytes the client sent right behind its request head: they are the first frames.
+pub async fn run<CR, CW, BR, BW>(
     info: &SessionInfo,
-    client: C,
-    backend: B,
+    client: (CR, CW),
+    preread: &[u8],
+    backend: (BR, BW),
     shutdown: CancellationToken,
 ) -> Outcome
 where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
-    B: AsyncRead + AsyncWrite + Unpin + Send,
+    CR: AsyncRead + Unpin + Send,
+    CW: AsyncWrite + Unpin + Send,
+    BR: AsyncRead + Unpin + Send,
+    BW: AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();
     let shared = Shared::new(started);
-    let (cr, cw) = tokio::io::split(client);
-    let (br, bw) = tokio::io::split(backend);
+    let (cr, cw) = client;
+    let (br, bw) = backend;
     let route = &info.route;
     let up = Upstream {
         client: cr,
@@ -150,7 +157,10 @@ where
             .unwrap_or_default();
         tokio::time::Instant::now() + left
     });
-    let ((), close) = tokio::join!(up.run(limits), down.run(shutdown, &info.kill, expires));
+    let ((), close) = tokio::join!(
+        up.run(limits, preread),
+        down.run(shutdown, &info.kill, expires)
+    );
     let client_close = shared.lock().client_close;
     Outcome {
         close,
@@ -269,17 +279,17 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    async fn run(mut self, limits: DecoderLimits) {
-        self.pump(limits).await;
+    async fn run(mut self, limits: DecoderLimits, preread: &[u8]) {
+        self.pump(limits, preread).await;
         // Whatever ended the session, the backend sees an orderly FIN (a second shutdown after
         // the one on a client Close is harmless).
         let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
         self.shared.tell_down(|c| c.up_done = true);
     }
 
-    async fn pump(&mut self, limits: DecoderLimits) {
+    async fn pump(&mut self, limits: DecoderLimits, preread: &[u8]) {
         let mut decoder = Decoder::new(limits);
-        let mut rbuf = BytesMut::new();
+        let mut rbuf = BytesMut::from(preread);
         let mut forward = true;
         loop {
             let mut stop = None;

@@ -764,7 +764,28 @@ async fn run_session(
     let subject = info.subject.as_deref().unwrap_or("-");
     info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %lease.backend(), "session open");
 
-    let outcome = pump::run(&info, TokioIo::new(upgraded), backend, shutdown).await;
+    // Unwrap hyper's upgraded connection to the transport underneath, so that each direction
+    // gets its own half without a shared lock (plain TCP) or at least without the boxed
+    // indirection (TLS). Bytes hyper read past the request head are the first frames.
+    let backend = backend.into_split();
+    let outcome = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let client = parts.io.into_inner().into_split();
+            pump::run(&info, client, &parts.read_buf, backend, shutdown).await
+        }
+        Err(upgraded) => {
+            match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+                Ok(parts) => {
+                    let client = tokio::io::split(parts.io.into_inner());
+                    pump::run(&info, client, &parts.read_buf, backend, shutdown).await
+                }
+                Err(upgraded) => {
+                    let client = tokio::io::split(TokioIo::new(upgraded));
+                    pump::run(&info, client, &[], backend, shutdown).await
+                }
+            }
+        }
+    };
 
     gw.live
         .lock()
