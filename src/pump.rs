@@ -11,6 +11,8 @@
 //! does not read stalls the other side (backpressure) and memory stays flat. Close semantics are the
 //! table in README.md; [`crate::error::Close`] names each ending.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +35,57 @@ const FLUSH_THRESHOLD_BYTES: usize = 64 * 1024;
 /// Pong frames waiting to be written, in bytes. Past this, only the latest ping is answered
 /// (RFC 6455 §5.5.3 allows it), so a ping flood from a client that never reads costs nothing.
 const MAX_PENDING_PONG_BYTES: usize = 4 * 1024;
+
+/// An empty read buffer is freed after this long without data, so idle sessions hold none.
+const BUFFER_RELEASE: Duration = Duration::from_secs(1);
+
+/// A reader that can say when data is there without being handed a buffer, so that an idle
+/// session holds no read buffer. Transports without such a signal read into a buffer at once.
+pub trait ReadReady: AsyncRead + Unpin {
+    /// Resolves when a read would make progress (or fail).
+    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl ReadReady for tokio::net::tcp::OwnedReadHalf {
+    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl ReadReady for crate::backend::BackendReader {
+    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            match self {
+                crate::backend::BackendReader::Tcp(r) => r.readable().await,
+                crate::backend::BackendReader::Unix(r) => r.readable().await,
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Send> ReadReady for tokio::io::ReadHalf<T> {}
+
+/// Read more bytes into `buf`. While nothing arrives for [`BUFFER_RELEASE`], an empty buffer is
+/// freed; it is allocated again when data is there. Cancel-safe (usable in `select!`).
+async fn read_more<R: ReadReady>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.is_empty() && buf.capacity() > 0 {
+        tokio::select! {
+            ready = r.ready() => ready?,
+            _ = tokio::time::sleep(BUFFER_RELEASE) => {
+                *buf = BytesMut::new();
+            }
+        }
+    }
+    if buf.capacity() == 0 {
+        r.ready().await?;
+    }
+    if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
+        buf.reserve(READ_CHUNK_BYTES);
+    }
+    r.read_buf(buf).await
+}
 
 /// Who a session is, for its log line.
 #[derive(Debug, Clone)]
@@ -117,9 +170,9 @@ pub async fn run<CR, CW, BR, BW>(
     shutdown: CancellationToken,
 ) -> Outcome
 where
-    CR: AsyncRead + Unpin + Send,
+    CR: ReadReady + Send,
     CW: AsyncWrite + Unpin + Send,
-    BR: AsyncRead + Unpin + Send,
+    BR: ReadReady + Send,
     BW: AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();
@@ -276,7 +329,7 @@ struct Upstream<'s, R, W> {
 
 impl<R, W> Upstream<'_, R, W>
 where
-    R: AsyncRead + Unpin,
+    R: ReadReady + Send,
     W: AsyncWrite + Unpin,
 {
     async fn run(mut self, limits: DecoderLimits, preread: &[u8]) {
@@ -364,11 +417,8 @@ where
                 }
                 None => {}
             }
-            if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {
-                rbuf.reserve(READ_CHUNK_BYTES);
-            }
             tokio::select! {
-                r = self.client.read_buf(&mut rbuf) => match r {
+                r = read_more(&mut self.client, &mut rbuf) => match r {
                     Ok(n) if n > 0 => self.shared.client_read(),
                     // EOF or error without a Close: the client is gone (1006 on its side).
                     _ => {
@@ -554,7 +604,7 @@ impl Keepalive {
 
 impl<R, W> Downstream<'_, R, W>
 where
-    R: AsyncRead + Unpin,
+    R: ReadReady + Send,
     W: AsyncWrite + Unpin,
 {
     async fn run(
@@ -584,9 +634,6 @@ where
             ping_sent_ms: None,
         };
         loop {
-            if rbuf.capacity() - rbuf.len() < READ_CHUNK_BYTES / 4 {
-                rbuf.reserve(READ_CHUNK_BYTES);
-            }
             let idle_at = self.shared.idle_deadline(limits.idle_timeout);
             let drain_until = answer.map(|(_, d)| d);
             tokio::select! {
@@ -617,7 +664,7 @@ where
                         return DownEnd::Initiate(close);
                     }
                 }
-                r = self.backend.read_buf(&mut rbuf) => {
+                r = read_more(&mut self.backend, &mut rbuf) => {
                     let eof = !matches!(r, Ok(n) if n > 0);
                     if !eof {
                         self.shared.touch();
