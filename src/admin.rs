@@ -91,7 +91,9 @@ fn handle(gw: &Gateway, token: Option<&str>, req: Request<Incoming>) -> Response
             let mut r = text(StatusCode::OK, gw.metrics.encode());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }

@@ -636,7 +636,7 @@ impl Validator<'_> {
         let mut listeners = Vec::new();
         for (i, l) in raw.listener.iter().enumerate() {
             let listener = self.listener(i, l)?;
-            if !binds.insert(listener.bind) {
+            if listener.bind.port() != 0 && !binds.insert(listener.bind) {
                 return self.err(
                     l.bind.span(),
                     format!("listener[{i}].bind"),
@@ -674,7 +674,7 @@ impl Validator<'_> {
             None => None,
             Some(a) => {
                 let bind = self.socket_addr(&a.bind, "admin.bind")?;
-                if !binds.insert(bind) {
+                if bind.port() != 0 && !binds.insert(bind) {
                     return self.err(
                         a.bind.span(),
                         "admin.bind",

@@ -55,12 +55,10 @@ impl ReadReady for tokio::net::tcp::OwnedReadHalf {
 }
 
 impl ReadReady for crate::backend::BackendReader {
-    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            match self {
-                crate::backend::BackendReader::Tcp(r) => r.readable().await,
-                crate::backend::BackendReader::Unix(r) => r.readable().await,
-            }
+    async fn ready(&mut self) -> io::Result<()> {
+        match self {
+            crate::backend::BackendReader::Tcp(r) => r.readable().await,
+            crate::backend::BackendReader::Unix(r) => r.readable().await,
         }
     }
 }

@@ -48,6 +48,10 @@ const ACCEPT_BACKOFF_START_MS: u64 = 10;
 const ACCEPT_BACKOFF_MAX_MS: u64 = 1000;
 /// How often certificate files are checked for changes.
 const CERT_POLL_SECS: u64 = 5;
+/// Close code logged when no Close frame was sent (RFC 6455 §7.4.1: abnormal closure).
+const CLOSE_CODE_NONE_SENT: u16 = 1006;
+/// Close code logged for a Close frame without a code (RFC 6455 §7.4.1: no status received).
+const CLOSE_CODE_EMPTY: u16 = 1005;
 /// `Retry-After` on 503 answers caused by connection or session limits, in seconds.
 const RETRY_AFTER_SECS: u64 = 1;
 
@@ -152,6 +156,8 @@ pub struct Gateway {
     sessions: TaskTracker,
     /// Cancelled on shutdown: every session sends Close 1001.
     shutdown: CancellationToken,
+    /// Cancelled when `shutdown_grace` has passed: sessions still open are cut (and logged).
+    cut: CancellationToken,
     next_session: AtomicU64,
     pub metrics: Arc<Metrics>,
     pub live: Mutex<HashMap<u64, LiveSession>>,
@@ -235,6 +241,17 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // Take over SIGHUP before anything is bound, so that an early one never kills the process.
+    let hangup = match &config_path {
+        None => None,
+        Some(_) => match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; configuration reload is unavailable");
+                None
+            }
+        },
+    };
     for d in &config.demo_backends {
         let addr = demo::start(d).await.map_err(|source| RunError::Demo {
             addr: d.bind,
@@ -280,6 +297,7 @@ pub async fn run(
         state: RwLock::new(Arc::new(State::build(config, &metrics, None))),
         sessions: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+        cut: CancellationToken::new(),
         next_session: AtomicU64::new(1),
         metrics,
         live: Mutex::new(HashMap::new()),
@@ -307,11 +325,14 @@ pub async fn run(
         ));
     }
     if let Some(path) = config_path {
-        tokio::spawn(reload_on_sighup(
-            gw.clone(),
-            path.clone(),
-            stop_accepting.clone(),
-        ));
+        if let Some(hup) = hangup {
+            tokio::spawn(reload_on_sighup(
+                gw.clone(),
+                path.clone(),
+                hup,
+                stop_accepting.clone(),
+            ));
+        }
         tokio::spawn(watch_certificates(gw.clone(), stop_accepting.clone()));
     }
     gw.ready.store(true, Ordering::Relaxed);
@@ -325,16 +346,19 @@ pub async fn run(
     let drained = tokio::time::timeout(grace, gw.sessions.wait()).await;
     if drained.is_err() {
         warn!(grace = ?grace, "sessions still open after shutdown_grace; cutting them");
+        gw.cut.cancel();
+        // The cut sessions write their access lines; that takes moments.
+        let _ = tokio::time::timeout(Duration::from_secs(1), gw.sessions.wait()).await;
     }
     Ok(())
 }
 
-async fn reload_on_sighup(gw: Arc<Gateway>, path: PathBuf, stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot listen for SIGHUP; configuration reload is unavailable");
-        return;
-    };
+async fn reload_on_sighup(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    mut hup: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -707,8 +731,6 @@ async fn upgrade(
     let gw2 = gw.clone();
     let conn_guard = conn.guard.clone();
     gw.sessions.spawn(async move {
-        let _conn_guard = conn_guard;
-        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -716,7 +738,12 @@ async fn upgrade(
                 return;
             }
         };
-        run_session(&gw2, info, upgraded, backend, lease, shutdown).await;
+        let claims = Claims {
+            lease,
+            _slot: slot,
+            _conn: conn_guard,
+        };
+        run_session(&gw2, info, upgraded, backend, claims, shutdown).await;
     });
 
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -737,14 +764,28 @@ async fn upgrade(
 }
 
 /// The session task after the upgrade: register, pump, account, log.
+/// What a session holds while it runs: its backend, its route slot, its connection's place in the
+/// connection counts. Released before the access line is written, so a client that reconnects on
+/// seeing the close finds the capacity free.
+struct Claims {
+    lease: crate::backend::Lease,
+    _slot: SessionSlot,
+    _conn: Arc<ConnGuard>,
+}
+
+/// Why a session that outlived `shutdown_grace` ended.
+const CUT_AT_GRACE: &str = "cut at shutdown_grace";
+
 async fn run_session(
     gw: &Arc<Gateway>,
     info: SessionInfo,
     upgraded: hyper::upgrade::Upgraded,
     backend: crate::backend::BackendStream,
-    lease: crate::backend::Lease,
+    claims: Claims,
     shutdown: CancellationToken,
 ) {
+    let started = Instant::now();
+    let backend_name = claims.lease.backend().to_string();
     let route_label = RouteLabel {
         route: info.route.path.clone(),
     };
@@ -762,30 +803,43 @@ async fn run_session(
         },
     );
     let subject = info.subject.as_deref().unwrap_or("-");
-    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %lease.backend(), "session open");
+    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, "session open");
 
     // Unwrap hyper's upgraded connection to the transport underneath, so that each direction
     // gets its own half without a shared lock (plain TCP) or at least without the boxed
     // indirection (TLS). Bytes hyper read past the request head are the first frames.
     let backend = backend.into_split();
-    let outcome = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let client = parts.io.into_inner().into_split();
-            pump::run(&info, client, &parts.read_buf, backend, shutdown).await
-        }
-        Err(upgraded) => {
-            match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
-                Ok(parts) => {
-                    let client = tokio::io::split(parts.io.into_inner());
-                    pump::run(&info, client, &parts.read_buf, backend, shutdown).await
-                }
-                Err(upgraded) => {
-                    let client = tokio::io::split(TokioIo::new(upgraded));
-                    pump::run(&info, client, &[], backend, shutdown).await
+    let pumped = async {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let client = parts.io.into_inner().into_split();
+                pump::run(&info, client, &parts.read_buf, backend, shutdown).await
+            }
+            Err(upgraded) => {
+                match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+                    Ok(parts) => {
+                        let client = tokio::io::split(parts.io.into_inner());
+                        pump::run(&info, client, &parts.read_buf, backend, shutdown).await
+                    }
+                    Err(upgraded) => {
+                        let client = tokio::io::split(TokioIo::new(upgraded));
+                        pump::run(&info, client, &[], backend, shutdown).await
+                    }
                 }
             }
         }
     };
+    let outcome = tokio::select! {
+        outcome = pumped => outcome,
+        _ = gw.cut.cancelled() => pump::Outcome {
+            close: Err(CUT_AT_GRACE),
+            client_close: None,
+            up: info.stats.up.snapshot(),
+            down: info.stats.down.snapshot(),
+            duration: started.elapsed(),
+        },
+    };
+    drop(claims);
 
     gw.live
         .lock()
@@ -803,7 +857,16 @@ async fn run_session(
     counters.messages_down.inc_by(outcome.down.messages);
     let (code, reason, by) = match &outcome.close {
         Ok(c) => (Some(c.code), c.reason, c.by.to_string()),
+        Err(why) if *why == CUT_AT_GRACE => (None, *why, "gateway".to_string()),
         Err(why) => (None, *why, "client".to_string()),
+    };
+    // Numbers in the log: 1006 when no Close was sent, 1005 for a Close without a code (their
+    // meanings in RFC 6455 §7.4.1; neither ever goes on the wire).
+    let close_code = code.unwrap_or(CLOSE_CODE_NONE_SENT);
+    let client_close_code = match outcome.client_close {
+        None => CLOSE_CODE_NONE_SENT,
+        Some(None) => CLOSE_CODE_EMPTY,
+        Some(Some(c)) => c,
     };
     gw.metrics
         .closes
@@ -819,12 +882,12 @@ async fn run_session(
         route = %info.route.path,
         client = %info.client,
         subject,
-        backend = %lease.backend(),
+        backend = %backend_name,
         duration_ms = outcome.duration.as_millis() as u64,
-        close_code = ?code,
+        close_code,
         reason,
         closed_by = %by,
-        client_close_code = ?outcome.client_close.flatten(),
+        client_close_code,
         bytes_up = outcome.up.bytes,
         messages_up = outcome.up.messages,
         bytes_down = outcome.down.bytes,

@@ -155,7 +155,11 @@ impl Drop for Gateway {
 /// Parse `listening addr=IP:PORT` lines from the log, in order.
 pub fn listening_addrs(log: &str) -> Vec<SocketAddr> {
     log.lines()
-        .filter(|l| l.contains(" listening ") && !l.contains("demo backend"))
+        .filter(|l| {
+            l.contains(" listening ")
+                && !l.contains("demo backend")
+                && !l.contains("admin listening")
+        })
         .filter_map(|l| l.split("addr=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next())
         .filter_map(|a| a.parse().ok())
