@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -65,14 +66,25 @@ impl ReadReady for crate::backend::BackendReader {
 
 impl<T: AsyncRead + Send> ReadReady for tokio::io::ReadHalf<T> {}
 
-/// Read more bytes into `buf`. While nothing arrives for [`BUFFER_RELEASE`], an empty buffer is
-/// freed; it is allocated again when data is there. Cancel-safe (usable in `select!`).
-async fn read_more<R: ReadReady>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.is_empty() && buf.capacity() > 0 {
+/// Read more bytes into `buf`. An empty buffer is freed when `release` fires while waiting, and
+/// allocated again when data is there, so idle sessions hold no read buffers. `release` is one
+/// long-lived timer per half, re-armed only when it fires (at most once per [`BUFFER_RELEASE`]),
+/// never per message. Cancel-safe (usable in `select!`).
+async fn read_more<R: ReadReady>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    release: &mut Pin<&mut tokio::time::Sleep>,
+) -> io::Result<usize> {
+    while buf.is_empty() && buf.capacity() > 0 {
         tokio::select! {
-            ready = r.ready() => ready?,
-            _ = tokio::time::sleep(BUFFER_RELEASE) => {
+            biased;
+            ready = r.ready() => {
+                ready?;
+                break;
+            }
+            _ = release.as_mut() => {
                 *buf = BytesMut::new();
+                release.as_mut().reset(tokio::time::Instant::now() + BUFFER_RELEASE);
             }
         }
     }
@@ -342,6 +354,8 @@ where
         let mut decoder = Decoder::new(limits);
         let mut rbuf = BytesMut::from(preread);
         let mut forward = true;
+        let release = tokio::time::sleep(BUFFER_RELEASE);
+        tokio::pin!(release);
         loop {
             let mut stop = None;
             loop {
@@ -416,7 +430,7 @@ where
                 None => {}
             }
             tokio::select! {
-                r = read_more(&mut self.client, &mut rbuf) => match r {
+                r = read_more(&mut self.client, &mut rbuf, &mut release) => match r {
                     Ok(n) if n > 0 => self.shared.client_read(),
                     // EOF or error without a Close: the client is gone (1006 on its side).
                     _ => {
@@ -631,9 +645,22 @@ where
             pong_timeout: limits.pong_timeout,
             ping_sent_ms: None,
         };
+        let release = tokio::time::sleep(BUFFER_RELEASE);
+        tokio::pin!(release);
+        // One timer for every deadline of this half (idle, keepalive, credential expiry, backend
+        // drain). Traffic only ever moves deadlines later, so it is re-armed when it fires or when
+        // an earlier deadline appears, never per message.
+        let housekeeping = tokio::time::sleep_until(far_future());
+        tokio::pin!(housekeeping);
+        let mut armed = far_future();
         loop {
-            let idle_at = self.shared.idle_deadline(limits.idle_timeout);
-            let drain_until = answer.map(|(_, d)| d);
+            let due = self.next_deadline(&answer, &mut keepalive, expires);
+            if due < armed || housekeeping.is_elapsed() {
+                // Never in the past: a deadline that is not acted on must not spin the loop.
+                let due = due.max(tokio::time::Instant::now() + Duration::from_millis(1));
+                housekeeping.as_mut().reset(due);
+                armed = due;
+            }
             tokio::select! {
                 biased;
                 _ = self.shared.to_down.notified() => {
@@ -662,7 +689,7 @@ where
                         return DownEnd::Initiate(close);
                     }
                 }
-                r = read_more(&mut self.backend, &mut rbuf) => {
+                r = read_more(&mut self.backend, &mut rbuf, &mut release) => {
                     let eof = !matches!(r, Ok(n) if n > 0);
                     if !eof {
                         self.shared.touch();
@@ -685,17 +712,21 @@ where
                         return DownEnd::Initiate(if r.is_ok() { Close::BACKEND_EOF } else { Close::BACKEND_ERROR });
                     }
                 }
-                _ = sleep_until_opt(drain_until) => {
-                    if let Some((code, _)) = answer {
-                        return DownEnd::Answer(code);
+                _ = &mut housekeeping => {
+                    armed = far_future();
+                    let now = tokio::time::Instant::now();
+                    if let Some((code, until)) = answer {
+                        if now >= until {
+                            return DownEnd::Answer(code);
+                        }
+                        continue;
                     }
-                }
-                _ = tokio::time::sleep_until(idle_at), if answer.is_none() => {
-                    if self.shared.idle_deadline(limits.idle_timeout) <= tokio::time::Instant::now() {
+                    if expires.is_some_and(|at| now >= at) {
+                        return DownEnd::Initiate(Close::CREDENTIAL_EXPIRED);
+                    }
+                    if self.shared.idle_deadline(limits.idle_timeout) <= now {
                         return DownEnd::Initiate(Close::IDLE);
                     }
-                }
-                _ = sleep_until_opt(keepalive.next(self.shared)), if answer.is_none() => {
                     match keepalive.due(self.shared) {
                         Due::Nothing => {}
                         Due::Ping => {
@@ -709,9 +740,28 @@ where
                 }
                 _ = shutdown.cancelled(), if answer.is_none() => return DownEnd::Initiate(Close::SHUTDOWN),
                 _ = kill.cancelled(), if answer.is_none() => return DownEnd::Initiate(Close::OPERATOR),
-                _ = sleep_until_opt(expires), if answer.is_none() => return DownEnd::Initiate(Close::CREDENTIAL_EXPIRED),
             }
         }
+    }
+
+    /// The earliest deadline this half has to act on.
+    fn next_deadline(
+        &self,
+        answer: &Option<(Option<u16>, tokio::time::Instant)>,
+        keepalive: &mut Keepalive,
+        expires: Option<tokio::time::Instant>,
+    ) -> tokio::time::Instant {
+        if let Some((_, until)) = answer {
+            return *until;
+        }
+        let mut due = self.shared.idle_deadline(self.route.limits.idle_timeout);
+        if let Some(k) = keepalive.next(self.shared) {
+            due = due.min(k);
+        }
+        if let Some(e) = expires {
+            due = due.min(e);
+        }
+        due
     }
 
     /// Turn what the backend sent into frames and write them.
@@ -817,11 +867,9 @@ where
     }
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// A deadline that never comes (about 30 years ahead; tokio's timer caps it anyway).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// Append one unmasked, unfragmented server frame.
