@@ -30,7 +30,7 @@ use crate::framing::{FromBackend, ToBackend};
 use crate::ws::{self, CloseCode, Decoder, DecoderLimits, Frame, OpCode};
 
 /// How much we ask for per read, from either side.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes gathered before a write is started even though more input is waiting.
 const FLUSH_THRESHOLD_BYTES: usize = 64 * 1024;
 /// Pong frames waiting to be written, in bytes. Past this, only the latest ping is answered

@@ -812,14 +812,20 @@ async fn run_session(
     let pumped = async {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
+                // Copy the pre-read bytes (usually none) and let hyper's read buffer go: a slice
+                // of it would keep the whole buffer alive for the life of the session.
+                let preread = parts.read_buf.to_vec();
+                drop(parts.read_buf);
                 let client = parts.io.into_inner().into_split();
-                pump::run(&info, client, &parts.read_buf, backend, shutdown).await
+                pump::run(&info, client, &preread, backend, shutdown).await
             }
             Err(upgraded) => {
                 match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
                     Ok(parts) => {
+                        let preread = parts.read_buf.to_vec();
+                        drop(parts.read_buf);
                         let client = tokio::io::split(parts.io.into_inner());
-                        pump::run(&info, client, &parts.read_buf, backend, shutdown).await
+                        pump::run(&info, client, &preread, backend, shutdown).await
                     }
                     Err(upgraded) => {
                         let client = tokio::io::split(TokioIo::new(upgraded));
