@@ -693,11 +693,12 @@ async fn upgrade(
     }
     let protocol = auth::select_subprotocol(&route, &accepted.offered_protocols).map(str::to_owned);
     let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
-    let (mut backend, lease) = rt
+    let (backend, lease) = rt
         .pool
         .connect(route.limits.connect_timeout)
         .await
         .map_err(|e| e.reject())?;
+    let (backend_reader, mut backend_writer) = backend.into_split();
     if let Some(version) = route.proxy_protocol {
         let header = proxy_protocol::encode(
             version,
@@ -709,8 +710,11 @@ async fn upgrade(
                 session_id: id,
             },
         );
-        let write =
-            tokio::time::timeout(route.limits.connect_timeout, backend.write_all(&header)).await;
+        let write = tokio::time::timeout(
+            route.limits.connect_timeout,
+            backend_writer.write_all(&header),
+        )
+        .await;
         if !matches!(write, Ok(Ok(()))) {
             warn!(client = %peer, route = %route.path, "backend failed while the PROXY header was written");
             return Err(Reject::new(StatusCode::BAD_GATEWAY, "backend unavailable"));
@@ -743,7 +747,15 @@ async fn upgrade(
             _slot: slot,
             _conn: conn_guard,
         };
-        run_session(&gw2, info, upgraded, backend, claims, shutdown).await;
+        run_session(
+            &gw2,
+            info,
+            upgraded,
+            (backend_reader, backend_writer),
+            claims,
+            shutdown,
+        )
+        .await;
     });
 
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -780,7 +792,7 @@ async fn run_session(
     gw: &Arc<Gateway>,
     info: SessionInfo,
     upgraded: hyper::upgrade::Upgraded,
-    backend: crate::backend::BackendStream,
+    backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
     claims: Claims,
     shutdown: CancellationToken,
 ) {
@@ -808,7 +820,6 @@ async fn run_session(
     // Unwrap hyper's upgraded connection to the transport underneath, so that each direction
     // gets its own half without a shared lock (plain TCP) or at least without the boxed
     // indirection (TLS). Bytes hyper read past the request head are the first frames.
-    let backend = backend.into_split();
     let pumped = async {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
