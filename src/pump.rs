@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -337,7 +338,7 @@ struct Upstream<'s, R, W> {
     traffic: &'s Traffic,
 }
 
-impl<R, W> Upstream<'_, R, W>
+impl<'s, R, W> Upstream<'s, R, W>
 where
     R: ReadReady + Send,
     W: AsyncWrite + Unpin,
@@ -356,6 +357,10 @@ where
         let mut forward = true;
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);
+        // Kept across iterations (a fresh one per loop would register a waiter per message).
+        let shared = self.shared;
+        let wake = shared.to_up.notified();
+        tokio::pin!(wake);
         loop {
             let mut stop = None;
             loop {
@@ -387,7 +392,7 @@ where
                             break;
                         }
                         if self.out.ready().len() >= FLUSH_THRESHOLD_BYTES
-                            && !self.flush(&mut forward).await
+                            && !self.flush(&mut forward, &mut wake).await
                         {
                             return;
                         }
@@ -408,7 +413,8 @@ where
                     }
                 }
             }
-            if forward && !self.out.ready().is_empty() && !self.flush(&mut forward).await {
+            if forward && !self.out.ready().is_empty() && !self.flush(&mut forward, &mut wake).await
+            {
                 return;
             }
             match stop {
@@ -424,7 +430,7 @@ where
                 Some(UpStop::Fail(close)) => {
                     self.shared.tell_down(|c| c.fail = Some(close));
                     let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
-                    self.discard_until_eof().await;
+                    self.discard_until_eof(&mut wake).await;
                     return;
                 }
                 None => {}
@@ -438,9 +444,9 @@ where
                         return;
                     }
                 },
-                _ = self.shared.to_up.notified() => {
-                    let ctl = self.shared.lock();
-                    if ctl.stop_up {
+                _ = wake.as_mut() => {
+                    wake.set(shared.to_up.notified());
+                    if shared.lock().stop_up {
                         return;
                     }
                 }
@@ -450,10 +456,13 @@ where
 
     /// Write the ready bytes to the backend. Returns false when upstream must stop. A backend
     /// that stops reading stalls us here (backpressure); `stop_up` still ends the wait.
-    async fn flush(&mut self, forward: &mut bool) -> bool {
+    async fn flush(&mut self, forward: &mut bool, wake: &mut Pin<&mut Notified<'s>>) -> bool {
         while !self.out.ready().is_empty() {
             let stalled = tokio::time::sleep(self.write_timeout);
             tokio::select! {
+                // The write first: when it completes at once (the common case), the timer and the
+                // wake-up are never registered.
+                biased;
                 // `write` is cancel-safe: if the other branch wins, nothing was written.
                 r = self.backend.write(self.out.ready()) => match r {
                     Ok(n) if n > 0 => self.out.consume(n),
@@ -466,7 +475,8 @@ where
                     self.backend_failed(forward, Close::BACKEND_STALLED);
                     return true;
                 }
-                _ = self.shared.to_up.notified() => {
+                _ = wake.as_mut() => {
+                    wake.set(self.shared.to_up.notified());
                     if self.shared.lock().stop_up {
                         return false;
                     }
@@ -487,7 +497,7 @@ where
     /// After a protocol error: read and drop whatever the client still sends until it closes,
     /// the close deadline passes, or downstream says stop, so that our close is not turned into
     /// a reset by unread data.
-    async fn discard_until_eof(&mut self) {
+    async fn discard_until_eof(&mut self, wake: &mut Pin<&mut Notified<'s>>) {
         let deadline = tokio::time::Instant::now() + self.close_timeout;
         let mut sink = [0u8; 4096];
         loop {
@@ -497,7 +507,8 @@ where
                     _ => return,
                 },
                 _ = tokio::time::sleep_until(deadline) => return,
-                _ = self.shared.to_up.notified() => {
+                _ = wake.as_mut() => {
+                    wake.set(self.shared.to_up.notified());
                     if self.shared.lock().stop_up {
                         return;
                     }
@@ -653,6 +664,9 @@ where
         let housekeeping = tokio::time::sleep_until(far_future());
         tokio::pin!(housekeeping);
         let mut armed = far_future();
+        let shared = self.shared;
+        let wake = shared.to_down.notified();
+        tokio::pin!(wake);
         loop {
             let due = self.next_deadline(&answer, &mut keepalive, expires);
             if due < armed || housekeeping.is_elapsed() {
@@ -663,7 +677,8 @@ where
             }
             tokio::select! {
                 biased;
-                _ = self.shared.to_down.notified() => {
+                _ = wake.as_mut() => {
+                    wake.set(shared.to_down.notified());
                     let (fail, client_close, gone, write_failed) = {
                         let mut c = self.shared.lock();
                         if answer.is_none() && !c.pongs.is_empty() {

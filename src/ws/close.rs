@@ -184,7 +184,7 @@ mod tests {
             }))
         );
         let mut max = vec![0x03, 0xE9];
-        max.extend(std::iter::repeat(b'x').take(123));
+        max.extend(std::iter::repeat_n(b'x', 123));
         assert_eq!(
             parse_close_payload(&max).map(|c| c.map(|c| c.code)),
             Ok(Some(1001))
@@ -212,7 +212,7 @@ mod tests {
             1007
         );
         let mut long = vec![0x03, 0xE8];
-        long.extend(std::iter::repeat(b'x').take(124));
+        long.extend(std::iter::repeat_n(b'x', 124));
         assert_eq!(parse_close_payload(&long).unwrap_err().code, 1002);
     }
 
