@@ -1807,8 +1807,12 @@ backend = "127.0.0.1:9001"
             .unwrap_err()
             .to_string()
             .contains("already used"));
-        let text = format!("{MINIMAL}\n[[listener]]\nbind = \"127.0.0.1:0\"\n");
+        let twice = "[[listener]]\nbind = \"127.0.0.1:8080\"\n";
+        let text = format!("{twice}{twice}{MINIMAL}");
         assert!(parse(&text).unwrap_err().to_string().contains("twice"));
+        // Port 0 picks a fresh port each time: never a duplicate.
+        let text = format!("{MINIMAL}\n[[listener]]\nbind = \"127.0.0.1:0\"\n");
+        assert_eq!(parse(&text).unwrap().listeners.len(), 2);
     }
 
     #[test]
