@@ -10,26 +10,21 @@
 //! Chromium is `$CHROMIUM`, else `/usr/bin/chromium`, driven over the Chrome DevTools Protocol
 //! with tokio-tungstenite (a focused copy of the launcher and CDP client in tests/browser.rs).
 
+#[path = "support/chromium.rs"]
+mod chromium;
 mod support;
+use chromium::{Cdp, Chromium};
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// Chromium start-up (until "DevTools listening on").
-const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// One CDP command.
 const CDP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The page reaching its expected state.
@@ -214,208 +209,7 @@ fn is_alice(line: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Chromium
 
-/// A headless Chromium with its own profile directory. Dropping it (also on panic) kills the
-/// browser by its PID, then whatever is left of its process group, and removes the profile.
-struct Chromium {
-    child: Option<Child>,
-    stderr: Arc<Mutex<String>>,
-    /// `ws://127.0.0.1:PORT/devtools/browser/...`
-    ws_url: String,
-    profile: Option<tempfile::TempDir>,
-}
-
-impl Chromium {
-    async fn launch() -> Chromium {
-        let exe = match std::env::var_os("CHROMIUM") {
-            Some(p) if !p.is_empty() => PathBuf::from(p),
-            _ => PathBuf::from("/usr/bin/chromium"),
-        };
-        assert!(
-            exe.is_file(),
-            "Chromium not found at {}: install the Debian package chromium (or set CHROMIUM)",
-            exe.display()
-        );
-        let profile = tempfile::Builder::new()
-            .prefix("wsgate-chromium-")
-            .tempdir()
-            .expect("profile dir");
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-extensions",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--remote-debugging-port=0")
-        .arg("about:blank")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        // Its own process group, so that its helper processes can be ended with it.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let mut browser = Chromium {
-            child: Some(child),
-            stderr,
-            ws_url: String::new(),
-            profile: Some(profile),
-        };
-        let deadline = Instant::now() + LAUNCH_TIMEOUT;
-        loop {
-            let log = browser.stderr();
-            if let Some(url) = log
-                .lines()
-                .find_map(|l| l.strip_prefix("DevTools listening on "))
-            {
-                browser.ws_url = url.trim().to_string();
-                return browser;
-            }
-            if let Some(status) = browser.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("Chromium exited early ({status}):\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Chromium did not report its DevTools address within {LAUNCH_TIMEOUT:?}:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// The last lines of Chromium's stderr, minus its D-Bus noise.
-    fn stderr_tail(&self) -> String {
-        let log = self.stderr();
-        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("dbus")).collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id();
-            let _ = child.kill();
-            let _ = child.wait();
-            // SIGKILL whatever is left in the process group Chromium led.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        // Removes the profile directory once the browser is gone.
-        drop(self.profile.take());
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal CDP client
-
-struct Cdp {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
-    /// Events received while waiting for answers.
-    events: Vec<Value>,
-}
-
 impl Cdp {
-    async fn connect(url: &str) -> Cdp {
-        let (ws, _) = tokio::time::timeout(CDP_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("CDP connect timed out")
-            .unwrap_or_else(|e| panic!("CDP connect to {url}: {e}"));
-        Cdp {
-            ws,
-            next_id: 1,
-            events: Vec::new(),
-        }
-    }
-
-    /// Send one command and wait for its answer, at most [`CDP_TIMEOUT`]; events in between are
-    /// kept in `events`. Panics on a CDP error.
-    async fn call(&mut self, method: &str, params: Value, session: Option<&str>) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut msg = json!({ "id": id, "method": method, "params": params });
-        if let Some(s) = session {
-            msg["sessionId"] = json!(s);
-        }
-        let exchange = async {
-            self.ws
-                .send(Message::text(msg.to_string()))
-                .await
-                .unwrap_or_else(|e| panic!("CDP send {method}: {e}"));
-            loop {
-                let text = match self.ws.next().await {
-                    Some(Ok(Message::Text(t))) => t.to_string(),
-                    Some(Ok(Message::Close(_))) | None => {
-                        panic!("CDP connection closed waiting for {method}")
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => panic!("CDP read waiting for {method}: {e}"),
-                };
-                let v: Value = serde_json::from_str(&text).expect("CDP message is JSON");
-                if v.get("id").and_then(Value::as_u64) != Some(id) {
-                    if v.get("method").is_some() {
-                        self.events.push(v);
-                    }
-                    continue;
-                }
-                if let Some(err) = v.get("error") {
-                    panic!("CDP {method} failed: {err}");
-                }
-                return v.get("result").cloned().unwrap_or(Value::Null);
-            }
-        };
-        tokio::time::timeout(CDP_TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| panic!("CDP {method}: no answer within {CDP_TIMEOUT:?}"))
-    }
-
-    /// A new blank tab, attached, with network events on; returns its session id.
-    async fn new_tab(&mut self) -> String {
-        let created = self
-            .call("Target.createTarget", json!({ "url": "about:blank" }), None)
-            .await;
-        let target = created["targetId"].as_str().expect("targetId").to_string();
-        let attached = self
-            .call(
-                "Target.attachToTarget",
-                json!({ "targetId": target, "flatten": true }),
-                None,
-            )
-            .await;
-        let session = attached["sessionId"]
-            .as_str()
-            .expect("sessionId")
-            .to_string();
-        self.call("Network.enable", json!({}), Some(&session)).await;
-        session
-    }
-
     /// Poll `#status` and `#log` every 100 ms until `done(status, log)`, at most
     /// [`PAGE_TIMEOUT`]; returns the last (status, log) and whether `done` held.
     async fn poll_page(
