@@ -483,11 +483,6 @@ impl Config {
         Validator { text, base }.validate(raw)
     }
 
-    /// The route whose path is exactly `path` (no prefix matching, no normalisation).
-    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.path == path)
-    }
-
     /// A one-screen summary for `wsgate check`.
     pub fn summary(&self) -> String {
         use fmt::Write;

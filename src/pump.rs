@@ -363,6 +363,9 @@ where
         tokio::pin!(wake);
         loop {
             let mut stop = None;
+            // Data or a Ping in this batch: the session is not idle (Pongs do not count). The
+            // clock is read once per batch, not per frame.
+            let mut active = false;
             loop {
                 let frame = match decoder.decode(&mut rbuf) {
                     Ok(None) => break,
@@ -383,7 +386,7 @@ where
                             self.traffic.add_message();
                         }
                         self.traffic.add_bytes(payload.len());
-                        self.shared.touch();
+                        active = true;
                         if !forward {
                             continue;
                         }
@@ -398,7 +401,7 @@ where
                         }
                     }
                     Frame::Ping(payload) => {
-                        self.shared.touch();
+                        active = true;
                         self.shared.tell_down(|c| {
                             if c.pongs.len() + payload.len() + 2 > MAX_PENDING_PONG_BYTES {
                                 c.pongs.clear();
@@ -412,6 +415,9 @@ where
                         break;
                     }
                 }
+            }
+            if active {
+                self.shared.touch();
             }
             if forward && !self.out.ready().is_empty() && !self.flush(&mut forward, &mut wake).await
             {

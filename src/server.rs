@@ -134,6 +134,7 @@ impl State {
         }
     }
 
+    /// The route whose path is exactly `path` (no prefix matching, no normalisation).
     fn route(&self, path: &str) -> Option<&Arc<RouteRt>> {
         self.routes.get(path)
     }
@@ -953,7 +954,7 @@ async fn plain_http(
 }
 
 /// The one answer to a refused request: status, short plain-text reason, `Connection: close`.
-pub fn reject_response(reject: &Reject) -> Response<Full<Bytes>> {
+fn reject_response(reject: &Reject) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(format!("{}\n", reject.reason))));
     *resp.status_mut() = reject.status;
     let h = resp.headers_mut();

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::frames::{self, parse_response, read_to_end, Ended, RawWs, Response, IO_TIMEOUT};
+use crate::frames::{self, read_to_end, Ended, RawWs, Response, IO_TIMEOUT};
 use crate::support::backends::Conn;
 
 /// The Origin every origin-restricted route in these tests allows.
@@ -187,24 +187,7 @@ pub async fn attempt_raw(addr: SocketAddr, head: &[u8]) -> Attempt {
         .await
         .expect("request write timed out")
         .expect("write request");
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    let (response, used) = loop {
-        if let Some(r) = parse_response(&buf) {
-            break r;
-        }
-        let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk))
-            .await
-            .expect("no response head within the timeout")
-            .expect("read response");
-        assert!(
-            n > 0,
-            "connection closed before a response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    buf.drain(..used);
+    let (response, mut buf) = frames::read_response_head(&mut stream).await;
     if response.status == 101 {
         return Attempt {
             local,

@@ -311,6 +311,30 @@ pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, Ended) {
     (buf, ended)
 }
 
+/// Read until a whole response head has arrived (bounded by [`IO_TIMEOUT`]); returns it and the
+/// bytes that came after it.
+pub async fn read_response_head(stream: &mut TcpStream) -> (Response, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let (response, used) = loop {
+        if let Some(r) = parse_response(&buf) {
+            break r;
+        }
+        let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk))
+            .await
+            .expect("no response head within the timeout")
+            .expect("read response");
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    buf.drain(..used);
+    (response, buf)
+}
+
 pub async fn connect(addr: SocketAddr) -> TcpStream {
     let s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -350,25 +374,8 @@ impl RawWs {
             .await
             .expect("write timed out")
             .expect("write request");
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 16 * 1024];
-        let (response, used) = loop {
-            if let Some(r) = parse_response(&buf) {
-                break r;
-            }
-            let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk))
-                .await
-                .expect("no response head within the timeout")
-                .expect("read response");
-            assert!(
-                n > 0,
-                "connection closed before a response: {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        };
+        let (response, buf) = read_response_head(&mut stream).await;
         assert_eq!(response.status, 101, "expected 101, got:\n{}", response.raw);
-        buf.drain(..used);
         RawWs {
             stream,
             buf,
