@@ -38,6 +38,9 @@ const FLUSH_THRESHOLD_BYTES: usize = 64 * 1024;
 /// (RFC 6455 §5.5.3 allows it), so a ping flood from a client that never reads costs nothing.
 const MAX_PENDING_PONG_BYTES: usize = 4 * 1024;
 
+/// Read size while discarding what a client sends after a protocol error.
+const DISCARD_CHUNK_BYTES: usize = 4 * 1024;
+
 /// An empty read buffer is freed after this long without data, so idle sessions hold none.
 const BUFFER_RELEASE: Duration = Duration::from_secs(1);
 
@@ -436,7 +439,7 @@ where
                 Some(UpStop::Fail(close)) => {
                     self.shared.tell_down(|c| c.fail = Some(close));
                     let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
-                    self.discard_until_eof(&mut wake).await;
+                    self.discard_until_eof(&mut rbuf, &mut wake).await;
                     return;
                 }
                 None => {}
@@ -502,13 +505,17 @@ where
 
     /// After a protocol error: read and drop whatever the client still sends until it closes,
     /// the close deadline passes, or downstream says stop, so that our close is not turned into
-    /// a reset by unread data.
-    async fn discard_until_eof(&mut self, wake: &mut Pin<&mut Notified<'s>>) {
+    /// a reset by unread data. `buf` (the read buffer, whose content no longer matters) is reused
+    /// for the discarded bytes.
+    async fn discard_until_eof(&mut self, buf: &mut BytesMut, wake: &mut Pin<&mut Notified<'s>>) {
         let deadline = tokio::time::Instant::now() + self.close_timeout;
-        let mut sink = [0u8; 4096];
         loop {
+            buf.clear();
+            if buf.capacity() < DISCARD_CHUNK_BYTES {
+                buf.reserve(DISCARD_CHUNK_BYTES);
+            }
             tokio::select! {
-                r = self.client.read(&mut sink) => match r {
+                r = self.client.read_buf(buf) => match r {
                     Ok(n) if n > 0 => {}
                     _ => return,
                 },

@@ -26,8 +26,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -528,9 +530,24 @@ struct Conn {
     refused: Option<&'static str>,
     /// Held by the connection and then by its session.
     guard: Arc<ConnGuard>,
+    /// Where the upgrade handler leaves the session it set up.
+    handoff: Arc<Mutex<Option<PendingSession>>>,
 }
 
-/// One client connection, up to the moment it is upgraded (or answered and closed).
+/// A session set up by the upgrade handler (route, authorisation and backend done, the 101 on its
+/// way), waiting for hyper to hand over the connection. It runs in the connection's own task
+/// once hyper is done with it: one task per connection from accept to close, and no earlier task
+/// left behind (a finished task's memory lives on while the socket still holds its waker).
+struct PendingSession {
+    info: SessionInfo,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
+    claims: Claims,
+    shutdown: CancellationToken,
+}
+
+/// One client connection, from accept to close: the HTTP phase (TLS handshake, request, answer),
+/// then the session if the request was upgraded.
 async fn connection(
     gw: Arc<Gateway>,
     tcp: TcpStream,
@@ -541,13 +558,27 @@ async fn connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let Ok(local) = tcp.local_addr() else { return };
+    let handoff = Arc::new(Mutex::new(None));
     let conn = Conn {
         peer,
         local,
         tls: tls.is_some(),
         refused,
         guard,
+        handoff: handoff.clone(),
     };
+    // The HTTP phase is boxed: its state (hyper's connection, the TLS handshake) is large and
+    // short-lived, and is freed here instead of sizing the task that then holds the session.
+    Box::pin(http_phase(gw.clone(), tcp, tls, conn)).await;
+    let pending = handoff.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(p) = pending {
+        gw.sessions.track_future(run_session(gw.clone(), p)).await;
+    }
+}
+
+/// TLS handshake (on a TLS listener), then HTTP/1.1 until the one request is answered.
+async fn http_phase(gw: Arc<Gateway>, tcp: TcpStream, tls: Option<TlsAcceptor>, conn: Conn) {
+    let peer = conn.peer;
     let state = gw.state();
     let limits = state.config.http;
     let accepted_at = Instant::now();
@@ -732,31 +763,17 @@ async fn upgrade(
         stats: Arc::new(SessionStats::default()),
         kill: CancellationToken::new(),
     };
-    let shutdown = gw.shutdown.child_token();
-    let gw2 = gw.clone();
-    let conn_guard = conn.guard.clone();
-    gw.sessions.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                debug!(session = info.id, error = %e, "upgrade did not complete");
-                return;
-            }
-        };
-        let claims = Claims {
-            lease,
-            _slot: slot,
-            _conn: conn_guard,
-        };
-        run_session(
-            &gw2,
-            info,
-            upgraded,
-            (backend_reader, backend_writer),
-            claims,
-            shutdown,
-        )
-        .await;
+    let claims = Claims {
+        lease,
+        _slot: slot,
+        _conn: conn.guard.clone(),
+    };
+    *conn.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingSession {
+        info,
+        on_upgrade,
+        backend: (backend_reader, backend_writer),
+        claims,
+        shutdown: gw.shutdown.child_token(),
     });
 
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -789,14 +806,24 @@ struct Claims {
 /// Why a session that outlived `shutdown_grace` ended.
 const CUT_AT_GRACE: &str = "cut at shutdown_grace";
 
-async fn run_session(
-    gw: &Arc<Gateway>,
-    info: SessionInfo,
-    upgraded: hyper::upgrade::Upgraded,
-    backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
-    claims: Claims,
-    shutdown: CancellationToken,
-) {
+/// The session: take the connection from hyper (the 101 is written), then register, pump,
+/// account, log. Everything a session keeps while it runs is in this future, so it is kept small
+/// (large values are never held across an `await`).
+async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
+    let PendingSession {
+        info,
+        on_upgrade,
+        backend,
+        claims,
+        shutdown,
+    } = pending;
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(session = info.id, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
     let started = Instant::now();
     let backend_name = claims.lease.backend().to_string();
     let route_label = RouteLabel {
@@ -818,37 +845,11 @@ async fn run_session(
     let subject = info.subject.as_deref().unwrap_or("-");
     info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, "session open");
 
-    // Unwrap hyper's upgraded connection to the transport underneath, so that each direction
-    // gets its own half without a shared lock (plain TCP) or at least without the boxed
-    // indirection (TLS). Bytes hyper read past the request head are the first frames.
-    let pumped = async {
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                // Copy the pre-read bytes (usually none) and let hyper's read buffer go: a slice
-                // of it would keep the whole buffer alive for the life of the session.
-                let preread = parts.read_buf.to_vec();
-                drop(parts.read_buf);
-                let client = parts.io.into_inner().into_split();
-                pump::run(&info, client, &preread, backend, shutdown).await
-            }
-            Err(upgraded) => {
-                match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
-                    Ok(parts) => {
-                        let preread = parts.read_buf.to_vec();
-                        drop(parts.read_buf);
-                        let client = tokio::io::split(parts.io.into_inner());
-                        pump::run(&info, client, &preread, backend, shutdown).await
-                    }
-                    Err(upgraded) => {
-                        let client = tokio::io::split(TokioIo::new(upgraded));
-                        pump::run(&info, client, &[], backend, shutdown).await
-                    }
-                }
-            }
-        }
-    };
+    let (client, preread) = ClientIo::from_upgraded(upgraded);
+    // The pump future is built in place inside the select (never bound to a local first and
+    // moved): a moved future would take its size twice in this one.
     let outcome = tokio::select! {
-        outcome = pumped => outcome,
+        outcome = client.pump(&info, &preread, backend, shutdown) => outcome,
         _ = gw.cut.cancelled() => pump::Outcome {
             close: Err(CUT_AT_GRACE),
             client_close: None,
@@ -912,6 +913,60 @@ async fn run_session(
         messages_down = outcome.down.messages,
         "session closed"
     );
+}
+
+type TlsClient = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The client connection after the upgrade, split into read and write halves.
+enum ClientIo {
+    /// Plain TCP: owned halves, no lock between the directions.
+    Tcp(OwnedReadHalf, OwnedWriteHalf),
+    /// TLS: the stream itself (not hyper's boxed wrapper) behind tokio's split.
+    Tls(ReadHalf<TlsClient>, WriteHalf<TlsClient>),
+    /// Any other transport hyper hands back.
+    Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
+}
+
+impl ClientIo {
+    /// Unwrap hyper's upgraded connection to the transport underneath. Returns the bytes hyper
+    /// read past the request head (usually none): they are the first frames. They are copied so
+    /// that hyper's read buffer is freed now; a slice of it would keep the whole buffer alive for
+    /// the life of the session.
+    fn from_upgraded(upgraded: Upgraded) -> (ClientIo, Vec<u8>) {
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (r, w) = parts.io.into_inner().into_split();
+                return (ClientIo::Tcp(r, w), parts.read_buf.to_vec());
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<TlsClient>>() {
+            Ok(parts) => {
+                let (r, w) = tokio::io::split(parts.io.into_inner());
+                (ClientIo::Tls(r, w), parts.read_buf.to_vec())
+            }
+            Err(upgraded) => {
+                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                (ClientIo::Other(r, w), Vec::new())
+            }
+        }
+    }
+}
+
+impl ClientIo {
+    async fn pump(
+        self,
+        info: &SessionInfo,
+        preread: &[u8],
+        backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
+        shutdown: CancellationToken,
+    ) -> pump::Outcome {
+        match self {
+            ClientIo::Tcp(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
+            ClientIo::Tls(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
+            ClientIo::Other(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
+        }
+    }
 }
 
 /// A request that is not an upgrade attempt: a static file, or 426 on a route path, or 404.
