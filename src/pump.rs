@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -202,6 +203,7 @@ where
         close_timeout: route.limits.close_timeout,
         write_timeout: route.limits.write_timeout,
         traffic: &info.stats.up,
+        backend_shut: false,
     };
     let down = Downstream {
         backend: br,
@@ -339,6 +341,8 @@ struct Upstream<'s, R, W> {
     close_timeout: Duration,
     write_timeout: Duration,
     traffic: &'s Traffic,
+    /// The backend's write side has been shut.
+    backend_shut: bool,
 }
 
 impl<'s, R, W> Upstream<'s, R, W>
@@ -348,10 +352,17 @@ where
 {
     async fn run(mut self, limits: DecoderLimits, preread: &[u8]) {
         self.pump(limits, preread).await;
-        // Whatever ended the session, the backend sees an orderly FIN (a second shutdown after
-        // the one on a client Close is harmless).
-        let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
+        // Whatever ended the session, the backend sees an orderly FIN.
+        self.shut_backend().await;
         self.shared.tell_down(|c| c.up_done = true);
+    }
+
+    /// Shut the backend's write side (FIN), once.
+    async fn shut_backend(&mut self) {
+        if !self.backend_shut {
+            self.backend_shut = true;
+            let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
+        }
     }
 
     async fn pump(&mut self, limits: DecoderLimits, preread: &[u8]) {
@@ -430,15 +441,14 @@ where
                 Some(UpStop::ClientClose(code)) => {
                     // Client Close -> backend write side shut; downstream delivers what is left.
                     if forward {
-                        let _ =
-                            tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
+                        self.shut_backend().await;
                     }
                     self.shared.tell_down(|c| c.client_close = Some(code));
                     return;
                 }
                 Some(UpStop::Fail(close)) => {
                     self.shared.tell_down(|c| c.fail = Some(close));
-                    let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
+                    self.shut_backend().await;
                     self.discard_until_eof(&mut rbuf, &mut wake).await;
                     return;
                 }
@@ -467,28 +477,35 @@ where
     /// that stops reading stalls us here (backpressure); `stop_up` still ends the wait.
     async fn flush(&mut self, forward: &mut bool, wake: &mut Pin<&mut Notified<'s>>) -> bool {
         while !self.out.ready().is_empty() {
-            let stalled = tokio::time::sleep(self.write_timeout);
-            tokio::select! {
-                // The write first: when it completes at once (the common case), the timer and the
-                // wake-up are never registered.
-                biased;
-                // `write` is cancel-safe: if the other branch wins, nothing was written.
-                r = self.backend.write(self.out.ready()) => match r {
-                    Ok(n) if n > 0 => self.out.consume(n),
-                    _ => {
-                        self.backend_failed(forward, Close::BACKEND_ERROR);
-                        return true;
+            // Tried first without a timer: when the write completes at once (the common case),
+            // no clock is read and no timer or wake-up is registered.
+            let r = match write_now(&mut self.backend, self.out.ready()).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let stalled = tokio::time::sleep(self.write_timeout);
+                    tokio::select! {
+                        biased;
+                        // `write` is cancel-safe: if another branch wins, nothing was written.
+                        r = self.backend.write(self.out.ready()) => r,
+                        _ = stalled => {
+                            self.backend_failed(forward, Close::BACKEND_STALLED);
+                            return true;
+                        }
+                        _ = wake.as_mut() => {
+                            wake.set(self.shared.to_up.notified());
+                            if self.shared.lock().stop_up {
+                                return false;
+                            }
+                            continue;
+                        }
                     }
-                },
-                _ = stalled => {
-                    self.backend_failed(forward, Close::BACKEND_STALLED);
-                    return true;
                 }
-                _ = wake.as_mut() => {
-                    wake.set(self.shared.to_up.notified());
-                    if self.shared.lock().stop_up {
-                        return false;
-                    }
+            };
+            match r {
+                Ok(n) if n > 0 => self.out.consume(n),
+                _ => {
+                    self.backend_failed(forward, Close::BACKEND_ERROR);
+                    return true;
                 }
             }
         }
@@ -680,6 +697,11 @@ where
         let shared = self.shared;
         let wake = shared.to_down.notified();
         tokio::pin!(wake);
+        // Registered once for the life of the session, not once per pass of the loop.
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let kill = kill.cancelled();
+        tokio::pin!(kill);
         loop {
             let due = self.next_deadline(&answer, &mut keepalive, expires);
             if due < armed || housekeeping.is_elapsed() {
@@ -766,8 +788,8 @@ where
                         Due::Dead => return DownEnd::Abort(CLIENT_UNRESPONSIVE),
                     }
                 }
-                _ = shutdown.cancelled(), if answer.is_none() => return DownEnd::Initiate(Close::SHUTDOWN),
-                _ = kill.cancelled(), if answer.is_none() => return DownEnd::Initiate(Close::OPERATOR),
+                _ = &mut shutdown, if answer.is_none() => return DownEnd::Initiate(Close::SHUTDOWN),
+                _ = &mut kill, if answer.is_none() => return DownEnd::Initiate(Close::OPERATOR),
             }
         }
     }
@@ -824,10 +846,10 @@ where
         let stall = self.route.limits.write_timeout;
         let mut written = 0;
         while written < self.obuf.len() {
-            match tokio::time::timeout(stall, self.client.write(&self.obuf[written..])).await {
-                Ok(Ok(n)) if n > 0 => written += n,
-                Ok(_) => return Err(CLIENT_GONE),
-                Err(_) => return Err(CLIENT_STALLED),
+            match write_within(&mut self.client, &self.obuf[written..], stall).await {
+                Some(Ok(n)) if n > 0 => written += n,
+                Some(_) => return Err(CLIENT_GONE),
+                None => return Err(CLIENT_STALLED),
             }
         }
         match tokio::time::timeout(stall, self.client.flush()).await {
@@ -893,6 +915,26 @@ where
             }
         }
     }
+}
+
+/// One write, allowed `stall` to make progress (`None`: it did not). The write is tried first
+/// without a timer: a socket with room in its send buffer (the common case) costs no clock read
+/// and no timer registration.
+async fn write_within<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+    stall: Duration,
+) -> Option<io::Result<usize>> {
+    match write_now(w, buf).await {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => tokio::time::timeout(stall, w.write(buf)).await.ok(),
+    }
+}
+
+/// Try one write without waiting: `Pending` when the socket has no room now (the task's waker is
+/// then registered, and the caller waits with a deadline).
+async fn write_now<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> Poll<io::Result<usize>> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *w).poll_write(cx, buf))).await
 }
 
 /// A deadline that never comes (about 30 years ahead; tokio's timer caps it anyway).
