@@ -275,6 +275,16 @@ pub struct StaticFiles {
     pub index: String,
 }
 
+/// The `[runtime]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RuntimeConfig {
+    /// Threads that run connections; `None`: one per CPU the process may use.
+    pub worker_threads: Option<usize>,
+}
+
+/// Largest `[runtime] worker_threads` accepted.
+pub const MAX_WORKER_THREADS: i64 = 1024;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -285,6 +295,7 @@ pub struct Config {
     pub demo_backends: Vec<DemoBackend>,
     pub admin: Option<Admin>,
     pub log: LogConfig,
+    pub runtime: RuntimeConfig,
 }
 
 // ---- the TOML as written -------------------------------------------------------------------
@@ -304,6 +315,13 @@ struct RawConfig {
     demo_backend: Vec<RawDemo>,
     admin: Option<RawAdmin>,
     log: Option<RawLog>,
+    runtime: Option<RawRuntime>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    worker_threads: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -543,6 +561,10 @@ impl Config {
         if let Some(st) = &self.static_files {
             let _ = writeln!(s, "static files: {}", st.dir.display());
         }
+        let _ = match self.runtime.worker_threads {
+            Some(n) => writeln!(s, "runtime: {n} worker threads"),
+            None => writeln!(s, "runtime: one worker thread per CPU"),
+        };
         if let Some(a) = &self.admin {
             let _ = writeln!(
                 s,
@@ -742,6 +764,19 @@ impl Validator<'_> {
                 access: l.access.unwrap_or(true),
             },
         };
+        let runtime = match raw.runtime.as_ref().and_then(|r| r.worker_threads.as_ref()) {
+            None => RuntimeConfig::default(),
+            Some(n) if (1..=MAX_WORKER_THREADS).contains(n.get_ref()) => RuntimeConfig {
+                worker_threads: Some(*n.get_ref() as usize),
+            },
+            Some(n) => {
+                return self.err(
+                    n.span(),
+                    "runtime.worker_threads",
+                    format!("must be between 1 and {MAX_WORKER_THREADS}"),
+                )
+            }
+        };
         Ok(Config {
             listeners,
             routes,
@@ -750,6 +785,7 @@ impl Validator<'_> {
             demo_backends,
             admin,
             log,
+            runtime,
         })
     }
 

@@ -405,8 +405,11 @@ pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
     }
     if new.admin.as_ref().map(|a| a.bind) != old.config.admin.as_ref().map(|a| a.bind)
         || new.log != old.config.log
+        || new.runtime != old.config.runtime
     {
-        warn!("reload: [admin] and [log] changes need a restart; they stay as they were");
+        warn!(
+            "reload: [admin], [log] and [runtime] changes need a restart; they stay as they were"
+        );
     }
     let routes = new.routes.len();
     gw.set_state(State::build(new, &gw.metrics, Some(&old)));

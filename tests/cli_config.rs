@@ -241,3 +241,60 @@ async fn listens_on_the_configured_address_and_logs_it() {
     .await;
     assert!(matches!(s, Ok(Ok(_))), "{s:?}");
 }
+
+#[test]
+fn worker_threads_out_of_range_names_the_key() {
+    for bad in ["0", "-1", "1025"] {
+        let text = format!("{GOOD}\n[runtime]\nworker_threads = {bad}\n");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("worker_threads"))
+            .unwrap()
+            + 1;
+        assert_config_error(&text, line, "worker_threads");
+    }
+}
+
+#[test]
+fn check_prints_the_runtime() {
+    let (_dir, path) = config_file(GOOD);
+    let text = stdout(&run(&["check"], Some(&path)));
+    assert!(
+        text.contains("runtime: one worker thread per CPU"),
+        "{text}"
+    );
+    let (_dir, path) = config_file(&format!("{GOOD}\n[runtime]\nworker_threads = 3\n"));
+    let text = stdout(&run(&["check"], Some(&path)));
+    assert!(text.contains("runtime: 3 worker threads"), "{text}");
+}
+
+/// Threads of process `pid` whose name starts with `prefix` (Linux: /proc/PID/task/*/comm).
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test]
+async fn worker_threads_sets_the_number_of_runtime_threads() {
+    for n in [1usize, 3] {
+        let gw =
+            support::Gateway::start(&format!("{GOOD}\n[runtime]\nworker_threads = {n}\n")).await;
+        // The runtime's threads are named "wsgate-worker"; right after start there are no
+        // others of that name (threads for blocking work are started only when needed).
+        assert_eq!(
+            threads_named(gw.pid(), "wsgate-worker"),
+            n,
+            "worker_threads = {n}"
+        );
+        // And the gateway serves on them.
+        let s = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(gw.addr()),
+        )
+        .await;
+        assert!(matches!(s, Ok(Ok(_))), "{s:?}");
+    }
+}

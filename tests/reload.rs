@@ -161,6 +161,44 @@ async fn route_session_count_survives_a_reload() {
     assert!(gw.try_exit().is_none());
 }
 
+/// `[runtime]` is fixed at start: a reload that changes it says so, applies the rest of the file,
+/// and keeps the running threads.
+#[tokio::test]
+async fn runtime_changes_wait_for_a_restart() {
+    let mut backend = backends::recording_echo().await;
+    let cfg = |threads: usize, path: &str| {
+        format!(
+            "{LISTENER}
+{}
+[runtime]
+worker_threads = {threads}
+",
+            route(path, &backend)
+        )
+    };
+    let gw = Gw::start(&cfg(1, "/before")).await;
+    let workers = || {
+        std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("wsgate-worker"))
+            .count()
+    };
+    assert_eq!(workers(), 1);
+
+    std::fs::write(gw.config_path(), cfg(3, "/after")).unwrap();
+    gw.signal("HUP");
+    let logs = gw.wait_for_log("configuration reloaded", WAIT).await;
+    assert!(logs.contains("[runtime] changes need a restart"), "{logs}");
+    assert_eq!(workers(), 1, "the running threads stay");
+    // The rest of the file took effect.
+    assert_eq!(ops::try_ws(&gw.url("/before"), &[]).await.err(), Some(404));
+    let mut ws = ops::ws(&gw.url("/after")).await;
+    let mut conn = backend.accept().await;
+    through(&mut ws, &mut conn, "served after the reload").await;
+    ops::close(ws).await;
+}
+
 /// A reload that leaves a route's backends alone keeps their health state: a backend skipped
 /// after failures stays skipped.
 #[tokio::test]
