@@ -345,6 +345,14 @@ def targets_section(runs, codec):
             f"| unmasking, 1 MiB (criterion) | {fmt(gbs, 1)} GB/s | - | - | tens of GB/s | "
             f"{verdict(gbs >= 10)} |"
         )
+    utf8 = {c[0]: c[2] for c in codec if c[0] and c[0].startswith("utf8/feed/") and c[0].endswith("/1MiB")}
+    if "utf8/feed/multibyte/1MiB" in utf8 and "utf8/feed/ascii/1MiB" in utf8:
+        multi, ascii_ = utf8["utf8/feed/multibyte/1MiB"], utf8["utf8/feed/ascii/1MiB"]
+        L.append(
+            f"| UTF-8 validation, 1 MiB (criterion): ASCII / mixed multi-byte text | {fmt(ascii_, 1)} / "
+            f"{fmt(multi, 1)} GB/s | - | - | memory speed (>= 10 GB/s, one core's DRAM bandwidth class) | "
+            f"{verdict(min(multi, ascii_) >= 10)} |"
+        )
     return "\n".join(L)
 
 

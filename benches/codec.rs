@@ -62,6 +62,10 @@ fn utf8(c: &mut Criterion) {
                     v.finish().unwrap();
                 })
             });
+            // The reference: std's validation of the same bytes.
+            g.bench_function(format!("std_from_utf8/{kind}/{name}"), |b| {
+                b.iter(|| std::str::from_utf8(black_box(&data)).unwrap().len())
+            });
         }
     }
     g.finish();

@@ -65,7 +65,9 @@ impl Utf8Validator {
             }
             rest = tail;
         }
-        match std::str::from_utf8(rest) {
+        // The bulk of a message: SIMD validation (AVX2 or SSE 4.2 when the CPU has them,
+        // chosen at run time), with the same error report as std's (`valid_up_to`, `error_len`).
+        match simdutf8::compat::from_utf8(rest) {
             Ok(_) => Ok(()),
             Err(e) => {
                 // `error_len() == Some(_)`: an impossible sequence (overlong, surrogate,
@@ -364,5 +366,48 @@ mod tests {
         }
         // Both outcomes were exercised.
         assert!(valid_count > 5_000 && valid_count < 15_000, "{valid_count}");
+    }
+
+    /// Long messages in large chunks, so that the vectorised path sees whole blocks, errors in
+    /// the middle of a block and code points cut at chunk ends: the verdict, and the chunk at
+    /// which it fails, match std's validation of the bytes seen so far.
+    #[test]
+    fn large_chunks_match_std_and_fail_at_the_same_chunk() {
+        let pieces: [&str; 8] = ["a", "ü", "世", "🦀", "The quick fox ", "ß", "€", "\n"];
+        let mut rng = XorShift(0x5EED_F7E5_7000);
+        let mut failed = 0;
+        for round in 0..3_000 {
+            let target = 1 + rng.below(5_000) as usize;
+            let mut bytes = Vec::with_capacity(target + 16);
+            while bytes.len() < target {
+                bytes.extend_from_slice(pieces[rng.below(8) as usize].as_bytes());
+            }
+            if round % 3 != 0 {
+                let i = rng.below(bytes.len() as u64) as usize;
+                bytes[i] = [0x80, 0xC0, 0xED, 0xF5, 0xFF, 0xE0, 0xF4, rng.next() as u8]
+                    [rng.below(8) as usize];
+            }
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut start = 0;
+            while start < bytes.len() {
+                let end = (start + 1 + rng.below(700) as usize).min(bytes.len());
+                chunks.push(&bytes[start..end]);
+                start = end;
+            }
+            // Reference: the first chunk after which the bytes seen so far cannot be completed.
+            let mut seen = 0;
+            let expected_fail = chunks.iter().position(|c| {
+                seen += c.len();
+                matches!(std::str::from_utf8(&bytes[..seen]), Err(e) if e.error_len().is_some())
+            });
+            assert_eq!(first_failing_chunk(&chunks), expected_fail, "round {round}");
+            assert_eq!(
+                verdict(&chunks),
+                std::str::from_utf8(&bytes).is_ok(),
+                "round {round}"
+            );
+            failed += usize::from(expected_fail.is_some());
+        }
+        assert!(failed > 500 && failed < 2_500, "{failed}");
     }
 }
