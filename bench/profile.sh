@@ -14,6 +14,7 @@
 #      per message. strace slows the proxy down a lot; only the counts are used.
 # Output goes to bench/results/profile-TARGET-ROW-TIMESTAMP/ (summary.txt, perf.data, strace.txt).
 #
+# Installs strace, linux-perf (and nginx for that target) with apt-get when they are missing.
 # Loopback only, ports 28150-28159; every process started here is stopped by its PID at the end.
 set -euo pipefail
 
@@ -32,9 +33,17 @@ case "$ROW" in
     hs_ws) LOAD=(--mode handshake -c 8) UNIT=handshake ; COUNT=${COUNT_HS:-20000} ;;
     *) echo "profile.sh: unknown row $ROW" >&2; exit 2 ;;
 esac
-for tool in strace python3; do
-    command -v "$tool" >/dev/null || { echo "profile.sh: needs $tool (apt-get install $tool)" >&2; exit 2; }
-done
+# Install what is missing (Debian packages), as bench/run.sh does.
+need_apt=()
+command -v strace >/dev/null || need_apt+=(strace)
+command -v perf >/dev/null || need_apt+=(linux-perf)
+[ "$TARGET" = nginx ] && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && need_apt+=(nginx)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "profile.sh: installing ${need_apt[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+export PATH=$PATH:/usr/sbin:/sbin
 [ -x "$BIN/wsload" ] && [ -x "$BIN/wsgate" ] && [ -x "$BIN/examples/tcp_echo" ] && [ -x "$BIN/examples/ws_echo" ] ||
     cargo build --release --bins --examples
 
@@ -81,7 +90,6 @@ EOF
         URL=ws://127.0.0.1:$PROXY_PORT/raw
         ;;
     nginx)
-        command -v nginx >/dev/null || { echo "profile.sh: needs nginx (apt-get install nginx)" >&2; exit 2; }
         mkdir -p "$OUT/nginx-tmp"
         sed -e "s|@RUN@|$PWD/$OUT|g" -e "s|@WS_ECHO_PORT@|$ECHO_PORT|g" -e "s|@NGINX_PORT@|$PROXY_PORT|g" \
             -e "s|@NGINX_TLS_PORT@|$PROXY_TLS_PORT|g" -e "s|@CERT@|$PWD/certs/localhost.crt|g" \
