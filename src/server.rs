@@ -47,9 +47,9 @@ use crate::{admin, auth, demo, proxy_protocol, static_files};
 const RESPONSE_GRACE_SECS: u64 = 10;
 /// Backoff after an accept error such as "too many open files", doubled up to the maximum.
 const ACCEPT_BACKOFF_START_MS: u64 = 10;
+const ACCEPT_BACKOFF_MAX_MS: u64 = 1000;
 /// Pending connections the kernel queues per listener (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 4096;
-const ACCEPT_BACKOFF_MAX_MS: u64 = 1000;
 /// How often certificate files are checked for changes.
 const CERT_POLL_SECS: u64 = 5;
 /// Close code logged when no Close frame was sent (RFC 6455 §7.4.1: abnormal closure).
