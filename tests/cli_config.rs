@@ -268,15 +268,6 @@ fn check_prints_the_runtime() {
     assert!(text.contains("runtime: 3 worker threads"), "{text}");
 }
 
-/// Threads of process `pid` whose name starts with `prefix` (Linux: /proc/PID/task/*/comm).
-fn threads_named(pid: u32, prefix: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with(prefix))
-        .count()
-}
-
 #[tokio::test]
 async fn worker_threads_sets_the_number_of_runtime_threads() {
     for n in [1usize, 3] {
@@ -285,7 +276,7 @@ async fn worker_threads_sets_the_number_of_runtime_threads() {
         // The runtime's threads are named "wsgate-worker"; right after start there are no
         // others of that name (threads for blocking work are started only when needed).
         assert_eq!(
-            threads_named(gw.pid(), "wsgate-worker"),
+            support::threads_named(gw.pid(), "wsgate-worker"),
             n,
             "worker_threads = {n}"
         );

@@ -241,9 +241,7 @@ async fn accept_loop_survives_running_out_of_file_descriptors() {
 async fn tls_handshake_timeout_cuts_a_stalled_tls_handshake() {
     let echo = backends::echo().await;
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+    support::write_cert(dir.path());
     let gw = Gw::start_with(
         &format!(
             r#"

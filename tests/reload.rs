@@ -6,7 +6,6 @@
 mod ops;
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -177,13 +176,7 @@ worker_threads = {threads}
         )
     };
     let gw = Gw::start(&cfg(1, "/before")).await;
-    let workers = || {
-        std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|name| name.starts_with("wsgate-worker"))
-            .count()
-    };
+    let workers = || support::threads_named(gw.pid(), "wsgate-worker");
     assert_eq!(workers(), 1);
 
     std::fs::write(gw.config_path(), cfg(3, "/after")).unwrap();
@@ -246,21 +239,6 @@ async fn reload_keeps_the_health_state_of_unchanged_backends() {
 }
 
 // ----- certificates -----
-
-/// A fresh self-signed certificate for `localhost` written to `cert.pem` / `key.pem` in `dir`
-/// (through a rename, so that the gateway never reads a half-written file).
-fn write_cert(dir: &Path) -> CertificateDer<'static> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    for (name, pem) in [
-        ("cert.pem", ck.cert.pem()),
-        ("key.pem", ck.key_pair.serialize_pem()),
-    ] {
-        let tmp = dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, pem).unwrap();
-        std::fs::rename(&tmp, dir.join(name)).unwrap();
-    }
-    ck.cert.der().clone()
-}
 
 /// A TLS connection that trusts only `cert`; returns the stream and the certificate served.
 async fn tls_connect(
@@ -341,7 +319,7 @@ where
 async fn certificate_files_replaced_on_disk_are_served_to_new_connections() {
     let echo = backends::echo().await;
     let dir = tempfile::tempdir().unwrap();
-    let first = write_cert(dir.path());
+    let first = support::write_cert(dir.path());
     let gw = Gw::start_with(
         &format!(
             r#"
@@ -369,7 +347,7 @@ backend = "{}"
     let mut old = wss(tls, addr.port()).await;
     tls_echo(&mut old, "first cert").await;
 
-    let second = write_cert(gw.dir.path());
+    let second = support::write_cert(gw.dir.path());
     assert_ne!(first, second);
     // The gateway polls the files every 5 s.
     gw.wait_for_log("certificate reloaded", Duration::from_secs(15))

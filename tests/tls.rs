@@ -24,17 +24,9 @@ use support::Gateway;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Write a fresh self-signed certificate for `localhost` (cert.pem, key.pem) into `dir`.
-fn write_cert(dir: &Path) -> CertificateDer<'static> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
-    ck.cert.der().clone()
-}
-
 async fn tls_gateway(backend: &Backend, limits: &str) -> (Gateway, CertificateDer<'static>) {
     let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let cert = support::write_cert(dir.path());
     let gw = Gateway::start_in(
         dir,
         &format!(
@@ -303,7 +295,7 @@ fn assert_startup_error_names(config: &Path, needle: &Path) {
 #[test]
 fn missing_certificate_is_a_config_error_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    write_cert(dir.path());
+    support::write_cert(dir.path());
     let config = tls_config_file(dir.path(), "absent.pem", "key.pem");
     assert_startup_error_names(&config, &dir.path().join("absent.pem"));
 }
@@ -311,7 +303,7 @@ fn missing_certificate_is_a_config_error_naming_the_path() {
 #[test]
 fn missing_key_is_a_config_error_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    write_cert(dir.path());
+    support::write_cert(dir.path());
     let config = tls_config_file(dir.path(), "cert.pem", "absent.key");
     assert_startup_error_names(&config, &dir.path().join("absent.key"));
 }
@@ -319,7 +311,7 @@ fn missing_key_is_a_config_error_naming_the_path() {
 #[test]
 fn garbage_certificate_is_a_config_error_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    write_cert(dir.path());
+    support::write_cert(dir.path());
     std::fs::write(dir.path().join("junk.pem"), "this is not a certificate\n").unwrap();
     let config = tls_config_file(dir.path(), "junk.pem", "key.pem");
     assert_startup_error_names(&config, &dir.path().join("junk.pem"));
@@ -328,7 +320,7 @@ fn garbage_certificate_is_a_config_error_naming_the_path() {
 #[test]
 fn key_not_matching_the_certificate_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
-    write_cert(dir.path());
+    support::write_cert(dir.path());
     let other = rcgen::generate_simple_self_signed(vec!["other".to_string()]).unwrap();
     std::fs::write(dir.path().join("other.key"), other.key_pair.serialize_pem()).unwrap();
     let config = tls_config_file(dir.path(), "cert.pem", "other.key");

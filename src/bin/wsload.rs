@@ -220,6 +220,34 @@ struct Plan {
 }
 
 impl Plan {
+    /// The plan of a run whose measurement starts at `meas_start` (after the warm-up) and that
+    /// must end by `hard`: `--duration` ends it earlier, `--messages` limits what is sent.
+    fn new(args: &Args, meas_start: Instant, hard: Instant) -> Arc<Plan> {
+        let duration = measure_duration(args);
+        Arc::new(Plan {
+            meas_start,
+            meas_end: match duration {
+                Some(d) => (meas_start + secs(d)).min(hard),
+                None => hard,
+            },
+            budget: args.messages.map(|n| AtomicI64::new(n as i64)),
+            count_mode: duration.is_none(),
+            hard,
+            finished: AtomicUsize::new(0),
+            release: CancellationToken::new(),
+        })
+    }
+
+    /// Seconds measured: the measurement window, or in count mode up to the last completion.
+    fn elapsed(&self, last_done: Option<Instant>) -> f64 {
+        let end = if self.count_mode {
+            last_done.unwrap_or(self.meas_start)
+        } else {
+            self.meas_end
+        };
+        end.saturating_duration_since(self.meas_start).as_secs_f64()
+    }
+
     /// May a connection start another message at `now`?
     fn may_send(&self, now: Instant) -> bool {
         if now >= self.meas_end {
@@ -600,27 +628,14 @@ async fn run_echo(args: &Args, shared: Arc<Shared>) -> Report {
     }
     let t0 = Instant::now();
     let meas_start = t0 + secs(args.warmup);
-    let duration = measure_duration(args);
-    let meas_end = match duration {
-        Some(d) => (meas_start + secs(d)).min(hard),
-        None => hard,
-    };
-    let plan = Arc::new(Plan {
-        meas_start,
-        meas_end,
-        budget: args.messages.map(|n| AtomicI64::new(n as i64)),
-        count_mode: duration.is_none(),
-        hard,
-        finished: AtomicUsize::new(0),
-        release: CancellationToken::new(),
-    });
+    let plan = Plan::new(args, meas_start, hard);
     let _ = go_tx.send(Some(plan.clone()));
 
     let mut samples = Samples::default();
     tokio::time::sleep_until(meas_start).await;
     samples.start(args);
-    if duration.is_some() {
-        tokio::time::sleep_until(meas_end).await;
+    if !plan.count_mode {
+        tokio::time::sleep_until(plan.meas_end).await;
     } else {
         // Count mode: until every open connection is done (or the hard deadline).
         while plan.finished.load(Ordering::Acquire) < opened && Instant::now() < hard {
@@ -629,16 +644,9 @@ async fn run_echo(args: &Args, shared: Arc<Shared>) -> Report {
     }
     samples.end(args);
     plan.release.cancel();
-    let (results, extra) = join_all(tasks, meas_end.max(hard) + Duration::from_secs(2)).await;
+    let (results, extra) = join_all(tasks, plan.meas_end.max(hard) + Duration::from_secs(2)).await;
     let totals = merge(results, extra);
-    let elapsed = match duration {
-        Some(_) => meas_end.saturating_duration_since(meas_start),
-        None => totals
-            .last_done
-            .unwrap_or(meas_start)
-            .saturating_duration_since(meas_start),
-    }
-    .as_secs_f64();
+    let elapsed = plan.elapsed(totals.last_done);
     let rate = if elapsed > 0.0 {
         totals.messages as f64 / elapsed
     } else {
@@ -936,44 +944,24 @@ async fn run_handshake(args: &Args, shared: Arc<Shared>) -> Report {
     let started = Instant::now();
     let hard = started + hard_limit(args, 5.0);
     let meas_start = started + secs(args.warmup);
-    let duration = measure_duration(args);
-    let meas_end = match duration {
-        Some(d) => (meas_start + secs(d)).min(hard),
-        None => hard,
-    };
-    let plan = Arc::new(Plan {
-        meas_start,
-        meas_end,
-        budget: args.messages.map(|n| AtomicI64::new(n as i64)),
-        count_mode: duration.is_none(),
-        hard,
-        finished: AtomicUsize::new(0),
-        release: CancellationToken::new(),
-    });
+    let plan = Plan::new(args, meas_start, hard);
     let tasks: Vec<_> = (0..args.connections)
         .map(|i| tokio::spawn(handshake_worker(i, shared.clone(), plan.clone())))
         .collect();
     let mut samples = Samples::default();
     tokio::time::sleep_until(meas_start).await;
     samples.start(args);
-    if duration.is_some() {
-        tokio::time::sleep_until(meas_end).await;
+    if !plan.count_mode {
+        tokio::time::sleep_until(plan.meas_end).await;
         samples.end(args);
     }
     plan.release.cancel();
     let (results, extra) = join_all(tasks, hard + shared.connector.connect_timeout).await;
-    if duration.is_none() {
+    if plan.count_mode {
         samples.end(args);
     }
     let totals = merge(results, extra);
-    let elapsed = match duration {
-        Some(_) => meas_end.saturating_duration_since(meas_start),
-        None => totals
-            .last_done
-            .unwrap_or(meas_start)
-            .saturating_duration_since(meas_start),
-    }
-    .as_secs_f64();
+    let elapsed = plan.elapsed(totals.last_done);
     let rate = if elapsed > 0.0 {
         totals.messages as f64 / elapsed
     } else {

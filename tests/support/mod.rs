@@ -180,3 +180,28 @@ pub fn free_port() -> u16 {
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
+
+/// A fresh self-signed certificate for `localhost`, written to `cert.pem` and `key.pem` in `dir`
+/// (each through a rename, so that a gateway watching the files never reads a half-written one).
+/// Returns the certificate, for clients to trust.
+pub fn write_cert(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    for (name, pem) in [
+        ("cert.pem", ck.cert.pem()),
+        ("key.pem", ck.key_pair.serialize_pem()),
+    ] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+    ck.cert.der().clone()
+}
+
+/// Threads of process `pid` whose name starts with `prefix` (Linux: /proc/PID/task/*/comm).
+pub fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
