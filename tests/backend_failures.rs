@@ -12,20 +12,7 @@ use support::backends;
 use support::Gateway;
 
 async fn gateway(backend: &str, limits: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[[listener]]
-bind = "127.0.0.1:0"
-
-[[route]]
-path = "/b"
-backend = "{backend}"
-
-[limits]
-{limits}
-"#
-    ))
-    .await
+    Gateway::one_route("/b", backend, limits).await
 }
 
 /// Upgrade on `/b`; returns the response (the server must close the connection after it).

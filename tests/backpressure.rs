@@ -23,20 +23,7 @@ const RSS_GROWTH_LIMIT: u64 = 64 * MIB;
 const STALL: Duration = Duration::from_secs(1);
 
 async fn gateway(backend: &str, limits: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[[listener]]
-bind = "127.0.0.1:0"
-
-[[route]]
-path = "/bp"
-backend = "{backend}"
-
-[limits]
-{limits}
-"#
-    ))
-    .await
+    Gateway::one_route("/bp", backend, limits).await
 }
 
 #[tokio::test]

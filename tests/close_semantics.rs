@@ -12,20 +12,7 @@ use support::backends::{self, End};
 use support::Gateway;
 
 async fn gateway(backend: &str, limits: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[[listener]]
-bind = "127.0.0.1:0"
-
-[[route]]
-path = "/s"
-backend = "{backend}"
-
-[limits]
-{limits}
-"#
-    ))
-    .await
+    Gateway::one_route("/s", backend, limits).await
 }
 
 /// Concatenated payloads of binary frames (asserting they are all binary).

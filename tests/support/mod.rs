@@ -84,6 +84,15 @@ impl Gateway {
         }
     }
 
+    /// One plain listener on a free loopback port and one route at `path` to `backend`, with the
+    /// `[limits]` lines `limits`.
+    pub async fn one_route(path: &str, backend: &str, limits: &str) -> Gateway {
+        Gateway::start(&format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"{path}\"\nbackend = \"{backend}\"\n\n[limits]\n{limits}\n"
+        ))
+        .await
+    }
+
     /// The first listener's address.
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
