@@ -26,8 +26,16 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_MAX_FRAME_BYTES: u64 = 1024 * 1024;
 /// Default largest number of frames in one message (`max_fragments`).
 pub const DEFAULT_MAX_FRAGMENTS: u64 = 65_536;
-/// Default idle timeout: no traffic either way for this long closes the session with 1001.
-pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+/// Default idle timeout: none. Keepalive Ping/Pong finds dead peers; a quiet but healthy
+/// session (a console showing a static screen) stays open unless `idle_timeout` is set.
+pub const DEFAULT_IDLE_TIMEOUT: Option<Duration> = None;
+/// Default bound on control frames (Ping, Pong) a client may send per second; beyond it -> 1008.
+pub const DEFAULT_CONTROL_FRAMES_PER_SECOND: u32 = 100;
+/// Largest `control_frames_per_second`.
+pub const MAX_CONTROL_FRAMES_PER_SECOND: i64 = 100_000;
+/// Default gateway-wide bound on client message bytes held on `lines` and `length-prefixed`
+/// routes (incomplete, or waiting for the backend), in bytes (`partial_message_budget`).
+pub const DEFAULT_PARTIAL_MESSAGE_BUDGET_BYTES: u64 = 256 * 1024 * 1024;
 /// Default deadline from TCP accept to a complete request head, TLS handshake included.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 /// Default deadline for connecting to a backend.
@@ -63,6 +71,8 @@ pub const DEFAULT_STATIC_INDEX: &str = "index.html";
 
 /// Smallest request head bound we accept; below this even ordinary browsers fail.
 const MIN_HEADER_BYTES: usize = 1024;
+/// Smallest `partial_message_budget`, in bytes.
+const MIN_PARTIAL_MESSAGE_BUDGET_BYTES: u64 = 64 * 1024;
 /// Largest message bound we accept (the length-prefixed envelope carries a u32 length).
 const MAX_MESSAGE_BYTES_CEILING: u64 = u32::MAX as u64;
 
@@ -144,13 +154,16 @@ pub struct SessionLimits {
     pub max_message_size: u64,
     pub max_frame_size: u64,
     pub max_fragments: u64,
-    pub idle_timeout: Duration,
+    /// `None`: sessions are never closed for being idle.
+    pub idle_timeout: Option<Duration>,
     pub connect_timeout: Duration,
     pub close_timeout: Duration,
     /// `None`: no keepalive pings.
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     pub write_timeout: Duration,
+    /// Control frames (Ping, Pong) the client may send per second (and in one burst).
+    pub control_frames_per_second: u32,
 }
 
 /// Limits that apply before routing.
@@ -163,6 +176,9 @@ pub struct HttpLimits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub shutdown_grace: Duration,
+    /// Client message bytes all sessions together may hold on `lines` and `length-prefixed`
+    /// routes.
+    pub partial_message_budget: u64,
 }
 
 /// How a route picks among its backends.
@@ -430,6 +446,7 @@ struct RawLimits {
     ping_interval: Option<Spanned<String>>,
     pong_timeout: Option<Spanned<String>>,
     write_timeout: Option<Spanned<String>>,
+    control_frames_per_second: Option<Spanned<i64>>,
     handshake_timeout: Option<Spanned<String>>,
     tls_handshake_timeout: Option<Spanned<String>>,
     max_header_bytes: Option<Spanned<RawSize>>,
@@ -437,6 +454,7 @@ struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     max_connections_per_ip: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
+    partial_message_budget: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -451,6 +469,7 @@ struct RawRouteLimits {
     ping_interval: Option<Spanned<String>>,
     pong_timeout: Option<Spanned<String>>,
     write_timeout: Option<Spanned<String>>,
+    control_frames_per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -530,7 +549,7 @@ impl Config {
             };
             let _ = writeln!(
                 s,
-                "  {} -> {}  [{}; {}; auth {}; max message {} B; idle {:?}{}]",
+                "  {} -> {}  [{}; {}; auth {}; max message {} B; idle {}{}]",
                 r.path,
                 r.backends
                     .iter()
@@ -545,7 +564,9 @@ impl Config {
                     Some(RouteAuth::Forward(_)) => "forward".to_string(),
                 },
                 r.limits.max_message_size,
-                r.limits.idle_timeout,
+                r.limits
+                    .idle_timeout
+                    .map_or_else(|| "off".to_string(), |d| format!("{d:?}")),
                 match r.proxy_protocol {
                     Some(v) => format!("; PROXY {v:?}"),
                     None => String::new(),
@@ -1349,12 +1370,13 @@ impl Validator<'_> {
             max_message_size: DEFAULT_MAX_MESSAGE_BYTES,
             max_frame_size: DEFAULT_MAX_FRAME_BYTES,
             max_fragments: DEFAULT_MAX_FRAGMENTS,
-            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             close_timeout: Duration::from_secs(DEFAULT_CLOSE_TIMEOUT_SECS),
             ping_interval: Some(Duration::from_secs(DEFAULT_PING_INTERVAL_SECS)),
             pong_timeout: Duration::from_secs(DEFAULT_PONG_TIMEOUT_SECS),
             write_timeout: Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
+            control_frames_per_second: DEFAULT_CONTROL_FRAMES_PER_SECOND,
         };
         let over = RawRouteLimitsRef {
             max_message_size: &l.max_message_size,
@@ -1366,6 +1388,7 @@ impl Validator<'_> {
             ping_interval: &l.ping_interval,
             pong_timeout: &l.pong_timeout,
             write_timeout: &l.write_timeout,
+            control_frames_per_second: &l.control_frames_per_second,
         };
         self.merge_limits("limits", over, &defaults)
     }
@@ -1386,6 +1409,7 @@ impl Validator<'_> {
             ping_interval: &l.ping_interval,
             pong_timeout: &l.pong_timeout,
             write_timeout: &l.write_timeout,
+            control_frames_per_second: &l.control_frames_per_second,
         };
         self.merge_limits(&format!("route[{i}].limits"), over, global)
     }
@@ -1435,7 +1459,11 @@ impl Validator<'_> {
                 Some(v) if *v.get_ref() >= 1 => *v.get_ref() as u64,
                 Some(v) => return self.err(v.span(), key("max_fragments"), "must be at least 1"),
             },
-            idle_timeout: dur(l.idle_timeout, "idle_timeout", base.idle_timeout)?,
+            idle_timeout: match l.idle_timeout {
+                None => base.idle_timeout,
+                Some(v) if v.get_ref().trim() == "off" => None,
+                Some(v) => Some(self.duration(v, &key("idle_timeout"))?),
+            },
             connect_timeout: dur(l.connect_timeout, "connect_timeout", base.connect_timeout)?,
             close_timeout: dur(l.close_timeout, "close_timeout", base.close_timeout)?,
             ping_interval: match l.ping_interval {
@@ -1445,6 +1473,19 @@ impl Validator<'_> {
             },
             pong_timeout: dur(l.pong_timeout, "pong_timeout", base.pong_timeout)?,
             write_timeout: dur(l.write_timeout, "write_timeout", base.write_timeout)?,
+            control_frames_per_second: match l.control_frames_per_second {
+                None => base.control_frames_per_second,
+                Some(v) => match u32::try_from(*v.get_ref()) {
+                    Ok(n) if n >= 1 && i64::from(n) <= MAX_CONTROL_FRAMES_PER_SECOND => n,
+                    _ => {
+                        return self.err(
+                            v.span(),
+                            key("control_frames_per_second"),
+                            format!("must be between 1 and {MAX_CONTROL_FRAMES_PER_SECOND}"),
+                        )
+                    }
+                },
+            },
         };
         if limits.max_frame_size > limits.max_message_size {
             return self.err_nospan(
@@ -1500,6 +1541,20 @@ impl Validator<'_> {
             None => Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
             Some(v) => self.duration(v, "limits.shutdown_grace")?,
         };
+        let partial_message_budget = match &l.partial_message_budget {
+            None => DEFAULT_PARTIAL_MESSAGE_BUDGET_BYTES,
+            Some(v) => {
+                let n = self.size(v, "limits.partial_message_budget")?;
+                if n < MIN_PARTIAL_MESSAGE_BUDGET_BYTES {
+                    return self.err(
+                        v.span(),
+                        "limits.partial_message_budget",
+                        format!("must be at least {MIN_PARTIAL_MESSAGE_BUDGET_BYTES} bytes"),
+                    );
+                }
+                n
+            }
+        };
         Ok(HttpLimits {
             handshake_timeout,
             tls_handshake_timeout,
@@ -1516,6 +1571,7 @@ impl Validator<'_> {
                 DEFAULT_MAX_CONNECTIONS_PER_IP,
             )?,
             shutdown_grace,
+            partial_message_budget,
         })
     }
 
@@ -1638,6 +1694,7 @@ struct RawRouteLimitsRef<'a> {
     ping_interval: &'a Option<Spanned<String>>,
     pong_timeout: &'a Option<Spanned<String>>,
     write_timeout: &'a Option<Spanned<String>>,
+    control_frames_per_second: &'a Option<Spanned<i64>>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -1711,9 +1768,14 @@ backend = "127.0.0.1:9001"
         let r = &c.routes[0];
         assert_eq!(r.framing, Framing::Raw);
         assert_eq!(r.limits.max_message_size, DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(r.limits.idle_timeout, None);
         assert_eq!(
-            r.limits.idle_timeout,
-            Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS)
+            r.limits.control_frames_per_second,
+            DEFAULT_CONTROL_FRAMES_PER_SECOND
+        );
+        assert_eq!(
+            c.http.partial_message_budget,
+            DEFAULT_PARTIAL_MESSAGE_BUDGET_BYTES
         );
         assert_eq!(
             c.http.handshake_timeout,
@@ -1815,7 +1877,7 @@ backend = "127.0.0.1:9001"
         let l = c.routes[0].limits;
         assert_eq!(l.max_message_size, 16 << 20);
         assert_eq!(l.max_frame_size, 16 << 20);
-        assert_eq!(l.idle_timeout, Duration::from_secs(10));
+        assert_eq!(l.idle_timeout, Some(Duration::from_secs(10)));
     }
 
     #[test]

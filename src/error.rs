@@ -71,6 +71,12 @@ impl Close {
         "closed by the operator",
         Side::Gateway,
     );
+    /// The client sent Pings or Pongs faster than `control_frames_per_second`.
+    pub const TOO_MANY_CONTROL_FRAMES: Close = Close::new(
+        CloseCode::POLICY_VIOLATION,
+        "too many control frames (control_frames_per_second)",
+        Side::Client,
+    );
     /// The gateway is shutting down.
     pub const SHUTDOWN: Close = Close::new(
         CloseCode::GOING_AWAY,

@@ -10,6 +10,9 @@
 //! | lines           | text + `\n` (binary -> 1003)          | each line (`\n`, `\r\n`) -> text     |
 //! | length-prefixed | `[type][len u32 BE][payload]`         | same envelope -> message of the type |
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use bytes::{Buf, BytesMut};
 
 use crate::config::Framing;
@@ -23,6 +26,15 @@ pub const ENVELOPE_BINARY: u8 = 0x02;
 /// Envelope header: type (1 byte) + big-endian payload length (4 bytes).
 pub const ENVELOPE_HEADER_BYTES: usize = 5;
 
+/// Client message bytes are counted against the [`MessageBudget`] in steps of this many bytes,
+/// so that a message growing piece by piece does not touch the shared counter for every piece.
+const BUDGET_STEP_BYTES: usize = 4096;
+
+const BUDGET_EXHAUSTED: Close = Close::new(
+    CloseCode::TRY_AGAIN_LATER,
+    "gateway message buffers are full (partial_message_budget)",
+    Side::Gateway,
+);
 const BINARY_ON_LINES: Close = Close::new(
     CloseCode::UNSUPPORTED_DATA,
     "binary messages are not accepted on a lines route",
@@ -64,6 +76,49 @@ const ENVELOPE_TRUNCATED: Close = Close::new(
     Side::Backend,
 );
 
+/// The gateway-wide bound on client message bytes held whole (`partial_message_budget`): on
+/// `lines` and `length-prefixed` routes a message is kept until it is complete and written, so
+/// without a shared bound every session could pin up to `max_message_size`. A session whose
+/// next piece does not fit is closed with 1013; the others keep working.
+#[derive(Debug)]
+pub struct MessageBudget {
+    used: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl MessageBudget {
+    pub fn new(limit: u64) -> Arc<MessageBudget> {
+        Arc::new(MessageBudget {
+            used: AtomicU64::new(0),
+            limit: AtomicU64::new(limit),
+        })
+    }
+
+    /// A new limit (configuration reload); bytes already held stay held.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Bytes held now, by all sessions.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        let n = n as u64;
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|&total| total <= limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+}
+
 /// Client messages -> bytes for the backend.
 ///
 /// Pieces of a message are appended as they arrive. In `raw` mode they are ready at once; in the
@@ -77,15 +132,48 @@ pub struct ToBackend {
     ready: usize,
     /// Where the message in progress starts in `buf` (its envelope header, in length-prefixed mode).
     msg_start: usize,
+    /// Where held bytes are counted; `None` in `raw` mode, which holds nothing back.
+    budget: Option<Arc<MessageBudget>>,
+    /// Bytes taken from `budget` for this session (at least `buf.len()`).
+    reserved: usize,
 }
 
 impl ToBackend {
-    pub fn new(framing: Framing) -> ToBackend {
+    pub fn new(framing: Framing, budget: &Arc<MessageBudget>) -> ToBackend {
         ToBackend {
             framing,
             buf: BytesMut::new(),
             ready: 0,
             msg_start: 0,
+            budget: (framing != Framing::Raw).then(|| budget.clone()),
+            reserved: 0,
+        }
+    }
+
+    /// Count `more` bytes about to be held against the budget, before they are stored.
+    fn hold(&mut self, more: usize) -> Result<(), Close> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let held = self.buf.len() + more;
+        if held > self.reserved {
+            let step = (held - self.reserved).next_multiple_of(BUDGET_STEP_BYTES);
+            if !budget.take(step) {
+                return Err(BUDGET_EXHAUSTED);
+            }
+            self.reserved += step;
+        }
+        Ok(())
+    }
+
+    /// Give back what is reserved beyond what `buf` holds (rounded up to a step).
+    fn release_excess(&mut self) {
+        if let Some(budget) = &self.budget {
+            let keep = self.buf.len().next_multiple_of(BUDGET_STEP_BYTES);
+            if self.reserved > keep {
+                budget.give(self.reserved - keep);
+                self.reserved = keep;
+            }
         }
     }
 
@@ -97,6 +185,7 @@ impl ToBackend {
             Framing::Lines if !text => return Err(BINARY_ON_LINES),
             Framing::Lines => {}
             Framing::LengthPrefixed => {
+                self.hold(ENVELOPE_HEADER_BYTES)?;
                 let kind = if text { ENVELOPE_TEXT } else { ENVELOPE_BINARY };
                 self.buf.extend_from_slice(&[kind, 0, 0, 0, 0]);
             }
@@ -109,6 +198,8 @@ impl ToBackend {
         if self.framing == Framing::Lines && memchr::memchr(b'\n', piece).is_some() {
             return Err(NEWLINE_IN_LINE);
         }
+        // Lines mode adds its `\n` at the end: counted with the last piece's step or the next.
+        self.hold(piece.len() + usize::from(self.framing == Framing::Lines))?;
         self.buf.extend_from_slice(piece);
         if self.framing == Framing::Raw {
             self.ready = self.buf.len();
@@ -143,6 +234,7 @@ impl ToBackend {
         self.buf.advance(n);
         self.ready -= n;
         self.msg_start = self.msg_start.saturating_sub(n);
+        self.release_excess();
     }
 
     /// Drop everything not yet written (the backend is gone).
@@ -150,6 +242,15 @@ impl ToBackend {
         self.buf.clear();
         self.ready = 0;
         self.msg_start = 0;
+        self.release_excess();
+    }
+}
+
+impl Drop for ToBackend {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.reserved);
+        }
     }
 }
 
@@ -312,8 +413,35 @@ mod tests {
     }
 
     #[test]
+    fn budget_bounds_held_messages_and_is_given_back() {
+        let budget = MessageBudget::new(3 * BUDGET_STEP_BYTES as u64);
+        let mut a = ToBackend::new(Framing::Lines, &budget);
+        let mut b = ToBackend::new(Framing::LengthPrefixed, &budget);
+        a.begin(true).unwrap();
+        a.push(&[b'x'; 5000]).unwrap();
+        assert_eq!(budget.used(), 2 * BUDGET_STEP_BYTES as u64);
+        b.begin(false).unwrap();
+        b.push(&[0; 100]).unwrap();
+        assert_eq!(budget.used(), 3 * BUDGET_STEP_BYTES as u64);
+        // The budget is full: the next piece that needs a new step is refused...
+        assert_eq!(a.push(&[b'y'; 4000]), Err(BUDGET_EXHAUSTED));
+        // ...and a session that gives its bytes back makes room for the others.
+        drop(b);
+        a.push(&[b'y'; 4000]).unwrap();
+        a.end();
+        let n = a.ready().len();
+        a.consume(n);
+        assert_eq!(budget.used(), 0);
+        // Raw routes hold nothing back and count nothing.
+        let mut r = ToBackend::new(Framing::Raw, &budget);
+        r.begin(false).unwrap();
+        r.push(&[0; 100_000]).unwrap();
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
     fn to_backend_raw_streams() {
-        let mut t = ToBackend::new(Framing::Raw);
+        let mut t = ToBackend::new(Framing::Raw, &MessageBudget::new(u64::MAX));
         t.begin(true).unwrap();
         t.push(b"he").unwrap();
         assert_eq!(t.ready(), b"he");
@@ -328,7 +456,7 @@ mod tests {
 
     #[test]
     fn to_backend_lines() {
-        let mut t = ToBackend::new(Framing::Lines);
+        let mut t = ToBackend::new(Framing::Lines, &MessageBudget::new(u64::MAX));
         t.begin(true).unwrap();
         t.push(b"from client: ").unwrap();
         assert_eq!(t.ready(), b"", "a partial line is never written");
@@ -341,7 +469,7 @@ mod tests {
             t.begin(false).unwrap_err().code,
             CloseCode::UNSUPPORTED_DATA
         );
-        let mut t = ToBackend::new(Framing::Lines);
+        let mut t = ToBackend::new(Framing::Lines, &MessageBudget::new(u64::MAX));
         t.begin(true).unwrap();
         assert_eq!(
             t.push(b"a\nb").unwrap_err().code,
@@ -351,7 +479,7 @@ mod tests {
 
     #[test]
     fn to_backend_length_prefixed() {
-        let mut t = ToBackend::new(Framing::LengthPrefixed);
+        let mut t = ToBackend::new(Framing::LengthPrefixed, &MessageBudget::new(u64::MAX));
         t.begin(false).unwrap();
         t.push(&[9, 9]).unwrap();
         assert_eq!(t.ready(), b"");

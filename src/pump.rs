@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Route;
 use crate::error::{Close, Side};
-use crate::framing::{FromBackend, ToBackend};
+use crate::framing::{FromBackend, MessageBudget, ToBackend};
 use crate::ws::{self, CloseCode, Decoder, DecoderLimits, Frame, OpCode};
 
 /// How much we ask for per read, from either side.
@@ -116,6 +116,8 @@ pub struct SessionInfo {
     pub stats: Arc<SessionStats>,
     /// Cancelled by an operator: the session is closed with 1008.
     pub kill: CancellationToken,
+    /// The gateway-wide bound on client messages held whole (`partial_message_budget`).
+    pub budget: Arc<MessageBudget>,
 }
 
 /// Counters of one direction, updated as messages pass.
@@ -199,18 +201,19 @@ where
         client: cr,
         backend: bw,
         shared: &shared,
-        out: ToBackend::new(route.framing),
+        out: ToBackend::new(route.framing, &info.budget),
         close_timeout: route.limits.close_timeout,
         write_timeout: route.limits.write_timeout,
         traffic: &info.stats.up,
         backend_shut: false,
+        control: ControlRate::new(route.limits.control_frames_per_second),
     };
     let down = Downstream {
         backend: br,
         client: cw,
         shared: &shared,
         from: FromBackend::new(route.framing, route.limits.max_message_size),
-        obuf: BytesMut::new(),
+        out: Output::default(),
         route,
         traffic: &info.stats.down,
         cut: None,
@@ -255,8 +258,6 @@ struct Ctl {
     client_gone: bool,
     /// Upstream has returned.
     up_done: bool,
-    /// Downstream has sent its Close frame.
-    close_sent: bool,
     /// Upstream must return now (deadline passed or the client connection is unusable).
     stop_up: bool,
 }
@@ -322,8 +323,9 @@ impl Shared {
             .store(self.now_ms(), Ordering::Relaxed);
     }
 
-    fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
-        self.at_ms(self.last_activity_ms.load(Ordering::Relaxed)) + idle
+    /// When the session is idle, if `idle_timeout` is on.
+    fn idle_deadline(&self, idle: Option<Duration>) -> Option<tokio::time::Instant> {
+        Some(self.at_ms(self.last_activity_ms.load(Ordering::Relaxed)) + idle?)
     }
 }
 
@@ -343,6 +345,50 @@ struct Upstream<'s, R, W> {
     traffic: &'s Traffic,
     /// The backend's write side has been shut.
     backend_shut: bool,
+    control: ControlRate,
+}
+
+/// A token bucket for the control frames (Ping, Pong) a client sends: `per_second` of them a
+/// second, and as many in one burst. Answering Pings costs the gateway a write each; past the
+/// rate the session is closed with 1008, so a ping flood cannot keep a core busy.
+struct ControlRate {
+    per_second: u64,
+    /// Thousandths of a frame, refilled by `per_second` every millisecond.
+    tokens: u64,
+    last_ms: u64,
+}
+
+impl ControlRate {
+    /// One frame costs this many tokens.
+    const FRAME: u64 = 1000;
+
+    fn new(per_second: u32) -> ControlRate {
+        let per_second = u64::from(per_second);
+        ControlRate {
+            per_second,
+            tokens: per_second * Self::FRAME,
+            last_ms: 0,
+        }
+    }
+
+    /// May one more control frame arrive at `now_ms`?
+    fn allow(&mut self, now_ms: u64) -> bool {
+        let refill = now_ms
+            .saturating_sub(self.last_ms)
+            .saturating_mul(self.per_second);
+        self.last_ms = self.last_ms.max(now_ms);
+        self.tokens = self
+            .tokens
+            .saturating_add(refill)
+            .min(self.per_second * Self::FRAME);
+        match self.tokens.checked_sub(Self::FRAME) {
+            Some(left) => {
+                self.tokens = left;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl<'s, R, W> Upstream<'s, R, W>
@@ -413,6 +459,10 @@ where
                         {
                             return;
                         }
+                    }
+                    Frame::Ping(_) | Frame::Pong(_) if !self.control.allow(shared.now_ms()) => {
+                        stop = Some(UpStop::Fail(Close::TOO_MANY_CONTROL_FRAMES));
+                        break;
                     }
                     Frame::Ping(payload) => {
                         active = true;
@@ -570,36 +620,133 @@ struct Downstream<'s, R, W> {
     client: W,
     shared: &'s Shared,
     from: FromBackend,
-    obuf: BytesMut,
+    out: Output,
     route: &'s Route,
     traffic: &'s Traffic,
     /// Why the connection was cut without a Close, if it was.
     cut: Option<&'static str>,
 }
 
-/// How downstream's main loop ended.
+/// How downstream's main loop ended, and so what its Close frame is.
 enum DownEnd {
-    /// We start the closing handshake with this Close.
+    /// Send this Close after every frame already queued (the backend ended or failed: what it
+    /// sent before is delivered first).
     Initiate(Close),
-    /// The client closed first: answer with its code.
-    Answer(Option<u16>),
-    /// The client broke the protocol: send this Close and cut.
+    /// A control event (shutdown, operator, credential expiry, idle): frames queued but not yet
+    /// started are dropped, and this Close follows the frame in progress.
+    Interrupt(Close),
+    /// The client closed first: answer with its code, after the queued frames unless
+    /// `drop_queued` (the close deadline passed, or a control event came while draining).
+    Answer {
+        code: Option<u16>,
+        drop_queued: bool,
+    },
+    /// The client broke the protocol: queued frames are dropped, this Close is sent, and the
+    /// client's Close is not waited for.
     Fail(Close),
     /// The client connection is unusable; nothing can be sent. The reason is logged.
     Abort(&'static str),
 }
 
-/// Why frames could not be delivered.
-enum Undeliverable {
-    /// The client connection failed or stalled (the reason is logged).
-    Client(&'static str),
-    /// The backend broke the framing rules.
-    Backend(Close),
-}
-
 const CLIENT_GONE: &str = "client connection lost without a Close";
 const CLIENT_STALLED: &str = "client stopped reading (write_timeout)";
 const CLIENT_UNRESPONSIVE: &str = "client did not answer a keepalive ping (pong_timeout)";
+const CLIENT_CLOSE_SLOW: &str = "client did not take the Close within close_timeout";
+
+/// Frames on their way to the client: the queue downstream writes from.
+///
+/// Frames are appended whole and written as far as the socket takes them. The buffer is only
+/// ever cut at frame boundaries, so that a Close can be put right behind the frame in progress
+/// (dropping the frames not yet started) without corrupting the stream.
+#[derive(Default)]
+struct Output {
+    buf: BytesMut,
+    /// Bytes at the front of `buf` already written.
+    written: usize,
+    /// Bytes at the front of `buf` that finish a frame whose start was already written and
+    /// dropped (see [`Output::compact`]); frame boundaries are counted from here.
+    partial: usize,
+    /// Everything in `buf` was written; the transport (TLS) may still hold some of it.
+    unflushed: bool,
+    /// When the current write started waiting for the client without progress.
+    stalled_since: Option<tokio::time::Instant>,
+}
+
+impl Output {
+    /// Bytes queued and not yet written.
+    fn pending(&self) -> usize {
+        self.buf.len() - self.written
+    }
+
+    /// Something is left to write or flush.
+    fn busy(&self) -> bool {
+        self.pending() > 0 || self.unflushed
+    }
+
+    /// One step of output: write what is pending, or flush once everything is written.
+    fn poll_step<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        w: &mut W,
+    ) -> Poll<io::Result<()>> {
+        if self.pending() > 0 {
+            let n = std::task::ready!(Pin::new(&mut *w).poll_write(cx, &self.buf[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        } else if self.unflushed {
+            std::task::ready!(Pin::new(&mut *w).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.written += n;
+        self.unflushed = true;
+        if self.written == self.buf.len() {
+            self.buf.clear();
+            self.written = 0;
+            self.partial = 0;
+            self.stalled_since = None;
+        } else {
+            // Progress, but the socket is full: the stall clock restarts now.
+            self.stalled_since = Some(tokio::time::Instant::now());
+            if self.written >= FLUSH_THRESHOLD_BYTES {
+                self.compact();
+            }
+        }
+    }
+
+    /// Where the frame that holds byte `at` ends (or `at` itself, when a frame starts there).
+    fn frame_end(&self, at: usize) -> usize {
+        let mut pos = self.partial;
+        while pos < at {
+            match ws::frame::server_frame_len(&self.buf[pos..]) {
+                Some(len) => pos += len,
+                // Never happens: only whole frames are queued. Keep everything.
+                None => return self.buf.len(),
+            }
+        }
+        pos
+    }
+
+    /// Drop the written bytes, so that a client that never lets the queue run empty does not
+    /// make it grow. Runs at most once per [`FLUSH_THRESHOLD_BYTES`] written.
+    fn compact(&mut self) {
+        let end = self.frame_end(self.written);
+        self.partial = end - self.written;
+        self.buf.advance(self.written);
+        self.written = 0;
+    }
+
+    /// Drop the frames not yet started; the frame in progress is kept whole.
+    fn drop_unstarted(&mut self) {
+        let end = self.frame_end(self.written);
+        self.buf.truncate(end);
+    }
+}
 
 /// Keepalive: a Ping after `interval` without hearing from the client; the client is dead if
 /// nothing at all arrives within `pong_timeout` after it.
@@ -671,6 +818,14 @@ where
         close.ok_or(self.cut.unwrap_or(CLIENT_GONE))
     }
 
+    /// Move backend bytes to the client until something ends the session.
+    ///
+    /// Reading the backend, writing the client and every control event (shutdown, operator
+    /// close, credential expiry, the client's Close, the close, idle, keepalive and write
+    /// deadlines) are branches of one `select!`, and control comes first: a backend that always
+    /// has data ready or a client that reads slowly never keeps an event from being seen. The
+    /// backend is read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for the client
+    /// (backpressure).
     async fn pump(
         &mut self,
         shutdown: CancellationToken,
@@ -679,7 +834,8 @@ where
     ) -> DownEnd {
         let limits = self.route.limits;
         let mut rbuf = BytesMut::new();
-        // Set once the client has sent Close: what we owe it, and until when we drain the backend.
+        // Set once the client has sent Close: the code we echo, and until when the backend may
+        // still send (it got a FIN).
         let mut answer: Option<(Option<u16>, tokio::time::Instant)> = None;
         let mut keepalive = Keepalive {
             interval: limits.ping_interval,
@@ -689,8 +845,8 @@ where
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);
         // One timer for every deadline of this half (idle, keepalive, credential expiry, backend
-        // drain). Traffic only ever moves deadlines later, so it is re-armed when it fires or when
-        // an earlier deadline appears, never per message.
+        // drain, write stall). It is re-armed when it fires or when an earlier deadline appears,
+        // never per message.
         let housekeeping = tokio::time::sleep_until(far_future());
         tokio::pin!(housekeeping);
         let mut armed = far_future();
@@ -703,6 +859,10 @@ where
         let kill = kill.cancelled();
         tokio::pin!(kill);
         loop {
+            // Write what is queued as far as the socket takes it now; only a full socket waits.
+            if let Err(why) = self.write_now().await {
+                return DownEnd::Abort(why);
+            }
             let due = self.next_deadline(&answer, &mut keepalive, expires);
             if due < armed || housekeeping.is_elapsed() {
                 // Never in the past: a deadline that is not acted on must not spin the loop.
@@ -710,14 +870,21 @@ where
                 housekeeping.as_mut().reset(due);
                 armed = due;
             }
+            let room = self.out.pending() < FLUSH_THRESHOLD_BYTES;
+            let answering = answer.map(|(code, _)| DownEnd::Answer {
+                code,
+                drop_queued: true,
+            });
             tokio::select! {
                 biased;
+                _ = &mut shutdown => return answering.unwrap_or(DownEnd::Interrupt(Close::SHUTDOWN)),
+                _ = &mut kill => return answering.unwrap_or(DownEnd::Interrupt(Close::OPERATOR)),
                 _ = wake.as_mut() => {
                     wake.set(shared.to_down.notified());
                     let (fail, client_close, gone, write_failed) = {
                         let mut c = self.shared.lock();
                         if answer.is_none() && !c.pongs.is_empty() {
-                            self.obuf.extend_from_slice(&c.pongs);
+                            self.out.buf.extend_from_slice(&c.pongs);
                             c.pongs.clear();
                         }
                         (c.fail, c.client_close, c.client_gone, c.backend_write_failed)
@@ -728,9 +895,6 @@ where
                     if let Some(close) = fail {
                         return DownEnd::Fail(close);
                     }
-                    if let Err(why) = self.write_client().await {
-                        return DownEnd::Abort(why);
-                    }
                     if let Some(code) = client_close {
                         if answer.is_none() {
                             answer = Some((code, tokio::time::Instant::now() + limits.close_timeout));
@@ -739,57 +903,54 @@ where
                         return DownEnd::Initiate(close);
                     }
                 }
-                r = read_more(&mut self.backend, &mut rbuf, &mut release) => {
-                    let eof = !matches!(r, Ok(n) if n > 0);
-                    if !eof {
-                        self.shared.touch();
-                    }
-                    // Everything read so far is delivered, on EOF too (a last unterminated line).
-                    match self.deliver(&mut rbuf, matches!(r, Ok(0))).await {
-                        Ok(()) => {}
-                        Err(Undeliverable::Client(why)) => return DownEnd::Abort(why),
-                        Err(Undeliverable::Backend(close)) => {
-                            return match answer {
-                                Some((code, _)) => DownEnd::Answer(code),
-                                None => DownEnd::Initiate(close),
-                            }
-                        }
-                    }
-                    if eof {
-                        if let Some((code, _)) = answer {
-                            return DownEnd::Answer(code);
-                        }
-                        return DownEnd::Initiate(if r.is_ok() { Close::BACKEND_EOF } else { Close::BACKEND_ERROR });
-                    }
-                }
                 _ = &mut housekeeping => {
                     armed = far_future();
                     let now = tokio::time::Instant::now();
+                    if self.out.stalled_since.is_some_and(|t| now >= t + limits.write_timeout) {
+                        return DownEnd::Abort(CLIENT_STALLED);
+                    }
                     if let Some((code, until)) = answer {
                         if now >= until {
-                            return DownEnd::Answer(code);
+                            return DownEnd::Answer { code, drop_queued: true };
                         }
                         continue;
                     }
                     if expires.is_some_and(|at| now >= at) {
-                        return DownEnd::Initiate(Close::CREDENTIAL_EXPIRED);
+                        return DownEnd::Interrupt(Close::CREDENTIAL_EXPIRED);
                     }
-                    if self.shared.idle_deadline(limits.idle_timeout) <= now {
-                        return DownEnd::Initiate(Close::IDLE);
+                    if self.shared.idle_deadline(limits.idle_timeout).is_some_and(|at| at <= now) {
+                        return DownEnd::Interrupt(Close::IDLE);
                     }
                     match keepalive.due(self.shared) {
                         Due::Nothing => {}
-                        Due::Ping => {
-                            encode_frame(&mut self.obuf, OpCode::Ping, b"wsgate");
-                            if let Err(why) = self.write_client().await {
-                                return DownEnd::Abort(why);
-                            }
-                        }
+                        Due::Ping => encode_frame(&mut self.out.buf, OpCode::Ping, b"wsgate"),
                         Due::Dead => return DownEnd::Abort(CLIENT_UNRESPONSIVE),
                     }
                 }
-                _ = &mut shutdown, if answer.is_none() => return DownEnd::Initiate(Close::SHUTDOWN),
-                _ = &mut kill, if answer.is_none() => return DownEnd::Initiate(Close::OPERATOR),
+                r = std::future::poll_fn(|cx| self.out.poll_step(cx, &mut self.client)), if self.out.busy() => {
+                    if r.is_err() {
+                        return DownEnd::Abort(CLIENT_GONE);
+                    }
+                }
+                r = read_more(&mut self.backend, &mut rbuf, &mut release), if room => {
+                    let eof = !matches!(r, Ok(n) if n > 0);
+                    if !eof {
+                        self.shared.touch();
+                    }
+                    // Everything read so far is queued, on EOF too (a last unterminated line).
+                    if let Err(close) = self.queue(&mut rbuf, matches!(r, Ok(0))) {
+                        return match answer {
+                            Some((code, _)) => DownEnd::Answer { code, drop_queued: false },
+                            None => DownEnd::Initiate(close),
+                        };
+                    }
+                    if eof {
+                        if let Some((code, _)) = answer {
+                            return DownEnd::Answer { code, drop_queued: false };
+                        }
+                        return DownEnd::Initiate(if r.is_ok() { Close::BACKEND_EOF } else { Close::BACKEND_ERROR });
+                    }
+                }
             }
         }
     }
@@ -801,10 +962,17 @@ where
         keepalive: &mut Keepalive,
         expires: Option<tokio::time::Instant>,
     ) -> tokio::time::Instant {
+        let stall = self
+            .out
+            .stalled_since
+            .map(|t| t + self.route.limits.write_timeout);
+        let mut due = stall.unwrap_or_else(far_future);
         if let Some((_, until)) = answer {
-            return *until;
+            return due.min(*until);
         }
-        let mut due = self.shared.idle_deadline(self.route.limits.idle_timeout);
+        if let Some(idle) = self.shared.idle_deadline(self.route.limits.idle_timeout) {
+            due = due.min(idle);
+        }
         if let Some(k) = keepalive.next(self.shared) {
             due = due.min(k);
         }
@@ -814,86 +982,82 @@ where
         due
     }
 
-    /// Turn what the backend sent into frames and write them.
-    async fn deliver(&mut self, rbuf: &mut BytesMut, eof: bool) -> Result<(), Undeliverable> {
+    /// Turn what the backend sent into frames on the output queue. `Err`: the backend broke the
+    /// framing rules (what came before the fault is queued).
+    fn queue(&mut self, rbuf: &mut BytesMut, eof: bool) -> Result<(), Close> {
         loop {
-            match self.from.next(rbuf, eof) {
-                Ok(Some(m)) => {
+            match self.from.next(rbuf, eof)? {
+                Some(m) => {
                     let opcode = if m.text { OpCode::Text } else { OpCode::Binary };
                     self.traffic.add_message();
                     self.traffic.add_bytes(m.payload.len());
-                    encode_frame(&mut self.obuf, opcode, m.payload);
-                    if self.obuf.len() >= FLUSH_THRESHOLD_BYTES {
-                        self.write_client().await.map_err(Undeliverable::Client)?;
-                    }
+                    encode_frame(&mut self.out.buf, opcode, m.payload);
                 }
-                Ok(None) => break,
-                Err(close) => {
-                    self.write_client().await.map_err(Undeliverable::Client)?;
-                    return Err(Undeliverable::Backend(close));
-                }
+                None => return Ok(()),
             }
         }
-        self.write_client().await.map_err(Undeliverable::Client)
     }
 
-    /// Write `obuf` to the client. A write that makes no progress for `write_timeout` (a client
-    /// that stopped reading) fails, and the connection is cut.
-    async fn write_client(&mut self) -> Result<(), &'static str> {
-        if self.obuf.is_empty() {
-            return Ok(());
-        }
-        let stall = self.route.limits.write_timeout;
-        let mut written = 0;
-        while written < self.obuf.len() {
-            match write_within(&mut self.client, &self.obuf[written..], stall).await {
-                Some(Ok(n)) if n > 0 => written += n,
-                Some(_) => return Err(CLIENT_GONE),
-                None => return Err(CLIENT_STALLED),
+    /// Write and flush as much as the client takes without waiting. A write that cannot go on
+    /// starts the stall clock (`write_timeout`); the loop waits for the socket.
+    async fn write_now(&mut self) -> Result<(), &'static str> {
+        while self.out.busy() {
+            let step =
+                std::future::poll_fn(|cx| Poll::Ready(self.out.poll_step(cx, &mut self.client)))
+                    .await;
+            match step {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Err(CLIENT_GONE),
+                Poll::Pending => {
+                    if self.out.stalled_since.is_none() {
+                        self.out.stalled_since = Some(tokio::time::Instant::now());
+                    }
+                    return Ok(());
+                }
             }
         }
-        match tokio::time::timeout(stall, self.client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(CLIENT_GONE),
-            Err(_) => return Err(CLIENT_STALLED),
-        }
-        self.obuf.clear();
         Ok(())
     }
 
     /// Send the session's Close (if any can be sent), run the closing handshake, close the client
-    /// connection. Returns the Close we sent.
+    /// connection. The whole closing handshake, writing what is left of the queue included, is
+    /// bounded by `close_timeout`. Returns the Close we sent.
     async fn finish(&mut self, end: DownEnd) -> Option<Close> {
-        let close_timeout = self.route.limits.close_timeout;
+        let deadline = tokio::time::Instant::now() + self.route.limits.close_timeout;
         let failed = matches!(end, DownEnd::Fail(_));
         let sent = match end {
             DownEnd::Abort(why) => {
                 self.cut = Some(why);
                 None
             }
-            DownEnd::Answer(code) => {
-                ws::close::encode_close(code, "", &mut self.obuf);
+            DownEnd::Answer { code, drop_queued } => {
+                if drop_queued {
+                    self.out.drop_unstarted();
+                }
+                ws::close::encode_close(code, "", &mut self.out.buf);
                 let close = Close::new(
                     code.unwrap_or(CloseCode::NORMAL),
                     "client closed",
                     Side::Client,
                 );
-                self.write_client().await.ok().map(|_| close)
+                self.send_close(deadline).await.then_some(close)
             }
-            DownEnd::Fail(close) | DownEnd::Initiate(close) => {
-                ws::close::encode_close(Some(close.code), close.reason, &mut self.obuf);
-                let ok = self.write_client().await.is_ok();
-                self.shared.tell_up(|c| c.close_sent = true);
-                if ok && matches!(end, DownEnd::Initiate(_)) {
+            DownEnd::Initiate(close) | DownEnd::Interrupt(close) | DownEnd::Fail(close) => {
+                if !matches!(end, DownEnd::Initiate(_)) {
+                    self.out.drop_unstarted();
+                }
+                ws::close::encode_close(Some(close.code), close.reason, &mut self.out.buf);
+                let ok = self.send_close(deadline).await;
+                if ok && !failed {
                     // RFC 6455 §5.5.1: wait (bounded) for the client's Close before closing TCP.
-                    self.wait_for_upstream(close_timeout).await;
+                    self.wait_for_upstream(deadline).await;
                 }
                 ok.then_some(close)
             }
         };
         if sent.is_some() {
             // FIN (and TLS close_notify): the server closes the TCP connection first (RFC 6455 §7.1.1).
-            let _ = tokio::time::timeout(close_timeout, self.client.shutdown()).await;
+            let _ = tokio::time::timeout_at(deadline, self.client.shutdown()).await;
         }
         if !failed {
             // After a protocol error upstream keeps draining the client until it closes (bounded by
@@ -903,8 +1067,31 @@ where
         sent
     }
 
-    async fn wait_for_upstream(&mut self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
+    /// Write the queue, the Close last, by `deadline`. `false`: it could not be sent (the reason
+    /// is kept for the log).
+    async fn send_close(&mut self, deadline: tokio::time::Instant) -> bool {
+        let write = async {
+            while self.out.busy() {
+                std::future::poll_fn(|cx| self.out.poll_step(cx, &mut self.client))
+                    .await
+                    .map_err(|_| CLIENT_GONE)?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => true,
+            Ok(Err(why)) => {
+                self.cut = Some(why);
+                false
+            }
+            Err(_) => {
+                self.cut = Some(CLIENT_CLOSE_SLOW);
+                false
+            }
+        }
+    }
+
+    async fn wait_for_upstream(&mut self, deadline: tokio::time::Instant) {
         loop {
             if self.shared.lock().up_done {
                 return;
@@ -914,20 +1101,6 @@ where
                 _ = tokio::time::sleep_until(deadline) => return,
             }
         }
-    }
-}
-
-/// One write, allowed `stall` to make progress (`None`: it did not). The write is tried first
-/// without a timer: a socket with room in its send buffer (the common case) costs no clock read
-/// and no timer registration.
-async fn write_within<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    buf: &[u8],
-    stall: Duration,
-) -> Option<io::Result<usize>> {
-    match write_now(w, buf).await {
-        Poll::Ready(r) => Some(r),
-        Poll::Pending => tokio::time::timeout(stall, w.write(buf)).await.ok(),
     }
 }
 
@@ -949,4 +1122,67 @@ fn encode_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
     out.reserve(n + payload.len());
     out.extend_from_slice(&header[..n]);
     out.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_rate_allows_a_burst_then_the_rate() {
+        let mut c = ControlRate::new(10);
+        // A full bucket: ten at once.
+        assert!((0..10).all(|_| c.allow(0)));
+        assert!(!c.allow(0));
+        // One frame's worth comes back every 100 ms.
+        assert!(!c.allow(99));
+        assert!(c.allow(100));
+        assert!(!c.allow(150));
+        // A quiet second refills the bucket, never beyond one burst.
+        assert!((0..10).all(|_| c.allow(10_000)));
+        assert!(!c.allow(10_000));
+        // A clock that goes backwards adds nothing.
+        assert!(!c.allow(5_000));
+    }
+
+    fn frames(sizes: &[usize]) -> Output {
+        let mut out = Output::default();
+        for (i, &n) in sizes.iter().enumerate() {
+            encode_frame(&mut out.buf, OpCode::Binary, &vec![i as u8; n]);
+        }
+        out
+    }
+
+    #[test]
+    fn output_keeps_the_frame_in_progress_and_drops_the_rest() {
+        // Frames of 2+100, 4+200 and 4+70000 (10-byte header) bytes.
+        let mut out = frames(&[100, 200, 70_000]);
+        out.written = 150; // inside the second frame
+        out.drop_unstarted();
+        assert_eq!(out.buf.len(), 102 + 204);
+        // On a boundary nothing of the next frame is kept.
+        let mut out = frames(&[100, 200]);
+        out.written = 102;
+        out.drop_unstarted();
+        assert_eq!(out.buf.len(), 102);
+    }
+
+    #[test]
+    fn output_compaction_keeps_frame_boundaries() {
+        let mut out = frames(&[70_000, 10, 20]);
+        // Write into the middle of the first (large) frame: compaction drops the written bytes.
+        out.advance(FLUSH_THRESHOLD_BYTES + 5);
+        assert_eq!(out.written, 0);
+        let rest_of_first = 70_010 - (FLUSH_THRESHOLD_BYTES + 5);
+        assert_eq!(out.partial, rest_of_first);
+        assert_eq!(out.buf.len(), rest_of_first + 12 + 22);
+        // A Close now still goes after the first frame, not in the middle of it.
+        out.advance(10);
+        out.drop_unstarted();
+        assert_eq!(out.buf.len(), rest_of_first);
+        // Everything written: the queue is empty and boundaries start afresh.
+        out.advance(rest_of_first - 10);
+        assert_eq!((out.buf.len(), out.written, out.partial), (0, 0, 0));
+        assert!(out.unflushed);
+    }
 }

@@ -38,6 +38,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backend::Pool;
 use crate::config::{Config, Route};
+use crate::framing::MessageBudget;
 use crate::handshake::{self, Reject};
 use crate::metrics::{AuthLabel, CloseLabel, Metrics, RouteLabel};
 use crate::pump::{self, SessionInfo, SessionStats};
@@ -48,6 +49,8 @@ const RESPONSE_GRACE_SECS: u64 = 10;
 /// Backoff after an accept error such as "too many open files", doubled up to the maximum.
 const ACCEPT_BACKOFF_START_MS: u64 = 10;
 const ACCEPT_BACKOFF_MAX_MS: u64 = 1000;
+/// Unsent bytes the kernel may hold for one client connection (TCP_NOTSENT_LOWAT).
+const CLIENT_NOTSENT_LOWAT_BYTES: u32 = 128 * 1024;
 /// Pending connections the kernel queues per listener (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 4096;
 /// How often certificate files are checked for changes.
@@ -170,6 +173,8 @@ pub struct Gateway {
     pub ready: AtomicBool,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Client message bytes held whole by all sessions (`partial_message_budget`).
+    budget: Arc<MessageBudget>,
 }
 
 impl Gateway {
@@ -296,6 +301,7 @@ pub async fn run(
     };
     let metrics = Metrics::new();
     let grace = config.http.shutdown_grace;
+    let budget = MessageBudget::new(config.http.partial_message_budget);
     let gw = Arc::new(Gateway {
         state: RwLock::new(Arc::new(State::build(config, &metrics, None))),
         sessions: TaskTracker::new(),
@@ -307,6 +313,7 @@ pub async fn run(
         ready: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        budget,
     });
 
     let stop_accepting = CancellationToken::new();
@@ -412,6 +419,7 @@ pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
         );
     }
     let routes = new.routes.len();
+    gw.budget.set_limit(new.http.partial_message_budget);
     gw.set_state(State::build(new, &gw.metrics, Some(&old)));
     info!(
         routes,
@@ -519,9 +527,12 @@ async fn accept_loop(
     }
 }
 
-/// A client listener. TCP_NODELAY is set on the listening socket, and Linux gives it to every
-/// accepted connection, which saves a system call per connection (frames go out as soon as
-/// they are written; the gateway batches its writes itself).
+/// A client listener. Options set on the listening socket are given by Linux to every accepted
+/// connection, which saves system calls per connection:
+/// - TCP_NODELAY: frames go out as soon as they are written (the gateway batches its writes).
+/// - TCP_NOTSENT_LOWAT: the kernel holds at most [`CLIENT_NOTSENT_LOWAT_BYTES`] of data not yet
+///   sent to a client, so what the gateway queues next (a Close after a control event, a Pong)
+///   waits behind that much at most, not behind megabytes of a fast backend's stream.
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -530,6 +541,8 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
+    #[cfg(target_os = "linux")]
+    socket2::SockRef::from(&socket).set_tcp_notsent_lowat(CLIENT_NOTSENT_LOWAT_BYTES)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -795,6 +808,7 @@ async fn upgrade(
         expires_at: identity.expires_at,
         stats: Arc::new(SessionStats::default()),
         kill: CancellationToken::new(),
+        budget: gw.budget.clone(),
     };
     let claims = Claims {
         lease,

@@ -103,6 +103,9 @@ bind = "127.0.0.1:0"
 [[route]]
 path = "/i"
 backend = "{}"
+[route.limits]
+# The traffic interleaves a Ping every few messages, sent as fast as the socket takes them.
+control_frames_per_second = 100000
 "#,
         rec.backend.config_addr()
     ))

@@ -23,6 +23,7 @@ impl CloseCode {
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Largest payload of a control frame (RFC 6455 §5.5).

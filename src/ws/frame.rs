@@ -85,6 +85,22 @@ pub fn encode_header(
     }
 }
 
+/// The total length (header and payload) of the unmasked server frame at the start of `buf`,
+/// as written by [`encode_header`]; `None` when `buf` does not hold its whole header. Used to
+/// find frame boundaries in a queue of outgoing frames.
+pub fn server_frame_len(buf: &[u8]) -> Option<usize> {
+    let len7 = *buf.get(1)? & 0x7F;
+    let (header, payload) = match len7 {
+        126 => (
+            4,
+            u64::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+        ),
+        127 => (10, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)),
+        n => (2, u64::from(n)),
+    };
+    usize::try_from(payload).ok()?.checked_add(header)
+}
+
 /// Size limits the decoder enforces (RFC 6455 §10.4); exceeding any of them fails the
 /// connection with 1009 (RFC 6455 §7.4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -752,6 +768,18 @@ mod tests {
             };
             assert_eq!(decoded, len);
             assert_eq!(h[1] & 0x80, 0, "server frames are never masked");
+        }
+    }
+
+    #[test]
+    fn server_frame_len_reads_back_encode_header() {
+        let mut h = [0u8; MAX_SERVER_HEADER_BYTES];
+        for len in [0u64, 1, 125, 126, 127, 0xFFFF, 0x1_0000, 1 << 40] {
+            let used = encode_header(true, OpCode::Binary, len, &mut h);
+            let total = usize::try_from(len).unwrap() + used;
+            assert_eq!(server_frame_len(&h[..used]), Some(total));
+            // A header cut short is not a length.
+            assert_eq!(server_frame_len(&h[..used - 1]), None);
         }
     }
 
