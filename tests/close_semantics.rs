@@ -174,6 +174,43 @@ async fn idle_session_is_closed_with_1001() {
 }
 
 #[tokio::test]
+async fn idle_timeout_off_keeps_a_quiet_session_open() {
+    let quiet = backends::echo().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[[route]]
+path = "/short"
+backend = "{0}"
+[[route]]
+path = "/console"
+backend = "{0}"
+[route.limits]
+idle_timeout = "off"
+[limits]
+idle_timeout = "1s"
+"#,
+        quiet.config_addr()
+    ))
+    .await;
+    let mut console = RawWs::connect(gw.addr(), "/console").await;
+    let mut short = RawWs::connect(gw.addr(), "/short").await;
+    // The route with the global 1 s closes; then, as long again, the quiet console stays open.
+    assert_eq!(short.close_code().await, Some(1001));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    console.send(&frames::binary(b"still here")).await;
+    let f = console
+        .next_frame()
+        .await
+        .expect("the console session is open");
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (OP_BINARY, &b"still here"[..])
+    );
+}
+
+#[tokio::test]
 async fn traffic_keeps_a_session_from_going_idle() {
     let stub = backends::echo().await;
     let gw = gateway(&stub.config_addr(), "idle_timeout = \"2s\"").await;
