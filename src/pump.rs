@@ -306,7 +306,7 @@ impl Shared {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn at_ms(&self, ms: u64) -> tokio::time::Instant {
@@ -785,15 +785,15 @@ impl Keepalive {
         };
         let now = shared.now_ms();
         let last = shared.last_client_read_ms.load(Ordering::Relaxed);
-        let ms = |d: Duration| d.as_millis() as u64;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         match self.ping_sent_ms {
             Some(sent) if last >= sent => {
                 self.ping_sent_ms = None;
                 Due::Nothing
             }
-            Some(sent) if now >= sent + ms(self.pong_timeout) => Due::Dead,
+            Some(sent) if now >= sent.saturating_add(ms(self.pong_timeout)) => Due::Dead,
             Some(_) => Due::Nothing,
-            None if now >= last + ms(interval) => {
+            None if now >= last.saturating_add(ms(interval)) => {
                 self.ping_sent_ms = Some(now);
                 Due::Ping
             }
@@ -1148,7 +1148,11 @@ mod tests {
     fn frames(sizes: &[usize]) -> Output {
         let mut out = Output::default();
         for (i, &n) in sizes.iter().enumerate() {
-            encode_frame(&mut out.buf, OpCode::Binary, &vec![i as u8; n]);
+            encode_frame(
+                &mut out.buf,
+                OpCode::Binary,
+                &vec![u8::try_from(i).unwrap(); n],
+            );
         }
         out
     }
