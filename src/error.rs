@@ -29,13 +29,13 @@ impl fmt::Display for Side {
 /// A session-ending event: the close code sent to the client, a short reason, who caused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Close {
-    pub code: u16,
+    pub code: CloseCode,
     pub reason: &'static str,
     pub by: Side,
 }
 
 impl Close {
-    pub const fn new(code: u16, reason: &'static str, by: Side) -> Close {
+    pub const fn new(code: CloseCode, reason: &'static str, by: Side) -> Close {
         Close { code, reason, by }
     }
 
@@ -83,6 +83,41 @@ impl Close {
         "gateway shutting down",
         Side::Gateway,
     );
+}
+
+/// How a session ended, as the access line and the metrics tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The gateway sent this Close frame.
+    Closed(Close),
+    /// The connection was cut without a Close from the gateway: why, and which side's failure
+    /// (or decision) it was.
+    Cut { reason: &'static str, by: Side },
+}
+
+impl SessionEnd {
+    /// The code of the Close the gateway sent, if it sent one.
+    pub fn code(&self) -> Option<CloseCode> {
+        match self {
+            SessionEnd::Closed(c) => Some(c.code),
+            SessionEnd::Cut { .. } => None,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SessionEnd::Closed(c) => c.reason,
+            SessionEnd::Cut { reason, .. } => reason,
+        }
+    }
+
+    /// Who ended the session.
+    pub fn by(&self) -> Side {
+        match self {
+            SessionEnd::Closed(c) => c.by,
+            SessionEnd::Cut { by, .. } => *by,
+        }
+    }
 }
 
 impl fmt::Display for Close {

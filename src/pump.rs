@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Route;
-use crate::error::{Close, Side};
+use crate::error::{Close, SessionEnd, Side};
 use crate::framing::{FromBackend, MessageBudget, ToBackend};
 use crate::ws::{self, CloseCode, Decoder, DecoderLimits, Frame, OpCode};
 
@@ -164,9 +164,9 @@ pub struct Counts {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     /// The Close we sent (code, reason, cause), or why the connection was cut without one.
-    pub close: Result<Close, &'static str>,
+    pub end: SessionEnd,
     /// The close code the client sent, if it sent a Close frame (`Some(None)`: empty Close).
-    pub client_close: Option<Option<u16>>,
+    pub client_close: Option<Option<CloseCode>>,
     /// Client -> backend.
     pub up: Counts,
     /// Backend -> client.
@@ -229,13 +229,13 @@ where
             .unwrap_or_default();
         tokio::time::Instant::now() + left
     });
-    let ((), close) = tokio::join!(
+    let ((), end) = tokio::join!(
         up.run(limits, preread),
         down.run(shutdown, &info.kill, expires)
     );
     let client_close = shared.lock().client_close;
     Outcome {
-        close,
+        end,
         client_close,
         up: info.stats.up.snapshot(),
         down: info.stats.down.snapshot(),
@@ -249,7 +249,7 @@ struct Ctl {
     /// Encoded Pong frames not yet written, bounded by [`MAX_PENDING_PONG_BYTES`].
     pongs: BytesMut,
     /// The client sent Close (inner: its code, if any).
-    client_close: Option<Option<u16>>,
+    client_close: Option<Option<CloseCode>>,
     /// The client broke the protocol (or our framing rules): send this Close and cut.
     fail: Option<Close>,
     /// Writing to the backend failed or stalled (the Close to send).
@@ -331,7 +331,7 @@ impl Shared {
 
 /// Why upstream stopped decoding.
 enum UpStop {
-    ClientClose(Option<u16>),
+    ClientClose(Option<CloseCode>),
     Fail(Close),
 }
 
@@ -638,7 +638,7 @@ enum DownEnd {
     /// The client closed first: answer with its code, after the queued frames unless
     /// `drop_queued` (the close deadline passed, or a control event came while draining).
     Answer {
-        code: Option<u16>,
+        code: Option<CloseCode>,
         drop_queued: bool,
     },
     /// The client broke the protocol: queued frames are dropped, this Close is sent, and the
@@ -812,10 +812,16 @@ where
         shutdown: CancellationToken,
         kill: &CancellationToken,
         expires: Option<tokio::time::Instant>,
-    ) -> Result<Close, &'static str> {
+    ) -> SessionEnd {
         let end = self.pump(shutdown, kill, expires).await;
-        let close = self.finish(end).await;
-        close.ok_or(self.cut.unwrap_or(CLIENT_GONE))
+        match self.finish(end).await {
+            Some(close) => SessionEnd::Closed(close),
+            // Every way of ending without a Close is the client connection failing.
+            None => SessionEnd::Cut {
+                reason: self.cut.unwrap_or(CLIENT_GONE),
+                by: Side::Client,
+            },
+        }
     }
 
     /// Move backend bytes to the client until something ends the session.
@@ -836,7 +842,7 @@ where
         let mut rbuf = BytesMut::new();
         // Set once the client has sent Close: the code we echo, and until when the backend may
         // still send (it got a FIN).
-        let mut answer: Option<(Option<u16>, tokio::time::Instant)> = None;
+        let mut answer: Option<(Option<CloseCode>, tokio::time::Instant)> = None;
         let mut keepalive = Keepalive {
             interval: limits.ping_interval,
             pong_timeout: limits.pong_timeout,
@@ -958,7 +964,7 @@ where
     /// The earliest deadline this half has to act on.
     fn next_deadline(
         &self,
-        answer: &Option<(Option<u16>, tokio::time::Instant)>,
+        answer: &Option<(Option<CloseCode>, tokio::time::Instant)>,
         keepalive: &mut Keepalive,
         expires: Option<tokio::time::Instant>,
     ) -> tokio::time::Instant {

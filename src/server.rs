@@ -38,10 +38,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::backend::Pool;
 use crate::config::{Config, Route};
+use crate::error::{SessionEnd, Side};
 use crate::framing::MessageBudget;
 use crate::handshake::{self, Reject};
 use crate::metrics::{AuthLabel, CloseLabel, Metrics, RouteLabel};
 use crate::pump::{self, SessionInfo, SessionStats};
+use crate::ws::CloseCode;
 use crate::{admin, auth, demo, proxy_protocol, static_files};
 
 /// Time allowed, beyond the handshake and backend-connect deadlines, to write an HTTP answer.
@@ -898,7 +900,7 @@ async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     let outcome = tokio::select! {
         outcome = client.pump(&info, &preread, backend, shutdown) => outcome,
         _ = gw.cut.cancelled() => pump::Outcome {
-            close: Err(CUT_AT_GRACE),
+            end: SessionEnd::Cut { reason: CUT_AT_GRACE, by: Side::Gateway },
             client_close: None,
             up: info.stats.up.snapshot(),
             down: info.stats.down.snapshot(),
@@ -921,18 +923,16 @@ async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     counters.bytes_down.inc_by(outcome.down.bytes);
     counters.messages_up.inc_by(outcome.up.messages);
     counters.messages_down.inc_by(outcome.down.messages);
-    let (code, reason, by) = match &outcome.close {
-        Ok(c) => (Some(c.code), c.reason, c.by.to_string()),
-        Err(why) if *why == CUT_AT_GRACE => (None, *why, "gateway".to_string()),
-        Err(why) => (None, *why, "client".to_string()),
-    };
+    let code = outcome.end.code().map(CloseCode::get);
+    let reason = outcome.end.reason();
+    let by = outcome.end.by().to_string();
     // Numbers in the log: 1006 when no Close was sent, 1005 for a Close without a code (their
     // meanings in RFC 6455 §7.4.1; neither ever goes on the wire).
     let close_code = code.unwrap_or(CLOSE_CODE_NONE_SENT);
     let client_close_code = match outcome.client_close {
         None => CLOSE_CODE_NONE_SENT,
         Some(None) => CLOSE_CODE_EMPTY,
-        Some(Some(c)) => c,
+        Some(Some(c)) => c.get(),
     };
     gw.metrics
         .closes

@@ -10,20 +10,45 @@ use bytes::BytesMut;
 
 use crate::ws::frame::{encode_header, OpCode, ProtocolError, MAX_SERVER_HEADER_BYTES};
 
-/// Close status codes (RFC 6455 §7.4.1 and the IANA registry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseCode;
+/// A close status code that may go on the wire (RFC 6455 §7.4). Values come only from the
+/// constants below or from [`CloseCode::from_wire`], so the codes that MUST NOT be sent in a
+/// Close frame (1005, 1006, 1015) and the invalid ranges cannot be encoded. Those codes exist
+/// only as numbers in the access log, for "no code" and "no Close" (RFC 6455 §7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CloseCode(u16);
 
 impl CloseCode {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const POLICY_VIOLATION: u16 = 1008;
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    pub const INTERNAL_ERROR: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const NORMAL: CloseCode = CloseCode(1000);
+    pub const GOING_AWAY: CloseCode = CloseCode(1001);
+    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
+    pub const UNSUPPORTED_DATA: CloseCode = CloseCode(1003);
+    pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
+    pub const POLICY_VIOLATION: CloseCode = CloseCode(1008);
+    pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
+    pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
+    pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
+
+    /// A code received from a peer, if it is one that may be sent on the wire.
+    pub fn from_wire(code: u16) -> Option<CloseCode> {
+        is_valid_wire_code(code).then_some(CloseCode(code))
+    }
+
+    /// The number.
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartialEq<u16> for CloseCode {
+    fn eq(&self, other: &u16) -> bool {
+        self.0 == *other
+    }
 }
 
 /// Largest payload of a control frame (RFC 6455 §5.5).
@@ -61,7 +86,7 @@ pub fn is_valid_wire_code(code: u16) -> bool {
 /// A validated Close frame body: the code and a UTF-8 reason (may be empty).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CloseFrame<'a> {
-    pub code: u16,
+    pub code: CloseCode,
     pub reason: &'a str,
 }
 
@@ -79,11 +104,8 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame<'_>>, Pro
         // RFC 6455 §5.5.1: if there is a body, its first two bytes MUST be the status code.
         [_] => Err(ONE_BYTE_BODY),
         [hi, lo, reason @ ..] => {
-            let code = u16::from_be_bytes([*hi, *lo]);
             // RFC 6455 §7.4: only codes valid on the wire may be received.
-            if !is_valid_wire_code(code) {
-                return Err(INVALID_CODE);
-            }
+            let code = CloseCode::from_wire(u16::from_be_bytes([*hi, *lo])).ok_or(INVALID_CODE)?;
             // RFC 6455 §5.5.1: the reason is UTF-8; §8.1: invalid UTF-8 fails the connection
             // (1007).
             let reason = std::str::from_utf8(reason).map_err(|_| REASON_NOT_UTF8)?;
@@ -109,7 +131,7 @@ fn truncate_on_char_boundary(reason: &str, max: usize) -> &str {
 /// The reason is truncated on a char boundary so that the payload stays <= 125 bytes.
 /// `code == None` writes a Close frame with an empty payload (the reason is then ignored,
 /// RFC 6455 §5.5.1: a reason may only follow a code).
-pub fn encode_close(code: Option<u16>, reason: &str, out: &mut BytesMut) {
+pub fn encode_close(code: Option<CloseCode>, reason: &str, out: &mut BytesMut) {
     let mut header = [0u8; MAX_SERVER_HEADER_BYTES];
     match code {
         None => {
@@ -124,7 +146,7 @@ pub fn encode_close(code: Option<u16>, reason: &str, out: &mut BytesMut) {
             out.reserve(n + payload_len);
             out.extend_from_slice(header.get(..n).unwrap_or_default());
             // RFC 6455 §5.5.1: the code is a 2-byte unsigned integer in network byte order.
-            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(&code.get().to_be_bytes());
             out.extend_from_slice(reason.as_bytes());
         }
     }
@@ -171,7 +193,7 @@ mod tests {
         assert_eq!(
             parse_close_payload(&[0x03, 0xE8]),
             Ok(Some(CloseFrame {
-                code: 1000,
+                code: CloseCode(1000),
                 reason: ""
             }))
         );
@@ -180,7 +202,7 @@ mod tests {
         assert_eq!(
             parse_close_payload(&p),
             Ok(Some(CloseFrame {
-                code: 4000,
+                code: CloseCode(4000),
                 reason: "bye ☃"
             }))
         );
@@ -188,7 +210,7 @@ mod tests {
         max.extend(std::iter::repeat_n(b'x', 123));
         assert_eq!(
             parse_close_payload(&max).map(|c| c.map(|c| c.code)),
-            Ok(Some(1001))
+            Ok(Some(CloseCode(1001)))
         );
     }
 
@@ -242,12 +264,12 @@ mod tests {
         assert_eq!(
             parse_close_payload(&frame[2..]),
             Ok(Some(CloseFrame {
-                code: 1001,
+                code: CloseCode(1001),
                 reason: "shutting down"
             }))
         );
         let mut out = BytesMut::new();
-        encode_close(Some(1000), "", &mut out);
+        encode_close(Some(CloseCode(1000)), "", &mut out);
         assert_eq!(&out[..], &[0x88, 0x02, 0x03, 0xE8]);
     }
 
@@ -257,7 +279,7 @@ mod tests {
         let mut reason = "r".repeat(122);
         reason.push('€');
         let mut out = BytesMut::new();
-        encode_close(Some(1011), &reason, &mut out);
+        encode_close(Some(CloseCode(1011)), &reason, &mut out);
         assert_eq!(out[1], 2 + 122);
         let parsed = parse_close_payload(&out[2..]).unwrap().unwrap();
         assert_eq!(parsed.reason, &reason[..122]);
@@ -266,7 +288,7 @@ mod tests {
             for filler in ["a", "é", "€", "😀"] {
                 let reason = filler.repeat(len);
                 let mut out = BytesMut::new();
-                encode_close(Some(1000), &reason, &mut out);
+                encode_close(Some(CloseCode(1000)), &reason, &mut out);
                 let payload_len = out[1] as usize;
                 assert!(payload_len <= 125);
                 assert_eq!(out.len(), 2 + payload_len);

@@ -118,7 +118,7 @@ pub struct DecoderLimits {
 /// short human-readable reason (<= 123 bytes, ASCII) for the Close frame and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProtocolError {
-    pub code: u16,
+    pub code: CloseCode,
     pub reason: &'static str,
 }
 
@@ -636,7 +636,7 @@ mod tests {
             },
             Frame::Ping(p) => Item::Ping(p.to_vec()),
             Frame::Pong(p) => Item::Pong(p.to_vec()),
-            Frame::Close(c) => Item::Close(c.map(|c| (c.code, c.reason.to_string()))),
+            Frame::Close(c) => Item::Close(c.map(|c| (c.code.get(), c.reason.to_string()))),
         }
     }
 
@@ -682,7 +682,7 @@ mod tests {
     }
 
     fn error_code(input: &[u8]) -> Option<u16> {
-        run_whole(input).1.err().map(|e| e.code)
+        run_whole(input).1.err().map(|e| e.code.get())
     }
 
     /// Join the Data pieces of each frame/message; keeps control frames as they are.
@@ -1384,7 +1384,7 @@ mod tests {
             INVALID_UTF8,
         ] {
             assert!(e.reason.len() <= 123 && e.reason.is_ascii(), "{e}");
-            assert!([1002, 1007, 1009].contains(&e.code));
+            assert!([1002, 1007, 1009].contains(&e.code.get()));
         }
         assert_eq!(
             UNMASKED.to_string(),
