@@ -9,7 +9,7 @@
 //! auth        Origin policy, subprotocol selection                      -> 403
 //! backend     connect to the route's backend, with a deadline           -> 502 / 504
 //!             101 Switching Protocols, then the session task:
-//! pump        upstream (client -> backend) and downstream (backend -> client)
+//! pump        upstream (client -> backend) and downstream (backend -> client, control events)
 //! ws          frame codec: unmasking, limits, UTF-8, control frames      -> 1002 / 1007 / 1009
 //! framing     messages <-> backend bytes: raw, lines, length-prefixed    -> 1003 / 1007 / 1011
 //! error       how a session ends: one close code, and the side that caused it

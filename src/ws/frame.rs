@@ -85,6 +85,15 @@ pub fn encode_header(
     }
 }
 
+/// Append one unmasked, unfragmented server frame (header and payload) to `out`.
+pub fn encode_frame(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    let mut header = [0u8; MAX_SERVER_HEADER_BYTES];
+    let n = encode_header(true, opcode, payload.len() as u64, &mut header);
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+}
+
 /// The total length (header and payload) of the unmasked server frame at the start of `buf`,
 /// as written by [`encode_header`]; `None` when `buf` does not hold its whole header. Used to
 /// find frame boundaries in a queue of outgoing frames.

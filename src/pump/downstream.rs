@@ -1,0 +1,379 @@
+//! Backend -> client: read the backend, write frames to the client, and act on every control
+//! event and deadline of the session.
+
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::io::{read_more, Output, ReadReady};
+use super::keepalive::{Due, Keepalive};
+use super::{far_future, Shared, Traffic, BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES};
+use crate::config::Route;
+use crate::error::{Close, SessionEnd, Side};
+use crate::framing::FromBackend;
+use crate::ws::{self, encode_frame, CloseCode, OpCode};
+
+pub(super) struct Downstream<'s, R, W> {
+    backend: R,
+    client: W,
+    shared: &'s Shared,
+    from: FromBackend,
+    out: Output,
+    route: &'s Route,
+    traffic: &'s Traffic,
+    /// Why the connection was cut without a Close, if it was.
+    cut: Option<&'static str>,
+}
+
+/// How downstream's main loop ended, and so what its Close frame is.
+enum DownEnd {
+    /// Send this Close after every frame already queued (the backend ended or failed: what it
+    /// sent before is delivered first).
+    Initiate(Close),
+    /// A control event (shutdown, operator, credential expiry, idle): frames queued but not yet
+    /// started are dropped, and this Close follows the frame in progress.
+    Interrupt(Close),
+    /// The client closed first: answer with its code, after the queued frames unless
+    /// `drop_queued` (the close deadline passed, or a control event came while draining).
+    Answer {
+        code: Option<CloseCode>,
+        drop_queued: bool,
+    },
+    /// The client broke the protocol: queued frames are dropped, this Close is sent, and the
+    /// client's Close is not waited for.
+    Fail(Close),
+    /// The client connection is unusable; nothing can be sent. The reason is logged.
+    Abort(&'static str),
+}
+
+const CLIENT_GONE: &str = "client connection lost without a Close";
+const CLIENT_STALLED: &str = "client stopped reading (write_timeout)";
+const CLIENT_UNRESPONSIVE: &str = "client did not answer a keepalive ping (pong_timeout)";
+const CLIENT_CLOSE_SLOW: &str = "client did not take the Close within close_timeout";
+
+impl<'s, R, W> Downstream<'s, R, W>
+where
+    R: ReadReady + Send,
+    W: AsyncWrite + Unpin,
+{
+    pub(super) fn new(
+        backend: R,
+        client: W,
+        shared: &'s Shared,
+        from: FromBackend,
+        route: &'s Route,
+        traffic: &'s Traffic,
+    ) -> Self {
+        Downstream {
+            backend,
+            client,
+            shared,
+            from,
+            out: Output::default(),
+            route,
+            traffic,
+            cut: None,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        kill: &CancellationToken,
+        expires: Option<tokio::time::Instant>,
+    ) -> SessionEnd {
+        let end = self.pump(shutdown, kill, expires).await;
+        match self.finish(end).await {
+            Some(close) => SessionEnd::Closed(close),
+            // Every way of ending without a Close is the client connection failing.
+            None => SessionEnd::Cut {
+                reason: self.cut.unwrap_or(CLIENT_GONE),
+                by: Side::Client,
+            },
+        }
+    }
+
+    /// Move backend bytes to the client until something ends the session.
+    ///
+    /// Reading the backend, writing the client and every control event (shutdown, operator
+    /// close, credential expiry, the client's Close, the close, idle, keepalive and write
+    /// deadlines) are branches of one `select!`, and control comes first: a backend that always
+    /// has data ready or a client that reads slowly never keeps an event from being seen. The
+    /// backend is read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for the client
+    /// (backpressure).
+    async fn pump(
+        &mut self,
+        shutdown: CancellationToken,
+        kill: &CancellationToken,
+        expires: Option<tokio::time::Instant>,
+    ) -> DownEnd {
+        let limits = self.route.limits;
+        let mut rbuf = BytesMut::new();
+        // Set once the client has sent Close: the code we echo, and until when the backend may
+        // still send (it got a FIN).
+        let mut answer: Option<(Option<CloseCode>, tokio::time::Instant)> = None;
+        let mut keepalive = Keepalive::new(limits.ping_interval, limits.pong_timeout);
+        let release = tokio::time::sleep(BUFFER_RELEASE);
+        tokio::pin!(release);
+        // One timer for every deadline of this half (idle, keepalive, credential expiry, backend
+        // drain, write stall). It is re-armed when it fires or when an earlier deadline appears,
+        // never per message.
+        let housekeeping = tokio::time::sleep_until(far_future());
+        tokio::pin!(housekeeping);
+        let mut armed = far_future();
+        let shared = self.shared;
+        let wake = shared.to_down.notified();
+        tokio::pin!(wake);
+        // Registered once for the life of the session, not once per pass of the loop.
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let kill = kill.cancelled();
+        tokio::pin!(kill);
+        loop {
+            // Write what is queued as far as the socket takes it now; only a full socket waits.
+            if let Err(why) = self.write_now().await {
+                return DownEnd::Abort(why);
+            }
+            let due = self.next_deadline(&answer, &mut keepalive, expires);
+            if due < armed || housekeeping.is_elapsed() {
+                // Never in the past: a deadline that is not acted on must not spin the loop.
+                let due = due.max(tokio::time::Instant::now() + Duration::from_millis(1));
+                housekeeping.as_mut().reset(due);
+                armed = due;
+            }
+            let room = self.out.pending() < FLUSH_THRESHOLD_BYTES;
+            let answering = answer.map(|(code, _)| DownEnd::Answer {
+                code,
+                drop_queued: true,
+            });
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return answering.unwrap_or(DownEnd::Interrupt(Close::SHUTDOWN)),
+                _ = &mut kill => return answering.unwrap_or(DownEnd::Interrupt(Close::OPERATOR)),
+                _ = wake.as_mut() => {
+                    wake.set(shared.to_down.notified());
+                    let (fail, client_close, gone, write_failed) = {
+                        let mut c = self.shared.lock();
+                        if answer.is_none() && !c.pongs.is_empty() {
+                            self.out.buf.extend_from_slice(&c.pongs);
+                            c.pongs.clear();
+                        }
+                        (c.fail, c.client_close, c.client_gone, c.backend_write_failed)
+                    };
+                    if gone {
+                        return DownEnd::Abort(CLIENT_GONE);
+                    }
+                    if let Some(close) = fail {
+                        return DownEnd::Fail(close);
+                    }
+                    if let Some(code) = client_close {
+                        if answer.is_none() {
+                            answer = Some((code, tokio::time::Instant::now() + limits.close_timeout));
+                        }
+                    } else if let Some(close) = write_failed {
+                        return DownEnd::Initiate(close);
+                    }
+                }
+                _ = &mut housekeeping => {
+                    armed = far_future();
+                    let now = tokio::time::Instant::now();
+                    if self.out.stalled_since.is_some_and(|t| now >= t + limits.write_timeout) {
+                        return DownEnd::Abort(CLIENT_STALLED);
+                    }
+                    if let Some((code, until)) = answer {
+                        if now >= until {
+                            return DownEnd::Answer { code, drop_queued: true };
+                        }
+                        continue;
+                    }
+                    if expires.is_some_and(|at| now >= at) {
+                        return DownEnd::Interrupt(Close::CREDENTIAL_EXPIRED);
+                    }
+                    if self.shared.idle_deadline(limits.idle_timeout).is_some_and(|at| at <= now) {
+                        return DownEnd::Interrupt(Close::IDLE);
+                    }
+                    match keepalive.due(self.shared.now_ms(), self.shared.last_client_read()) {
+                        Due::Nothing => {}
+                        Due::Ping => encode_frame(&mut self.out.buf, OpCode::Ping, b"wsgate"),
+                        Due::Dead => return DownEnd::Abort(CLIENT_UNRESPONSIVE),
+                    }
+                }
+                r = std::future::poll_fn(|cx| self.out.poll_step(cx, &mut self.client)), if self.out.busy() => {
+                    if r.is_err() {
+                        return DownEnd::Abort(CLIENT_GONE);
+                    }
+                }
+                r = read_more(&mut self.backend, &mut rbuf, &mut release), if room => {
+                    let eof = !matches!(r, Ok(n) if n > 0);
+                    if !eof {
+                        self.shared.touch();
+                    }
+                    // Everything read so far is queued, on EOF too (a last unterminated line).
+                    if let Err(close) = self.queue(&mut rbuf, matches!(r, Ok(0))) {
+                        return match answer {
+                            Some((code, _)) => DownEnd::Answer { code, drop_queued: false },
+                            None => DownEnd::Initiate(close),
+                        };
+                    }
+                    if eof {
+                        if let Some((code, _)) = answer {
+                            return DownEnd::Answer { code, drop_queued: false };
+                        }
+                        return DownEnd::Initiate(if r.is_ok() { Close::BACKEND_EOF } else { Close::BACKEND_ERROR });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The earliest deadline this half has to act on.
+    fn next_deadline(
+        &self,
+        answer: &Option<(Option<CloseCode>, tokio::time::Instant)>,
+        keepalive: &mut Keepalive,
+        expires: Option<tokio::time::Instant>,
+    ) -> tokio::time::Instant {
+        let stall = self
+            .out
+            .stalled_since
+            .map(|t| t + self.route.limits.write_timeout);
+        let mut due = stall.unwrap_or_else(far_future);
+        if let Some((_, until)) = answer {
+            return due.min(*until);
+        }
+        if let Some(idle) = self.shared.idle_deadline(self.route.limits.idle_timeout) {
+            due = due.min(idle);
+        }
+        if let Some(k) = keepalive.next(self.shared.last_client_read()) {
+            due = due.min(self.shared.at_ms(k));
+        }
+        if let Some(e) = expires {
+            due = due.min(e);
+        }
+        due
+    }
+
+    /// Turn what the backend sent into frames on the output queue. `Err`: the backend broke the
+    /// framing rules (what came before the fault is queued).
+    fn queue(&mut self, rbuf: &mut BytesMut, eof: bool) -> Result<(), Close> {
+        loop {
+            match self.from.next(rbuf, eof)? {
+                Some(m) => {
+                    let opcode = if m.text { OpCode::Text } else { OpCode::Binary };
+                    self.traffic.add_message();
+                    self.traffic.add_bytes(m.payload.len());
+                    encode_frame(&mut self.out.buf, opcode, m.payload);
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Write and flush as much as the client takes without waiting. A write that cannot go on
+    /// starts the stall clock (`write_timeout`); the loop waits for the socket.
+    async fn write_now(&mut self) -> Result<(), &'static str> {
+        while self.out.busy() {
+            let step =
+                std::future::poll_fn(|cx| Poll::Ready(self.out.poll_step(cx, &mut self.client)))
+                    .await;
+            match step {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Err(CLIENT_GONE),
+                Poll::Pending => {
+                    if self.out.stalled_since.is_none() {
+                        self.out.stalled_since = Some(tokio::time::Instant::now());
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send the session's Close (if any can be sent), run the closing handshake, close the client
+    /// connection. The whole closing handshake, writing what is left of the queue included, is
+    /// bounded by `close_timeout`. Returns the Close we sent.
+    async fn finish(&mut self, end: DownEnd) -> Option<Close> {
+        let deadline = tokio::time::Instant::now() + self.route.limits.close_timeout;
+        let failed = matches!(end, DownEnd::Fail(_));
+        let sent = match end {
+            DownEnd::Abort(why) => {
+                self.cut = Some(why);
+                None
+            }
+            DownEnd::Answer { code, drop_queued } => {
+                if drop_queued {
+                    self.out.drop_unstarted();
+                }
+                ws::close::encode_close(code, "", &mut self.out.buf);
+                let close = Close::new(
+                    code.unwrap_or(CloseCode::NORMAL),
+                    "client closed",
+                    Side::Client,
+                );
+                self.send_close(deadline).await.then_some(close)
+            }
+            DownEnd::Initiate(close) | DownEnd::Interrupt(close) | DownEnd::Fail(close) => {
+                if !matches!(end, DownEnd::Initiate(_)) {
+                    self.out.drop_unstarted();
+                }
+                ws::close::encode_close(Some(close.code), close.reason, &mut self.out.buf);
+                let ok = self.send_close(deadline).await;
+                if ok && !failed {
+                    // RFC 6455 §5.5.1: wait (bounded) for the client's Close before closing TCP.
+                    self.wait_for_upstream(deadline).await;
+                }
+                ok.then_some(close)
+            }
+        };
+        if sent.is_some() {
+            // FIN (and TLS close_notify): the server closes the TCP connection first (RFC 6455 §7.1.1).
+            let _ = tokio::time::timeout_at(deadline, self.client.shutdown()).await;
+        }
+        if !failed {
+            // After a protocol error upstream keeps draining the client until it closes (bounded by
+            // close_timeout), so that unread bytes do not turn our close into a reset.
+            self.shared.tell_up(|c| c.stop_up = true);
+        }
+        sent
+    }
+
+    /// Write the queue, the Close last, by `deadline`. `false`: it could not be sent (the reason
+    /// is kept for the log).
+    async fn send_close(&mut self, deadline: tokio::time::Instant) -> bool {
+        let write = async {
+            while self.out.busy() {
+                std::future::poll_fn(|cx| self.out.poll_step(cx, &mut self.client))
+                    .await
+                    .map_err(|_| CLIENT_GONE)?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => true,
+            Ok(Err(why)) => {
+                self.cut = Some(why);
+                false
+            }
+            Err(_) => {
+                self.cut = Some(CLIENT_CLOSE_SLOW);
+                false
+            }
+        }
+    }
+
+    async fn wait_for_upstream(&mut self, deadline: tokio::time::Instant) {
+        loop {
+            if self.shared.lock().up_done {
+                return;
+            }
+            tokio::select! {
+                _ = self.shared.to_down.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+}

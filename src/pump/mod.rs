@@ -1,0 +1,303 @@
+//! The session after the 101: two named halves moving data both ways, and the closing handshake.
+//!
+//! - [`upstream`] (client -> backend) reads frames, decodes them, turns messages into backend
+//!   bytes ([`ToBackend`]) and answers nothing itself: pongs and Close frames are written by the
+//!   other half.
+//! - [`downstream`] (backend -> client) reads the backend, turns bytes into messages
+//!   ([`crate::framing::FromBackend`]), writes frames to the client, and owns every frame the
+//!   client receives: data, pongs, and the one Close frame of the session. It also owns every
+//!   deadline and control event (see its doc).
+//! - [`keepalive`]: when to ping and when a silent client is dead, as pure functions of time.
+//! - [`io`]: reading without holding a buffer while idle, and the client's output queue.
+//!
+//! The halves run concurrently in one task and share only a small control block ([`Ctl`]),
+//! never an unbounded queue: each side writes with `await`, so a peer that does not read stalls
+//! the other side (backpressure) and memory stays flat. Close semantics are the table in
+//! README.md; [`crate::error::Close`] names each ending.
+//!
+//! Who sets and who reads each field of [`Ctl`] (each change wakes the reading half):
+//!
+//! | field                  | set by     | read by    | meaning                                      |
+//! |------------------------|------------|------------|----------------------------------------------|
+//! | `pongs`                | upstream   | downstream | Pong frames to write (bounded)               |
+//! | `client_close`         | upstream   | downstream | the client sent Close (its code)             |
+//! | `fail`                 | upstream   | downstream | the client broke the protocol: this Close    |
+//! | `backend_write_failed` | upstream   | downstream | the backend stopped taking data: this Close  |
+//! | `client_gone`          | upstream   | downstream | the client connection ended without a Close  |
+//! | `up_done`              | upstream   | downstream | upstream returned (closing handshake waits)  |
+//! | `stop_up`              | downstream | upstream   | the session is over: upstream must return    |
+
+mod downstream;
+mod io;
+mod keepalive;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWrite;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use downstream::Downstream;
+use upstream::Upstream;
+
+use crate::config::Route;
+use crate::error::{Close, SessionEnd};
+use crate::framing::{FromBackend, MessageBudget, ToBackend};
+use crate::ws::{CloseCode, DecoderLimits};
+
+pub use io::ReadReady;
+
+/// How much we ask for per read, from either side.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes gathered before a write is started even though more input is waiting.
+const FLUSH_THRESHOLD_BYTES: usize = 64 * 1024;
+/// Pong frames waiting to be written, in bytes. Past this, only the latest ping is answered
+/// (RFC 6455 §5.5.3 allows it), so a ping flood from a client that never reads costs nothing.
+const MAX_PENDING_PONG_BYTES: usize = 4 * 1024;
+
+/// Read size while discarding what a client sends after a protocol error.
+const DISCARD_CHUNK_BYTES: usize = 4 * 1024;
+
+/// An empty read buffer is freed after this long without data, so idle sessions hold none.
+const BUFFER_RELEASE: Duration = Duration::from_secs(1);
+
+/// Who a session is, for its log line.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub route: Arc<Route>,
+    pub client: SocketAddr,
+    /// The authenticated subject, if the route authenticates.
+    pub subject: Option<String>,
+    /// When the client's credential expires: the session is closed with 1008 then.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// Live counters, readable while the session runs (admin `/sessions`).
+    pub stats: Arc<SessionStats>,
+    /// Cancelled by an operator: the session is closed with 1008.
+    pub kill: CancellationToken,
+    /// The gateway-wide bound on client messages held whole (`partial_message_budget`).
+    pub budget: Arc<MessageBudget>,
+}
+
+/// Counters of one direction, updated as messages pass.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    bytes: AtomicU64,
+    messages: AtomicU64,
+}
+
+impl Traffic {
+    fn add_bytes(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn add_message(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Both directions of a session.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Client -> backend.
+    pub up: Traffic,
+    /// Backend -> client.
+    pub down: Traffic,
+}
+
+/// A snapshot of one direction's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub bytes: u64,
+    pub messages: u64,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The Close we sent (code, reason, cause), or why the connection was cut without one.
+    pub end: SessionEnd,
+    /// The close code the client sent, if it sent a Close frame (`Some(None)`: empty Close).
+    pub client_close: Option<Option<CloseCode>>,
+    /// Client -> backend.
+    pub up: Counts,
+    /// Backend -> client.
+    pub down: Counts,
+    pub duration: Duration,
+}
+
+/// Run a session to its end. `shutdown` asks for a Close 1001.
+///
+/// `client` and `backend` are the read and write halves of each connection (owned halves where
+/// the transport has them, so the two directions never contend for a lock). `preread` holds
+/// bytes the client sent right behind its request head: they are the first frames.
+pub async fn run<CR, CW, BR, BW>(
+    info: &SessionInfo,
+    client: (CR, CW),
+    preread: &[u8],
+    backend: (BR, BW),
+    shutdown: CancellationToken,
+) -> Outcome
+where
+    CR: ReadReady + Send,
+    CW: AsyncWrite + Unpin + Send,
+    BR: ReadReady + Send,
+    BW: AsyncWrite + Unpin + Send,
+{
+    let started = Instant::now();
+    let shared = Shared::new(started);
+    let (cr, cw) = client;
+    let (br, bw) = backend;
+    let route = &info.route;
+    let up = Upstream::new(
+        cr,
+        bw,
+        &shared,
+        ToBackend::new(route.framing, &info.budget),
+        route,
+        &info.stats.up,
+    );
+    let down = Downstream::new(
+        br,
+        cw,
+        &shared,
+        FromBackend::new(route.framing, route.limits.max_message_size),
+        route,
+        &info.stats.down,
+    );
+    let limits = DecoderLimits {
+        max_frame_size: route.limits.max_frame_size,
+        max_message_size: route.limits.max_message_size,
+        max_fragments: route.limits.max_fragments,
+    };
+    // A credential valid beyond what the clock can represent never expires in this session.
+    let expires = info.expires_at.and_then(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::Instant::now().checked_add(left)
+    });
+    let ((), end) = tokio::join!(
+        up.run(limits, preread),
+        down.run(shutdown, &info.kill, expires)
+    );
+    let client_close = shared.lock().client_close;
+    Outcome {
+        end,
+        client_close,
+        up: info.stats.up.snapshot(),
+        down: info.stats.down.snapshot(),
+        duration: started.elapsed(),
+    }
+}
+
+/// What the halves tell each other.
+#[derive(Debug, Default)]
+struct Ctl {
+    /// Encoded Pong frames not yet written, bounded by [`MAX_PENDING_PONG_BYTES`].
+    pongs: BytesMut,
+    /// The client sent Close (inner: its code, if any).
+    client_close: Option<Option<CloseCode>>,
+    /// The client broke the protocol (or our framing rules): send this Close and cut.
+    fail: Option<Close>,
+    /// Writing to the backend failed or stalled (the Close to send).
+    backend_write_failed: Option<Close>,
+    /// The client's connection ended without a Close (EOF or error).
+    client_gone: bool,
+    /// Upstream has returned.
+    up_done: bool,
+    /// Upstream must return now (deadline passed or the client connection is unusable).
+    stop_up: bool,
+}
+
+struct Shared {
+    ctl: Mutex<Ctl>,
+    /// Wakes downstream: something in `ctl` changed.
+    to_down: Notify,
+    /// Wakes upstream: something in `ctl` changed.
+    to_up: Notify,
+    started: Instant,
+    /// Milliseconds since `started` of the last traffic: data either way, or a client Ping.
+    /// Keepalive Pongs do not count, so an idle session still times out.
+    last_activity_ms: AtomicU64,
+    /// Milliseconds since `started` of the last bytes read from the client (liveness).
+    last_client_read_ms: AtomicU64,
+}
+
+impl Shared {
+    fn new(started: Instant) -> Shared {
+        Shared {
+            ctl: Mutex::new(Ctl::default()),
+            to_down: Notify::new(),
+            to_up: Notify::new(),
+            started,
+            last_activity_ms: AtomicU64::new(0),
+            last_client_read_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ctl> {
+        // A panic while holding this lock cannot leave Ctl inconsistent (plain fields).
+        self.ctl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Change the control block and wake downstream.
+    fn tell_down(&self, f: impl FnOnce(&mut Ctl)) {
+        f(&mut self.lock());
+        self.to_down.notify_one();
+    }
+
+    /// Change the control block and wake upstream.
+    fn tell_up(&self, f: impl FnOnce(&mut Ctl)) {
+        f(&mut self.lock());
+        self.to_up.notify_one();
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The instant `ms` milliseconds after the start (a time beyond the clock's range: never).
+    fn at_ms(&self, ms: u64) -> tokio::time::Instant {
+        self.started
+            .checked_add(Duration::from_millis(ms))
+            .map_or_else(far_future, tokio::time::Instant::from_std)
+    }
+
+    fn touch(&self) {
+        self.last_activity_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn client_read(&self) {
+        self.last_client_read_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// When the session is idle, if `idle_timeout` is on.
+    /// Milliseconds since the start when bytes last came from the client.
+    fn last_client_read(&self) -> u64 {
+        self.last_client_read_ms.load(Ordering::Relaxed)
+    }
+
+    fn idle_deadline(&self, idle: Option<Duration>) -> Option<tokio::time::Instant> {
+        Some(self.at_ms(self.last_activity_ms.load(Ordering::Relaxed)) + idle?)
+    }
+}
+
+/// A deadline that never comes (about 30 years ahead; tokio's timer caps it anyway).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}

@@ -1,0 +1,349 @@
+//! Client -> backend: decode frames, hand messages to the backend, tell downstream about
+//! Pings, the client's Close and protocol errors.
+
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::futures::Notified;
+
+use super::io::{read_more, write_now, ReadReady};
+use super::{
+    Shared, Traffic, BUFFER_RELEASE, DISCARD_CHUNK_BYTES, FLUSH_THRESHOLD_BYTES,
+    MAX_PENDING_PONG_BYTES,
+};
+use crate::config::Route;
+use crate::error::{Close, Side};
+use crate::framing::ToBackend;
+use crate::ws::{encode_frame, CloseCode, Decoder, DecoderLimits, Frame, OpCode};
+
+/// Why upstream stopped decoding.
+enum UpStop {
+    ClientClose(Option<CloseCode>),
+    Fail(Close),
+}
+
+pub(super) struct Upstream<'s, R, W> {
+    client: R,
+    backend: W,
+    shared: &'s Shared,
+    out: ToBackend,
+    close_timeout: Duration,
+    write_timeout: Duration,
+    traffic: &'s Traffic,
+    /// The backend's write side has been shut.
+    backend_shut: bool,
+    control: ControlRate,
+}
+
+/// A token bucket for the control frames (Ping, Pong) a client sends: `per_second` of them a
+/// second, and as many in one burst. Answering Pings costs the gateway a write each; past the
+/// rate the session is closed with 1008, so a ping flood cannot keep a core busy.
+struct ControlRate {
+    per_second: u64,
+    /// Thousandths of a frame, refilled by `per_second` every millisecond.
+    tokens: u64,
+    last_ms: u64,
+}
+
+impl ControlRate {
+    /// One frame costs this many tokens.
+    const FRAME: u64 = 1000;
+
+    fn new(per_second: u32) -> ControlRate {
+        let per_second = u64::from(per_second);
+        ControlRate {
+            per_second,
+            tokens: per_second * Self::FRAME,
+            last_ms: 0,
+        }
+    }
+
+    /// May one more control frame arrive at `now_ms`?
+    fn allow(&mut self, now_ms: u64) -> bool {
+        let refill = now_ms
+            .saturating_sub(self.last_ms)
+            .saturating_mul(self.per_second);
+        self.last_ms = self.last_ms.max(now_ms);
+        self.tokens = self
+            .tokens
+            .saturating_add(refill)
+            .min(self.per_second * Self::FRAME);
+        match self.tokens.checked_sub(Self::FRAME) {
+            Some(left) => {
+                self.tokens = left;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<'s, R, W> Upstream<'s, R, W>
+where
+    R: ReadReady + Send,
+    W: AsyncWrite + Unpin,
+{
+    pub(super) fn new(
+        client: R,
+        backend: W,
+        shared: &'s Shared,
+        out: ToBackend,
+        route: &Route,
+        traffic: &'s Traffic,
+    ) -> Self {
+        Upstream {
+            client,
+            backend,
+            shared,
+            out,
+            close_timeout: route.limits.close_timeout,
+            write_timeout: route.limits.write_timeout,
+            traffic,
+            backend_shut: false,
+            control: ControlRate::new(route.limits.control_frames_per_second),
+        }
+    }
+
+    pub(super) async fn run(mut self, limits: DecoderLimits, preread: &[u8]) {
+        self.pump(limits, preread).await;
+        // Whatever ended the session, the backend sees an orderly FIN.
+        self.shut_backend().await;
+        self.shared.tell_down(|c| c.up_done = true);
+    }
+
+    /// Shut the backend's write side (FIN), once.
+    async fn shut_backend(&mut self) {
+        if !self.backend_shut {
+            self.backend_shut = true;
+            let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
+        }
+    }
+
+    async fn pump(&mut self, limits: DecoderLimits, preread: &[u8]) {
+        let mut decoder = Decoder::new(limits);
+        let mut rbuf = BytesMut::from(preread);
+        let mut forward = true;
+        let release = tokio::time::sleep(BUFFER_RELEASE);
+        tokio::pin!(release);
+        // Kept across iterations (a fresh one per loop would register a waiter per message).
+        let shared = self.shared;
+        let wake = shared.to_up.notified();
+        tokio::pin!(wake);
+        loop {
+            let mut stop = None;
+            // Data or a Ping in this batch: the session is not idle (Pongs do not count). The
+            // clock is read once per batch, not per frame.
+            let mut active = false;
+            loop {
+                let frame = match decoder.decode(&mut rbuf) {
+                    Ok(None) => break,
+                    Ok(Some(frame)) => frame,
+                    Err(e) => {
+                        stop = Some(UpStop::Fail(Close::new(e.code, e.reason, Side::Client)));
+                        break;
+                    }
+                };
+                match frame {
+                    Frame::Data {
+                        payload,
+                        text,
+                        first,
+                        last,
+                    } => {
+                        if last {
+                            self.traffic.add_message();
+                        }
+                        self.traffic.add_bytes(payload.len());
+                        active = true;
+                        if !forward {
+                            continue;
+                        }
+                        if let Err(close) = push_piece(&mut self.out, payload, text, first, last) {
+                            stop = Some(UpStop::Fail(close));
+                            break;
+                        }
+                        if self.out.ready().len() >= FLUSH_THRESHOLD_BYTES
+                            && !self.flush(&mut forward, &mut wake).await
+                        {
+                            return;
+                        }
+                    }
+                    Frame::Ping(_) | Frame::Pong(_) if !self.control.allow(shared.now_ms()) => {
+                        stop = Some(UpStop::Fail(Close::TOO_MANY_CONTROL_FRAMES));
+                        break;
+                    }
+                    Frame::Ping(payload) => {
+                        active = true;
+                        self.shared.tell_down(|c| {
+                            if c.pongs.len() + payload.len() + 2 > MAX_PENDING_PONG_BYTES {
+                                c.pongs.clear();
+                            }
+                            encode_frame(&mut c.pongs, OpCode::Pong, payload);
+                        })
+                    }
+                    Frame::Pong(_) => {}
+                    Frame::Close(frame) => {
+                        stop = Some(UpStop::ClientClose(frame.map(|f| f.code)));
+                        break;
+                    }
+                }
+            }
+            if active {
+                self.shared.touch();
+            }
+            if forward && !self.out.ready().is_empty() && !self.flush(&mut forward, &mut wake).await
+            {
+                return;
+            }
+            match stop {
+                Some(UpStop::ClientClose(code)) => {
+                    // Client Close -> backend write side shut; downstream delivers what is left.
+                    if forward {
+                        self.shut_backend().await;
+                    }
+                    self.shared.tell_down(|c| c.client_close = Some(code));
+                    return;
+                }
+                Some(UpStop::Fail(close)) => {
+                    self.shared.tell_down(|c| c.fail = Some(close));
+                    self.shut_backend().await;
+                    self.discard_until_eof(&mut rbuf, &mut wake).await;
+                    return;
+                }
+                None => {}
+            }
+            tokio::select! {
+                r = read_more(&mut self.client, &mut rbuf, &mut release) => match r {
+                    Ok(n) if n > 0 => self.shared.client_read(),
+                    // EOF or error without a Close: the client is gone (1006 on its side).
+                    _ => {
+                        self.shared.tell_down(|c| c.client_gone = true);
+                        return;
+                    }
+                },
+                _ = wake.as_mut() => {
+                    wake.set(shared.to_up.notified());
+                    if shared.lock().stop_up {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write the ready bytes to the backend. Returns false when upstream must stop. A backend
+    /// that stops reading stalls us here (backpressure); `stop_up` still ends the wait.
+    async fn flush(&mut self, forward: &mut bool, wake: &mut Pin<&mut Notified<'s>>) -> bool {
+        while !self.out.ready().is_empty() {
+            // Tried first without a timer: when the write completes at once (the common case),
+            // no clock is read and no timer or wake-up is registered.
+            let r = match write_now(&mut self.backend, self.out.ready()).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let stalled = tokio::time::sleep(self.write_timeout);
+                    tokio::select! {
+                        biased;
+                        // `write` is cancel-safe: if another branch wins, nothing was written.
+                        r = self.backend.write(self.out.ready()) => r,
+                        _ = stalled => {
+                            self.backend_failed(forward, Close::BACKEND_STALLED);
+                            return true;
+                        }
+                        _ = wake.as_mut() => {
+                            wake.set(self.shared.to_up.notified());
+                            if self.shared.lock().stop_up {
+                                return false;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            match r {
+                Ok(n) if n > 0 => self.out.consume(n),
+                _ => {
+                    self.backend_failed(forward, Close::BACKEND_ERROR);
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Stop forwarding: the backend cannot take more. Downstream ends the session with `close`.
+    fn backend_failed(&mut self, forward: &mut bool, close: Close) {
+        *forward = false;
+        self.out.discard();
+        self.shared
+            .tell_down(|c| c.backend_write_failed = Some(close));
+    }
+
+    /// After a protocol error: read and drop whatever the client still sends until it closes,
+    /// the close deadline passes, or downstream says stop, so that our close is not turned into
+    /// a reset by unread data. `buf` (the read buffer, whose content no longer matters) is reused
+    /// for the discarded bytes.
+    async fn discard_until_eof(&mut self, buf: &mut BytesMut, wake: &mut Pin<&mut Notified<'s>>) {
+        let deadline = tokio::time::Instant::now() + self.close_timeout;
+        loop {
+            buf.clear();
+            if buf.capacity() < DISCARD_CHUNK_BYTES {
+                buf.reserve(DISCARD_CHUNK_BYTES);
+            }
+            tokio::select! {
+                r = self.client.read_buf(buf) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return,
+                },
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = wake.as_mut() => {
+                    wake.set(self.shared.to_up.notified());
+                    if self.shared.lock().stop_up {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn push_piece(
+    out: &mut ToBackend,
+    payload: &[u8],
+    text: bool,
+    first: bool,
+    last: bool,
+) -> Result<(), Close> {
+    if first {
+        out.begin(text)?;
+    }
+    out.push(payload)?;
+    if last {
+        out.end();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_rate_allows_a_burst_then_the_rate() {
+        let mut c = ControlRate::new(10);
+        // A full bucket: ten at once.
+        assert!((0..10).all(|_| c.allow(0)));
+        assert!(!c.allow(0));
+        // One frame's worth comes back every 100 ms.
+        assert!(!c.allow(99));
+        assert!(c.allow(100));
+        assert!(!c.allow(150));
+        // A quiet second refills the bucket, never beyond one burst.
+        assert!((0..10).all(|_| c.allow(10_000)));
+        assert!(!c.allow(10_000));
+        // A clock that goes backwards adds nothing.
+        assert!(!c.allow(5_000));
+    }
+}
