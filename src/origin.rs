@@ -18,16 +18,9 @@ pub struct Origin {
 }
 
 /// Why a string is not an origin.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an origin (scheme://host[:port]): {0}")]
 pub struct OriginError(&'static str);
-
-impl fmt::Display for OriginError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "not an origin (scheme://host[:port]): {}", self.0)
-    }
-}
-
-impl std::error::Error for OriginError {}
 
 impl Origin {
     /// Parse `scheme://host[:port]`. Schemes: http, https (and ws, wss for non-browser clients).

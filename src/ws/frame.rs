@@ -125,19 +125,12 @@ pub struct DecoderLimits {
 
 /// Why the connection must be failed, with the close code to send (1002, 1007 or 1009) and a
 /// short human-readable reason (<= 123 bytes, ASCII) for the Close frame and the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} (close code {code})")]
 pub struct ProtocolError {
     pub code: CloseCode,
     pub reason: &'static str,
 }
-
-impl std::fmt::Display for ProtocolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (close code {})", self.reason, self.code)
-    }
-}
-
-impl std::error::Error for ProtocolError {}
 
 const fn protocol_error(reason: &'static str) -> ProtocolError {
     ProtocolError {
