@@ -275,7 +275,7 @@ def targets_section(runs, codec):
     rate_n = agg(runs, "nginx", "echo64_c50", "msgs_per_s")
     rate_f = agg(runs, "websockify", "echo64_c50", "msgs_per_s")
     r1, r2 = ratio(rate_w, rate_n), ratio(rate_w, rate_f)
-    L.append("| target (issue 4) | wsgate | reference | ratio | needed | verdict |")
+    L.append("| target | wsgate | reference | ratio | needed | verdict |")
     L.append("|---|---|---|---|---|---|")
     L.append(
         f"| message rate, 64 B, 50 connections vs nginx | {fmt(rate_w)} msg/s | {fmt(rate_n)} msg/s | "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh: the performance matrix of issue 4, wsgate against its peers, same client, same
+# bench/run.sh: the performance matrix, wsgate against its peers, same client, same
 # backends, same machine, one run.
 #
 #   bench/run.sh            the full matrix (3 repetitions, 5 s + 1 s warm-up per run, ~20 min)

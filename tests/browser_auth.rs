@@ -1,4 +1,4 @@
-//! Cookie JWT and the Origin policy in a real headless Chromium (issue 3).
+//! Cookie JWT and the Origin policy in a real headless Chromium.
 //!
 //! One gateway, two listeners A and B on loopback (two origins: same host, other port), both
 //! serving the same page. The page always opens `ws://127.0.0.1:<A>/app`, a route that takes its
