@@ -32,7 +32,7 @@ if [ "$#" -gt 0 ]; then
 else
     BINARIES=(target/release/wsgate)
 fi
-cargo build --release --bins --examples 2>&1 | tail -n 1 >&2
+cargo build --release --workspace --bins --examples 2>&1 | tail -n 1 >&2
 WSLOAD=target/release/wsload
 TCP_ECHO=target/release/examples/tcp_echo
 

@@ -69,23 +69,23 @@ fi
 # Every step runs even if an earlier one failed; the script fails at the end if any did.
 failed=()
 
-step "cargo fmt --check"
-cargo fmt --check || failed+=("cargo fmt --check")
+step "cargo fmt --all --check"
+cargo fmt --all --check || failed+=("cargo fmt --check")
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --quiet --all-targets -- -D warnings || failed+=("cargo clippy")
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --quiet --workspace --all-targets -- -D warnings || failed+=("cargo clippy")
 
 # The Autobahn conformance test on its own, so that its summary table is shown.
 step "Autobahn conformance (tests/autobahn.rs)"
 cargo test --test autobahn -- --nocapture --exact autobahn_conformance || failed+=("autobahn")
 
 step "doc tests"
-cargo test --doc || failed+=("doc tests")
+cargo test --workspace --doc || failed+=("doc tests")
 
 # Everything else (the Autobahn test already ran above).
 step "all tests"
 # Every target but the criterion benchmarks (they measure; `cargo bench` runs them).
-cargo test --lib --bins --tests --examples --no-fail-fast -- --skip autobahn_conformance --exact || failed+=("cargo test")
+cargo test --workspace --lib --bins --tests --examples --no-fail-fast -- --skip autobahn_conformance --exact || failed+=("cargo test")
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "test.sh: FAILED: ${failed[*]}" >&2

@@ -10,6 +10,18 @@ use std::time::Duration;
 use serde_json::Value;
 use support::Gateway;
 
+/// The load generator's binary: a member of the same workspace, built into the same directory as
+/// the gateway (`cargo test --workspace` builds it; so does `cargo build -p wsload`).
+fn wsload_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_wsgate")).with_file_name("wsload");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p wsload` (or test with --workspace)",
+        path.display()
+    );
+    path
+}
+
 fn config(echo_port: u16) -> String {
     format!(
         r#"
@@ -35,7 +47,7 @@ framing = "raw"
 
 /// Run wsload with `args` and parse its `--json` output.
 fn wsload(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_wsload"))
+    let out = Command::new(wsload_binary())
         .args(args)
         .arg("--json")
         .arg("--timeout")

@@ -18,11 +18,8 @@
 //! key by default, which is legal and makes masking free; server frames are counted, not copied;
 //! Pings are answered) so that the client costs little next to the servers it measures.
 
-#[path = "wsload/client.rs"]
 mod client;
-#[path = "wsload/frames.rs"]
 mod frames;
-#[path = "wsload/procfs.rs"]
 mod procfs;
 
 use std::collections::{HashMap, VecDeque};
