@@ -1649,7 +1649,13 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Parse "250ms", "10s", "5m", "1h" (one number, one unit).
+/// Longest duration any key accepts: 365 days. Deadlines are added to the clock (`Instant +
+/// duration`), and a few of them together must stay far from where that overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(MAX_DURATION_DAYS * 24 * 3600);
+/// [`MAX_DURATION`] in days, as the error messages and README.md say it.
+pub const MAX_DURATION_DAYS: u64 = 365;
+
+/// Parse "250ms", "10s", "5m", "1h" (one whole number, one unit), at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -1657,18 +1663,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let hint = || {
         format!("{s:?} is not a duration; write a whole number and a unit: \"250ms\", \"10s\", \"5m\", \"1h\"")
     };
-    let n: u64 = num.parse().map_err(|_| hint())?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(hint)?),
-        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(hint)?),
+    let too_long = || {
+        format!(
+            "{s:?} is too long; the longest duration accepted is {MAX_DURATION_DAYS} days (\"{}h\")",
+            MAX_DURATION_DAYS * 24
+        )
+    };
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 3600 * 1000,
         _ => return Err(hint()),
     };
-    Ok(d)
+    if num.is_empty() {
+        return Err(hint());
+    }
+    // Only digits: a parse error means the number does not fit in a u64.
+    let n: u64 = num.parse().map_err(|_| too_long())?;
+    let max_ms = MAX_DURATION.as_secs() * 1000;
+    let ms = n
+        .checked_mul(unit_ms)
+        .filter(|&ms| ms <= max_ms)
+        .ok_or_else(too_long)?;
+    Ok(Duration::from_millis(ms))
 }
 
 /// Parse "4096", "64KiB", "16MiB", "1GiB" (binary units; "KB"/"MB" are accepted as the same).
+/// The product never wraps: a size that does not fit in a u64 is an error. Each key bounds the
+/// value further.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -1804,6 +1827,102 @@ backend = "127.0.0.1:9001"
         assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
         assert!(parse_size("1PB").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration("525600m").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration("31536000000ms").unwrap(), MAX_DURATION);
+        for long in [
+            "8761h",
+            "31536000001ms",
+            "3000000000000000h",
+            "18446744073709551615ms",
+            "18446744073709551616s",
+            "99999999999999999999999999h",
+        ] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(e.contains("365 days"), "{long}: {e}");
+        }
+    }
+
+    /// The number as written times the unit, exactly (u128: no wrapping), in milliseconds.
+    fn duration_oracle(digits: &str, unit: &str) -> Option<u128> {
+        let n: u128 = digits.parse().ok()?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return None,
+        };
+        n.checked_mul(ms)
+    }
+
+    fn size_oracle(digits: &str, unit: &str) -> Option<u128> {
+        let n: u128 = digits.parse().ok()?;
+        let mult = match unit {
+            "" | "B" => 1,
+            "KiB" | "KB" | "K" => 1 << 10,
+            "MiB" | "MB" | "M" => 1 << 20,
+            "GiB" | "GB" | "G" => 1 << 30,
+            _ => return None,
+        };
+        n.checked_mul(mult)
+    }
+
+    /// An accepted duration can be added to both clocks, twice over, without overflowing.
+    fn assert_usable(d: Duration) {
+        assert!(d <= MAX_DURATION, "{d:?}");
+        let _ = std::time::Instant::now() + d + d;
+        let _ = tokio::time::Instant::now() + d + d;
+        let _ = std::time::SystemTime::now() + d + d;
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn duration_parser_never_panics(s in "\\PC{0,30}") {
+            if let Ok(d) = parse_duration(&s) {
+                assert_usable(d);
+            }
+        }
+
+        #[test]
+        fn duration_parser_is_exact_and_bounded(
+            digits in "[0-9]{1,26}",
+            unit in "(ms|s|m|h|d|us|)",
+            pad in "( ?)",
+        ) {
+            let text = format!("{digits}{pad}{unit}");
+            let want = duration_oracle(&digits, &unit)
+                .filter(|&ms| ms <= MAX_DURATION.as_millis());
+            match parse_duration(&text) {
+                Ok(d) => {
+                    proptest::prop_assert_eq!(Some(d.as_millis()), want, "{}", text);
+                    assert_usable(d);
+                }
+                Err(_) => proptest::prop_assert_eq!(want, None, "{}", text),
+            }
+        }
+
+        #[test]
+        fn size_parser_never_panics_or_wraps(
+            digits in "[0-9]{1,22}",
+            unit in "(|B|KiB|KB|K|MiB|MB|M|GiB|GB|G|TiB|PB)",
+            junk in "\\PC{0,12}",
+        ) {
+            let _ = parse_size(&junk);
+            let text = format!("{digits}{unit}");
+            let want = size_oracle(&digits, &unit)
+                .filter(|&v| v > 0 && v <= u128::from(u64::MAX));
+            match parse_size(&text) {
+                Ok(v) => proptest::prop_assert_eq!(Some(u128::from(v)), want, "{}", text),
+                Err(_) => proptest::prop_assert_eq!(want, None, "{}", text),
+            }
+        }
     }
 
     #[test]
