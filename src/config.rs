@@ -1014,6 +1014,16 @@ impl Validator<'_> {
                 None => None,
                 Some(v) => match v.get_ref().as_str() {
                     "v1" => Some(proxy_protocol::Version::V1),
+                    "v2" if path.len() > proxy_protocol::MAX_ROUTE_BYTES => {
+                        return self.err(
+                            r.path.span(),
+                            format!("route[{i}].path"),
+                            format!(
+                                "a route with proxy_protocol = \"v2\" has a path of at most {} bytes",
+                                proxy_protocol::MAX_ROUTE_BYTES
+                            ),
+                        )
+                    }
                     "v2" => Some(proxy_protocol::Version::V2),
                     other => {
                         return self.err(
@@ -2083,6 +2093,23 @@ backend = "127.0.0.1:9001"
             "path = \"/echo\"\nproxy_protocol = \"v3\""
         ))
         .is_err());
+        // The route path travels in a v2 TLV: it is bounded there (v1 carries no path).
+        let max = proxy_protocol::MAX_ROUTE_BYTES;
+        for (len, ok) in [(max, true), (max + 1, false)] {
+            let path = format!("/{}", "p".repeat(len - 1));
+            let text = MINIMAL.replace(
+                "path = \"/echo\"",
+                &format!("path = \"{path}\"\nproxy_protocol = \"v2\""),
+            );
+            match parse(&text) {
+                Ok(_) => assert!(ok, "{len}"),
+                Err(e) => {
+                    assert!(!ok, "{len}: {e}");
+                    assert_eq!(e.key.as_deref(), Some("route[0].path"), "{e}");
+                }
+            }
+            assert!(parse(&text.replace("\"v2\"", "\"v1\"")).is_ok());
+        }
     }
 
     #[test]

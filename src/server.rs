@@ -774,7 +774,11 @@ async fn upgrade(
                 route: &route.path,
                 session_id: id,
             },
-        );
+        )
+        .map_err(|e| {
+            error!(client = %peer, route = %route.path, "{e}");
+            Reject::new(StatusCode::INTERNAL_SERVER_ERROR, "PROXY header too long")
+        })?;
         let write = tokio::time::timeout(
             route.limits.connect_timeout,
             backend_writer.write_all(&header),
