@@ -767,7 +767,7 @@ impl Validator<'_> {
         let runtime = match raw.runtime.as_ref().and_then(|r| r.worker_threads.as_ref()) {
             None => RuntimeConfig::default(),
             Some(n) if (1..=MAX_WORKER_THREADS).contains(n.get_ref()) => RuntimeConfig {
-                worker_threads: Some(*n.get_ref() as usize),
+                worker_threads: Some(fit(*n.get_ref(), usize::MAX)),
             },
             Some(n) => {
                 return self.err(
@@ -893,7 +893,7 @@ impl Validator<'_> {
         let health = Health {
             failures: match &r.health.failures {
                 None => DEFAULT_HEALTH_FAILURES,
-                Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref() as u32,
+                Some(n) if (1..=1000).contains(n.get_ref()) => fit(*n.get_ref(), u32::MAX),
                 Some(n) => {
                     return self.err(
                         n.span(),
@@ -913,7 +913,9 @@ impl Validator<'_> {
         };
         let max_sessions = match &r.max_sessions {
             None => None,
-            Some(n) if (1..=10_000_000).contains(n.get_ref()) => Some(*n.get_ref() as usize),
+            Some(n) if (1..=10_000_000).contains(n.get_ref()) => {
+                Some(fit(*n.get_ref(), usize::MAX))
+            }
             Some(n) => {
                 return self.err(
                     n.span(),
@@ -1109,16 +1111,16 @@ impl Validator<'_> {
                 Some(t) => Some(self.duration(t, &key("cache_ttl"))?),
                 None => None,
             };
-            let positive = |v: &Option<Spanned<i64>>,
-                            k: &str,
-                            default: usize|
-             -> Result<usize, ConfigError> {
-                match v {
-                    None => Ok(default),
-                    Some(n) if (1..=10_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
-                    Some(n) => self.err(n.span(), key(k), "must be between 1 and 10000000"),
-                }
-            };
+            let positive =
+                |v: &Option<Spanned<i64>>, k: &str, default: usize| -> Result<usize, ConfigError> {
+                    match v {
+                        None => Ok(default),
+                        Some(n) if (1..=10_000_000).contains(n.get_ref()) => {
+                            Ok(fit(*n.get_ref(), usize::MAX))
+                        }
+                        Some(n) => self.err(n.span(), key(k), "must be between 1 and 10000000"),
+                    }
+                };
             let cache_size = positive(&a.cache_size, "cache_size", forward::DEFAULT_CACHE_ENTRIES)?;
             let max_concurrent = positive(
                 &a.max_concurrent,
@@ -1442,7 +1444,7 @@ impl Validator<'_> {
             max_frame_size: size(l.max_frame_size, "max_frame_size", base.max_frame_size)?,
             max_fragments: match l.max_fragments {
                 None => base.max_fragments,
-                Some(v) if *v.get_ref() >= 1 => *v.get_ref() as u64,
+                Some(v) if *v.get_ref() >= 1 => fit(*v.get_ref(), u64::MAX),
                 Some(v) => return self.err(v.span(), key("max_fragments"), "must be at least 1"),
             },
             idle_timeout: dur(l.idle_timeout, "idle_timeout", base.idle_timeout)?,
@@ -1484,12 +1486,12 @@ impl Validator<'_> {
                         format!("must be between {MIN_HEADER_BYTES} and 1048576 bytes"),
                     );
                 }
-                n as usize
+                fit(n, usize::MAX)
             }
         };
         let max_headers = match &l.max_headers {
             None => DEFAULT_MAX_HEADERS,
-            Some(v) if (8..=1000).contains(v.get_ref()) => *v.get_ref() as usize,
+            Some(v) if (8..=1000).contains(v.get_ref()) => fit(*v.get_ref(), usize::MAX),
             Some(v) => {
                 return self.err(v.span(), "limits.max_headers", "must be between 8 and 1000")
             }
@@ -1502,7 +1504,9 @@ impl Validator<'_> {
             |v: &Option<Spanned<i64>>, key: &str, default: usize| -> Result<usize, ConfigError> {
                 match v {
                     None => Ok(default),
-                    Some(n) if (1..=10_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+                    Some(n) if (1..=10_000_000).contains(n.get_ref()) => {
+                        Ok(fit(*n.get_ref(), usize::MAX))
+                    }
                     Some(n) => self.err(n.span(), key, "must be between 1 and 10000000"),
                 }
             };
@@ -1531,7 +1535,7 @@ impl Validator<'_> {
 
     fn size(&self, v: &Spanned<RawSize>, key: &str) -> Result<u64, ConfigError> {
         match v.get_ref() {
-            RawSize::Bytes(n) if *n > 0 => Ok(*n as u64),
+            RawSize::Bytes(n) if *n > 0 => Ok(fit(*n, u64::MAX)),
             RawSize::Bytes(_) => self.err(v.span(), key, "must be a positive number of bytes"),
             RawSize::Text(s) => parse_size(s).map_err(|m| ConfigError {
                 file: None,
@@ -1648,6 +1652,13 @@ struct RawRouteLimitsRef<'a> {
     ping_interval: &'a Option<Spanned<String>>,
     pong_timeout: &'a Option<Spanned<String>>,
     write_timeout: &'a Option<Spanned<String>>,
+}
+
+/// A number its match guard has already checked to be positive and within the key's range, as
+/// the type the key needs. Every range is far inside that type, so the saturating fallback is
+/// never taken; it only keeps the conversion free of `as`.
+fn fit<F, T: TryFrom<F>>(n: F, max: T) -> T {
+    T::try_from(n).unwrap_or(max)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
