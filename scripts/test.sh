@@ -3,8 +3,9 @@
 #
 # On a fresh Debian 12 machine with only the Rust toolchain it installs what the tests need
 # (Debian package chromium for tests/browser.rs, Python venv .venv with kosoku for
-# tests/autobahn.rs), then runs the format check, clippy, and every test. Exits non-zero if
-# anything fails.
+# tests/autobahn.rs and websockets for scripts/check_readme_demo.py), then runs the format
+# check, clippy, every test, and README's first command (the demo). Exits non-zero if anything
+# fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -40,11 +41,20 @@ apt_packages=()
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
     apt_packages+=(chromium)
 fi
-need_venv=0
+# Python packages in .venv: kosoku (Autobahn runner) and websockets (the README check's client).
+KOSOKU_PIN=kosoku==0.1.0
+WEBSOCKETS_VERSION=15.0.1
+venv_packages=()
 if [ -n "${KOSOKU:-}" ] && [ -x "$KOSOKU" ]; then
     :
 elif [ ! -x .venv/bin/kosoku ]; then
-    need_venv=1
+    venv_packages+=("$KOSOKU_PIN")
+fi
+if ! .venv/bin/python -c "import sys, websockets; sys.exit(websockets.__version__ != '$WEBSOCKETS_VERSION')" \
+    >/dev/null 2>&1; then
+    venv_packages+=("websockets==$WEBSOCKETS_VERSION")
+fi
+if [ "${#venv_packages[@]}" -gt 0 ]; then
     if ! command -v python3 >/dev/null 2>&1; then
         apt_packages+=(python3 python3-venv)
     elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -56,13 +66,18 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     quiet as_root apt-get update
     quiet as_root apt-get install -y --no-install-recommends "${apt_packages[@]}"
 fi
-if [ "$need_venv" -eq 1 ]; then
-    step "installing kosoku==0.1.0 into .venv"
+if [ "${#venv_packages[@]}" -gt 0 ]; then
     if [ ! -x .venv/bin/pip ]; then
         rm -rf .venv
         quiet python3 -m venv .venv
+        # A new venv has neither package.
+        venv_packages=("websockets==$WEBSOCKETS_VERSION")
+        if [ -z "${KOSOKU:-}" ] || [ ! -x "$KOSOKU" ]; then
+            venv_packages+=("$KOSOKU_PIN")
+        fi
     fi
-    quiet .venv/bin/pip install --disable-pip-version-check kosoku==0.1.0
+    step "installing ${venv_packages[*]} into .venv"
+    quiet .venv/bin/pip install --disable-pip-version-check "${venv_packages[@]}"
 fi
 
 # --- checks and tests ------------------------------------------------------------------------
@@ -86,6 +101,10 @@ cargo test --workspace --doc || failed+=("doc tests")
 step "all tests"
 # Every target but the criterion benchmarks (they measure; `cargo bench` runs them).
 cargo test --workspace --lib --bins --tests --examples --no-fail-fast -- --skip autobahn_conformance --exact || failed+=("cargo test")
+
+# README's first command, run as written (a release build), with an independent WebSocket client.
+step "README first command (scripts/check_readme_demo.py)"
+.venv/bin/python scripts/check_readme_demo.py || failed+=("README first command")
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "test.sh: FAILED: ${failed[*]}" >&2

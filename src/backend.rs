@@ -260,7 +260,10 @@ impl Pool {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
+        // Saturating: u64 milliseconds last 584 million years.
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 
     fn is_up(&self, m: &Member) -> bool {
@@ -339,7 +342,8 @@ impl Pool {
     }
 
     fn mark_down(&self, m: &Member, why: &str) {
-        let until = self.now_ms() + self.health.cooloff.as_millis() as u64;
+        let cooloff_ms = u64::try_from(self.health.cooloff.as_millis()).unwrap_or(u64::MAX);
+        let until = self.now_ms().saturating_add(cooloff_ms);
         if m.down_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
             warn!(route = %self.route, backend = %m.addr, cooloff = ?self.health.cooloff, why, "backend skipped");
         }

@@ -788,7 +788,7 @@ impl Validator<'_> {
         let runtime = match raw.runtime.as_ref().and_then(|r| r.worker_threads.as_ref()) {
             None => RuntimeConfig::default(),
             Some(n) if (1..=MAX_WORKER_THREADS).contains(n.get_ref()) => RuntimeConfig {
-                worker_threads: Some(*n.get_ref() as usize),
+                worker_threads: Some(fit(*n.get_ref(), usize::MAX)),
             },
             Some(n) => {
                 return self.err(
@@ -914,7 +914,7 @@ impl Validator<'_> {
         let health = Health {
             failures: match &r.health.failures {
                 None => DEFAULT_HEALTH_FAILURES,
-                Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref() as u32,
+                Some(n) if (1..=1000).contains(n.get_ref()) => fit(*n.get_ref(), u32::MAX),
                 Some(n) => {
                     return self.err(
                         n.span(),
@@ -934,7 +934,9 @@ impl Validator<'_> {
         };
         let max_sessions = match &r.max_sessions {
             None => None,
-            Some(n) if (1..=10_000_000).contains(n.get_ref()) => Some(*n.get_ref() as usize),
+            Some(n) if (1..=10_000_000).contains(n.get_ref()) => {
+                Some(fit(*n.get_ref(), usize::MAX))
+            }
             Some(n) => {
                 return self.err(
                     n.span(),
@@ -1035,6 +1037,16 @@ impl Validator<'_> {
                 None => None,
                 Some(v) => match v.get_ref().as_str() {
                     "v1" => Some(proxy_protocol::Version::V1),
+                    "v2" if path.len() > proxy_protocol::MAX_ROUTE_BYTES => {
+                        return self.err(
+                            r.path.span(),
+                            format!("route[{i}].path"),
+                            format!(
+                                "a route with proxy_protocol = \"v2\" has a path of at most {} bytes",
+                                proxy_protocol::MAX_ROUTE_BYTES
+                            ),
+                        )
+                    }
                     "v2" => Some(proxy_protocol::Version::V2),
                     other => {
                         return self.err(
@@ -1120,16 +1132,16 @@ impl Validator<'_> {
                 Some(t) => Some(self.duration(t, &key("cache_ttl"))?),
                 None => None,
             };
-            let positive = |v: &Option<Spanned<i64>>,
-                            k: &str,
-                            default: usize|
-             -> Result<usize, ConfigError> {
-                match v {
-                    None => Ok(default),
-                    Some(n) if (1..=10_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
-                    Some(n) => self.err(n.span(), key(k), "must be between 1 and 10000000"),
-                }
-            };
+            let positive =
+                |v: &Option<Spanned<i64>>, k: &str, default: usize| -> Result<usize, ConfigError> {
+                    match v {
+                        None => Ok(default),
+                        Some(n) if (1..=10_000_000).contains(n.get_ref()) => {
+                            Ok(fit(*n.get_ref(), usize::MAX))
+                        }
+                        Some(n) => self.err(n.span(), key(k), "must be between 1 and 10000000"),
+                    }
+                };
             let cache_size = positive(&a.cache_size, "cache_size", forward::DEFAULT_CACHE_ENTRIES)?;
             let max_concurrent = positive(
                 &a.max_concurrent,
@@ -1456,7 +1468,7 @@ impl Validator<'_> {
             max_frame_size: size(l.max_frame_size, "max_frame_size", base.max_frame_size)?,
             max_fragments: match l.max_fragments {
                 None => base.max_fragments,
-                Some(v) if *v.get_ref() >= 1 => *v.get_ref() as u64,
+                Some(v) if *v.get_ref() >= 1 => fit(*v.get_ref(), u64::MAX),
                 Some(v) => return self.err(v.span(), key("max_fragments"), "must be at least 1"),
             },
             idle_timeout: match l.idle_timeout {
@@ -1515,12 +1527,12 @@ impl Validator<'_> {
                         format!("must be between {MIN_HEADER_BYTES} and 1048576 bytes"),
                     );
                 }
-                n as usize
+                fit(n, usize::MAX)
             }
         };
         let max_headers = match &l.max_headers {
             None => DEFAULT_MAX_HEADERS,
-            Some(v) if (8..=1000).contains(v.get_ref()) => *v.get_ref() as usize,
+            Some(v) if (8..=1000).contains(v.get_ref()) => fit(*v.get_ref(), usize::MAX),
             Some(v) => {
                 return self.err(v.span(), "limits.max_headers", "must be between 8 and 1000")
             }
@@ -1533,7 +1545,9 @@ impl Validator<'_> {
             |v: &Option<Spanned<i64>>, key: &str, default: usize| -> Result<usize, ConfigError> {
                 match v {
                     None => Ok(default),
-                    Some(n) if (1..=10_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+                    Some(n) if (1..=10_000_000).contains(n.get_ref()) => {
+                        Ok(fit(*n.get_ref(), usize::MAX))
+                    }
                     Some(n) => self.err(n.span(), key, "must be between 1 and 10000000"),
                 }
             };
@@ -1577,7 +1591,7 @@ impl Validator<'_> {
 
     fn size(&self, v: &Spanned<RawSize>, key: &str) -> Result<u64, ConfigError> {
         match v.get_ref() {
-            RawSize::Bytes(n) if *n > 0 => Ok(*n as u64),
+            RawSize::Bytes(n) if *n > 0 => Ok(fit(*n, u64::MAX)),
             RawSize::Bytes(_) => self.err(v.span(), key, "must be a positive number of bytes"),
             RawSize::Text(s) => parse_size(s).map_err(|m| ConfigError {
                 file: None,
@@ -1697,6 +1711,13 @@ struct RawRouteLimitsRef<'a> {
     control_frames_per_second: &'a Option<Spanned<i64>>,
 }
 
+/// A number its match guard has already checked to be positive and within the key's range, as
+/// the type the key needs. Every range is far inside that type, so the saturating fallback is
+/// never taken; it only keeps the conversion free of `as`.
+fn fit<F, T: TryFrom<F>>(n: F, max: T) -> T {
+    T::try_from(n).unwrap_or(max)
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
@@ -1706,7 +1727,13 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Parse "250ms", "10s", "5m", "1h" (one number, one unit).
+/// Longest duration any key accepts: 365 days. Deadlines are added to the clock (`Instant +
+/// duration`), and a few of them together must stay far from where that overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(MAX_DURATION_DAYS * 24 * 3600);
+/// [`MAX_DURATION`] in days, as the error messages and README.md say it.
+pub const MAX_DURATION_DAYS: u64 = 365;
+
+/// Parse "250ms", "10s", "5m", "1h" (one whole number, one unit), at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -1714,18 +1741,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let hint = || {
         format!("{s:?} is not a duration; write a whole number and a unit: \"250ms\", \"10s\", \"5m\", \"1h\"")
     };
-    let n: u64 = num.parse().map_err(|_| hint())?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(hint)?),
-        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(hint)?),
+    let too_long = || {
+        format!(
+            "{s:?} is too long; the longest duration accepted is {MAX_DURATION_DAYS} days (\"{}h\")",
+            MAX_DURATION_DAYS * 24
+        )
+    };
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 3600 * 1000,
         _ => return Err(hint()),
     };
-    Ok(d)
+    if num.is_empty() {
+        return Err(hint());
+    }
+    // Only digits: a parse error means the number does not fit in a u64.
+    let n: u64 = num.parse().map_err(|_| too_long())?;
+    let max_ms = MAX_DURATION.as_secs() * 1000;
+    let ms = n
+        .checked_mul(unit_ms)
+        .filter(|&ms| ms <= max_ms)
+        .ok_or_else(too_long)?;
+    Ok(Duration::from_millis(ms))
 }
 
 /// Parse "4096", "64KiB", "16MiB", "1GiB" (binary units; "KB"/"MB" are accepted as the same).
+/// The product never wraps: a size that does not fit in a u64 is an error. Each key bounds the
+/// value further.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -1866,6 +1910,102 @@ backend = "127.0.0.1:9001"
         assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
         assert!(parse_size("1PB").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration("525600m").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration("31536000000ms").unwrap(), MAX_DURATION);
+        for long in [
+            "8761h",
+            "31536000001ms",
+            "3000000000000000h",
+            "18446744073709551615ms",
+            "18446744073709551616s",
+            "99999999999999999999999999h",
+        ] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(e.contains("365 days"), "{long}: {e}");
+        }
+    }
+
+    /// The number as written times the unit, exactly (u128: no wrapping), in milliseconds.
+    fn duration_oracle(digits: &str, unit: &str) -> Option<u128> {
+        let n: u128 = digits.parse().ok()?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return None,
+        };
+        n.checked_mul(ms)
+    }
+
+    fn size_oracle(digits: &str, unit: &str) -> Option<u128> {
+        let n: u128 = digits.parse().ok()?;
+        let mult = match unit {
+            "" | "B" => 1,
+            "KiB" | "KB" | "K" => 1 << 10,
+            "MiB" | "MB" | "M" => 1 << 20,
+            "GiB" | "GB" | "G" => 1 << 30,
+            _ => return None,
+        };
+        n.checked_mul(mult)
+    }
+
+    /// An accepted duration can be added to both clocks, twice over, without overflowing.
+    fn assert_usable(d: Duration) {
+        assert!(d <= MAX_DURATION, "{d:?}");
+        let _ = std::time::Instant::now() + d + d;
+        let _ = tokio::time::Instant::now() + d + d;
+        let _ = std::time::SystemTime::now() + d + d;
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn duration_parser_never_panics(s in "\\PC{0,30}") {
+            if let Ok(d) = parse_duration(&s) {
+                assert_usable(d);
+            }
+        }
+
+        #[test]
+        fn duration_parser_is_exact_and_bounded(
+            digits in "[0-9]{1,26}",
+            unit in "(ms|s|m|h|d|us|)",
+            pad in "( ?)",
+        ) {
+            let text = format!("{digits}{pad}{unit}");
+            let want = duration_oracle(&digits, &unit)
+                .filter(|&ms| ms <= MAX_DURATION.as_millis());
+            match parse_duration(&text) {
+                Ok(d) => {
+                    proptest::prop_assert_eq!(Some(d.as_millis()), want, "{}", text);
+                    assert_usable(d);
+                }
+                Err(_) => proptest::prop_assert_eq!(want, None, "{}", text),
+            }
+        }
+
+        #[test]
+        fn size_parser_never_panics_or_wraps(
+            digits in "[0-9]{1,22}",
+            unit in "(|B|KiB|KB|K|MiB|MB|M|GiB|GB|G|TiB|PB)",
+            junk in "\\PC{0,12}",
+        ) {
+            let _ = parse_size(&junk);
+            let text = format!("{digits}{unit}");
+            let want = size_oracle(&digits, &unit)
+                .filter(|&v| v > 0 && v <= u128::from(u64::MAX));
+            match parse_size(&text) {
+                Ok(v) => proptest::prop_assert_eq!(Some(u128::from(v)), want, "{}", text),
+                Err(_) => proptest::prop_assert_eq!(want, None, "{}", text),
+            }
+        }
     }
 
     #[test]
@@ -2026,6 +2166,23 @@ backend = "127.0.0.1:9001"
             "path = \"/echo\"\nproxy_protocol = \"v3\""
         ))
         .is_err());
+        // The route path travels in a v2 TLV: it is bounded there (v1 carries no path).
+        let max = proxy_protocol::MAX_ROUTE_BYTES;
+        for (len, ok) in [(max, true), (max + 1, false)] {
+            let path = format!("/{}", "p".repeat(len - 1));
+            let text = MINIMAL.replace(
+                "path = \"/echo\"",
+                &format!("path = \"{path}\"\nproxy_protocol = \"v2\""),
+            );
+            match parse(&text) {
+                Ok(_) => assert!(ok, "{len}"),
+                Err(e) => {
+                    assert!(!ok, "{len}: {e}");
+                    assert_eq!(e.key.as_deref(), Some("route[0].path"), "{e}");
+                }
+            }
+            assert!(parse(&text.replace("\"v2\"", "\"v1\"")).is_ok());
+        }
     }
 
     #[test]

@@ -20,6 +20,16 @@
 //! `proxy_protocol` encodes the PROXY header for backends; `metrics` and `admin` serve the
 //! operator's view (Prometheus metrics, health, live sessions).
 #![forbid(unsafe_code)]
+// Lengths and counts come from the network and the configuration: narrowing them is explicit
+// (the unit tests cut random numbers down to size on purpose).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod admin;
 pub mod auth;
@@ -32,6 +42,7 @@ pub mod handshake;
 pub mod metrics;
 pub mod origin;
 pub mod proxy_protocol;
+#[allow(clippy::cast_possible_truncation)]
 pub mod pump;
 pub mod server;
 pub mod static_files;

@@ -130,7 +130,10 @@ impl State {
         let max_connect = config
             .routes
             .iter()
-            .map(|r| r.limits.connect_timeout * r.backends.len() as u32)
+            .map(|r| {
+                let tries = u32::try_from(r.backends.len()).unwrap_or(u32::MAX);
+                r.limits.connect_timeout.saturating_mul(tries)
+            })
             .max()
             .unwrap_or_default();
         let http_phase_limit =
@@ -789,7 +792,11 @@ async fn upgrade(
                 route: &route.path,
                 session_id: id,
             },
-        );
+        )
+        .map_err(|e| {
+            error!(client = %peer, route = %route.path, "{e}");
+            Reject::new(StatusCode::INTERNAL_SERVER_ERROR, "PROXY header too long")
+        })?;
         let write = tokio::time::timeout(
             route.limits.connect_timeout,
             backend_writer.write_all(&header),
@@ -949,7 +956,7 @@ async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         client = %info.client,
         subject,
         backend = %backend_name,
-        duration_ms = outcome.duration.as_millis() as u64,
+        duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
         close_code,
         reason,
         closed_by = %by,

@@ -37,10 +37,7 @@ pub async fn serve(st: &StaticFiles, path: &str, head_only: bool) -> Option<Resp
     };
     let mut resp = Response::new(Full::new(body));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(&file)),
-    );
+    h.insert(header::CONTENT_TYPE, content_type(&file));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
@@ -106,19 +103,31 @@ fn percent_decode(path: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" | "htm" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "json" => "application/json",
-        "txt" => "text/plain; charset=utf-8",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "ico" => "image/x-icon",
-        "wasm" => "application/wasm",
-        _ => "application/octet-stream",
-    }
+/// Extensions whose registered type is newer than the `mime_guess` table's entry: RFC 8081
+/// (fonts) and RFC 9239 (JavaScript modules).
+const NEWER_TYPES: [(&str, &str); 3] = [
+    ("woff", "font/woff"),
+    ("otf", "font/otf"),
+    ("mjs", "text/javascript"),
+];
+
+/// The `Content-Type` of a file, from its extension (the `mime_guess` table, which follows the
+/// IANA registry and the common server maps, with [`NEWER_TYPES`] first): text types carry
+/// `; charset=utf-8`; an unknown extension is `application/octet-stream`.
+fn content_type(path: &Path) -> HeaderValue {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let mime = NEWER_TYPES
+        .iter()
+        .find(|(e, _)| e.eq_ignore_ascii_case(ext))
+        .and_then(|(_, t)| t.parse::<mime_guess::Mime>().ok())
+        .unwrap_or_else(|| mime_guess::from_path(path).first_or_octet_stream());
+    let value = if mime.type_() == mime_guess::mime::TEXT {
+        format!("{}; charset=utf-8", mime.essence_str())
+    } else {
+        mime.essence_str().to_string()
+    };
+    HeaderValue::from_str(&value)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
 #[cfg(test)]
@@ -132,6 +141,32 @@ mod tests {
         assert_eq!(percent_decode("/%zz"), None);
         assert_eq!(percent_decode("/%2"), None);
         assert_eq!(percent_decode("/%ff"), None);
+    }
+
+    #[test]
+    fn content_types() {
+        for (name, want) in [
+            ("index.html", "text/html; charset=utf-8"),
+            ("app.js", "text/javascript; charset=utf-8"),
+            ("mod.mjs", "text/javascript; charset=utf-8"),
+            ("site.css", "text/css; charset=utf-8"),
+            ("notes.txt", "text/plain; charset=utf-8"),
+            ("data.json", "application/json"),
+            ("logo.svg", "image/svg+xml"),
+            ("font.woff", "font/woff"),
+            ("font.woff2", "font/woff2"),
+            ("font.ttf", "font/ttf"),
+            ("font.otf", "font/otf"),
+            ("FONT.WOFF2", "font/woff2"),
+            ("sound.mp3", "audio/mpeg"),
+            ("sound.oga", "audio/ogg"),
+            ("sound.ogg", "audio/ogg"),
+            ("app.wasm", "application/wasm"),
+            ("blob.unknownext", "application/octet-stream"),
+            ("no-extension", "application/octet-stream"),
+        ] {
+            assert_eq!(content_type(Path::new(name)), want, "{name}");
+        }
     }
 
     #[tokio::test]

@@ -550,3 +550,49 @@ async fn session_is_closed_with_1008_when_the_token_expires() {
     s.gw.wait_for_log("close_code=1008", LOG_WAIT).await;
     assert!(!s.gw.logs().contains(&token), "the token was logged");
 }
+
+/// Validly signed tokens whose `exp`, `nbf` or `iat` is no date the clock can hold (2^63,
+/// 2^64 - 1, u64::MAX as a float, 1e300, negative, past the year 9999): each is a 401 with its
+/// reason logged, never a panic, and the gateway serves the next request.
+#[tokio::test]
+async fn time_claims_out_of_range_are_refused() {
+    let mut s = setup(Kind::HsFile, "").await;
+    let gw = &s.gw;
+    let lacks = "token lacks a required claim";
+    let cases = [
+        ("exp", json!(1u64 << 63), "token exp out of range"),
+        ("exp", json!(u64::MAX), "token exp out of range"),
+        ("exp", json!(253_402_300_800u64), "token exp out of range"),
+        ("exp", json!(u64::MAX as f64), lacks),
+        ("exp", json!(1e300), lacks),
+        ("exp", json!(-1), lacks),
+        ("nbf", json!(1u64 << 63), "token not valid yet (nbf)"),
+        ("nbf", json!(u64::MAX as f64), "token nbf out of range"),
+        ("nbf", json!(1e300), "token nbf out of range"),
+        ("nbf", json!(-1), "token nbf out of range"),
+        ("iat", json!(1u64 << 63), "token iat out of range"),
+        ("iat", json!(u64::MAX), "token iat out of range"),
+        ("iat", json!(1e300), "token iat out of range"),
+        ("iat", json!(-1), "token iat out of range"),
+    ];
+    for (claim, value, reason) in cases {
+        let t = s.signer.sign(&claims_with("alice", claim, value.clone()));
+        let bearer = format!("Bearer {t}");
+        let a = attempt(gw.addr(), "/bearer", &[("Authorization", &bearer)]).await;
+        let label = format!("{claim} = {value}");
+        assert_refused(&a, 401, &label);
+        gw.wait_for_log(&refusal_line(a.local, "/bearer", 401, reason), LOG_WAIT)
+            .await;
+    }
+    assert_eq!(s.rec.backend.connections_made().await, 0);
+
+    // Still serving: a good token opens a session that reaches the backend.
+    let t = s.signer.sign(&good_claims("alice"));
+    let bearer = format!("Bearer {t}");
+    let mut a = attempt(gw.addr(), "/bearer", &[("Authorization", &bearer)]).await;
+    assert_eq!(a.status(), 101, "{}\nlog:\n{}", a.response.raw, gw.logs());
+    a.ws().send(&frames::text("after")).await;
+    let mut conn = s.rec.accept().await;
+    assert_eq!(conn.wait_for_len(5).await, b"after");
+    assert!(!gw.logs().contains("panicked"), "{}", gw.logs());
+}

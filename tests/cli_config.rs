@@ -289,3 +289,139 @@ async fn worker_threads_sets_the_number_of_runtime_threads() {
         assert!(matches!(s, Ok(Ok(_))), "{s:?}");
     }
 }
+
+/// A value for every duration key: past the 365-day maximum, or a number that overflows once
+/// multiplied by its unit. `check` (and a start) refuses each with exit 2, naming the key and its
+/// line, where these used to pass and panic once the deadline was added to the clock.
+#[test]
+fn overlong_durations_name_the_key() {
+    const SECRET_ENV: &str = "WSGATE_CLI_CONFIG_TEST_SECRET";
+    std::env::set_var(
+        SECRET_ENV,
+        "test-only-secret-for-the-cli-config-tests-0123456789",
+    );
+    let global = [
+        "idle_timeout",
+        "connect_timeout",
+        "close_timeout",
+        "ping_interval",
+        "pong_timeout",
+        "write_timeout",
+        "handshake_timeout",
+        "tls_handshake_timeout",
+        "shutdown_grace",
+    ];
+    let per_route = [
+        "idle_timeout",
+        "connect_timeout",
+        "close_timeout",
+        "ping_interval",
+        "pong_timeout",
+        "write_timeout",
+    ];
+    let jwt = format!(
+        "[route.auth]\ntype = \"jwt\"\ntoken_from = \"bearer\"\nalgorithms = [\"HS256\"]\nsecret_env = \"{SECRET_ENV}\"\n"
+    );
+    let forward = "allowed_origins = [\"https://app.example.com\"]\n[route.auth]\ntype = \"forward\"\nurl = \"http://127.0.0.1:9/verify\"\n";
+    let in_route = |table: &str, key: &str, value: &str| {
+        GOOD.replace(
+            "framing = \"lines\"\n",
+            &format!("framing = \"lines\"\n{table}{key} = \"{value}\"\n"),
+        )
+    };
+    for value in [
+        "8761h",
+        "3000000000000000h",
+        "31536000001ms",
+        "18446744073709551616s",
+    ] {
+        let mut cases: Vec<(String, String)> = Vec::new();
+        for k in global {
+            let text = GOOD.replace("idle_timeout = \"30s\"", &format!("{k} = \"{value}\""));
+            cases.push((text, format!("limits.{k}")));
+        }
+        for k in per_route {
+            cases.push((
+                in_route("[route.limits]\n", k, value),
+                format!("route[0].limits.{k}"),
+            ));
+        }
+        for k in ["cooloff", "check_interval"] {
+            cases.push((
+                in_route("[route.health]\n", k, value),
+                format!("route[0].health.{k}"),
+            ));
+        }
+        cases.push((
+            in_route(&jwt, "leeway", value),
+            "route[0].auth.leeway".into(),
+        ));
+        for k in ["timeout", "cache_ttl"] {
+            cases.push((in_route(forward, k, value), format!("route[0].auth.{k}")));
+        }
+        for (text, key) in cases {
+            let needle = format!("\"{value}\"");
+            let line = text.lines().position(|l| l.contains(&needle)).unwrap() + 1;
+            let err = assert_config_error(&text, line, &key);
+            assert!(err.contains("365 days"), "{key} = {value}: {err}");
+        }
+    }
+}
+
+/// Every duration at the maximum (365 days) is accepted, and the gateway starts and carries a
+/// session with them: no deadline overflows the clock.
+#[tokio::test]
+async fn durations_at_the_maximum_start_and_serve() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let backend = support::backends::echo().await;
+    let max = "\"8760h\"";
+    let limits = [
+        "idle_timeout",
+        "connect_timeout",
+        "close_timeout",
+        "ping_interval",
+        "pong_timeout",
+        "write_timeout",
+        "handshake_timeout",
+        "tls_handshake_timeout",
+        "shutdown_grace",
+    ]
+    .map(|k| format!("{k} = {max}\n"))
+    .concat();
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/echo\"\nbackend = \"{}\"\n[route.health]\ncooloff = {max}\ncheck_interval = {max}\n\n[limits]\n{limits}",
+        backend.config_addr()
+    );
+    let (_dir, path) = config_file(&config);
+    let out = run(&["check"], Some(&path));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let mut gw = support::Gateway::start(&config).await;
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(gw.url("/echo")),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("handshake");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        ws.send(Message::binary(b"ping".to_vec())),
+    )
+    .await
+    .expect("send timed out")
+    .expect("send");
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("no echo within 10 s")
+        .expect("connection ended")
+        .expect("read");
+    assert_eq!(echoed.into_data().as_ref(), b"ping");
+    let _ = ws.close(None).await;
+    drop(ws);
+    let status = gw.terminate(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", gw.logs());
+    assert!(!gw.logs().contains("panicked"), "{}", gw.logs());
+}

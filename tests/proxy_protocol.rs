@@ -11,7 +11,10 @@ mod support;
 
 use std::time::Duration;
 
-use auth::{attempt, good_claims, Proxy, ALLOWED_ORIGIN, TLV_ROUTE, TLV_SESSION_ID, TLV_SUBJECT};
+use auth::{
+    attempt, good_claims, refusal_line, Proxy, ALLOWED_ORIGIN, TLV_ROUTE, TLV_SESSION_ID,
+    TLV_SUBJECT,
+};
 use support::backends::{self, Recorder};
 use support::Gateway;
 
@@ -83,6 +86,10 @@ subject_claim = "email"
 [[route]]
 path = "/plain"
 backend = "{plain}"
+
+# Room for tokens with long subjects.
+[limits]
+max_header_bytes = "256KiB"
 "#,
             v1 = v1.backend.config_addr(),
             v2 = v2.backend.config_addr(),
@@ -318,4 +325,42 @@ async fn no_header_without_proxy_protocol() {
     a.ws().send(&frames::text("just this")).await;
     let mut conn = s.plain.accept().await;
     assert_eq!(conn.wait_for_len(9).await, b"just this");
+}
+
+/// The subject travels in a v2 TLV, and the header's length field has 16 bits. A subject of up to
+/// 4096 bytes arrives whole; a longer one is refused with 401 before any backend is connected,
+/// rather than reaching the backend in a header whose length wrapped past 64 KiB.
+#[tokio::test]
+async fn long_subjects_are_refused_before_the_backend() {
+    let mut s = setup().await;
+    let longest = "s".repeat(4096);
+    let bearer = format!("Bearer {}", token(&good_claims(&longest)));
+    let (header, _, _) = session(
+        &s.gw,
+        &mut s.bearer,
+        "/v2bearer",
+        &[("Authorization", &bearer)],
+        "longest subject",
+    )
+    .await;
+    assert_eq!(
+        header.tlv_str(TLV_SUBJECT).as_deref(),
+        Some(longest.as_str())
+    );
+
+    for len in [4097, 65_536, 70_000] {
+        let bearer = format!("Bearer {}", token(&good_claims(&"s".repeat(len))));
+        let a = attempt(s.gw.addr(), "/v2bearer", &[("Authorization", &bearer)]).await;
+        auth::assert_refused(&a, 401, &format!("subject of {len} bytes"));
+        s.gw.wait_for_log(
+            &refusal_line(a.local, "/v2bearer", 401, "subject too long"),
+            LOG_WAIT,
+        )
+        .await;
+    }
+    assert_eq!(
+        s.bearer.backend.connections_made().await,
+        1,
+        "a refused subject opened a backend connection"
+    );
 }

@@ -19,6 +19,10 @@ pub const DEFAULT_SUBPROTOCOL_PREFIX: &str = "access_token.";
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 /// Shortest HMAC secret accepted: 256 bits, as RFC 7518 §3.2 requires for HS256.
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+/// Latest time a token's `exp`, `nbf` or `iat` may name: 9999-12-31T23:59:59Z, in seconds since
+/// the epoch. Anything later (up to 2^64 and beyond, as a float) is refused rather than added to
+/// the clock.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
 /// Where the token comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,10 +250,22 @@ impl JwtAuth {
         )
         .map_err(|e| JwtError::Invalid(describe(e.kind())))?;
         let claims = data.claims;
+        // RFC 7519 §4.1.4-6: NumericDate values. `exp` is required (the library checked it is
+        // there); `nbf` and `iat`, when present, must be dates too.
         let exp = claims
             .get("exp")
-            .and_then(serde_json::Value::as_u64)
             .ok_or(JwtError::Invalid("token has no usable exp claim"))?;
+        let exp = numeric_date(exp).ok_or(JwtError::Invalid("token exp out of range"))?;
+        for (claim, reason) in [
+            ("nbf", "token nbf out of range"),
+            ("iat", "token iat out of range"),
+        ] {
+            if claims.get(claim).is_some_and(|v| numeric_date(v).is_none()) {
+                return Err(JwtError::Invalid(reason));
+            }
+        }
+        let expires_at =
+            expiry(exp, self.leeway).ok_or(JwtError::Invalid("token exp out of range"))?;
         let subject = claims.get(&self.subject_claim).and_then(|v| {
             v.as_str()
                 .map(str::to_owned)
@@ -257,9 +273,39 @@ impl JwtAuth {
         });
         Ok(Verified {
             subject,
-            expires_at: UNIX_EPOCH + Duration::from_secs(exp) + self.leeway,
+            expires_at,
         })
     }
+}
+
+/// A NumericDate claim as whole seconds since the epoch: an integer or a finite float (the
+/// fraction dropped) from 0 to [`MAX_NUMERIC_DATE`]; `None` for anything else (negative, huge,
+/// not a number).
+pub fn numeric_date(v: &serde_json::Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return (n <= MAX_NUMERIC_DATE).then_some(n);
+    }
+    // MAX_NUMERIC_DATE is below 2^53, so it and every whole number under it are exact in f64.
+    const MAX_F64: f64 = 253_402_300_799.0;
+    let f = v.as_f64()?.floor();
+    if !(0.0..=MAX_F64).contains(&f) {
+        return None; // also NaN
+    }
+    // A whole number in 0..=MAX_NUMERIC_DATE: the conversion is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let secs = f as u64;
+    Some(secs)
+}
+
+/// When a session on a token must end: its `exp` plus the leeway, or `None` when that is past
+/// [`MAX_NUMERIC_DATE`] plus the leeway or not representable. Never panics, for any input.
+pub fn expiry(exp: u64, leeway: Duration) -> Option<SystemTime> {
+    if exp > MAX_NUMERIC_DATE {
+        return None;
+    }
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp))?
+        .checked_add(leeway)
 }
 
 fn describe(kind: &ErrorKind) -> &'static str {
@@ -378,6 +424,98 @@ mod tests {
         );
         assert!(a.verify(&none).is_err());
         assert!(a.verify("garbage").is_err());
+    }
+
+    #[test]
+    fn time_claims_out_of_range_are_refused() {
+        let a = hs(TokenSource::Bearer);
+        let huge = [
+            serde_json::json!(1u64 << 63),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(u64::MAX as f64),
+            serde_json::json!(1e300),
+            serde_json::json!(MAX_NUMERIC_DATE + 1),
+            serde_json::json!(-1),
+            serde_json::json!(-1.5),
+            serde_json::json!("soon"),
+        ];
+        for claim in ["exp", "nbf", "iat"] {
+            for value in &huge {
+                let mut c = good_claims();
+                c[claim] = value.clone();
+                let e = a.verify(&token(c)).unwrap_err();
+                assert!(
+                    matches!(e, JwtError::Invalid(_)),
+                    "{claim} = {value}: {e:?}"
+                );
+            }
+        }
+        // At the edge of the range: accepted, and the session ends then.
+        let mut c = good_claims();
+        c["exp"] = MAX_NUMERIC_DATE.into();
+        c["iat"] = (now() as f64 + 0.5).into();
+        let v = a.verify(&token(c)).unwrap();
+        assert_eq!(
+            v.expires_at,
+            UNIX_EPOCH + Duration::from_secs(MAX_NUMERIC_DATE)
+        );
+    }
+
+    #[test]
+    fn numeric_dates() {
+        use serde_json::json;
+        assert_eq!(253_402_300_799.0, MAX_NUMERIC_DATE as f64);
+        assert_eq!(numeric_date(&json!(0)), Some(0));
+        assert_eq!(numeric_date(&json!(1_700_000_000.9)), Some(1_700_000_000));
+        assert_eq!(
+            numeric_date(&json!(MAX_NUMERIC_DATE)),
+            Some(MAX_NUMERIC_DATE)
+        );
+        assert_eq!(
+            numeric_date(&json!(MAX_NUMERIC_DATE as f64 + 0.5)),
+            Some(MAX_NUMERIC_DATE)
+        );
+        for bad in [
+            json!(MAX_NUMERIC_DATE + 1),
+            json!(MAX_NUMERIC_DATE as f64 + 1.0),
+            json!(-0.5),
+            json!(-1),
+            json!(i64::MIN),
+            json!(f64::MAX),
+            json!(null),
+            json!("1"),
+            json!([1]),
+        ] {
+            assert_eq!(numeric_date(&bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// For any `exp` and leeway the expiry never panics; when there is one, the session's
+        /// deadline (the time left, added to tokio's clock, as the session does) does not either.
+        #[test]
+        fn expiry_never_panics(exp in proptest::num::u64::ANY, leeway_ms in proptest::num::u64::ANY) {
+            let leeway = Duration::from_millis(leeway_ms);
+            match expiry(exp, leeway) {
+                Some(at) => {
+                    proptest::prop_assert!(exp <= MAX_NUMERIC_DATE);
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    let _ = tokio::time::Instant::now() + left;
+                    let _ = std::time::Instant::now() + left;
+                }
+                None => proptest::prop_assert!(exp > MAX_NUMERIC_DATE || UNIX_EPOCH.checked_add(Duration::from_secs(exp)).and_then(|t| t.checked_add(leeway)).is_none()),
+            }
+        }
+
+        #[test]
+        fn numeric_date_is_in_range(f in proptest::num::f64::ANY, i in proptest::num::i64::ANY, u in proptest::num::u64::ANY) {
+            for v in [serde_json::json!(f), serde_json::json!(i), serde_json::json!(u)] {
+                if let Some(n) = numeric_date(&v) {
+                    proptest::prop_assert!(n <= MAX_NUMERIC_DATE, "{v}");
+                    proptest::prop_assert!(expiry(n, Duration::from_secs(365 * 86_400)).is_some());
+                }
+            }
+        }
     }
 
     #[test]

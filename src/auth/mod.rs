@@ -53,8 +53,21 @@ pub struct Request<'a> {
     pub tls: bool,
 }
 
-/// Run the route's credential check, if it has one.
+/// Run the route's credential check, if it has one. A subject longer than
+/// [`MAX_SUBJECT_BYTES`](crate::proxy_protocol::MAX_SUBJECT_BYTES) is refused with 401.
 pub async fn authenticate(route: &Route, req: &Request<'_>) -> Result<Identity, Reject> {
+    let identity = credential(route, req).await?;
+    if identity
+        .subject
+        .as_ref()
+        .is_some_and(|s| s.len() > crate::proxy_protocol::MAX_SUBJECT_BYTES)
+    {
+        return Err(unauthorized("subject too long"));
+    }
+    Ok(identity)
+}
+
+async fn credential(route: &Route, req: &Request<'_>) -> Result<Identity, Reject> {
     match route.auth.as_deref() {
         None => Ok(Identity::default()),
         Some(RouteAuth::Jwt(j)) => {

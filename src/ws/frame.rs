@@ -68,12 +68,12 @@ pub fn encode_header(
     out[0] = (u8::from(fin) << 7) | opcode as u8;
     // RFC 6455 §5.1: a server MUST NOT mask, so the MASK bit is 0 and there is no key.
     // RFC 6455 §5.2: the minimal number of bytes MUST be used to encode the length.
-    if payload_len < 126 {
-        out[1] = payload_len as u8;
+    if let Some(len) = u8::try_from(payload_len).ok().filter(|&l| l < 126) {
+        out[1] = len;
         2
-    } else if payload_len <= 0xFFFF {
+    } else if let Ok(len) = u16::try_from(payload_len) {
         out[1] = 126;
-        let [hi, lo] = (payload_len as u16).to_be_bytes();
+        let [hi, lo] = len.to_be_bytes();
         out[2] = hi;
         out[3] = lo;
         4
@@ -531,7 +531,10 @@ impl Decoder {
         buf: &'b mut BytesMut,
     ) -> Result<Option<Frame<'b>>, ProtocolError> {
         // payload_len <= 125 was checked in parse_header.
-        let end = header.header_len + header.payload_len as usize;
+        let Ok(payload_len) = usize::try_from(header.payload_len) else {
+            return Err(CONTROL_TOO_LONG);
+        };
+        let end = header.header_len + payload_len;
         let bytes: &'b mut [u8] = buf.as_mut();
         let Some(payload) = bytes.get_mut(header.header_len..end) else {
             return Ok(None);

@@ -57,7 +57,8 @@ impl Utf8Validator {
                 // Still a valid prefix: the chunk ended inside the code point.
                 Err(e) if e.error_len().is_none() => {
                     self.carry = tmp;
-                    self.carry_len = end as u8;
+                    // `end` indexes the 4-byte carry buffer.
+                    self.carry_len = u8::try_from(end).map_err(|_| ())?;
                     return Ok(());
                 }
                 // RFC 6455 §8.1: the bytes can never become valid UTF-8.
@@ -81,7 +82,7 @@ impl Utf8Validator {
                     return Err(());
                 };
                 dst.copy_from_slice(tail);
-                self.carry_len = tail.len() as u8;
+                self.carry_len = u8::try_from(tail.len()).map_err(|_| ())?;
                 Ok(())
             }
         }
