@@ -42,7 +42,6 @@ pub mod handshake;
 pub mod metrics;
 pub mod origin;
 pub mod proxy_protocol;
-#[allow(clippy::cast_possible_truncation)]
 pub mod pump;
 pub mod server;
 pub mod static_files;
