@@ -72,8 +72,31 @@ pub enum RunError {
 pub struct RouteRt {
     pub route: Arc<Route>,
     pub pool: Arc<Pool>,
-    /// Sessions open on this route path (kept across reloads).
+    /// Sessions open on this route path, shared with every generation that has the path (see
+    /// [`SessionCounts`]).
     sessions: Arc<AtomicUsize>,
+}
+
+/// Open sessions per route path, across configuration generations: a route removed by one reload
+/// and added back by another finds the sessions still open on it, so `max_sessions` holds across
+/// reloads. A path's counter is dropped once nothing refers to it any more: no generation has the
+/// route and no session holds a slot on it.
+#[derive(Default)]
+struct SessionCounts(Mutex<HashMap<String, Arc<AtomicUsize>>>);
+
+impl SessionCounts {
+    /// The counter for `path`, created at 0 if the path has none.
+    fn counter(&self, path: &str) -> Arc<AtomicUsize> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(path.to_string()).or_default().clone()
+    }
+
+    /// Forget counters held by nothing but this registry (their count is 0 and no configuration
+    /// generation has their path).
+    fn prune(&self) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Relaxed) > 0);
+    }
 }
 
 /// One configuration generation: what new connections use. Replaced whole on reload.
@@ -87,11 +110,16 @@ pub struct State {
 }
 
 impl State {
-    fn build(config: Config, metrics: &Arc<Metrics>, previous: Option<&State>) -> State {
+    fn build(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        counts: &SessionCounts,
+        previous: Option<&State>,
+    ) -> State {
         let mut routes = HashMap::new();
         for r in &config.routes {
             let old = previous.and_then(|p| p.routes.get(&r.path));
-            // Keep health state when the backends did not change, and the session count always.
+            // Keep health state when the backends did not change.
             let pool = match old {
                 Some(o)
                     if o.pool.addrs().eq(r.backends.iter())
@@ -107,7 +135,7 @@ impl State {
                     pool
                 }
             };
-            let sessions = old.map(|o| o.sessions.clone()).unwrap_or_default();
+            let sessions = counts.counter(&r.path);
             routes.insert(
                 r.path.clone(),
                 Arc::new(RouteRt {
@@ -157,6 +185,8 @@ pub struct LiveSession {
 /// State shared by every connection, across configuration generations.
 pub struct Gateway {
     state: RwLock<Arc<State>>,
+    /// Open sessions per route path, across generations.
+    route_sessions: SessionCounts,
     /// Session tasks, so that shutdown can wait for them.
     sessions: TaskTracker,
     /// Cancelled on shutdown: every session sends Close 1001.
@@ -296,8 +326,11 @@ pub async fn run(
     };
     let metrics = Metrics::new();
     let grace = config.http.shutdown_grace;
+    let route_sessions = SessionCounts::default();
+    let state = State::build(config, &metrics, &route_sessions, None);
     let gw = Arc::new(Gateway {
-        state: RwLock::new(Arc::new(State::build(config, &metrics, None))),
+        state: RwLock::new(Arc::new(state)),
+        route_sessions,
         sessions: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         cut: CancellationToken::new(),
@@ -412,7 +445,14 @@ pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
         );
     }
     let routes = new.routes.len();
-    gw.set_state(State::build(new, &gw.metrics, Some(&old)));
+    gw.set_state(State::build(
+        new,
+        &gw.metrics,
+        &gw.route_sessions,
+        Some(&old),
+    ));
+    drop(old);
+    gw.route_sessions.prune();
     info!(
         routes,
         "configuration reloaded; new connections use it, open sessions keep theirs"

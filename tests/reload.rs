@@ -160,6 +160,57 @@ async fn route_session_count_survives_a_reload() {
     assert!(gw.try_exit().is_none());
 }
 
+/// A route removed by one reload and added back by another still counts the sessions opened on
+/// it before: `max_sessions` is per route path, across configuration generations.
+#[tokio::test]
+async fn route_session_count_survives_the_route_being_removed_and_added_back() {
+    let mut backend = backends::recording_echo().await;
+    let other = backends::recording_echo().await;
+    let admin = format!("[admin]\nbind = \"{}\"\n", ops::ADMIN_BIND);
+    let with = format!(
+        "{LISTENER}\n{admin}\n{}max_sessions = 2\n",
+        route("/r", &backend)
+    );
+    let without = format!("{LISTENER}\n{admin}\n{}", route("/other", &other));
+    let mut gw = Gw::start(&with).await;
+    let mut open = Vec::new();
+    for i in 0..2 {
+        let mut ws = ops::ws(&gw.url("/r")).await;
+        let mut conn = backend.accept().await;
+        through(&mut ws, &mut conn, &format!("session {i}")).await;
+        open.push((ws, conn));
+    }
+    assert_eq!(ops::try_ws(&gw.url("/r"), &[]).await.err(), Some(503));
+
+    std::fs::write(gw.config_path(), &without).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_count("configuration reloaded", 1, WAIT).await;
+    assert_eq!(ops::try_ws(&gw.url("/r"), &[]).await.err(), Some(404));
+    std::fs::write(gw.config_path(), &with).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_count("configuration reloaded", 2, WAIT).await;
+
+    for attempt in 0..3 {
+        assert_eq!(
+            ops::try_ws(&gw.url("/r"), &[]).await.err(),
+            Some(503),
+            "attempt {attempt}: the two sessions opened before the route was removed still fill it"
+        );
+    }
+    for (ws, conn) in open.iter_mut() {
+        through(ws, conn, "still open").await;
+    }
+    for (ws, _) in open {
+        ops::close(ws).await;
+    }
+    ops::wait_connections_open(gw.admin(), 0).await;
+    let mut next = ops::ws(&gw.url("/r")).await;
+    let mut next_conn = backend.accept().await;
+    through(&mut next, &mut next_conn, "room again").await;
+    ops::close(next).await;
+    assert!(gw.try_exit().is_none());
+}
+
 /// `[runtime]` is fixed at start: a reload that changes it says so, applies the rest of the file,
 /// and keeps the running threads.
 #[tokio::test]
