@@ -1042,12 +1042,43 @@ impl ClientIo {
     }
 }
 
-/// A request that is not an upgrade attempt: a static file, or 426 on a route path, or 404.
+/// A request that is not an upgrade attempt: a static file, or 426 on a route path, or 404. Each
+/// answer gets one access line: `static file` for what the `[static]` directory answered (the file,
+/// 404, 405, 500), `plain request` otherwise.
 async fn plain_http(
     state: &State,
     req: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let (resp, message) = plain_answer(state, req).await;
+    let bytes = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or_default();
+    let status = resp.status().as_u16();
+    match message {
+        PlainAnswer::Static => {
+            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, "static file")
+        }
+        PlainAnswer::Other => {
+            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, "plain request")
+        }
+    }
+    resp
+}
+
+/// Who answered a plain request, for its access line.
+enum PlainAnswer {
+    /// The `[static]` directory (a file, or its 404, 405, 500).
+    Static,
+    /// No `[static]`, or a route path (426).
+    Other,
+}
+
+async fn plain_answer(
+    state: &State,
+    req: &Request<Incoming>,
+) -> (Response<Full<Bytes>>, PlainAnswer) {
     let path = req.uri().path();
     if state.route(path).is_some() {
         let mut resp = reject_response(&Reject::new(
@@ -1056,29 +1087,32 @@ async fn plain_http(
         ));
         resp.headers_mut()
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        return resp;
+        return (resp, PlainAnswer::Other);
     }
-    if let Some(st) = &state.config.static_files {
-        if req.method() == Method::GET || req.method() == Method::HEAD {
-            if let Some(mut resp) =
-                static_files::serve(st, path, req.method() == Method::HEAD).await
-            {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                debug!(client = %peer, path, status = resp.status().as_u16(), "static file");
-                return resp;
-            }
-        } else {
-            let mut resp = reject_response(&Reject::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only GET and HEAD",
-            ));
+    let Some(st) = &state.config.static_files else {
+        return (
+            reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found")),
+            PlainAnswer::Other,
+        );
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = reject_response(&Reject::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD",
+        ));
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return (resp, PlainAnswer::Static);
+    }
+    let resp = match static_files::serve(st, path, req.method() == Method::HEAD).await {
+        Some(mut resp) => {
             resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return resp;
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
         }
-    }
-    reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found"))
+        None => reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found")),
+    };
+    (resp, PlainAnswer::Static)
 }
 
 /// The one answer to a refused request: status, short plain-text reason, `Connection: close`.
