@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use frames::{parse_response, read_to_end, upgrade_request, RawWs, ACCEPT, KEY};
@@ -483,10 +484,64 @@ async fn subprotocol_is_echoed_only_when_offered() {
         "{}",
         ws.response.raw
     );
-    // A route without subprotocols never answers one.
+    // A route without subprotocols answers none of these.
     let ws = RawWs::connect_with(
         gw.addr(),
         "/echo",
+        &[("Sec-WebSocket-Protocol", "chat, base64")],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        ws.response.header("sec-websocket-protocol"),
+        None,
+        "{}",
+        ws.response.raw
+    );
+}
+
+/// noVNC and other websockify clients offer `binary`: a `raw` route without `subprotocols`
+/// answers it (as websockify does), so browsers do not fail the connection; a `lines` route does
+/// not.
+#[tokio::test]
+async fn raw_route_without_subprotocols_answers_binary() {
+    let backend = backends::echo().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+
+[[route]]
+path = "/raw"
+backend = "{b}"
+
+[[route]]
+path = "/lines"
+backend = "{b}"
+framing = "lines"
+"#,
+        b = backend.config_addr()
+    ))
+    .await;
+    let mut ws = RawWs::connect_with(
+        gw.addr(),
+        "/raw",
+        &[("Sec-WebSocket-Protocol", "base64, binary")],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        ws.response.header("sec-websocket-protocol"),
+        Some("binary"),
+        "{}",
+        ws.response.raw
+    );
+    ws.send(&frames::binary(b"raw bytes")).await;
+    let echoed = ws.next_frame().await.expect("an echo");
+    assert_eq!(echoed.payload, b"raw bytes");
+    let ws = RawWs::connect_with(
+        gw.addr(),
+        "/lines",
         &[("Sec-WebSocket-Protocol", "binary")],
         &[],
     )
@@ -497,6 +552,31 @@ async fn subprotocol_is_echoed_only_when_offered() {
         "{}",
         ws.response.raw
     );
+
+    // An independent client that checks the answer against its offer.
+    let mut req = gw.url("/raw").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "binary".parse().unwrap());
+    let (mut ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("a 101 with the offered subprotocol");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("binary")
+    );
+    ws.send(Message::binary(b"novnc".to_vec())).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("no echo")
+        .expect("connection ended")
+        .expect("read");
+    assert_eq!(got.into_data().as_ref(), b"novnc");
 }
 
 #[tokio::test]
