@@ -548,6 +548,9 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Out of file descriptors or memory: wait, do not spin.
+                if let Some(resource) = crate::backend::LocalResource::of(&e) {
+                    gw.metrics.local_resource_error(resource.label());
+                }
                 warn!(error = %e, backoff_ms = backoff, "accept failed; backing off");
                 tokio::select! {
                     _ = stop.cancelled() => return,
