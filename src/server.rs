@@ -3,7 +3,8 @@
 //! Owns: binding (demo backends first, then listeners, then the admin listener), connection
 //! admission (`max_connections`, `max_connections_per_ip`, per-route `max_sessions`: 503 with
 //! `Retry-After`), one task per connection, the deadlines before the 101 (TLS handshake and request
-//! head), turning each request into exactly one answer (a 101 or one HTTP status, see README.md),
+//! head), turning each request into exactly one answer (a 101 or one HTTP status, see README.md;
+//! an HTTP/2 preface on a plain listener gets GOAWAY HTTP_1_1_REQUIRED, see [`PlainIo`]),
 //! spawning sessions and tracking them (admin `/sessions`), reloading the configuration and
 //! certificates, and shutdown (stop accepting, Close 1001 to every session, wait at most
 //! `shutdown_grace`). The checks themselves live in `handshake`, `auth` and `backend`; the session
@@ -15,8 +16,10 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -28,7 +31,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -660,7 +663,10 @@ async fn http_phase(gw: Arc<Gateway>, tcp: TcpStream, tls: Option<TlsAcceptor>, 
     let accepted_at = Instant::now();
     let deadline = tokio::time::Instant::from_std(accepted_at + limits.handshake_timeout);
     match tls {
-        None => serve_http(gw, state, TokioIo::new(tcp), conn, deadline).await,
+        None => {
+            let io = TokioIo::new(PlainIo::new(tcp, peer));
+            serve_http(gw, state, io, conn, deadline).await
+        }
         Some(acceptor) => {
             let tls_deadline =
                 deadline.min(tokio::time::Instant::now() + limits.tls_handshake_timeout);
@@ -1009,9 +1015,9 @@ impl ClientIo {
     /// that hyper's read buffer is freed now; a slice of it would keep the whole buffer alive for
     /// the life of the session.
     fn from_upgraded(upgraded: Upgraded) -> (ClientIo, Vec<u8>) {
-        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        let upgraded = match upgraded.downcast::<TokioIo<PlainIo>>() {
             Ok(parts) => {
-                let (r, w) = parts.io.into_inner().into_split();
+                let (r, w) = parts.io.into_inner().tcp.into_split();
                 return (ClientIo::Tcp(r, w), parts.read_buf.to_vec());
             }
             Err(upgraded) => upgraded,
@@ -1042,6 +1048,147 @@ impl ClientIo {
             ClientIo::Tls(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
             ClientIo::Other(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
         }
+    }
+}
+
+/// RFC 9113 §3.4: the client connection preface of HTTP/2 with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// RFC 9113 §7: the GOAWAY error code HTTP_1_1_REQUIRED.
+const H2_HTTP_1_1_REQUIRED: u8 = 0xd;
+/// The GOAWAY frame's debug data.
+const H2_GOAWAY_DEBUG: &[u8] = b"this server speaks HTTP/1.1 only";
+const H2_REFUSAL_LEN: usize = 9 + 9 + 8 + H2_GOAWAY_DEBUG.len();
+/// The answer to an HTTP/2 preface: our server preface, an empty SETTINGS frame (RFC 9113 §3.4,
+/// §6.5), then GOAWAY (§6.8) with last-stream-id 0 and HTTP_1_1_REQUIRED.
+const H2_REFUSAL: [u8; H2_REFUSAL_LEN] = h2_refusal();
+
+const fn h2_refusal() -> [u8; H2_REFUSAL_LEN] {
+    // Frame header (§4.1): length (24 bits), type, flags, reserved bit + stream id (31 bits).
+    let mut f = [0u8; H2_REFUSAL_LEN];
+    f[3] = 0x4; // SETTINGS, length 0, stream 0
+    let goaway_len = 8 + H2_GOAWAY_DEBUG.len();
+    f[9] = (goaway_len >> 16) as u8;
+    f[10] = (goaway_len >> 8) as u8;
+    f[11] = goaway_len as u8;
+    f[12] = 0x7; // GOAWAY, stream 0
+                 // Payload: last-stream-id 0 (bytes 18..22), error code (22..26), debug data.
+    f[25] = H2_HTTP_1_1_REQUIRED;
+    let mut i = 0;
+    while i < H2_GOAWAY_DEBUG.len() {
+        f[26 + i] = H2_GOAWAY_DEBUG[i];
+        i += 1;
+    }
+    f
+}
+
+/// A plain-TCP client connection as hyper sees it. The first read is checked for an HTTP/2
+/// connection preface (a client with prior knowledge, such as `curl --http2-prior-knowledge`),
+/// which hyper would drop without an answer. Such a client gets SETTINGS and GOAWAY
+/// (HTTP_1_1_REQUIRED), our FIN, and its further bytes are read and discarded until it closes
+/// (closing with unread data would reset the connection and could lose the GOAWAY); hyper then
+/// sees the end of the stream. Everything else passes straight through: one comparison on the
+/// first read, no extra system call.
+struct PlainIo {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    preface: Preface,
+}
+
+#[derive(Clone, Copy)]
+enum Preface {
+    /// Nothing read yet.
+    Unchecked,
+    /// HTTP/1.1 (or anything else): pass through.
+    Http1,
+    /// An HTTP/2 preface arrived: this much of [`H2_REFUSAL`] is written.
+    Refusing(usize),
+    /// Refused and shut down: discard what the client still sends.
+    Draining,
+}
+
+impl PlainIo {
+    fn new(tcp: TcpStream, peer: SocketAddr) -> PlainIo {
+        PlainIo {
+            tcp,
+            peer,
+            preface: Preface::Unchecked,
+        }
+    }
+}
+
+impl AsyncRead for PlainIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.preface {
+                Preface::Http1 => return Pin::new(&mut this.tcp).poll_read(cx, buf),
+                Preface::Unchecked => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+                    if !buf.filled()[before..].starts_with(H2_PREFACE) {
+                        this.preface = Preface::Http1;
+                        return Poll::Ready(Ok(()));
+                    }
+                    buf.set_filled(before);
+                    info!(target: "wsgate::access", client = %this.peer, path = "*", reason = "HTTP/2 connection preface; answered GOAWAY HTTP_1_1_REQUIRED", "connection refused");
+                    this.preface = Preface::Refusing(0);
+                }
+                Preface::Refusing(written) if written < H2_REFUSAL.len() => {
+                    let n = ready!(Pin::new(&mut this.tcp).poll_write(cx, &H2_REFUSAL[written..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    this.preface = Preface::Refusing(written + n);
+                }
+                Preface::Refusing(_) => {
+                    ready!(Pin::new(&mut this.tcp).poll_shutdown(cx))?;
+                    this.preface = Preface::Draining;
+                }
+                Preface::Draining => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+                    let got = buf.filled().len() - before;
+                    buf.set_filled(before);
+                    if got == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PlainIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
 
