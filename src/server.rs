@@ -55,6 +55,10 @@ const ACCEPT_BACKOFF_MAX_MS: u64 = 1000;
 const LISTEN_BACKLOG: u32 = 4096;
 /// How often certificate files are checked for changes.
 const CERT_POLL_SECS: u64 = 5;
+/// Times a reload reads the configuration when its certificate files fail to load (they may be
+/// in the middle of being replaced), and the pause before reading them again.
+const RELOAD_READ_ATTEMPTS: u32 = 3;
+const RELOAD_RETRY_PAUSE_MS: u64 = 100;
 /// Close code logged when no Close frame was sent (RFC 6455 §7.4.1: abnormal closure).
 const CLOSE_CODE_NONE_SENT: u16 = 1006;
 /// Close code logged for a Close frame without a code (RFC 6455 §7.4.1: no status received).
@@ -364,15 +368,16 @@ pub async fn run(
         ));
     }
     if let Some(path) = config_path {
+        let (events, received) = tokio::sync::mpsc::channel(1);
         if let Some(hup) = hangup {
-            tokio::spawn(reload_on_sighup(
-                gw.clone(),
-                path.clone(),
-                hup,
-                stop_accepting.clone(),
-            ));
+            tokio::spawn(forward_sighup(hup, events, stop_accepting.clone()));
         }
-        tokio::spawn(watch_certificates(gw.clone(), stop_accepting.clone()));
+        tokio::spawn(reconfigure(
+            gw.clone(),
+            path,
+            received,
+            stop_accepting.clone(),
+        ));
     }
     gw.ready.store(true, Ordering::Relaxed);
 
@@ -392,10 +397,17 @@ pub async fn run(
     Ok(())
 }
 
-async fn reload_on_sighup(
-    gw: Arc<Gateway>,
-    path: PathBuf,
+/// Why the configuration is looked at again.
+enum Reconfigure {
+    /// SIGHUP: read the configuration file again.
+    Hangup,
+}
+
+/// Forward SIGHUPs to the reconfiguration task. A SIGHUP that arrives while one is still
+/// waiting there adds nothing: the waiting reload reads the file as it is then.
+async fn forward_sighup(
     mut hup: tokio::signal::unix::Signal,
+    events: tokio::sync::mpsc::Sender<Reconfigure>,
     stop: CancellationToken,
 ) {
     loop {
@@ -403,21 +415,101 @@ async fn reload_on_sighup(
             _ = stop.cancelled() => return,
             got = hup.recv() => if got.is_none() { return },
         }
-        reload(&gw, &path);
+        info!("SIGHUP received; reload requested");
+        match events.try_send(Reconfigure::Hangup) {
+            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// The one writer of the live configuration after start: it applies SIGHUP reloads and
+/// certificate file changes one at a time, so that neither undoes the other. File reading and
+/// PEM parsing run on a thread of their own ([`FileThread`]), never on the threads that serve
+/// connections; the configuration in force stays in force meanwhile.
+async fn reconfigure(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    mut events: tokio::sync::mpsc::Receiver<Reconfigure>,
+    stop: CancellationToken,
+) {
+    let files = match FileThread::start() {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error = %e, "cannot start the reload thread; configuration and certificate reloads are unavailable");
+            return;
+        }
+    };
+    let mut certs = CertWatch::new(&files, &gw.state().config).await;
+    let mut poll = tokio::time::interval(Duration::from_secs(CERT_POLL_SECS));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.tick().await;
+    // Without SIGHUP (it could not be registered) only the certificates are watched.
+    let mut hangups = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            event = events.recv(), if hangups => match event {
+                None => hangups = false,
+                Some(Reconfigure::Hangup) => {
+                    if let Some(watch) = reload(&gw, &files, &path).await {
+                        certs = watch;
+                    }
+                }
+            },
+            _ = poll.tick() => certs.check(&gw, &files).await,
+        }
     }
 }
 
 /// Re-read the configuration: new connections use it, open sessions keep theirs. An invalid
-/// file changes nothing.
-pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
-    let new = match Config::load(path) {
+/// file changes nothing. Returns what to watch for certificate changes from now on, when the new
+/// configuration was applied.
+async fn reload(
+    gw: &Arc<Gateway>,
+    thread: &FileThread,
+    path: &std::path::Path,
+) -> Option<CertWatch> {
+    let old = gw.state();
+    let old_files = CertWatch::files(&old.config);
+    let path = path.to_path_buf();
+    let read = {
+        let files = old_files.clone();
+        // Stamped before the files are read: a change while they are read is seen by the next
+        // poll. A certificate and key read while they were being replaced (one file new, the
+        // other still old) do not form a pair: they are read again, after a pause when the
+        // replacement may still be under way.
+        thread.run(move || {
+            let mut attempts = 1;
+            loop {
+                let stamps = CertWatch::stamps(&files);
+                let loaded = Config::load(&path);
+                let Err(e) = &loaded else {
+                    return (stamps, loaded);
+                };
+                let changed = CertWatch::stamps(&files) != stamps;
+                if attempts >= RELOAD_READ_ATTEMPTS || !(changed || is_tls_error(e)) {
+                    return (stamps, loaded);
+                }
+                if !changed {
+                    std::thread::sleep(Duration::from_millis(RELOAD_RETRY_PAUSE_MS));
+                }
+                attempts += 1;
+            }
+        })
+    };
+    let Some((stamps, new)) = read.await else {
+        error!("reload failed: reading the configuration did not complete");
+        return None;
+    };
+    let new = match new {
         Ok(c) => c,
         Err(e) => {
             error!(error = %e, "reload refused: the configuration is invalid; the running one stays in force");
-            return;
+            return None;
         }
     };
-    let old = gw.state();
     let binds = |c: &Config| {
         c.listeners
             .iter()
@@ -428,7 +520,7 @@ pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
         error!(
             "reload refused: listeners changed (bind or TLS on/off); restart to change listeners"
         );
-        return;
+        return None;
     }
     let demo = |c: &Config| {
         c.demo_backends
@@ -448,6 +540,14 @@ pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
         );
     }
     let routes = new.routes.len();
+    let files = CertWatch::files(&new);
+    // Same files: the stamps taken before they were read. Other files: unknown, so the next
+    // poll loads them once more.
+    let stamps = if files == old_files {
+        stamps
+    } else {
+        vec![None; files.len()]
+    };
     gw.set_state(State::build(
         new,
         &gw.metrics,
@@ -460,56 +560,147 @@ pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
         routes,
         "configuration reloaded; new connections use it, open sessions keep theirs"
     );
+    Some(CertWatch { files, stamps })
 }
 
-/// Reload certificates when their files change (checked every few seconds).
-async fn watch_certificates(gw: Arc<Gateway>, stop: CancellationToken) {
-    let stamp = |gw: &Gateway| -> Vec<Option<SystemTime>> {
-        gw.state()
-            .config
+/// A thread of its own for the reconfiguration task's blocking work: reading the configuration
+/// and certificate files, parsing PEM. Never a thread that serves connections, and not one of
+/// the runtime's blocking pool either (its threads carry the worker name). It takes one job at a
+/// time: the reconfiguration task waits for each result before it sends the next. It ends with
+/// the task.
+struct FileThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl FileThread {
+    fn start() -> io::Result<FileThread> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("wsgate-reload".into())
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })?;
+        Ok(FileThread { jobs })
+    }
+
+    /// Run `f` on the thread; `None` if the thread is gone.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = move || {
+            let _ = done.send(f());
+        };
+        self.jobs.send(Box::new(job)).ok()?;
+        result.await.ok()
+    }
+}
+
+/// Whether a configuration error is about a listener's certificate or key (config keys
+/// `listener[N].tls`).
+fn is_tls_error(e: &crate::config::ConfigError) -> bool {
+    e.key
+        .as_deref()
+        .is_some_and(|k| k.starts_with("listener[") && k.ends_with("].tls"))
+}
+
+/// The certificate and key files of the TLS listeners, and their modification times when they
+/// were last read.
+struct CertWatch {
+    /// Per listener (config order): its certificate and key files, if it is a TLS listener.
+    files: Vec<Option<(PathBuf, PathBuf)>>,
+    /// Per file: the modification time, `None` when unknown or unreadable.
+    stamps: Vec<Option<SystemTime>>,
+}
+
+impl CertWatch {
+    async fn new(thread: &FileThread, config: &Config) -> CertWatch {
+        let files = CertWatch::files(config);
+        let stamps = {
+            let files = files.clone();
+            thread
+                .run(move || CertWatch::stamps(&files))
+                .await
+                .unwrap_or_default()
+        };
+        CertWatch { files, stamps }
+    }
+
+    fn files(config: &Config) -> Vec<Option<(PathBuf, PathBuf)>> {
+        config
             .listeners
             .iter()
-            .flat_map(|l| [l.tls_cert.clone(), l.tls_key.clone()])
-            .map(|p| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
+            .map(|l| l.tls_cert.clone().zip(l.tls_key.clone()))
             .collect()
-    };
-    let mut last = stamp(&gw);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(CERT_POLL_SECS)) => {}
+    }
+
+    /// Blocking: the modification time of every file.
+    fn stamps(files: &[Option<(PathBuf, PathBuf)>]) -> Vec<Option<SystemTime>> {
+        files
+            .iter()
+            .flatten()
+            .flat_map(|(cert, key)| [cert, key])
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Reload the certificates if their files changed since they were last read. A file that
+    /// fails to load is logged and the certificate in use stays.
+    async fn check(&mut self, gw: &Gateway, thread: &FileThread) {
+        if self.files.iter().all(Option::is_none) {
+            return;
         }
-        let now = stamp(&gw);
-        if now == last {
-            continue;
+        let files = self.files.clone();
+        let stamped = thread
+            .run(move || {
+                let stamps = CertWatch::stamps(&files);
+                (stamps, files)
+            })
+            .await;
+        let Some((stamps, files)) = stamped else {
+            return;
+        };
+        if stamps == self.stamps {
+            return;
         }
-        last = now;
+        self.stamps = stamps;
+        let loaded = thread
+            .run(move || {
+                files
+                    .iter()
+                    .map(|f| {
+                        f.as_ref().map(|(cert, key)| {
+                            (cert.clone(), crate::tls::load_server_config(cert, key))
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        let Some(loaded) = loaded else { return };
+        // This task is the only writer, so the state read now is the one the files belong to.
         let state = gw.state();
         let mut tls = state.tls.clone();
         let mut changed = false;
-        for (i, l) in state.config.listeners.iter().enumerate() {
-            let (Some(cert), Some(key)) = (&l.tls_cert, &l.tls_key) else {
-                continue;
-            };
-            match crate::tls::load_server_config(cert, key) {
-                Ok(cfg) => {
+        for (i, result) in loaded.into_iter().enumerate() {
+            match result {
+                None => {}
+                Some((cert, Ok(cfg))) => {
                     tls[i] = Some(TlsAcceptor::from(cfg));
                     changed = true;
                     info!(cert = %cert.display(), "certificate reloaded");
                 }
-                Err(e) => {
+                Some((_, Err(e))) => {
                     error!(error = %e, "certificate changed but cannot be loaded; the old one stays in use")
                 }
             }
         }
         if changed {
-            let s = State {
+            gw.set_state(State {
                 config: state.config.clone(),
                 routes: state.routes.clone(),
                 tls,
                 http_phase_limit: state.http_phase_limit,
-            };
-            gw.set_state(s);
+            });
         }
     }
 }
