@@ -1,7 +1,8 @@
 //! Connecting to a route's backends: TCP (names resolved at each connect) or a unix socket.
 //!
 //! Owns the connect deadline, the mapping of connect failures to HTTP statuses (refused or
-//! unreachable -> 502, deadline -> 504), and a route's [`Pool`]: balancing (round-robin or least
+//! unreachable -> 502, deadline -> 504, the gateway out of its own descriptors, memory or ports ->
+//! 503, never counted against the backend), and a route's [`Pool`]: balancing (round-robin or least
 //! connections), failover to the next backend, passive health (a backend failing `failures`
 //! connects in a row is skipped for `cooloff`) and optional active TCP checks. One connection per
 //! session, never shared.
@@ -100,6 +101,65 @@ impl AsyncWrite for BackendWriter {
     }
 }
 
+/// A resource of the gateway's own that ran out. A connect failing for one of these says nothing
+/// about the backend: it is not counted against the backend's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalResource {
+    /// EMFILE, ENFILE: the process or the system is out of file descriptors.
+    FileDescriptors,
+    /// ENOMEM.
+    Memory,
+    /// ENOBUFS: no kernel buffer space for another socket.
+    Buffers,
+    /// EADDRNOTAVAIL on connect: every ephemeral port to that destination is in use.
+    EphemeralPorts,
+}
+
+/// `EMFILE`, `ENFILE` (the same on Linux, the BSDs and macOS).
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+/// `ENOBUFS`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const ENOBUFS: i32 = 105;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const ENOBUFS: i32 = 55;
+
+impl LocalResource {
+    /// The local resource behind `e`, if a lack of one caused it.
+    pub fn of(e: &io::Error) -> Option<LocalResource> {
+        match e.kind() {
+            io::ErrorKind::OutOfMemory => return Some(LocalResource::Memory),
+            io::ErrorKind::AddrNotAvailable => return Some(LocalResource::EphemeralPorts),
+            _ => {}
+        }
+        match e.raw_os_error()? {
+            EMFILE | ENFILE => Some(LocalResource::FileDescriptors),
+            ENOBUFS => Some(LocalResource::Buffers),
+            _ => None,
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            LocalResource::FileDescriptors => "file_descriptors",
+            LocalResource::Memory => "memory",
+            LocalResource::Buffers => "buffers",
+            LocalResource::EphemeralPorts => "ephemeral_ports",
+        }
+    }
+
+    /// The reason given to the client and in the access line.
+    fn reason(self) -> &'static str {
+        match self {
+            LocalResource::FileDescriptors => "gateway out of file descriptors",
+            LocalResource::Memory => "gateway out of memory",
+            LocalResource::Buffers => "gateway out of socket buffers",
+            LocalResource::EphemeralPorts => "gateway out of ephemeral ports",
+        }
+    }
+}
+
 /// Why no backend connection could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -109,6 +169,13 @@ pub enum ConnectError {
     Io { addr: String, source: io::Error },
     #[error("connect to {addr} timed out after {after:?}")]
     Timeout { addr: String, after: Duration },
+    /// The gateway itself is out of a resource; the backend was not reached.
+    #[error("connect to {addr} not possible, the gateway is out of a local resource: {source}")]
+    Local {
+        addr: String,
+        resource: LocalResource,
+        source: io::Error,
+    },
 }
 
 impl ConnectError {
@@ -122,6 +189,21 @@ impl ConnectError {
                 Reject::new(StatusCode::BAD_GATEWAY, "backend name does not resolve")
             }
             ConnectError::Io { .. } => Reject::new(StatusCode::BAD_GATEWAY, "backend unavailable"),
+            // The gateway's own shortage, most likely brief: 503 with `Retry-After`.
+            ConnectError::Local { resource, .. } => Reject::busy(resource.reason()),
+        }
+    }
+
+    /// An I/O failure connecting to `addr`: the gateway's own shortage, or the backend's failure.
+    fn io(addr: &str, source: io::Error) -> ConnectError {
+        let addr = addr.to_string();
+        match LocalResource::of(&source) {
+            Some(resource) => ConnectError::Local {
+                addr,
+                resource,
+                source,
+            },
+            None => ConnectError::Io { addr, source },
         }
     }
 }
@@ -146,10 +228,7 @@ async fn connect_inner(addr: &BackendAddr, name: &str) -> Result<BackendStream, 
         BackendAddr::Unix(path) => UnixStream::connect(path)
             .await
             .map(BackendStream::Unix)
-            .map_err(|source| ConnectError::Io {
-                addr: name.to_string(),
-                source,
-            }),
+            .map_err(|source| ConnectError::io(name, source)),
         BackendAddr::Tcp { host, port } => {
             let addrs = tokio::net::lookup_host((host.as_str(), *port))
                 .await
@@ -166,13 +245,14 @@ async fn connect_inner(addr: &BackendAddr, name: &str) -> Result<BackendStream, 
                         let _ = s.set_nodelay(true);
                         return Ok(BackendStream::Tcp(s));
                     }
+                    // Out of descriptors or ports: the next address would fail the same way.
+                    Err(e) if LocalResource::of(&e).is_some() => {
+                        return Err(ConnectError::io(name, e))
+                    }
                     Err(e) => last = e,
                 }
             }
-            Err(ConnectError::Io {
-                addr: name.to_string(),
-                source: last,
-            })
+            Err(ConnectError::io(name, last))
         }
     }
 }
@@ -313,6 +393,18 @@ impl Pool {
                         },
                     ));
                 }
+                Err(ConnectError::Local {
+                    resource, source, ..
+                }) => {
+                    // Not the backend's fault, and every other backend would fail the same way.
+                    warn!(route = %self.route, backend = %m.addr, resource = resource.label(), error = %source, "backend not tried: the gateway is out of a local resource; the backend's health is unchanged");
+                    self.metrics.local_resource_error(resource.label());
+                    return Err(ConnectError::Local {
+                        addr: m.addr.to_string(),
+                        resource,
+                        source,
+                    });
+                }
                 Err(e) => {
                     warn!(route = %self.route, backend = %m.addr, error = %e, "backend connect failed");
                     self.metrics
@@ -365,6 +457,10 @@ impl Pool {
                 for m in &pool.members {
                     match connect(&m.addr, timeout).await {
                         Ok(_) => pool.mark_up(m),
+                        // The gateway's own shortage says nothing about the backend.
+                        Err(ConnectError::Local { resource, .. }) => {
+                            pool.metrics.local_resource_error(resource.label());
+                        }
                         Err(_) => pool.mark_down(m, "health check failed"),
                     }
                 }

@@ -47,6 +47,12 @@ pub struct BackendLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    /// file_descriptors, memory, buffers, ephemeral_ports.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabel {
     pub route: String,
     /// allowed, denied (401/403), unavailable (503).
@@ -69,6 +75,7 @@ pub struct Metrics {
     pub auth: Family<AuthLabel, Counter>,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    pub local_resource_errors: Family<ResourceLabel, Counter>,
 }
 
 fn connect_histogram() -> Histogram {
@@ -98,6 +105,7 @@ impl Metrics {
             auth: Family::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            local_resource_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -157,6 +165,12 @@ impl Metrics {
             "Client connections refused by max_connections or max_connections_per_ip",
             m.connections_refused.clone(),
         );
+        registry.register(
+            "local_resource_errors",
+            "Accepts and backend connects that failed because the gateway ran out of its own file \
+             descriptors, memory, socket buffers or ephemeral ports",
+            m.local_resource_errors.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -174,6 +188,13 @@ impl Metrics {
                 route: route.to_string(),
                 status,
             })
+            .inc();
+    }
+
+    /// An accept or backend connect failed for lack of a local resource (`kind`).
+    pub fn local_resource_error(&self, kind: &'static str) {
+        self.local_resource_errors
+            .get_or_create(&ResourceLabel { kind })
             .inc();
     }
 

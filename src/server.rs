@@ -3,7 +3,8 @@
 //! Owns: binding (demo backends first, then listeners, then the admin listener), connection
 //! admission (`max_connections`, `max_connections_per_ip`, per-route `max_sessions`: 503 with
 //! `Retry-After`), one task per connection, the deadlines before the 101 (TLS handshake and request
-//! head), turning each request into exactly one answer (a 101 or one HTTP status, see README.md),
+//! head), turning each request into exactly one answer (a 101 or one HTTP status, see README.md;
+//! an HTTP/2 preface on a plain listener gets GOAWAY HTTP_1_1_REQUIRED, see [`PlainIo`]),
 //! spawning sessions and tracking them (admin `/sessions`), reloading the configuration and
 //! certificates, and shutdown (stop accepting, Close 1001 to every session, wait at most
 //! `shutdown_grace`). The checks themselves live in `handshake`, `auth` and `backend`; the session
@@ -15,8 +16,10 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -28,7 +31,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -57,6 +60,10 @@ const CLIENT_NOTSENT_LOWAT_BYTES: u32 = 128 * 1024;
 const LISTEN_BACKLOG: u32 = 4096;
 /// How often certificate files are checked for changes.
 const CERT_POLL_SECS: u64 = 5;
+/// Times a reload reads the configuration when its certificate files fail to load (they may be
+/// in the middle of being replaced), and the pause before reading them again.
+const RELOAD_READ_ATTEMPTS: u32 = 3;
+const RELOAD_RETRY_PAUSE_MS: u64 = 100;
 /// Close code logged when no Close frame was sent (RFC 6455 §7.4.1: abnormal closure).
 const CLOSE_CODE_NONE_SENT: u16 = 1006;
 /// Close code logged for a Close frame without a code (RFC 6455 §7.4.1: no status received).
@@ -77,8 +84,31 @@ pub enum RunError {
 pub struct RouteRt {
     pub route: Arc<Route>,
     pub pool: Arc<Pool>,
-    /// Sessions open on this route path (kept across reloads).
+    /// Sessions open on this route path, shared with every generation that has the path (see
+    /// [`SessionCounts`]).
     sessions: Arc<AtomicUsize>,
+}
+
+/// Open sessions per route path, across configuration generations: a route removed by one reload
+/// and added back by another finds the sessions still open on it, so `max_sessions` holds across
+/// reloads. A path's counter is dropped once nothing refers to it any more: no generation has the
+/// route and no session holds a slot on it.
+#[derive(Default)]
+struct SessionCounts(Mutex<HashMap<String, Arc<AtomicUsize>>>);
+
+impl SessionCounts {
+    /// The counter for `path`, created at 0 if the path has none.
+    fn counter(&self, path: &str) -> Arc<AtomicUsize> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(path.to_string()).or_default().clone()
+    }
+
+    /// Forget counters held by nothing but this registry (their count is 0 and no configuration
+    /// generation has their path).
+    fn prune(&self) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Relaxed) > 0);
+    }
 }
 
 /// One configuration generation: what new connections use. Replaced whole on reload.
@@ -92,11 +122,16 @@ pub struct State {
 }
 
 impl State {
-    fn build(config: Config, metrics: &Arc<Metrics>, previous: Option<&State>) -> State {
+    fn build(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        counts: &SessionCounts,
+        previous: Option<&State>,
+    ) -> State {
         let mut routes = HashMap::new();
         for r in &config.routes {
             let old = previous.and_then(|p| p.routes.get(&r.path));
-            // Keep health state when the backends did not change, and the session count always.
+            // Keep health state when the backends did not change.
             let pool = match old {
                 Some(o)
                     if o.pool.addrs().eq(r.backends.iter())
@@ -112,7 +147,7 @@ impl State {
                     pool
                 }
             };
-            let sessions = old.map(|o| o.sessions.clone()).unwrap_or_default();
+            let sessions = counts.counter(&r.path);
             routes.insert(
                 r.path.clone(),
                 Arc::new(RouteRt {
@@ -165,6 +200,8 @@ pub struct LiveSession {
 /// State shared by every connection, across configuration generations.
 pub struct Gateway {
     state: RwLock<Arc<State>>,
+    /// Open sessions per route path, across generations.
+    route_sessions: SessionCounts,
     /// Session tasks, so that shutdown can wait for them.
     sessions: TaskTracker,
     /// Cancelled on shutdown: every session sends Close 1001.
@@ -307,8 +344,11 @@ pub async fn run(
     let metrics = Metrics::new();
     let grace = config.http.shutdown_grace;
     let budget = MessageBudget::new(config.http.partial_message_budget);
+    let route_sessions = SessionCounts::default();
+    let state = State::build(config, &metrics, &route_sessions, None);
     let gw = Arc::new(Gateway {
-        state: RwLock::new(Arc::new(State::build(config, &metrics, None))),
+        state: RwLock::new(Arc::new(state)),
+        route_sessions,
         sessions: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         cut: CancellationToken::new(),
@@ -340,15 +380,16 @@ pub async fn run(
         ));
     }
     if let Some(path) = config_path {
+        let (events, received) = tokio::sync::mpsc::channel(1);
         if let Some(hup) = hangup {
-            tokio::spawn(reload_on_sighup(
-                gw.clone(),
-                path.clone(),
-                hup,
-                stop_accepting.clone(),
-            ));
+            tokio::spawn(forward_sighup(hup, events, stop_accepting.clone()));
         }
-        tokio::spawn(watch_certificates(gw.clone(), stop_accepting.clone()));
+        tokio::spawn(reconfigure(
+            gw.clone(),
+            path,
+            received,
+            stop_accepting.clone(),
+        ));
     }
     gw.ready.store(true, Ordering::Relaxed);
 
@@ -368,10 +409,17 @@ pub async fn run(
     Ok(())
 }
 
-async fn reload_on_sighup(
-    gw: Arc<Gateway>,
-    path: PathBuf,
+/// Why the configuration is looked at again.
+enum Reconfigure {
+    /// SIGHUP: read the configuration file again.
+    Hangup,
+}
+
+/// Forward SIGHUPs to the reconfiguration task. A SIGHUP that arrives while one is still
+/// waiting there adds nothing: the waiting reload reads the file as it is then.
+async fn forward_sighup(
     mut hup: tokio::signal::unix::Signal,
+    events: tokio::sync::mpsc::Sender<Reconfigure>,
     stop: CancellationToken,
 ) {
     loop {
@@ -379,21 +427,101 @@ async fn reload_on_sighup(
             _ = stop.cancelled() => return,
             got = hup.recv() => if got.is_none() { return },
         }
-        reload(&gw, &path);
+        info!("SIGHUP received; reload requested");
+        match events.try_send(Reconfigure::Hangup) {
+            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// The one writer of the live configuration after start: it applies SIGHUP reloads and
+/// certificate file changes one at a time, so that neither undoes the other. File reading and
+/// PEM parsing run on a thread of their own ([`FileThread`]), never on the threads that serve
+/// connections; the configuration in force stays in force meanwhile.
+async fn reconfigure(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    mut events: tokio::sync::mpsc::Receiver<Reconfigure>,
+    stop: CancellationToken,
+) {
+    let files = match FileThread::start() {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error = %e, "cannot start the reload thread; configuration and certificate reloads are unavailable");
+            return;
+        }
+    };
+    let mut certs = CertWatch::new(&files, &gw.state().config).await;
+    let mut poll = tokio::time::interval(Duration::from_secs(CERT_POLL_SECS));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.tick().await;
+    // Without SIGHUP (it could not be registered) only the certificates are watched.
+    let mut hangups = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            event = events.recv(), if hangups => match event {
+                None => hangups = false,
+                Some(Reconfigure::Hangup) => {
+                    if let Some(watch) = reload(&gw, &files, &path).await {
+                        certs = watch;
+                    }
+                }
+            },
+            _ = poll.tick() => certs.check(&gw, &files).await,
+        }
     }
 }
 
 /// Re-read the configuration: new connections use it, open sessions keep theirs. An invalid
-/// file changes nothing.
-pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
-    let new = match Config::load(path) {
+/// file changes nothing. Returns what to watch for certificate changes from now on, when the new
+/// configuration was applied.
+async fn reload(
+    gw: &Arc<Gateway>,
+    thread: &FileThread,
+    path: &std::path::Path,
+) -> Option<CertWatch> {
+    let old = gw.state();
+    let old_files = CertWatch::files(&old.config);
+    let path = path.to_path_buf();
+    let read = {
+        let files = old_files.clone();
+        // Stamped before the files are read: a change while they are read is seen by the next
+        // poll. A certificate and key read while they were being replaced (one file new, the
+        // other still old) do not form a pair: they are read again, after a pause when the
+        // replacement may still be under way.
+        thread.run(move || {
+            let mut attempts = 1;
+            loop {
+                let stamps = CertWatch::stamps(&files);
+                let loaded = Config::load(&path);
+                let Err(e) = &loaded else {
+                    return (stamps, loaded);
+                };
+                let changed = CertWatch::stamps(&files) != stamps;
+                if attempts >= RELOAD_READ_ATTEMPTS || !(changed || is_tls_error(e)) {
+                    return (stamps, loaded);
+                }
+                if !changed {
+                    std::thread::sleep(Duration::from_millis(RELOAD_RETRY_PAUSE_MS));
+                }
+                attempts += 1;
+            }
+        })
+    };
+    let Some((stamps, new)) = read.await else {
+        error!("reload failed: reading the configuration did not complete");
+        return None;
+    };
+    let new = match new {
         Ok(c) => c,
         Err(e) => {
             error!(error = %e, "reload refused: the configuration is invalid; the running one stays in force");
-            return;
+            return None;
         }
     };
-    let old = gw.state();
     let binds = |c: &Config| {
         c.listeners
             .iter()
@@ -404,7 +532,7 @@ pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
         error!(
             "reload refused: listeners changed (bind or TLS on/off); restart to change listeners"
         );
-        return;
+        return None;
     }
     let demo = |c: &Config| {
         c.demo_backends
@@ -425,61 +553,167 @@ pub fn reload(gw: &Arc<Gateway>, path: &std::path::Path) {
     }
     let routes = new.routes.len();
     gw.budget.set_limit(new.http.partial_message_budget);
-    gw.set_state(State::build(new, &gw.metrics, Some(&old)));
+    let files = CertWatch::files(&new);
+    // Same files: the stamps taken before they were read. Other files: unknown, so the next
+    // poll loads them once more.
+    let stamps = if files == old_files {
+        stamps
+    } else {
+        vec![None; files.len()]
+    };
+    gw.set_state(State::build(
+        new,
+        &gw.metrics,
+        &gw.route_sessions,
+        Some(&old),
+    ));
+    drop(old);
+    gw.route_sessions.prune();
     info!(
         routes,
         "configuration reloaded; new connections use it, open sessions keep theirs"
     );
+    Some(CertWatch { files, stamps })
 }
 
-/// Reload certificates when their files change (checked every few seconds).
-async fn watch_certificates(gw: Arc<Gateway>, stop: CancellationToken) {
-    let stamp = |gw: &Gateway| -> Vec<Option<SystemTime>> {
-        gw.state()
-            .config
+/// A thread of its own for the reconfiguration task's blocking work: reading the configuration
+/// and certificate files, parsing PEM. Never a thread that serves connections, and not one of
+/// the runtime's blocking pool either (its threads carry the worker name). It takes one job at a
+/// time: the reconfiguration task waits for each result before it sends the next. It ends with
+/// the task.
+struct FileThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl FileThread {
+    fn start() -> io::Result<FileThread> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("wsgate-reload".into())
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })?;
+        Ok(FileThread { jobs })
+    }
+
+    /// Run `f` on the thread; `None` if the thread is gone.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = move || {
+            let _ = done.send(f());
+        };
+        self.jobs.send(Box::new(job)).ok()?;
+        result.await.ok()
+    }
+}
+
+/// Whether a configuration error is about a listener's certificate or key (config keys
+/// `listener[N].tls`).
+fn is_tls_error(e: &crate::config::ConfigError) -> bool {
+    e.key
+        .as_deref()
+        .is_some_and(|k| k.starts_with("listener[") && k.ends_with("].tls"))
+}
+
+/// The certificate and key files of the TLS listeners, and their modification times when they
+/// were last read.
+struct CertWatch {
+    /// Per listener (config order): its certificate and key files, if it is a TLS listener.
+    files: Vec<Option<(PathBuf, PathBuf)>>,
+    /// Per file: the modification time, `None` when unknown or unreadable.
+    stamps: Vec<Option<SystemTime>>,
+}
+
+impl CertWatch {
+    async fn new(thread: &FileThread, config: &Config) -> CertWatch {
+        let files = CertWatch::files(config);
+        let stamps = {
+            let files = files.clone();
+            thread
+                .run(move || CertWatch::stamps(&files))
+                .await
+                .unwrap_or_default()
+        };
+        CertWatch { files, stamps }
+    }
+
+    fn files(config: &Config) -> Vec<Option<(PathBuf, PathBuf)>> {
+        config
             .listeners
             .iter()
-            .flat_map(|l| [l.tls_cert.clone(), l.tls_key.clone()])
-            .map(|p| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
+            .map(|l| l.tls_cert.clone().zip(l.tls_key.clone()))
             .collect()
-    };
-    let mut last = stamp(&gw);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(CERT_POLL_SECS)) => {}
+    }
+
+    /// Blocking: the modification time of every file.
+    fn stamps(files: &[Option<(PathBuf, PathBuf)>]) -> Vec<Option<SystemTime>> {
+        files
+            .iter()
+            .flatten()
+            .flat_map(|(cert, key)| [cert, key])
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Reload the certificates if their files changed since they were last read. A file that
+    /// fails to load is logged and the certificate in use stays.
+    async fn check(&mut self, gw: &Gateway, thread: &FileThread) {
+        if self.files.iter().all(Option::is_none) {
+            return;
         }
-        let now = stamp(&gw);
-        if now == last {
-            continue;
+        let files = self.files.clone();
+        let stamped = thread
+            .run(move || {
+                let stamps = CertWatch::stamps(&files);
+                (stamps, files)
+            })
+            .await;
+        let Some((stamps, files)) = stamped else {
+            return;
+        };
+        if stamps == self.stamps {
+            return;
         }
-        last = now;
+        self.stamps = stamps;
+        let loaded = thread
+            .run(move || {
+                files
+                    .iter()
+                    .map(|f| {
+                        f.as_ref().map(|(cert, key)| {
+                            (cert.clone(), crate::tls::load_server_config(cert, key))
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        let Some(loaded) = loaded else { return };
+        // This task is the only writer, so the state read now is the one the files belong to.
         let state = gw.state();
         let mut tls = state.tls.clone();
         let mut changed = false;
-        for (i, l) in state.config.listeners.iter().enumerate() {
-            let (Some(cert), Some(key)) = (&l.tls_cert, &l.tls_key) else {
-                continue;
-            };
-            match crate::tls::load_server_config(cert, key) {
-                Ok(cfg) => {
+        for (i, result) in loaded.into_iter().enumerate() {
+            match result {
+                None => {}
+                Some((cert, Ok(cfg))) => {
                     tls[i] = Some(TlsAcceptor::from(cfg));
                     changed = true;
                     info!(cert = %cert.display(), "certificate reloaded");
                 }
-                Err(e) => {
+                Some((_, Err(e))) => {
                     error!(error = %e, "certificate changed but cannot be loaded; the old one stays in use")
                 }
             }
         }
         if changed {
-            let s = State {
+            gw.set_state(State {
                 config: state.config.clone(),
                 routes: state.routes.clone(),
                 tls,
                 http_phase_limit: state.http_phase_limit,
-            };
-            gw.set_state(s);
+            });
         }
     }
 }
@@ -521,6 +755,9 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Out of file descriptors or memory: wait, do not spin.
+                if let Some(resource) = crate::backend::LocalResource::of(&e) {
+                    gw.metrics.local_resource_error(resource.label());
+                }
                 warn!(error = %e, backoff_ms = backoff, "accept failed; backing off");
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -635,7 +872,10 @@ async fn http_phase(gw: Arc<Gateway>, tcp: TcpStream, tls: Option<TlsAcceptor>, 
     let accepted_at = Instant::now();
     let deadline = tokio::time::Instant::from_std(accepted_at + limits.handshake_timeout);
     match tls {
-        None => serve_http(gw, state, TokioIo::new(tcp), conn, deadline).await,
+        None => {
+            let io = TokioIo::new(PlainIo::new(tcp, peer));
+            serve_http(gw, state, io, conn, deadline).await
+        }
         Some(acceptor) => {
             let tls_deadline =
                 deadline.min(tokio::time::Instant::now() + limits.tls_handshake_timeout);
@@ -987,9 +1227,9 @@ impl ClientIo {
     /// that hyper's read buffer is freed now; a slice of it would keep the whole buffer alive for
     /// the life of the session.
     fn from_upgraded(upgraded: Upgraded) -> (ClientIo, Vec<u8>) {
-        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        let upgraded = match upgraded.downcast::<TokioIo<PlainIo>>() {
             Ok(parts) => {
-                let (r, w) = parts.io.into_inner().into_split();
+                let (r, w) = parts.io.into_inner().tcp.into_split();
                 return (ClientIo::Tcp(r, w), parts.read_buf.to_vec());
             }
             Err(upgraded) => upgraded,
@@ -1023,12 +1263,187 @@ impl ClientIo {
     }
 }
 
-/// A request that is not an upgrade attempt: a static file, or 426 on a route path, or 404.
+/// RFC 9113 §3.4: the client connection preface of HTTP/2 with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// RFC 9113 §7: the GOAWAY error code HTTP_1_1_REQUIRED.
+const H2_HTTP_1_1_REQUIRED: u8 = 0xd;
+/// The GOAWAY frame's debug data.
+const H2_GOAWAY_DEBUG: &[u8] = b"this server speaks HTTP/1.1 only";
+const H2_REFUSAL_LEN: usize = 9 + 9 + 8 + H2_GOAWAY_DEBUG.len();
+/// The answer to an HTTP/2 preface: our server preface, an empty SETTINGS frame (RFC 9113 §3.4,
+/// §6.5), then GOAWAY (§6.8) with last-stream-id 0 and HTTP_1_1_REQUIRED.
+const H2_REFUSAL: [u8; H2_REFUSAL_LEN] = h2_refusal();
+
+const fn h2_refusal() -> [u8; H2_REFUSAL_LEN] {
+    // Frame header (§4.1): length (24 bits), type, flags, reserved bit + stream id (31 bits).
+    let mut f = [0u8; H2_REFUSAL_LEN];
+    // SETTINGS, length 0, stream 0.
+    f[3] = 0x4;
+    // GOAWAY on stream 0; its length is the low 24 bits (the value is a few dozen bytes).
+    let goaway_len = (8 + H2_GOAWAY_DEBUG.len()).to_be_bytes();
+    let n = goaway_len.len();
+    f[9] = goaway_len[n - 3];
+    f[10] = goaway_len[n - 2];
+    f[11] = goaway_len[n - 1];
+    f[12] = 0x7;
+    // Payload: last-stream-id 0 (bytes 18..22), error code (22..26), debug data.
+    f[25] = H2_HTTP_1_1_REQUIRED;
+    let mut i = 0;
+    while i < H2_GOAWAY_DEBUG.len() {
+        f[26 + i] = H2_GOAWAY_DEBUG[i];
+        i += 1;
+    }
+    f
+}
+
+/// A plain-TCP client connection as hyper sees it. The first read is checked for an HTTP/2
+/// connection preface (a client with prior knowledge, such as `curl --http2-prior-knowledge`),
+/// which hyper would drop without an answer. Such a client gets SETTINGS and GOAWAY
+/// (HTTP_1_1_REQUIRED), our FIN, and its further bytes are read and discarded until it closes
+/// (closing with unread data would reset the connection and could lose the GOAWAY); hyper then
+/// sees the end of the stream. Everything else passes straight through: one comparison on the
+/// first read, no extra system call.
+struct PlainIo {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    preface: Preface,
+}
+
+#[derive(Clone, Copy)]
+enum Preface {
+    /// Nothing read yet.
+    Unchecked,
+    /// HTTP/1.1 (or anything else): pass through.
+    Http1,
+    /// An HTTP/2 preface arrived: this much of [`H2_REFUSAL`] is written.
+    Refusing(usize),
+    /// Refused and shut down: discard what the client still sends.
+    Draining,
+}
+
+impl PlainIo {
+    fn new(tcp: TcpStream, peer: SocketAddr) -> PlainIo {
+        PlainIo {
+            tcp,
+            peer,
+            preface: Preface::Unchecked,
+        }
+    }
+}
+
+impl AsyncRead for PlainIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.preface {
+                Preface::Http1 => return Pin::new(&mut this.tcp).poll_read(cx, buf),
+                Preface::Unchecked => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+                    if !buf.filled()[before..].starts_with(H2_PREFACE) {
+                        this.preface = Preface::Http1;
+                        return Poll::Ready(Ok(()));
+                    }
+                    buf.set_filled(before);
+                    info!(target: "wsgate::access", client = %this.peer, path = "*", reason = "HTTP/2 connection preface; answered GOAWAY HTTP_1_1_REQUIRED", "connection refused");
+                    this.preface = Preface::Refusing(0);
+                }
+                Preface::Refusing(written) if written < H2_REFUSAL.len() => {
+                    let n = ready!(Pin::new(&mut this.tcp).poll_write(cx, &H2_REFUSAL[written..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    this.preface = Preface::Refusing(written + n);
+                }
+                Preface::Refusing(_) => {
+                    ready!(Pin::new(&mut this.tcp).poll_shutdown(cx))?;
+                    this.preface = Preface::Draining;
+                }
+                Preface::Draining => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+                    let got = buf.filled().len() - before;
+                    buf.set_filled(before);
+                    if got == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PlainIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// A request that is not an upgrade attempt: a static file, or 426 on a route path, or 404. Each
+/// answer gets one access line: `static file` for what the `[static]` directory answered (the file,
+/// 404, 405, 500), `plain request` otherwise.
 async fn plain_http(
     state: &State,
     req: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let (resp, message) = plain_answer(state, req).await;
+    let bytes = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or_default();
+    let status = resp.status().as_u16();
+    match message {
+        PlainAnswer::Static => {
+            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, "static file")
+        }
+        PlainAnswer::Other => {
+            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, "plain request")
+        }
+    }
+    resp
+}
+
+/// Who answered a plain request, for its access line.
+enum PlainAnswer {
+    /// The `[static]` directory (a file, or its 404, 405, 500).
+    Static,
+    /// No `[static]`, or a route path (426).
+    Other,
+}
+
+async fn plain_answer(
+    state: &State,
+    req: &Request<Incoming>,
+) -> (Response<Full<Bytes>>, PlainAnswer) {
     let path = req.uri().path();
     if state.route(path).is_some() {
         let mut resp = reject_response(&Reject::new(
@@ -1037,29 +1452,32 @@ async fn plain_http(
         ));
         resp.headers_mut()
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        return resp;
+        return (resp, PlainAnswer::Other);
     }
-    if let Some(st) = &state.config.static_files {
-        if req.method() == Method::GET || req.method() == Method::HEAD {
-            if let Some(mut resp) =
-                static_files::serve(st, path, req.method() == Method::HEAD).await
-            {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                debug!(client = %peer, path, status = resp.status().as_u16(), "static file");
-                return resp;
-            }
-        } else {
-            let mut resp = reject_response(&Reject::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only GET and HEAD",
-            ));
+    let Some(st) = &state.config.static_files else {
+        return (
+            reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found")),
+            PlainAnswer::Other,
+        );
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = reject_response(&Reject::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD",
+        ));
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return (resp, PlainAnswer::Static);
+    }
+    let resp = match static_files::serve(st, path, req.method() == Method::HEAD).await {
+        Some(mut resp) => {
             resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return resp;
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
         }
-    }
-    reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found"))
+        None => reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found")),
+    };
+    (resp, PlainAnswer::Static)
 }
 
 /// The one answer to a refused request: status, short plain-text reason, `Connection: close`.

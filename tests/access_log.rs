@@ -332,3 +332,99 @@ async fn text_access_lines_are_on_by_default() {
     }
     gw.wait_for_log("handshake refused", WAIT).await;
 }
+
+/// Plain HTTP requests get an access line too: `static file` for what the `[static]` directory
+/// answers (the file, 404, 405, 500), `plain request` for the rest (426 on a route path), each
+/// with the client, path, status and body bytes.
+#[tokio::test]
+async fn static_files_and_plain_requests_get_access_lines() {
+    const PAGE: &str = "<!doctype html><title>hi</title>\n";
+    let echo = backends::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("index.html"), PAGE).unwrap();
+    // Over the 8 MiB cap: answered 500.
+    let big = std::fs::File::create(root.join("big.bin")).unwrap();
+    big.set_len(9 * 1024 * 1024).unwrap();
+    let gw = Gw::start_with(
+        &format!(
+            r#"
+[[listener]]
+bind = "127.0.0.1:0"
+
+[log]
+format = "json"
+
+[static]
+dir = "static"
+
+[[route]]
+path = "/echo"
+backend = "{}"
+"#,
+            echo.config_addr()
+        ),
+        Opts {
+            dir: Some(dir),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let requests = [
+        ("GET", "/", 200, PAGE.len(), "static file"),
+        ("HEAD", "/index.html", 200, 0, "static file"),
+        (
+            "GET",
+            "/missing.html",
+            404,
+            "not found\n".len(),
+            "static file",
+        ),
+        ("POST", "/", 405, "only GET and HEAD\n".len(), "static file"),
+        (
+            "GET",
+            "/big.bin",
+            500,
+            "file too large to serve\n".len(),
+            "static file",
+        ),
+        (
+            "GET",
+            "/echo",
+            426,
+            "this path serves WebSocket connections only\n".len(),
+            "plain request",
+        ),
+    ];
+    for (method, path, status, _, _) in requests {
+        let r = ops::http(gw.addr(), method, path, None).await;
+        assert_eq!(r.status, status, "{method} {path}: {r:?}");
+    }
+    wait_access(&gw, "static file", 5).await;
+    let plain = wait_access(&gw, "plain request", 1).await;
+    let statics = access_lines(&gw.logs(), "static file");
+    for (method, path, status, bytes, message) in requests {
+        let lines = if message == "static file" {
+            &statics
+        } else {
+            &plain
+        };
+        let mine: Vec<&Value> = lines
+            .iter()
+            .filter(|v| v["path"] == path && v["method"] == method)
+            .collect();
+        assert_eq!(mine.len(), 1, "one line for {method} {path}: {lines:?}");
+        let l = mine[0];
+        assert_eq!(l["status"].as_u64(), Some(u64::from(status)), "{l}");
+        assert_eq!(l["bytes"].as_u64(), Some(bytes as u64), "{l}");
+        assert_eq!(l["level"], "INFO", "{l}");
+        assert!(
+            l["client"]
+                .as_str()
+                .and_then(|c| c.parse::<SocketAddr>().ok())
+                .is_some(),
+            "client: {l}"
+        );
+    }
+}

@@ -3,6 +3,8 @@
 //! round-robin and least-connections balancing, and 502 when every backend is down. Observed
 //! from the client, from backend stubs that count what reaches them, and from /metrics.
 
+#[path = "support/frames.rs"]
+mod frames;
 #[path = "support/ops.rs"]
 mod ops;
 mod support;
@@ -402,5 +404,118 @@ async fn every_backend_down_is_502() {
         1.0,
         "{}",
         m.text
+    );
+}
+
+/// When the gateway runs out of its own file descriptors, a backend connect that fails for that
+/// reason is the gateway's shortage, not the backend's: the client gets 503 with `Retry-After`,
+/// no backend failure is counted, both backends stay in rotation, and the log and
+/// `wsgate_local_resource_errors_total` say why.
+#[tokio::test]
+async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation() {
+    const HELD: usize = 150;
+    let a = backends::echo().await;
+    let b = backends::echo().await;
+    let config = config(
+        &[a.config_addr(), b.config_addr()],
+        "[route.health]\nfailures = 1\ncooloff = \"60s\"\n\n[limits]\nhandshake_timeout = \"30s\"",
+    );
+    let gw = Gw::start_with(
+        &config,
+        ops::Opts {
+            fd_limit: Some(64),
+            ..ops::Opts::default()
+        },
+    )
+    .await;
+    session_roundtrip(&gw, "before").await;
+    session_roundtrip(&gw, "before, the other backend").await;
+    let made = [a.connections_made().await, b.connections_made().await];
+    assert_eq!(made, [1, 1]);
+
+    // An upgrade request missing its last CRLF: accepted, and waiting for the end of its head.
+    let request = frames::upgrade_request(gw.addr(), "/p", &[]);
+    let (head, last) = request.split_at(request.len() - 2);
+    let mut pending = frames::connect(gw.addr()).await;
+    pending.write_all(head.as_bytes()).await.unwrap();
+    // Then every descriptor the gateway has left goes to idle connections (the kernel completes
+    // the rest in the listen backlog).
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        let s = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(gw.addr()))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        held.push(s);
+    }
+    gw.wait_for_log("accept failed; backing off", WAIT).await;
+
+    // The request completes: the backend connect has no descriptor.
+    pending.write_all(last.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    frames::read_to_end(&mut pending, &mut out, WAIT).await;
+    let (resp, _) = frames::parse_response(&out).unwrap_or_else(|| {
+        panic!(
+            "no answer: {:?}\n{}",
+            String::from_utf8_lossy(&out),
+            gw.logs()
+        )
+    });
+    assert_eq!(resp.status, 503, "{}\n{}", resp.raw, gw.logs());
+    assert!(
+        resp.header("retry-after")
+            .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)),
+        "{}",
+        resp.raw
+    );
+    let logs = gw
+        .wait_for_log("the gateway is out of a local resource", WAIT)
+        .await;
+    assert!(
+        logs.lines().any(|l| l.contains("handshake refused")
+            && l.contains("status=503")
+            && l.contains("gateway out of file descriptors")),
+        "{logs}"
+    );
+    assert!(!logs.contains("backend connect failed"), "{logs}");
+    assert!(!logs.contains("backend skipped"), "{logs}");
+
+    drop(held);
+    drop(pending);
+    let m = ops::metrics(gw.admin(), None).await;
+    for backend in [a.config_addr(), b.config_addr()] {
+        let labels = [("route", "/p"), ("backend", backend.as_str())];
+        assert_eq!(
+            m.value("wsgate_backend_connect_failures_total", &labels),
+            0.0,
+            "{}",
+            m.text
+        );
+        assert_eq!(m.value("wsgate_backend_up", &labels), 1.0, "{}", m.text);
+    }
+    assert!(
+        m.value(
+            "wsgate_local_resource_errors_total",
+            &[("kind", "file_descriptors")]
+        ) >= 1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value(
+            "wsgate_handshakes_total",
+            &[("route", "/p"), ("status", "503")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+
+    // Both backends still take sessions, in turn.
+    session_roundtrip(&gw, "after").await;
+    session_roundtrip(&gw, "after, the other backend").await;
+    assert_eq!(
+        [a.connections_made().await, b.connections_made().await],
+        [2, 2]
     );
 }

@@ -1,7 +1,8 @@
 //! A real headless Chromium loads the demo page (demo/index.html + demo/demo.js) from the
 //! gateway's static directory; the page opens a WebSocket to `/demo`, which the gateway pipes to
 //! the built-in greeter with line framing. Chromium is driven over the Chrome DevTools Protocol
-//! (CDP) with tokio-tungstenite.
+//! (CDP) with tokio-tungstenite. A page offering the `binary` subprotocol opens a raw route
+//! without `subprotocols`, as noVNC does.
 //!
 //! Chromium is `$CHROMIUM`, else `/usr/bin/chromium` (Debian package `chromium`, installed by
 //! `./scripts/test.sh`). The tests fail, never skip, when it is missing.
@@ -224,5 +225,82 @@ async fn demo_page_from_another_origin_is_refused() {
         "the gateway connected the greeter for a refused page:\n{after}"
     );
 
+    browser.close(&mut cdp).await;
+}
+
+/// Chromium offering the `binary` subprotocol (as noVNC does) on a raw route without
+/// `subprotocols`: the gateway answers `binary`, so the browser opens the socket and the bytes
+/// make the round trip (a browser fails a connection whose offer goes unanswered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_offering_binary_opens_a_raw_route_without_subprotocols() {
+    let echo = support::backends::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("www")).unwrap();
+    std::fs::write(
+        dir.path().join("www/index.html"),
+        "<!doctype html><title>binary</title><p>binary subprotocol</p>\n",
+    )
+    .unwrap();
+    let gw = support::Gateway::start_in(
+        dir,
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[static]\ndir = \"www\"\n\n\
+             [[route]]\npath = \"/raw\"\nbackend = \"{}\"\n",
+            echo.config_addr()
+        ),
+    )
+    .await;
+    let port = gw.addr().port();
+    let browser = Chromium::launch().await;
+    let mut cdp = Cdp::connect(&browser.ws_url).await;
+    let session = cdp.open(&format!("http://127.0.0.1:{port}/")).await;
+    // Started once the gateway's page has loaded (not the blank page before it; undefined until
+    // then, and the evaluation is repeated).
+    let start = format!(
+        "(() => {{ if (location.protocol !== 'http:' || document.readyState !== 'complete') return undefined; \
+         window.__ws = 'pending'; \
+         const ws = new WebSocket('ws://127.0.0.1:{port}/raw', ['binary']); \
+         ws.binaryType = 'arraybuffer'; \
+         ws.onopen = () => {{ window.__ws = 'open:' + ws.protocol; ws.send(new Uint8Array([104, 105])); }}; \
+         ws.onmessage = m => {{ window.__ws = 'echo:' + ws.protocol + ':' + new TextDecoder().decode(m.data); }}; \
+         ws.onclose = e => {{ if (!window.__ws.startsWith('echo:')) window.__ws = 'closed:' + e.code; }}; \
+         return 'started'; }})()"
+    );
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    while cdp.eval_string(&session, &start).await.as_deref() != Some("started") {
+        if Instant::now() >= deadline {
+            let r = cdp
+                .call(
+                    "Runtime.evaluate",
+                    json!({ "expression": start, "returnByValue": true }),
+                    Some(&session),
+                )
+                .await;
+            panic!("the page never started the socket: {r}\n{}", gw.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = loop {
+        let state = cdp
+            .eval_string(&session, "window.__ws")
+            .await
+            .unwrap_or_default();
+        if state.starts_with("echo:") || state.starts_with("closed:") {
+            break state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer in the page ({state:?})\ngateway log:\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        state,
+        "echo:binary:hi",
+        "gateway log:\n{}\nchromium stderr (tail):\n{}",
+        gw.logs(),
+        browser.stderr_tail()
+    );
     browser.close(&mut cdp).await;
 }

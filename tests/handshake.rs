@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use frames::{parse_response, read_to_end, upgrade_request, RawWs, ACCEPT, KEY};
@@ -483,10 +484,64 @@ async fn subprotocol_is_echoed_only_when_offered() {
         "{}",
         ws.response.raw
     );
-    // A route without subprotocols never answers one.
+    // A route without subprotocols answers none of these.
     let ws = RawWs::connect_with(
         gw.addr(),
         "/echo",
+        &[("Sec-WebSocket-Protocol", "chat, base64")],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        ws.response.header("sec-websocket-protocol"),
+        None,
+        "{}",
+        ws.response.raw
+    );
+}
+
+/// noVNC and other websockify clients offer `binary`: a `raw` route without `subprotocols`
+/// answers it (as websockify does), so browsers do not fail the connection; a `lines` route does
+/// not.
+#[tokio::test]
+async fn raw_route_without_subprotocols_answers_binary() {
+    let backend = backends::echo().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+
+[[route]]
+path = "/raw"
+backend = "{b}"
+
+[[route]]
+path = "/lines"
+backend = "{b}"
+framing = "lines"
+"#,
+        b = backend.config_addr()
+    ))
+    .await;
+    let mut ws = RawWs::connect_with(
+        gw.addr(),
+        "/raw",
+        &[("Sec-WebSocket-Protocol", "base64, binary")],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        ws.response.header("sec-websocket-protocol"),
+        Some("binary"),
+        "{}",
+        ws.response.raw
+    );
+    ws.send(&frames::binary(b"raw bytes")).await;
+    let echoed = ws.next_frame().await.expect("an echo");
+    assert_eq!(echoed.payload, b"raw bytes");
+    let ws = RawWs::connect_with(
+        gw.addr(),
+        "/lines",
         &[("Sec-WebSocket-Protocol", "binary")],
         &[],
     )
@@ -497,6 +552,31 @@ async fn subprotocol_is_echoed_only_when_offered() {
         "{}",
         ws.response.raw
     );
+
+    // An independent client that checks the answer against its offer.
+    let mut req = gw.url("/raw").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "binary".parse().unwrap());
+    let (mut ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("a 101 with the offered subprotocol");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("binary")
+    );
+    ws.send(Message::binary(b"novnc".to_vec())).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("no echo")
+        .expect("connection ended")
+        .expect("read");
+    assert_eq!(got.into_data().as_ref(), b"novnc");
 }
 
 #[tokio::test]
@@ -677,5 +757,87 @@ async fn header_dribble_does_not_extend_the_deadline() {
     assert!(
         elapsed >= Duration::from_millis(500),
         "cut too early: {elapsed:?}"
+    );
+}
+
+/// An HTTP/2 client with prior knowledge on a plain listener gets an answer, not silence: our
+/// SETTINGS (the server preface), then GOAWAY with last-stream-id 0 and HTTP_1_1_REQUIRED, then
+/// an orderly close; the refusal is logged.
+#[tokio::test]
+async fn http2_preface_gets_goaway_http_1_1_required() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let backend = backends::echo().await;
+    let gw = gateway(&backend, "").await;
+    // The preface and the client's own (empty) SETTINGS frame, as HTTP/2 clients send them.
+    let mut hello = PREFACE.to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    let (out, ended) = frames::exchange(gw.addr(), &hello).await;
+    assert_eq!(ended, frames::Ended::Eof, "closed with FIN, not a reset");
+    // RFC 9113 §4.1 frame headers: length (24 bits), type, flags, stream id (31 bits).
+    let mut rest = &out[..];
+    let mut got = Vec::new();
+    while !rest.is_empty() {
+        assert!(rest.len() >= 9, "a cut frame header: {out:?}");
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let (kind, flags) = (rest[3], rest[4]);
+        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        assert!(rest.len() >= 9 + len, "a cut frame payload: {out:?}");
+        got.push((kind, flags, stream, rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    assert_eq!(got.len(), 2, "SETTINGS and GOAWAY: {got:?}");
+    let (kind, flags, stream, ref payload) = got[0];
+    assert_eq!((kind, flags, stream), (0x4, 0, 0), "first a SETTINGS frame");
+    assert_eq!(payload.len() % 6, 0, "SETTINGS entries are 6 bytes each");
+    let (kind, _, stream, ref payload) = got[1];
+    assert_eq!((kind, stream), (0x7, 0), "then GOAWAY on stream 0");
+    assert!(payload.len() >= 8, "{payload:?}");
+    let last_stream = u32::from_be_bytes(payload[0..4].try_into().unwrap()) & 0x7fff_ffff;
+    let error = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+    assert_eq!(last_stream, 0, "no stream was processed");
+    assert_eq!(error, 0xd, "HTTP_1_1_REQUIRED");
+    let debug = std::str::from_utf8(&payload[8..]).expect("debug text");
+    assert!(debug.contains("HTTP/1.1"), "{debug:?}");
+    let logs = gw
+        .wait_for_log("HTTP/2 connection preface", Duration::from_secs(10))
+        .await;
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("wsgate::access") && l.contains("connection refused")),
+        "{logs}"
+    );
+    assert_eq!(backend.connections_made().await, 0);
+
+    // A real HTTP/2 client, when there is one: curl with prior knowledge.
+    let curl = std::process::Command::new("curl").arg("--version").output();
+    let has_http2 = curl.is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.starts_with("Features:") && l.contains("HTTP2"))
+    });
+    if !has_http2 {
+        println!("curl with HTTP/2 support not found; the curl check is skipped");
+        return;
+    }
+    let url = format!("http://{}/echo", gw.addr());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["--http2-prior-knowledge", "-v", "-sS", "--max-time", "10"])
+            .args(["-o", "/dev/null", &url])
+            .output()
+            .expect("run curl")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.to_ascii_uppercase().contains("GOAWAY"),
+        "curl did not see the GOAWAY ({:?}):\n{stderr}",
+        out.status
+    );
+    assert!(
+        gw.logs().matches("HTTP/2 connection preface").count() >= 2,
+        "curl's preface was not refused:\n{}",
+        gw.logs()
     );
 }

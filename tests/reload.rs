@@ -1,6 +1,6 @@
 //! Reload without a restart: SIGHUP re-reads the configuration (new connections use it, open
-//! sessions keep their backend, an invalid file changes nothing), and certificates are reloaded
-//! when their files change.
+//! sessions keep their backend, an invalid file changes nothing), certificates are reloaded
+//! when their files change, and the two together never undo each other.
 
 #[path = "support/ops.rs"]
 mod ops;
@@ -156,6 +156,57 @@ async fn route_session_count_survives_a_reload() {
     let mut next = ops::ws(&gw.url("/one")).await;
     let mut next_conn = second.accept().await;
     through(&mut next, &mut next_conn, "slot free again").await;
+    ops::close(next).await;
+    assert!(gw.try_exit().is_none());
+}
+
+/// A route removed by one reload and added back by another still counts the sessions opened on
+/// it before: `max_sessions` is per route path, across configuration generations.
+#[tokio::test]
+async fn route_session_count_survives_the_route_being_removed_and_added_back() {
+    let mut backend = backends::recording_echo().await;
+    let other = backends::recording_echo().await;
+    let admin = format!("[admin]\nbind = \"{}\"\n", ops::ADMIN_BIND);
+    let with = format!(
+        "{LISTENER}\n{admin}\n{}max_sessions = 2\n",
+        route("/r", &backend)
+    );
+    let without = format!("{LISTENER}\n{admin}\n{}", route("/other", &other));
+    let mut gw = Gw::start(&with).await;
+    let mut open = Vec::new();
+    for i in 0..2 {
+        let mut ws = ops::ws(&gw.url("/r")).await;
+        let mut conn = backend.accept().await;
+        through(&mut ws, &mut conn, &format!("session {i}")).await;
+        open.push((ws, conn));
+    }
+    assert_eq!(ops::try_ws(&gw.url("/r"), &[]).await.err(), Some(503));
+
+    std::fs::write(gw.config_path(), &without).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_count("configuration reloaded", 1, WAIT).await;
+    assert_eq!(ops::try_ws(&gw.url("/r"), &[]).await.err(), Some(404));
+    std::fs::write(gw.config_path(), &with).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_count("configuration reloaded", 2, WAIT).await;
+
+    for attempt in 0..3 {
+        assert_eq!(
+            ops::try_ws(&gw.url("/r"), &[]).await.err(),
+            Some(503),
+            "attempt {attempt}: the two sessions opened before the route was removed still fill it"
+        );
+    }
+    for (ws, conn) in open.iter_mut() {
+        through(ws, conn, "still open").await;
+    }
+    for (ws, _) in open {
+        ops::close(ws).await;
+    }
+    ops::wait_connections_open(gw.admin(), 0).await;
+    let mut next = ops::ws(&gw.url("/r")).await;
+    let mut next_conn = backend.accept().await;
+    through(&mut next, &mut next_conn, "room again").await;
     ops::close(next).await;
     assert!(gw.try_exit().is_none());
 }
@@ -374,4 +425,188 @@ backend = "{}"
     tls_echo(&mut fresh, "second cert").await;
     // The session opened before keeps working.
     tls_echo(&mut old, "still on the first").await;
+}
+
+// ----- SIGHUP and certificate changes together -----
+
+/// A TLS listener on `cert`/`key` (relative to the config file) with one route `path`.
+fn tls_config(
+    path: &str,
+    cert: &str,
+    key: &str,
+    backend: &backends::Backend,
+    extra: &str,
+) -> String {
+    format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\n\
+         [[route]]\npath = \"{path}\"\nbackend = \"{}\"\n\n{extra}",
+        backend.config_addr()
+    )
+}
+
+/// A WebSocket over `stream` to `path`; `Err` carries the status of a refusal.
+async fn wss_to<S>(stream: S, port: u16, path: &str) -> Result<WebSocketStream<S>, u16>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let url = format!("wss://localhost:{port}{path}");
+    match tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("upgrade timed out")
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("upgrade failed: {e}"),
+    }
+}
+
+/// Wait (bounded) until a client trusting only `cert` is served `cert`, then check that `path`
+/// upgrades and echoes over it and `gone` is 404.
+async fn in_force(gw: &Gw, cert: &CertificateDer<'static>, path: &str, gone: &str) {
+    let addr = gw.addr();
+    // Certificate files are polled every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match tls_connect(addr, cert).await {
+            Ok((_, served)) if served == *cert => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the certificate never came into force ({:?}):\n{}",
+                    other.map(|_| "another certificate"),
+                    gw.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let (tls, _) = tls_connect(addr, cert).await.unwrap();
+    let mut ws = wss_to(tls, addr.port(), path)
+        .await
+        .unwrap_or_else(|s| panic!("{path}: {s}\n{}", gw.logs()));
+    tls_echo(&mut ws, "both in force").await;
+    let (tls, _) = tls_connect(addr, cert).await.unwrap();
+    assert_eq!(wss_to(tls, addr.port(), gone).await.err(), Some(404));
+}
+
+/// Replace `cert.pem` and `key.pem` in `dir` with a fresh pair; returns the certificate.
+fn rotate(dir: &std::path::Path) -> CertificateDer<'static> {
+    support::write_cert(dir)
+}
+
+/// A certificate rotation and a SIGHUP that changes a route, close together in both orders:
+/// afterwards the new route and the new certificate are both in force.
+#[tokio::test]
+async fn sighup_and_certificate_rotation_close_together_both_take_effect() {
+    let echo = backends::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = rotate(dir.path());
+    let cfg = |path: &str| tls_config(path, "cert.pem", "key.pem", &echo, "");
+    let gw = Gw::start_with(
+        &cfg("/zero"),
+        Opts {
+            dir: Some(dir),
+            ..Opts::default()
+        },
+    )
+    .await;
+    in_force(&gw, &first, "/zero", "/one").await;
+
+    // The files first, then the signal.
+    let second = rotate(gw.dir.path());
+    std::fs::write(gw.config_path(), cfg("/one")).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_count("configuration reloaded", 1, WAIT).await;
+    in_force(&gw, &second, "/one", "/zero").await;
+
+    // The signal first, then the files.
+    std::fs::write(gw.config_path(), cfg("/two")).unwrap();
+    gw.signal("HUP");
+    let third = rotate(gw.dir.path());
+    gw.wait_for_count("configuration reloaded", 2, WAIT).await;
+    in_force(&gw, &third, "/two", "/one").await;
+}
+
+/// `O_NONBLOCK` (Linux): opening a FIFO for writing then fails with ENXIO unless a reader has it
+/// open, which tells when the gateway has started reading it.
+const O_NONBLOCK: i32 = 0o4000;
+
+/// A certificate reload that is still reading its files when a SIGHUP with a route change comes
+/// in (its certificate file is a FIFO the test writes only later): the reload waits its turn, is
+/// not undone by the certificate reload finishing after it, and the gateway keeps serving on its
+/// one worker thread meanwhile.
+#[tokio::test]
+async fn a_certificate_reload_in_progress_does_not_undo_a_sighup() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let echo = backends::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = rotate(dir.path());
+    let next = dir.path().join("next");
+    std::fs::create_dir(&next).unwrap();
+    let reloaded_cert = rotate(&next);
+    let one_worker = "[runtime]\nworker_threads = 1\n";
+    let gw = Gw::start_with(
+        &tls_config("/old", "cert.pem", "key.pem", &echo, one_worker),
+        Opts {
+            dir: Some(dir),
+            ..Opts::default()
+        },
+    )
+    .await;
+    in_force(&gw, &first, "/old", "/new").await;
+
+    // The certificate files change, and the new certificate file does not deliver its content
+    // yet: it is a FIFO.
+    let stalled = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let root = gw.dir.path();
+    std::fs::write(root.join("key.tmp"), stalled.key_pair.serialize_pem()).unwrap();
+    std::fs::rename(root.join("key.tmp"), root.join("key.pem")).unwrap();
+    let fifo = root.join("cert.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    std::fs::rename(&fifo, root.join("cert.pem")).unwrap();
+    // The next poll (within 5 s) starts reading it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(root.join("cert.pem"))
+        {
+            Ok(w) => break w,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the gateway never read the changed certificate file ({e}):\n{}",
+                    gw.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // While that read is stalled, connections are served.
+    in_force(&gw, &first, "/old", "/new").await;
+
+    // Now a SIGHUP with a new route and certificate files of its own.
+    std::fs::write(
+        gw.config_path(),
+        tls_config("/new", "next/cert.pem", "next/key.pem", &echo, one_worker),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    ops::eventually("the gateway takes the SIGHUP", WAIT, || {
+        let logs = gw.logs();
+        logs.contains("SIGHUP received") || logs.contains("configuration reloaded")
+    })
+    .await;
+    // The stalled certificate file delivers; its reload completes after the SIGHUP came in.
+    std::io::Write::write_all(&mut writer, stalled.cert.pem().as_bytes()).unwrap();
+    drop(writer);
+    gw.wait_for_log("certificate reloaded", WAIT).await;
+    gw.wait_for_log("configuration reloaded", WAIT).await;
+    in_force(&gw, &reloaded_cert, "/new", "/old").await;
+    assert_eq!(gw.count("configuration reloaded"), 1, "{}", gw.logs());
 }

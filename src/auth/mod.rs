@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use http::header::{self, HeaderMap};
 use http::{StatusCode, Uri};
 
-use crate::config::Route;
+use crate::config::{Framing, Route};
 use crate::handshake::Reject;
 use crate::origin::Origin;
 
@@ -156,10 +156,22 @@ pub fn check_origin(route: &Route, headers: &HeaderMap) -> Result<(), Reject> {
     }
 }
 
+/// The subprotocol websockify-style clients (noVNC) offer for raw binary streams.
+pub const BINARY_SUBPROTOCOL: &str = "binary";
+
 /// The subprotocol to answer with: the first of the route's `subprotocols` that the client offered.
 /// (A token carried in `Sec-WebSocket-Protocol` is never one of them: config validation ensures no
 /// configured name starts with the token prefix.)
+///
+/// A `raw` route without `subprotocols` answers `binary` when the client offers it, as websockify
+/// does: that is what raw framing speaks, and a browser fails a connection whose offered
+/// subprotocols all go unanswered. Other offers on such a route get no answer (RFC 6455 §4.2.2).
 pub fn select_subprotocol<'r>(route: &'r Route, offered: &[String]) -> Option<&'r str> {
+    if route.subprotocols.is_empty() {
+        let binary =
+            route.framing == Framing::Raw && offered.iter().any(|o| o == BINARY_SUBPROTOCOL);
+        return binary.then_some(BINARY_SUBPROTOCOL);
+    }
     route
         .subprotocols
         .iter()
@@ -228,6 +240,23 @@ mod tests {
         let offered = vec!["base64".to_string(), "binary".to_string()];
         assert_eq!(select_subprotocol(&r, &offered), Some("binary"));
         assert_eq!(select_subprotocol(&r, &["chat".to_string()]), None);
-        assert_eq!(select_subprotocol(&route(""), &offered), None);
+        assert_eq!(select_subprotocol(&r, &["chat".to_string()]), None);
+    }
+
+    #[test]
+    fn raw_route_without_subprotocols_answers_binary_only() {
+        let offered = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let raw = route("");
+        assert_eq!(
+            select_subprotocol(&raw, &offered(&["base64", "binary"])),
+            Some("binary")
+        );
+        assert_eq!(select_subprotocol(&raw, &offered(&["chat"])), None);
+        assert_eq!(select_subprotocol(&raw, &offered(&[])), None);
+        let lines = route("framing = \"lines\"");
+        assert_eq!(select_subprotocol(&lines, &offered(&["binary"])), None);
+        // A configured list is the whole choice.
+        let listed = route("subprotocols = [\"base64\"]");
+        assert_eq!(select_subprotocol(&listed, &offered(&["binary"])), None);
     }
 }
