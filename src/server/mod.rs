@@ -1,0 +1,386 @@
+//! The front end's process lifecycle: binding (demo backends first, then listeners, then the
+//! admin listener), the accept loop and connection admission (`max_connections`,
+//! `max_connections_per_ip`), one task per connection from accept to close, and shutdown (stop
+//! accepting, Close 1001 to every session, wait at most `shutdown_grace`).
+//!
+//! The other jobs have files of their own:
+//! - [`router`]: one configuration generation (routes with their backend pools and session
+//!   counts, TLS acceptors), replaced whole on reload.
+//! - [`reload`]: reconfiguration: SIGHUP and certificate files, one writer of the live state.
+//! - [`request`]: the request pipeline before the 101: TLS, hyper, exactly one answer per request.
+//! - [`session`]: a session's bookkeeping after the 101: registry, pump, metrics, access line.
+//!
+//! The checks themselves live in `handshake`, `auth` and `backend`; the session in `pump`.
+
+mod reload;
+mod request;
+mod router;
+mod session;
+
+use reload::{forward_sighup, reconfigure};
+use request::{http_phase, Conn};
+use router::SessionCounts;
+pub use router::{RouteRt, State};
+use session::run_session;
+pub use session::LiveSession;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::framing::MessageBudget;
+use crate::metrics::Metrics;
+use crate::{admin, demo};
+
+/// Backoff after an accept error such as "too many open files", doubled up to the maximum.
+const ACCEPT_BACKOFF_START_MS: u64 = 10;
+const ACCEPT_BACKOFF_MAX_MS: u64 = 1000;
+
+/// Unsent bytes the kernel may hold for one client connection (TCP_NOTSENT_LOWAT).
+const CLIENT_NOTSENT_LOWAT_BYTES: u32 = 128 * 1024;
+
+/// Pending connections the kernel queues per listener (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot start demo backend on {addr}: {source}")]
+    Demo { addr: SocketAddr, source: io::Error },
+}
+
+/// State shared by every connection, across configuration generations.
+pub struct Gateway {
+    state: RwLock<Arc<State>>,
+    /// Open sessions per route path, across generations.
+    route_sessions: SessionCounts,
+    /// Session tasks, so that shutdown can wait for them.
+    sessions: TaskTracker,
+    /// Cancelled on shutdown: every session sends Close 1001.
+    shutdown: CancellationToken,
+    /// Cancelled when `shutdown_grace` has passed: sessions still open are cut (and logged).
+    cut: CancellationToken,
+    next_session: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    pub live: Mutex<HashMap<u64, LiveSession>>,
+    /// False before the listeners are bound and while draining.
+    pub ready: AtomicBool,
+    connections: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Client message bytes held whole by all sessions (`partial_message_budget`).
+    budget: Arc<MessageBudget>,
+}
+
+impl Gateway {
+    pub fn state(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_state(&self, s: State) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+    }
+
+    /// Count a new client connection; `Err` when a limit refuses it.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> (ConnGuard, Option<&'static str>) {
+        let limits = self.state().config.http;
+        let total = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let from_ip = {
+            let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            *n += 1;
+            *n
+        };
+        self.metrics.connections_open.inc();
+        let guard = ConnGuard {
+            gw: self.clone(),
+            ip,
+        };
+        let refused = if total > limits.max_connections {
+            Some("too many connections (max_connections)")
+        } else if from_ip > limits.max_connections_per_ip {
+            Some("too many connections from this address (max_connections_per_ip)")
+        } else {
+            None
+        };
+        if refused.is_some() {
+            self.metrics.connections_refused.inc();
+        }
+        (guard, refused)
+    }
+}
+
+/// Releases a connection's place in the counts when the connection (or its session) ends.
+struct ConnGuard {
+    gw: Arc<Gateway>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.gw.connections.fetch_sub(1, Ordering::Relaxed);
+        self.gw.metrics.connections_open.dec();
+        let mut map = self.gw.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Bind everything, serve until `shutdown` resolves, then drain sessions. With `config_path`,
+/// SIGHUP re-reads that file and certificate files are watched for changes.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    // Take over SIGHUP before anything is bound, so that an early one never kills the process.
+    let hangup = match &config_path {
+        None => None,
+        Some(_) => match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; configuration reload is unavailable");
+                None
+            }
+        },
+    };
+    for d in &config.demo_backends {
+        let addr = demo::start(d).await.map_err(|source| RunError::Demo {
+            addr: d.bind,
+            source,
+        })?;
+        info!(addr = %addr, kind = ?d.kind, "demo backend listening");
+    }
+    let mut bound = Vec::new();
+    for (index, l) in config.listeners.iter().enumerate() {
+        let listener = bind_listener(l.bind).map_err(|source| RunError::Bind {
+            addr: l.bind,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| RunError::Bind {
+            addr: l.bind,
+            source,
+        })?;
+        info!(addr = %addr, tls = l.tls.is_some(), "listening");
+        bound.push((listener, index));
+    }
+    let admin_listener = match &config.admin {
+        None => None,
+        Some(a) => {
+            let listener = TcpListener::bind(a.bind)
+                .await
+                .map_err(|source| RunError::Bind {
+                    addr: a.bind,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| RunError::Bind {
+                addr: a.bind,
+                source,
+            })?;
+            info!(addr = %addr, "admin listening");
+            Some((listener, a.token.clone()))
+        }
+    };
+    let metrics = Metrics::new();
+    let grace = config.http.shutdown_grace;
+    let budget = MessageBudget::new(config.http.partial_message_budget);
+    let route_sessions = SessionCounts::default();
+    let state = State::build(config, &metrics, &route_sessions, None);
+    let gw = Arc::new(Gateway {
+        state: RwLock::new(Arc::new(state)),
+        route_sessions,
+        sessions: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        cut: CancellationToken::new(),
+        next_session: AtomicU64::new(1),
+        metrics,
+        live: Mutex::new(HashMap::new()),
+        ready: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+        budget,
+    });
+
+    let stop_accepting = CancellationToken::new();
+    for (listener, index) in bound {
+        tokio::spawn(accept_loop(
+            gw.clone(),
+            listener,
+            index,
+            stop_accepting.clone(),
+        ));
+    }
+    if let Some((listener, token)) = admin_listener {
+        // The admin listener outlives the drain: /readyz must be seen turning false.
+        tokio::spawn(admin::serve(
+            gw.clone(),
+            listener,
+            token,
+            CancellationToken::new(),
+        ));
+    }
+    if let Some(path) = config_path {
+        let (events, received) = tokio::sync::mpsc::channel(1);
+        if let Some(hup) = hangup {
+            tokio::spawn(forward_sighup(hup, events, stop_accepting.clone()));
+        }
+        tokio::spawn(reconfigure(
+            gw.clone(),
+            path,
+            received,
+            stop_accepting.clone(),
+        ));
+    }
+    gw.ready.store(true, Ordering::Relaxed);
+
+    shutdown.await;
+    info!("shutting down: no new connections, closing sessions with 1001");
+    gw.ready.store(false, Ordering::Relaxed);
+    stop_accepting.cancel();
+    gw.shutdown.cancel();
+    gw.sessions.close();
+    let drained = tokio::time::timeout(grace, gw.sessions.wait()).await;
+    if drained.is_err() {
+        warn!(grace = ?grace, "sessions still open after shutdown_grace; cutting them");
+        gw.cut.cancel();
+        // The cut sessions write their access lines; that takes moments.
+        let _ = tokio::time::timeout(Duration::from_secs(1), gw.sessions.wait()).await;
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    index: usize,
+    stop: CancellationToken,
+) {
+    let mut backoff = ACCEPT_BACKOFF_START_MS;
+    // A listener bound to one address gives every connection that local address; only a
+    // wildcard bind needs asking per connection.
+    let local = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff = ACCEPT_BACKOFF_START_MS;
+                let (guard, refused) = gw.admit(peer.ip());
+                let tls = gw.state().tls.get(index).cloned().flatten();
+                tokio::spawn(connection(
+                    gw.clone(),
+                    tcp,
+                    (peer, local),
+                    tls,
+                    Arc::new(guard),
+                    refused,
+                ));
+            }
+            Err(e) if is_per_connection_error(&e) => {
+                debug!(error = %e, "accept: connection failed before it was accepted");
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: wait, do not spin.
+                if let Some(resource) = crate::backend::LocalResource::of(&e) {
+                    gw.metrics.local_resource_error(resource.label());
+                }
+                warn!(error = %e, backoff_ms = backoff, "accept failed; backing off");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX_MS);
+            }
+        }
+    }
+}
+
+/// A client listener. Options set on the listening socket are given by Linux to every accepted
+/// connection, which saves system calls per connection:
+/// - TCP_NODELAY: frames go out as soon as they are written (the gateway batches its writes).
+/// - TCP_NOTSENT_LOWAT: the kernel holds at most [`CLIENT_NOTSENT_LOWAT_BYTES`] of data not yet
+///   sent to a client, so what the gateway queues next (a Close after a control event, a Pong)
+///   waits behind that much at most, not behind megabytes of a fast backend's stream.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    #[cfg(target_os = "linux")]
+    socket2::SockRef::from(&socket).set_tcp_notsent_lowat(CLIENT_NOTSENT_LOWAT_BYTES)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// One client connection, from accept to close: the HTTP phase (TLS handshake, request, answer),
+/// then the session if the request was upgraded.
+async fn connection(
+    gw: Arc<Gateway>,
+    tcp: TcpStream,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
+    tls: Option<TlsAcceptor>,
+    guard: Arc<ConnGuard>,
+    refused: Option<&'static str>,
+) {
+    // On Linux TCP_NODELAY comes from the listener (see `bind_listener`).
+    if !cfg!(target_os = "linux") {
+        let _ = tcp.set_nodelay(true);
+    }
+    let local = match local {
+        Some(a) => a,
+        None => match tcp.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        },
+    };
+    let handoff = Arc::new(Mutex::new(None));
+    let conn = Conn {
+        peer,
+        local,
+        tls: tls.is_some(),
+        refused,
+        guard,
+        handoff: handoff.clone(),
+    };
+    // The HTTP phase is boxed: its state (hyper's connection, the TLS handshake) is large and
+    // short-lived, and is freed here instead of sizing the task that then holds the session.
+    Box::pin(http_phase(gw.clone(), tcp, tls, conn)).await;
+    let pending = handoff.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(p) = pending {
+        gw.sessions.track_future(run_session(gw.clone(), p)).await;
+    }
+}

@@ -1,0 +1,546 @@
+//! The request pipeline before the 101: TLS handshake, HTTP/1.1 with hyper, and exactly one answer
+//! per request: a 101 with the session handed over, a static file, or one refusal status (see
+//! README.md). An HTTP/2 preface on a plain listener gets GOAWAY HTTP_1_1_REQUIRED ([`PlainIo`]).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::router::{SessionSlot, State};
+use super::session::Claims;
+use super::{ConnGuard, Gateway};
+use crate::handshake::{self, Reject};
+use crate::metrics::AuthLabel;
+use crate::pump::{SessionInfo, SessionStats};
+use crate::{auth, proxy_protocol, static_files};
+
+/// `Retry-After` on 503 answers caused by connection or session limits, in seconds.
+pub(super) const RETRY_AFTER_SECS: u64 = 1;
+
+/// One client connection.
+#[derive(Clone)]
+pub(super) struct Conn {
+    pub(super) peer: SocketAddr,
+    /// The gateway address the client connected to.
+    pub(super) local: SocketAddr,
+    pub(super) tls: bool,
+    /// Set when a connection limit refused this connection: every request gets 503.
+    pub(super) refused: Option<&'static str>,
+    /// Held by the connection and then by its session.
+    pub(super) guard: Arc<ConnGuard>,
+    /// Where the upgrade handler leaves the session it set up.
+    pub(super) handoff: Arc<Mutex<Option<PendingSession>>>,
+}
+
+/// A session set up by the upgrade handler (route, authorisation and backend done, the 101 on its
+/// way), waiting for hyper to hand over the connection. It runs in the connection's own task
+/// once hyper is done with it: one task per connection from accept to close, and no earlier task
+/// left behind (a finished task's memory lives on while the socket still holds its waker).
+pub(super) struct PendingSession {
+    pub(super) info: SessionInfo,
+    pub(super) on_upgrade: hyper::upgrade::OnUpgrade,
+    pub(super) backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
+    pub(super) claims: Claims,
+    pub(super) shutdown: CancellationToken,
+}
+
+/// TLS handshake (on a TLS listener), then HTTP/1.1 until the one request is answered.
+pub(super) async fn http_phase(
+    gw: Arc<Gateway>,
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    conn: Conn,
+) {
+    let peer = conn.peer;
+    let state = gw.state();
+    let limits = state.config.http;
+    let accepted_at = Instant::now();
+    let deadline = tokio::time::Instant::from_std(accepted_at + limits.handshake_timeout);
+    match tls {
+        None => {
+            let io = TokioIo::new(PlainIo::new(tcp, peer));
+            serve_http(gw, state, io, conn, deadline).await
+        }
+        Some(acceptor) => {
+            let tls_deadline =
+                deadline.min(tokio::time::Instant::now() + limits.tls_handshake_timeout);
+            match tokio::time::timeout_at(tls_deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => serve_http(gw, state, TokioIo::new(stream), conn, deadline).await,
+                Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(client = %peer, "TLS handshake deadline passed"),
+            }
+        }
+    }
+}
+
+pub(super) async fn serve_http<I>(
+    gw: Arc<Gateway>,
+    state: Arc<State>,
+    io: TokioIo<I>,
+    conn: Conn,
+    deadline: tokio::time::Instant,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if remaining.is_zero() {
+        return;
+    }
+    let limits = state.config.http;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(remaining)
+        // Keep-alive stays on only so that hyper does not add `close` to the 101's Connection
+        // header; every other answer carries `Connection: close`, so a connection serves one request.
+        .keep_alive(true)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    let phase_limit = state.http_phase_limit;
+    let peer = conn.peer;
+    let service = service_fn(move |req| {
+        let gw = gw.clone();
+        let state = state.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&gw, &state, req, conn).await) }
+    });
+    let http = builder.serve_connection(io, service).with_upgrades();
+    match tokio::time::timeout(phase_limit, http).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(client = %peer, error = %e, "HTTP connection ended with an error"),
+        Err(_) => {
+            debug!(client = %peer, "HTTP connection cut: no upgrade or answer within the phase limit")
+        }
+    }
+}
+
+/// One request -> one answer.
+pub(super) async fn handle(
+    gw: &Arc<Gateway>,
+    state: &Arc<State>,
+    mut req: Request<Incoming>,
+    conn: Conn,
+) -> Response<Full<Bytes>> {
+    if let Some(reason) = conn.refused {
+        info!(target: "wsgate::access", client = %conn.peer, path = %req.uri().path(), status = 503, reason, "connection refused");
+        return reject_response(&Reject::busy(reason));
+    }
+    if !handshake::is_upgrade_attempt(req.headers()) {
+        return plain_http(state, &req, conn.peer).await;
+    }
+    let path = req.uri().path().to_string();
+    let label = if state.route(&path).is_some() {
+        path.as_str()
+    } else {
+        "-"
+    };
+    match upgrade(gw, state, &mut req, &conn).await {
+        Ok(resp) => {
+            gw.metrics.handshake(label, 101);
+            resp
+        }
+        Err(reject) => {
+            gw.metrics.handshake(label, reject.status.as_u16());
+            info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, "handshake refused");
+            reject_response(&reject)
+        }
+    }
+}
+
+/// Validate, route, authorise, connect the backend, then answer 101 and start the session.
+pub(super) async fn upgrade(
+    gw: &Arc<Gateway>,
+    state: &Arc<State>,
+    req: &mut Request<Incoming>,
+    conn: &Conn,
+) -> Result<Response<Full<Bytes>>, Reject> {
+    let peer = conn.peer;
+    let accepted = handshake::validate(req.method(), req.version(), req.headers())?;
+    let rt = state
+        .route(req.uri().path())
+        .ok_or(Reject::new(
+            StatusCode::NOT_FOUND,
+            "no WebSocket route at this path",
+        ))?
+        .clone();
+    let route = rt.route.clone();
+    auth::check_origin(&route, req.headers())?;
+    let identity = auth::authenticate(
+        &route,
+        &auth::Request {
+            headers: req.headers(),
+            uri: req.uri(),
+            offered_protocols: &accepted.offered_protocols,
+            client: peer,
+            tls: conn.tls,
+        },
+    )
+    .await;
+    if route.auth.is_some() {
+        let outcome = match &identity {
+            Ok(_) => "allowed",
+            Err(r) if r.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            Err(_) => "denied",
+        };
+        gw.metrics
+            .auth
+            .get_or_create(&AuthLabel {
+                route: route.path.clone(),
+                outcome,
+            })
+            .inc();
+    }
+    let identity = identity?;
+    let open = rt.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+    let slot = SessionSlot(rt.sessions.clone());
+    if route.max_sessions.is_some_and(|max| open > max) {
+        return Err(Reject::busy(
+            "too many sessions on this route (max_sessions)",
+        ));
+    }
+    let protocol = auth::select_subprotocol(&route, &accepted.offered_protocols).map(str::to_owned);
+    let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
+    let (backend, lease) = rt
+        .pool
+        .connect(route.limits.connect_timeout)
+        .await
+        .map_err(|e| e.reject())?;
+    let (backend_reader, mut backend_writer) = backend.into_split();
+    if let Some(version) = route.proxy_protocol {
+        let header = proxy_protocol::encode(
+            version,
+            &proxy_protocol::Header {
+                source: peer,
+                destination: conn.local,
+                subject: identity.subject.as_deref(),
+                route: &route.path,
+                session_id: id,
+            },
+        )
+        .map_err(|e| {
+            error!(client = %peer, route = %route.path, "{e}");
+            Reject::new(StatusCode::INTERNAL_SERVER_ERROR, "PROXY header too long")
+        })?;
+        let write = tokio::time::timeout(
+            route.limits.connect_timeout,
+            backend_writer.write_all(&header),
+        )
+        .await;
+        if !matches!(write, Ok(Ok(()))) {
+            warn!(client = %peer, route = %route.path, "backend failed while the PROXY header was written");
+            return Err(Reject::new(StatusCode::BAD_GATEWAY, "backend unavailable"));
+        }
+    }
+
+    let on_upgrade = hyper::upgrade::on(req);
+    let info = SessionInfo {
+        id,
+        route: route.clone(),
+        client: peer,
+        subject: identity.subject,
+        expires_at: identity.expires_at,
+        stats: Arc::new(SessionStats::default()),
+        kill: CancellationToken::new(),
+        budget: gw.budget.clone(),
+    };
+    let claims = Claims {
+        lease,
+        _slot: slot,
+        _conn: conn.guard.clone(),
+    };
+    *conn.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingSession {
+        info,
+        on_upgrade,
+        backend: (backend_reader, backend_writer),
+        claims,
+        shutdown: gw.shutdown.child_token(),
+    });
+
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accepted.accept).expect("base64 is a valid header value"),
+    );
+    if let Some(p) = protocol {
+        if let Ok(v) = HeaderValue::from_str(&p) {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// RFC 9113 §3.4: the client connection preface of HTTP/2 with prior knowledge.
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// RFC 9113 §7: the GOAWAY error code HTTP_1_1_REQUIRED.
+pub(super) const H2_HTTP_1_1_REQUIRED: u8 = 0xd;
+
+/// The GOAWAY frame's debug data.
+pub(super) const H2_GOAWAY_DEBUG: &[u8] = b"this server speaks HTTP/1.1 only";
+
+pub(super) const H2_REFUSAL_LEN: usize = 9 + 9 + 8 + H2_GOAWAY_DEBUG.len();
+
+/// The answer to an HTTP/2 preface: our server preface, an empty SETTINGS frame (RFC 9113 §3.4,
+/// §6.5), then GOAWAY (§6.8) with last-stream-id 0 and HTTP_1_1_REQUIRED.
+pub(super) const H2_REFUSAL: [u8; H2_REFUSAL_LEN] = h2_refusal();
+
+pub(super) const fn h2_refusal() -> [u8; H2_REFUSAL_LEN] {
+    // Frame header (§4.1): length (24 bits), type, flags, reserved bit + stream id (31 bits).
+    let mut f = [0u8; H2_REFUSAL_LEN];
+    // SETTINGS, length 0, stream 0.
+    f[3] = 0x4;
+    // GOAWAY on stream 0; its length is the low 24 bits (the value is a few dozen bytes).
+    let goaway_len = (8 + H2_GOAWAY_DEBUG.len()).to_be_bytes();
+    let n = goaway_len.len();
+    f[9] = goaway_len[n - 3];
+    f[10] = goaway_len[n - 2];
+    f[11] = goaway_len[n - 1];
+    f[12] = 0x7;
+    // Payload: last-stream-id 0 (bytes 18..22), error code (22..26), debug data.
+    f[25] = H2_HTTP_1_1_REQUIRED;
+    let mut i = 0;
+    while i < H2_GOAWAY_DEBUG.len() {
+        f[26 + i] = H2_GOAWAY_DEBUG[i];
+        i += 1;
+    }
+    f
+}
+
+/// A plain-TCP client connection as hyper sees it. The first read is checked for an HTTP/2
+/// connection preface (a client with prior knowledge, such as `curl --http2-prior-knowledge`),
+/// which hyper would drop without an answer. Such a client gets SETTINGS and GOAWAY
+/// (HTTP_1_1_REQUIRED), our FIN, and its further bytes are read and discarded until it closes
+/// (closing with unread data would reset the connection and could lose the GOAWAY); hyper then
+/// sees the end of the stream. Everything else passes straight through: one comparison on the
+/// first read, no extra system call.
+pub(super) struct PlainIo {
+    pub(super) tcp: TcpStream,
+    pub(super) peer: SocketAddr,
+    pub(super) preface: Preface,
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Preface {
+    /// Nothing read yet.
+    Unchecked,
+    /// HTTP/1.1 (or anything else): pass through.
+    Http1,
+    /// An HTTP/2 preface arrived: this much of [`H2_REFUSAL`] is written.
+    Refusing(usize),
+    /// Refused and shut down: discard what the client still sends.
+    Draining,
+}
+
+impl PlainIo {
+    pub(super) fn new(tcp: TcpStream, peer: SocketAddr) -> PlainIo {
+        PlainIo {
+            tcp,
+            peer,
+            preface: Preface::Unchecked,
+        }
+    }
+}
+
+impl AsyncRead for PlainIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.preface {
+                Preface::Http1 => return Pin::new(&mut this.tcp).poll_read(cx, buf),
+                Preface::Unchecked => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+                    if !buf.filled()[before..].starts_with(H2_PREFACE) {
+                        this.preface = Preface::Http1;
+                        return Poll::Ready(Ok(()));
+                    }
+                    buf.set_filled(before);
+                    info!(target: "wsgate::access", client = %this.peer, path = "*", reason = "HTTP/2 connection preface; answered GOAWAY HTTP_1_1_REQUIRED", "connection refused");
+                    this.preface = Preface::Refusing(0);
+                }
+                Preface::Refusing(written) if written < H2_REFUSAL.len() => {
+                    let n = ready!(Pin::new(&mut this.tcp).poll_write(cx, &H2_REFUSAL[written..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    this.preface = Preface::Refusing(written + n);
+                }
+                Preface::Refusing(_) => {
+                    ready!(Pin::new(&mut this.tcp).poll_shutdown(cx))?;
+                    this.preface = Preface::Draining;
+                }
+                Preface::Draining => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+                    let got = buf.filled().len() - before;
+                    buf.set_filled(before);
+                    if got == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PlainIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// A request that is not an upgrade attempt: a static file, or 426 on a route path, or 404. Each
+/// answer gets one access line: `static file` for what the `[static]` directory answered (the file,
+/// 404, 405, 500), `plain request` otherwise.
+pub(super) async fn plain_http(
+    state: &State,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let (resp, message) = plain_answer(state, req).await;
+    let bytes = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or_default();
+    let status = resp.status().as_u16();
+    match message {
+        PlainAnswer::Static => {
+            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, "static file")
+        }
+        PlainAnswer::Other => {
+            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, "plain request")
+        }
+    }
+    resp
+}
+
+/// Who answered a plain request, for its access line.
+pub(super) enum PlainAnswer {
+    /// The `[static]` directory (a file, or its 404, 405, 500).
+    Static,
+    /// No `[static]`, or a route path (426).
+    Other,
+}
+
+pub(super) async fn plain_answer(
+    state: &State,
+    req: &Request<Incoming>,
+) -> (Response<Full<Bytes>>, PlainAnswer) {
+    let path = req.uri().path();
+    if state.route(path).is_some() {
+        let mut resp = reject_response(&Reject::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "this path serves WebSocket connections only",
+        ));
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return (resp, PlainAnswer::Other);
+    }
+    let Some(st) = &state.config.static_files else {
+        return (
+            reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found")),
+            PlainAnswer::Other,
+        );
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = reject_response(&Reject::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD",
+        ));
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return (resp, PlainAnswer::Static);
+    }
+    let resp = match static_files::serve(st, path, req.method() == Method::HEAD).await {
+        Some(mut resp) => {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+        None => reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found")),
+    };
+    (resp, PlainAnswer::Static)
+}
+
+/// The one answer to a refused request: status, short plain-text reason, `Connection: close`.
+pub(super) fn reject_response(reject: &Reject) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{}\n", reject.reason))));
+    *resp.status_mut() = reject.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    match reject.status {
+        StatusCode::UNAUTHORIZED => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wsgate\""),
+            );
+        }
+        StatusCode::UPGRADE_REQUIRED => {
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(handshake::WEBSOCKET_VERSION),
+            );
+        }
+        _ => {}
+    }
+    if reject.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    resp
+}

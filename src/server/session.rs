@@ -1,0 +1,212 @@
+//! A session after the 101: take the connection from hyper, register it (admin `/sessions`),
+//! run the pump, release its claims, count it in the metrics and write its access line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::request::{PendingSession, PlainIo};
+use super::router::SessionSlot;
+use super::{ConnGuard, Gateway};
+use crate::error::{SessionEnd, Side};
+use crate::metrics::{CloseLabel, RouteLabel};
+use crate::pump::{self, SessionInfo, SessionStats};
+use crate::ws::CloseCode;
+
+/// Close code logged when no Close frame was sent (RFC 6455 §7.4.1: abnormal closure).
+pub(super) const CLOSE_CODE_NONE_SENT: u16 = 1006;
+
+/// Close code logged for a Close frame without a code (RFC 6455 §7.4.1: no status received).
+pub(super) const CLOSE_CODE_EMPTY: u16 = 1005;
+
+/// A session as the admin endpoint shows it.
+pub struct LiveSession {
+    pub route: String,
+    pub client: SocketAddr,
+    pub subject: Option<String>,
+    pub started: SystemTime,
+    pub stats: Arc<SessionStats>,
+    pub kill: CancellationToken,
+}
+
+/// The session task after the upgrade: register, pump, account, log.
+/// What a session holds while it runs: its backend, its route slot, its connection's place in the
+/// connection counts. Released before the access line is written, so a client that reconnects on
+/// seeing the close finds the capacity free.
+pub(super) struct Claims {
+    pub(super) lease: crate::backend::Lease,
+    pub(super) _slot: SessionSlot,
+    pub(super) _conn: Arc<ConnGuard>,
+}
+
+/// Why a session that outlived `shutdown_grace` ended.
+pub(super) const CUT_AT_GRACE: &str = "cut at shutdown_grace";
+
+/// The session: take the connection from hyper (the 101 is written), then register, pump,
+/// account, log. Everything a session keeps while it runs is in this future, so it is kept small
+/// (large values are never held across an `await`).
+pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
+    let PendingSession {
+        info,
+        on_upgrade,
+        backend,
+        claims,
+        shutdown,
+    } = pending;
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(session = info.id, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let backend_name = claims.lease.backend().to_string();
+    let route_label = RouteLabel {
+        route: info.route.path.clone(),
+    };
+    gw.metrics.sessions_open.get_or_create(&route_label).inc();
+    gw.metrics.sessions_total.get_or_create(&route_label).inc();
+    gw.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        info.id,
+        LiveSession {
+            route: info.route.path.clone(),
+            client: info.client,
+            subject: info.subject.clone(),
+            started: SystemTime::now(),
+            stats: info.stats.clone(),
+            kill: info.kill.clone(),
+        },
+    );
+    let subject = info.subject.as_deref().unwrap_or("-");
+    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, "session open");
+
+    let (client, preread) = ClientIo::from_upgraded(upgraded);
+    // The pump future is built in place inside the select (never bound to a local first and
+    // moved): a moved future would take its size twice in this one.
+    let outcome = tokio::select! {
+        outcome = client.pump(&info, &preread, backend, shutdown) => outcome,
+        _ = gw.cut.cancelled() => pump::Outcome {
+            end: SessionEnd::Cut { reason: CUT_AT_GRACE, by: Side::Gateway },
+            client_close: None,
+            up: info.stats.up.snapshot(),
+            down: info.stats.down.snapshot(),
+            duration: started.elapsed(),
+        },
+    };
+    drop(claims);
+
+    gw.live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&info.id);
+    gw.metrics.sessions_open.get_or_create(&route_label).dec();
+    gw.metrics
+        .session_seconds
+        .get_or_create(&route_label)
+        .observe(outcome.duration.as_secs_f64());
+    let counters = gw.metrics.route_counters(&info.route.path);
+    counters.bytes_up.inc_by(outcome.up.bytes);
+    counters.bytes_down.inc_by(outcome.down.bytes);
+    counters.messages_up.inc_by(outcome.up.messages);
+    counters.messages_down.inc_by(outcome.down.messages);
+    let code = outcome.end.code().map(CloseCode::get);
+    let reason = outcome.end.reason();
+    let by = outcome.end.by().to_string();
+    // Numbers in the log: 1006 when no Close was sent, 1005 for a Close without a code (their
+    // meanings in RFC 6455 §7.4.1; neither ever goes on the wire).
+    let close_code = code.unwrap_or(CLOSE_CODE_NONE_SENT);
+    let client_close_code = match outcome.client_close {
+        None => CLOSE_CODE_NONE_SENT,
+        Some(None) => CLOSE_CODE_EMPTY,
+        Some(Some(c)) => c.get(),
+    };
+    gw.metrics
+        .closes
+        .get_or_create(&CloseLabel {
+            route: info.route.path.clone(),
+            code: code.map_or_else(|| "none".to_string(), |c| c.to_string()),
+            by: by.clone(),
+        })
+        .inc();
+    info!(
+        target: "wsgate::access",
+        session = info.id,
+        route = %info.route.path,
+        client = %info.client,
+        subject,
+        backend = %backend_name,
+        duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        close_code,
+        reason,
+        closed_by = %by,
+        client_close_code,
+        bytes_up = outcome.up.bytes,
+        messages_up = outcome.up.messages,
+        bytes_down = outcome.down.bytes,
+        messages_down = outcome.down.messages,
+        "session closed"
+    );
+}
+
+pub(super) type TlsClient = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The client connection after the upgrade, split into read and write halves.
+pub(super) enum ClientIo {
+    /// Plain TCP: owned halves, no lock between the directions.
+    Tcp(OwnedReadHalf, OwnedWriteHalf),
+    /// TLS: the stream itself (not hyper's boxed wrapper) behind tokio's split.
+    Tls(ReadHalf<TlsClient>, WriteHalf<TlsClient>),
+    /// Any other transport hyper hands back.
+    Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
+}
+
+impl ClientIo {
+    /// Unwrap hyper's upgraded connection to the transport underneath. Returns the bytes hyper
+    /// read past the request head (usually none): they are the first frames. They are copied so
+    /// that hyper's read buffer is freed now; a slice of it would keep the whole buffer alive for
+    /// the life of the session.
+    pub(super) fn from_upgraded(upgraded: Upgraded) -> (ClientIo, Vec<u8>) {
+        let upgraded = match upgraded.downcast::<TokioIo<PlainIo>>() {
+            Ok(parts) => {
+                let (r, w) = parts.io.into_inner().tcp.into_split();
+                return (ClientIo::Tcp(r, w), parts.read_buf.to_vec());
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<TlsClient>>() {
+            Ok(parts) => {
+                let (r, w) = tokio::io::split(parts.io.into_inner());
+                (ClientIo::Tls(r, w), parts.read_buf.to_vec())
+            }
+            Err(upgraded) => {
+                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                (ClientIo::Other(r, w), Vec::new())
+            }
+        }
+    }
+}
+
+impl ClientIo {
+    pub(super) async fn pump(
+        self,
+        info: &SessionInfo,
+        preread: &[u8],
+        backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
+        shutdown: CancellationToken,
+    ) -> pump::Outcome {
+        match self {
+            ClientIo::Tcp(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
+            ClientIo::Tls(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
+            ClientIo::Other(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
+        }
+    }
+}
