@@ -20,7 +20,7 @@ use crate::config::{Balance, Health};
 use crate::metrics::{BackendLabel, Metrics};
 
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::BackendAddr;
@@ -169,6 +169,10 @@ pub enum ConnectError {
     Io { addr: String, source: io::Error },
     #[error("connect to {addr} timed out after {after:?}")]
     Timeout { addr: String, after: Duration },
+    /// The connection was made, but writing the bytes that open it (the PROXY header) failed or
+    /// did not finish within the connect deadline.
+    #[error("backend {addr} failed while the PROXY header was written")]
+    Preface { addr: String },
     /// The gateway itself is out of a resource; the backend was not reached.
     #[error("connect to {addr} not possible, the gateway is out of a local resource: {source}")]
     Local {
@@ -188,7 +192,9 @@ impl ConnectError {
             ConnectError::Resolve { .. } => {
                 Reject::new(StatusCode::BAD_GATEWAY, "backend name does not resolve")
             }
-            ConnectError::Io { .. } => Reject::new(StatusCode::BAD_GATEWAY, "backend unavailable"),
+            ConnectError::Io { .. } | ConnectError::Preface { .. } => {
+                Reject::new(StatusCode::BAD_GATEWAY, "backend unavailable")
+            }
             // The gateway's own shortage, most likely brief: 503 with `Retry-After`.
             ConnectError::Local { resource, .. } => Reject::busy(resource.reason()),
         }
@@ -366,6 +372,28 @@ impl Pool {
         };
         order.sort_by_key(|&k| !self.is_up(&self.members[k]));
         order
+    }
+
+    /// Open a session's backend connection: connect (with failover, see [`Pool::connect`]) and
+    /// write `preface` (the PROXY header, if the route sends one) before anything else, within
+    /// `timeout`. Every failure to reach the backend before the 101 is decided here, as one
+    /// [`ConnectError`] and so one status.
+    pub async fn open(
+        self: &Arc<Self>,
+        timeout: Duration,
+        preface: Option<&[u8]>,
+    ) -> Result<((BackendReader, BackendWriter), Lease), ConnectError> {
+        let (stream, lease) = self.connect(timeout).await?;
+        let (reader, mut writer) = stream.into_split();
+        if let Some(bytes) = preface {
+            let written = tokio::time::timeout(timeout, writer.write_all(bytes)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                let addr = lease.backend().to_string();
+                warn!(route = %self.route, backend = %addr, "backend failed while the PROXY header was written");
+                return Err(ConnectError::Preface { addr });
+            }
+        }
+        Ok(((reader, writer), lease))
     }
 
     /// Connect to one of the backends, trying the next on failure, each within `timeout`.

@@ -1,13 +1,14 @@
 //! The opening handshake (RFC 6455 §4.2), as a pure function of the request head.
 //!
 //! Owns: deciding whether a request is a WebSocket upgrade attempt, validating it, computing
-//! `Sec-WebSocket-Accept`, and parsing the offered subprotocols. It does not route, authorise,
-//! connect, or write anything: the server turns a [`Reject`] into exactly one HTTP answer.
+//! `Sec-WebSocket-Accept`, parsing the offered subprotocols, and building the 101 answer
+//! ([`switching_protocols`]). It does not route, authorise, connect, or write anything: the
+//! server turns a [`Reject`] into exactly one HTTP answer.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName};
-use http::{Method, StatusCode, Version};
+use http::{HeaderValue, Method, Response, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
 /// RFC 6455 §1.3: the GUID appended to the key before hashing.
@@ -198,9 +199,47 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// The 101 Switching Protocols answer to an accepted handshake (RFC 6455 §4.2.2), naming the
+/// selected subprotocol if there is one. The body type is the caller's (the answer has none).
+pub fn switching_protocols<B: Default>(accepted: &Accepted, protocol: Option<&str>) -> Response<B> {
+    let mut resp = Response::new(B::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    // Base64 output is always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(&accepted.accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    // A selected subprotocol is one the client offered, so a valid token.
+    if let Some(v) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_101_carries_accept_and_the_selected_subprotocol() {
+        let accepted = Accepted {
+            accept: accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            offered_protocols: vec!["chat".into()],
+        };
+        let r: Response<()> = switching_protocols(&accepted, Some("chat"));
+        assert_eq!(r.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(r.headers()[header::UPGRADE], "websocket");
+        assert_eq!(r.headers()[header::CONNECTION], "Upgrade");
+        assert_eq!(
+            r.headers()[header::SEC_WEBSOCKET_ACCEPT],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(r.headers()[header::SEC_WEBSOCKET_PROTOCOL], "chat");
+        let none: Response<()> = switching_protocols(&accepted, None);
+        assert!(!none.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL));
+    }
     use http::HeaderValue;
 
     fn good() -> HeaderMap {

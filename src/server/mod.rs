@@ -18,7 +18,7 @@ mod router;
 mod session;
 
 use reload::{forward_sighup, reconfigure};
-use request::{http_phase, Conn};
+use request::{http_phase, Conn, UpgradeSlot};
 use router::SessionCounts;
 pub use router::{RouteRt, State};
 use session::run_session;
@@ -367,7 +367,7 @@ async fn connection(
             Err(_) => return,
         },
     };
-    let handoff = Arc::new(Mutex::new(None));
+    let handoff = Arc::new(UpgradeSlot::default());
     let conn = Conn {
         peer,
         local,
@@ -379,7 +379,7 @@ async fn connection(
     // The HTTP phase is boxed: its state (hyper's connection, the TLS handshake) is large and
     // short-lived, and is freed here instead of sizing the task that then holds the session.
     Box::pin(http_phase(gw.clone(), tcp, tls, conn)).await;
-    let pending = handoff.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let pending = handoff.take();
     if let Some(p) = pending {
         gw.sessions.track_future(run_session(gw.clone(), p)).await;
     }
