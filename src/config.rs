@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::auth::jwt::{self, JwtAuth, KeyMaterial, TokenSource};
-use crate::auth::{forward, RouteAuth};
+use crate::auth::forward::{self, ForwardSettings};
+use crate::auth::jwt::{self, JwtSettings, KeyMaterial, TokenSource};
 use crate::origin::OriginPattern;
 use crate::proxy_protocol;
 
@@ -240,12 +240,30 @@ pub struct Route {
     /// With `allowed_origins`: a request without an Origin header is accepted (non-browser clients).
     pub allow_missing_origin: bool,
     /// The credential check, if any.
-    pub auth: Option<Arc<RouteAuth>>,
+    pub auth: Option<AuthSettings>,
     /// Write a PROXY protocol header to the backend first.
     pub proxy_protocol: Option<proxy_protocol::Version>,
     /// Subprotocols the route may select, in preference order.
     pub subprotocols: Vec<String>,
     pub limits: SessionLimits,
+}
+
+/// A route's credential check, as configured (`[route.auth]`, by `type`).
+#[derive(Debug, Clone)]
+pub enum AuthSettings {
+    Jwt(JwtSettings),
+    Forward(ForwardSettings),
+}
+
+impl AuthSettings {
+    /// Whether browsers send this credential on their own, so that any page can use it.
+    pub fn is_ambient(&self) -> bool {
+        match self {
+            AuthSettings::Jwt(j) => j.source.is_ambient(),
+            // The auth service sees the Cookie header, so cookies can carry the decision.
+            AuthSettings::Forward(_) => true,
+        }
+    }
 }
 
 /// One `[[listener]]`, validated, with its TLS configuration loaded.
@@ -558,10 +576,10 @@ impl Config {
                     .join(", "),
                 r.framing,
                 origins,
-                match r.auth.as_deref() {
+                match &r.auth {
                     None => "none".to_string(),
-                    Some(RouteAuth::Jwt(j)) => format!("jwt from {:?}", j.source),
-                    Some(RouteAuth::Forward(_)) => "forward".to_string(),
+                    Some(AuthSettings::Jwt(j)) => format!("jwt from {:?}", j.source),
+                    Some(AuthSettings::Forward(_)) => "forward".to_string(),
                 },
                 r.limits.max_message_size,
                 r.limits
@@ -979,9 +997,9 @@ impl Validator<'_> {
         let limits = self.route_limits(i, &r.limits, global)?;
         let auth = match &r.auth {
             None => None,
-            Some(a) => Some(Arc::new(self.auth(i, a, &subprotocols)?)),
+            Some(a) => Some(self.auth(i, a, &subprotocols)?),
         };
-        let ambient = auth.as_deref().is_some_and(RouteAuth::is_ambient);
+        let ambient = auth.as_ref().is_some_and(AuthSettings::is_ambient);
         if ambient && allowed_origins.is_none() {
             return self.err(
                 r.auth.as_ref().map(|a| a.span()).unwrap_or(0..0),
@@ -1067,7 +1085,7 @@ impl Validator<'_> {
         i: usize,
         a: &Spanned<RawAuth>,
         subprotocols: &[String],
-    ) -> Result<RouteAuth, ConfigError> {
+    ) -> Result<AuthSettings, ConfigError> {
         let key = |k: &str| format!("route[{i}].auth.{k}");
         let a_span = a.span();
         let a = a.get_ref();
@@ -1157,7 +1175,7 @@ impl Validator<'_> {
                     })?)
                 }
             };
-            let fwd = forward::ForwardAuth::new(
+            let fwd = ForwardSettings::new(
                 url.get_ref(),
                 timeout,
                 a.identity_header.as_ref().map(|h| h.get_ref().as_str()),
@@ -1167,7 +1185,7 @@ impl Validator<'_> {
                 ca,
             )
             .or_else(|m| self.err(url.span(), key("url"), m))?;
-            return Ok(RouteAuth::Forward(fwd));
+            return Ok(AuthSettings::Forward(fwd));
         }
 
         // type = "jwt"
@@ -1243,7 +1261,7 @@ impl Validator<'_> {
         })?;
         let mut algorithms = Vec::new();
         for name in algs_spanned.get_ref() {
-            match jwt::parse_algorithm(name) {
+            match parse_algorithm(name) {
                 Some(alg) => algorithms.push(alg),
                 None => {
                     return self.err(
@@ -1315,7 +1333,7 @@ impl Validator<'_> {
             .as_ref()
             .map(|c| c.get_ref().as_str())
             .unwrap_or("sub");
-        let auth = JwtAuth::new(
+        let auth = JwtSettings::new(
             source,
             &algorithms,
             material,
@@ -1325,7 +1343,7 @@ impl Validator<'_> {
             claim,
         )
         .or_else(|m| self.err(algs_spanned.span(), format!("route[{i}].auth"), m))?;
-        Ok(RouteAuth::Jwt(auth))
+        Ok(AuthSettings::Jwt(auth))
     }
 
     fn backend(&self, key: &str, value: &Spanned<String>) -> Result<BackendAddr, ConfigError> {
@@ -1716,6 +1734,17 @@ struct RawRouteLimitsRef<'a> {
 /// never taken; it only keeps the conversion free of `as`.
 fn fit<F, T: TryFrom<F>>(n: F, max: T) -> T {
     T::try_from(n).unwrap_or(max)
+}
+
+/// An algorithm name as written in the config.
+fn parse_algorithm(name: &str) -> Option<jsonwebtoken::Algorithm> {
+    match name {
+        "HS256" => Some(jsonwebtoken::Algorithm::HS256),
+        "RS256" => Some(jsonwebtoken::Algorithm::RS256),
+        "ES256" => Some(jsonwebtoken::Algorithm::ES256),
+        "EdDSA" => Some(jsonwebtoken::Algorithm::EdDSA),
+        _ => None,
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

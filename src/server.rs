@@ -77,6 +77,8 @@ pub enum RunError {
 pub struct RouteRt {
     pub route: Arc<Route>,
     pub pool: Arc<Pool>,
+    /// The credential check built from the route's auth settings.
+    pub auth: Option<auth::RouteAuth>,
     /// Sessions open on this route path (kept across reloads).
     sessions: Arc<AtomicUsize>,
 }
@@ -118,6 +120,7 @@ impl State {
                 Arc::new(RouteRt {
                     route: r.clone(),
                     pool,
+                    auth: r.auth.as_ref().map(auth::RouteAuth::new),
                     sessions,
                 }),
             );
@@ -743,6 +746,7 @@ async fn upgrade(
     auth::check_origin(&route, req.headers())?;
     let identity = auth::authenticate(
         &route,
+        rt.auth.as_ref(),
         &auth::Request {
             headers: req.headers(),
             uri: req.uri(),
