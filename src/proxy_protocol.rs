@@ -36,8 +36,9 @@ pub enum EncodeError {
     TooLong(usize),
 }
 
-/// Which header a route writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which header a route writes (`proxy_protocol = "v1"` or `"v2"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Version {
     V1,
     V2,

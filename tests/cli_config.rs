@@ -145,6 +145,22 @@ fn zero_duration_names_the_key() {
     assert_config_error(&text, line, "limits.idle_timeout");
 }
 
+/// A value of the wrong type (a string where a number belongs) names the key, not only the
+/// line: in a route, in `[limits]` and in `[route.limits]`.
+#[test]
+fn wrong_type_names_the_key() {
+    let (text, line) = with_line("framing", "max_sessions = \"ten\"");
+    let err = assert_config_error(&text, line, "route[0].max_sessions");
+    assert!(err.contains("invalid type"), "{err}");
+    let (text, line) = with_line("idle_timeout", "max_connections = \"lots\"");
+    assert_config_error(&text, line, "limits.max_connections");
+    let (text, line) = with_line(
+        "framing",
+        "framing = \"lines\"\n[route.limits]\nmax_fragments = \"many\"",
+    );
+    assert_config_error(&text, line + 2, "route[0].limits.max_fragments");
+}
+
 #[test]
 fn bad_backend_names_the_key() {
     for bad in [

@@ -40,38 +40,35 @@ pub enum Decision {
     Unavailable(&'static str),
 }
 
-/// A configured forward-auth check.
-pub struct ForwardAuth {
+/// A route's forward-auth settings, checked: the URL, the identity header name and the trust
+/// anchors are parsed. Values only; [`ForwardAuth`] (with its cache, its bound on requests in
+/// flight and its TLS connector) is built from them.
+#[derive(Clone)]
+pub struct ForwardSettings {
     uri: Uri,
     host: String,
     port: u16,
-    tls: Option<TlsConnector>,
+    /// For an `https://` URL: the client configuration (trust anchors from `ca_file`, else the
+    /// well-known public roots).
+    tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     identity_header: Option<HeaderName>,
-    cache: Option<Cache>,
-    permits: Semaphore,
+    cache_ttl: Option<Duration>,
+    cache_entries: usize,
+    max_concurrent: usize,
 }
 
-impl std::fmt::Debug for ForwardAuth {
+impl std::fmt::Debug for ForwardSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ForwardAuth")
+        f.debug_struct("ForwardSettings")
             .field("uri", &self.uri)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
-/// What the auth request is built from.
-pub struct Subject<'a> {
-    pub headers: &'a HeaderMap,
-    pub uri: &'a Uri,
-    pub client: SocketAddr,
-    pub tls: bool,
-    pub route: &'a str,
-}
-
-impl ForwardAuth {
-    /// `url` is `http://` or `https://`; `ca_file` adds trust anchors for https (else the
+impl ForwardSettings {
+    /// `url` is `http://` or `https://`; `ca_pem` adds trust anchors for https (else the
     /// well-known public roots are used).
     pub fn new(
         url: &str,
@@ -81,7 +78,7 @@ impl ForwardAuth {
         cache_entries: usize,
         max_concurrent: usize,
         ca_pem: Option<Vec<u8>>,
-    ) -> Result<ForwardAuth, String> {
+    ) -> Result<ForwardSettings, String> {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
@@ -116,7 +113,7 @@ impl ForwardAuth {
                 .map_err(|e| e.to_string())?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-            Some(TlsConnector::from(Arc::new(config)))
+            Some(Arc::new(config))
         } else {
             if ca_pem.is_some() {
                 return Err("ca_file only applies to an https:// url".into());
@@ -133,16 +130,63 @@ impl ForwardAuth {
         if max_concurrent == 0 || cache_entries == 0 {
             return Err("max_concurrent and cache_size must be at least 1".into());
         }
-        Ok(ForwardAuth {
+        Ok(ForwardSettings {
             uri,
             host,
             port,
             tls,
             timeout,
             identity_header,
-            cache: cache_ttl.map(|ttl| Cache::new(ttl, cache_entries)),
-            permits: Semaphore::new(max_concurrent),
+            cache_ttl,
+            cache_entries,
+            max_concurrent,
         })
+    }
+}
+
+/// A configured forward-auth check.
+pub struct ForwardAuth {
+    uri: Uri,
+    host: String,
+    port: u16,
+    tls: Option<TlsConnector>,
+    timeout: Duration,
+    identity_header: Option<HeaderName>,
+    cache: Option<Cache>,
+    permits: Semaphore,
+}
+
+impl std::fmt::Debug for ForwardAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardAuth")
+            .field("uri", &self.uri)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the auth request is built from.
+pub struct Subject<'a> {
+    pub headers: &'a HeaderMap,
+    pub uri: &'a Uri,
+    pub client: SocketAddr,
+    pub tls: bool,
+    pub route: &'a str,
+}
+
+impl ForwardAuth {
+    /// Build the check (an empty cache, the bound on requests in flight) from its settings.
+    pub fn new(s: &ForwardSettings) -> ForwardAuth {
+        ForwardAuth {
+            uri: s.uri.clone(),
+            host: s.host.clone(),
+            port: s.port,
+            tls: s.tls.clone().map(TlsConnector::from),
+            timeout: s.timeout,
+            identity_header: s.identity_header.clone(),
+            cache: s.cache_ttl.map(|ttl| Cache::new(ttl, s.cache_entries)),
+            permits: Semaphore::new(s.max_concurrent),
+        }
     }
 
     /// Ask the service (or the cache).
@@ -342,7 +386,7 @@ mod tests {
 
     #[test]
     fn url_checks() {
-        let mk = |u: &str| ForwardAuth::new(u, Duration::from_secs(1), None, None, 10, 1, None);
+        let mk = |u: &str| ForwardSettings::new(u, Duration::from_secs(1), None, None, 10, 1, None);
         assert!(mk("http://127.0.0.1:9000/auth").is_ok());
         assert!(mk("https://auth.example.com/check").is_ok());
         assert!(mk("ftp://x/").is_err());

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderMap};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
 
 /// Default prefix of the `Sec-WebSocket-Protocol` entry that carries a token.
 pub const DEFAULT_SUBPROTOCOL_PREFIX: &str = "access_token.";
@@ -48,6 +49,29 @@ pub enum KeyMaterial {
     Secret(Vec<u8>),
     /// PEM public key for RS256, ES256 or EdDSA.
     PublicPem(Vec<u8>),
+}
+
+/// A route's JWT settings, checked: the key is parsed and belongs to the family of every listed
+/// algorithm. Values only; [`JwtAuth`] is built from them.
+#[derive(Clone)]
+pub struct JwtSettings {
+    pub source: TokenSource,
+    algorithms: Vec<Algorithm>,
+    key: DecodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: Duration,
+    subject_claim: String,
+}
+
+impl std::fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSettings")
+            .field("source", &self.source)
+            .field("algorithms", &self.algorithms)
+            .field("subject_claim", &self.subject_claim)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A configured JWT check.
@@ -95,19 +119,32 @@ pub struct Verified {
     pub expires_at: SystemTime,
 }
 
-/// Parse an algorithm name as written in the config.
-pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
-    match name {
-        "HS256" => Some(Algorithm::HS256),
-        "RS256" => Some(Algorithm::RS256),
-        "ES256" => Some(Algorithm::ES256),
-        "EdDSA" => Some(Algorithm::EdDSA),
-        _ => None,
+/// An algorithm name as the configuration writes it (`algorithms = ["RS256"]`). `none` is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    #[serde(rename = "HS256")]
+    Hs256,
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[serde(rename = "ES256")]
+    Es256,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
+impl From<JwtAlgorithm> for Algorithm {
+    fn from(a: JwtAlgorithm) -> Algorithm {
+        match a {
+            JwtAlgorithm::Hs256 => Algorithm::HS256,
+            JwtAlgorithm::Rs256 => Algorithm::RS256,
+            JwtAlgorithm::Es256 => Algorithm::ES256,
+            JwtAlgorithm::EdDsa => Algorithm::EdDSA,
+        }
     }
 }
 
-impl JwtAuth {
-    /// Build the check. `algorithms` must be non-empty and of one family, matching `key`.
+impl JwtSettings {
+    /// Check the settings. `algorithms` must be non-empty and of one family, matching `key`.
     pub fn new(
         source: TokenSource,
         algorithms: &[Algorithm],
@@ -116,7 +153,7 @@ impl JwtAuth {
         audience: Option<&str>,
         leeway: Duration,
         subject_claim: &str,
-    ) -> Result<JwtAuth, String> {
+    ) -> Result<JwtSettings, String> {
         let first = *algorithms
             .first()
             .ok_or("at least one algorithm is required")?;
@@ -160,30 +197,47 @@ impl JwtAuth {
                 .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"))?,
             (other, _) => return Err(format!("algorithm {other:?} is not supported")),
         };
+        Ok(JwtSettings {
+            source,
+            algorithms: algorithms.to_vec(),
+            key,
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+            leeway,
+            subject_claim: subject_claim.to_string(),
+        })
+    }
+}
+
+impl JwtAuth {
+    /// Build the check from its settings.
+    pub fn new(s: &JwtSettings) -> JwtAuth {
+        // `JwtSettings::new` ensured at least one algorithm.
+        let first = s.algorithms.first().copied().unwrap_or(Algorithm::HS256);
         let mut validation = Validation::new(first);
-        validation.algorithms = algorithms.to_vec();
-        validation.leeway = leeway.as_secs();
+        validation.algorithms = s.algorithms.clone();
+        validation.leeway = s.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
-        match audience {
+        match &s.audience {
             Some(aud) => {
                 validation.set_audience(&[aud]);
                 validation.required_spec_claims.insert("aud".into());
             }
             None => validation.validate_aud = false,
         }
-        if let Some(iss) = issuer {
+        if let Some(iss) = &s.issuer {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".into());
         }
-        Ok(JwtAuth {
-            source,
-            key,
+        JwtAuth {
+            source: s.source.clone(),
+            key: s.key.clone(),
             validation,
-            subject_claim: subject_claim.to_string(),
-            leeway,
-        })
+            subject_claim: s.subject_claim.clone(),
+            leeway: s.leeway,
+        }
     }
 
     /// Find the token in the request head.
@@ -340,15 +394,17 @@ mod tests {
 
     fn hs(source: TokenSource) -> JwtAuth {
         JwtAuth::new(
-            source,
-            &[Algorithm::HS256],
-            KeyMaterial::Secret(SECRET.to_vec()),
-            Some("issuer"),
-            Some("wsgate"),
-            Duration::from_secs(0),
-            "sub",
+            &JwtSettings::new(
+                source,
+                &[Algorithm::HS256],
+                KeyMaterial::Secret(SECRET.to_vec()),
+                Some("issuer"),
+                Some("wsgate"),
+                Duration::from_secs(0),
+                "sub",
+            )
+            .unwrap(),
         )
-        .unwrap()
     }
 
     fn token(claims: serde_json::Value) -> String {
@@ -520,7 +576,7 @@ mod tests {
 
     #[test]
     fn mixed_families_and_short_secrets_are_refused() {
-        let mixed = JwtAuth::new(
+        let mixed = JwtSettings::new(
             TokenSource::Bearer,
             &[Algorithm::HS256, Algorithm::RS256],
             KeyMaterial::Secret(SECRET.to_vec()),
@@ -530,7 +586,7 @@ mod tests {
             "sub",
         );
         assert!(mixed.is_err());
-        let short = JwtAuth::new(
+        let short = JwtSettings::new(
             TokenSource::Bearer,
             &[Algorithm::HS256],
             KeyMaterial::Secret(b"short".to_vec()),

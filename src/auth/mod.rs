@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use http::header::{self, HeaderMap};
 use http::{StatusCode, Uri};
 
-use crate::config::{Framing, Route};
+use crate::config::{AuthSettings, Framing, Route};
 use crate::handshake::Reject;
 use crate::origin::Origin;
 
@@ -26,12 +26,11 @@ pub enum RouteAuth {
 }
 
 impl RouteAuth {
-    /// Whether browsers send this credential on their own, so that any page can use it.
-    pub fn is_ambient(&self) -> bool {
-        match self {
-            RouteAuth::Jwt(j) => j.source.is_ambient(),
-            // The auth service sees the Cookie header, so cookies can carry the decision.
-            RouteAuth::Forward(_) => true,
+    /// Build the route's check from its settings (for forward auth: an empty cache).
+    pub fn new(settings: &AuthSettings) -> RouteAuth {
+        match settings {
+            AuthSettings::Jwt(s) => RouteAuth::Jwt(jwt::JwtAuth::new(s)),
+            AuthSettings::Forward(s) => RouteAuth::Forward(forward::ForwardAuth::new(s)),
         }
     }
 }
@@ -53,10 +52,15 @@ pub struct Request<'a> {
     pub tls: bool,
 }
 
-/// Run the route's credential check, if it has one. A subject longer than
-/// [`MAX_SUBJECT_BYTES`](crate::proxy_protocol::MAX_SUBJECT_BYTES) is refused with 401.
-pub async fn authenticate(route: &Route, req: &Request<'_>) -> Result<Identity, Reject> {
-    let identity = credential(route, req).await?;
+/// Run the route's credential check `auth` (built from the route's settings), if it has one. A
+/// subject longer than [`MAX_SUBJECT_BYTES`](crate::proxy_protocol::MAX_SUBJECT_BYTES) is refused
+/// with 401.
+pub async fn authenticate(
+    route: &Route,
+    auth: Option<&RouteAuth>,
+    req: &Request<'_>,
+) -> Result<Identity, Reject> {
+    let identity = credential(route, auth, req).await?;
     if identity
         .subject
         .as_ref()
@@ -67,8 +71,12 @@ pub async fn authenticate(route: &Route, req: &Request<'_>) -> Result<Identity, 
     Ok(identity)
 }
 
-async fn credential(route: &Route, req: &Request<'_>) -> Result<Identity, Reject> {
-    match route.auth.as_deref() {
+async fn credential(
+    route: &Route,
+    auth: Option<&RouteAuth>,
+    req: &Request<'_>,
+) -> Result<Identity, Reject> {
+    match auth {
         None => Ok(Identity::default()),
         Some(RouteAuth::Jwt(j)) => {
             let token = j

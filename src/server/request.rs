@@ -209,6 +209,7 @@ pub(super) async fn upgrade(
     auth::check_origin(&route, req.headers())?;
     let identity = auth::authenticate(
         &route,
+        rt.auth.as_ref(),
         &auth::Request {
             headers: req.headers(),
             uri: req.uri(),

@@ -20,6 +20,8 @@ pub(super) const RESPONSE_GRACE_SECS: u64 = 10;
 pub struct RouteRt {
     pub route: Arc<Route>,
     pub pool: Arc<Pool>,
+    /// The credential check built from the route's auth settings.
+    pub auth: Option<crate::auth::RouteAuth>,
     /// Sessions open on this route path, shared with every generation that has the path (see
     /// [`SessionCounts`]).
     pub(super) sessions: Arc<AtomicUsize>,
@@ -89,6 +91,7 @@ impl State {
                 Arc::new(RouteRt {
                     route: r.clone(),
                     pool,
+                    auth: r.auth.as_ref().map(crate::auth::RouteAuth::new),
                     sessions,
                 }),
             );

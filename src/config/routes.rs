@@ -1,0 +1,335 @@
+//! `[[route]]`: path, backends and their health, framing, Origin policy, subprotocols, PROXY
+//! header, and the route's limits and credential settings (validated in `limits` and `auth`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::limits::SessionLimits;
+use super::raw::RawRoute;
+use super::{ConfigError, Ctx};
+use crate::auth::forward::ForwardSettings;
+use crate::auth::jwt::JwtSettings;
+use crate::origin::OriginPattern;
+use crate::proxy_protocol;
+
+/// Default consecutive connect failures after which a backend is skipped.
+pub const DEFAULT_HEALTH_FAILURES: u32 = 3;
+/// Default time a failing backend is skipped.
+pub const DEFAULT_HEALTH_COOLOFF_SECS: u64 = 10;
+
+/// How messages become bytes on the backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Framing {
+    /// Payloads as a byte stream both ways; backend bytes reach the client as binary messages.
+    #[default]
+    Raw,
+    /// One text message per `\n`-terminated line.
+    Lines,
+    /// `[type u8][length u32 BE][payload]` envelopes both ways.
+    LengthPrefixed,
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Framing::Raw => "raw",
+            Framing::Lines => "lines",
+            Framing::LengthPrefixed => "length-prefixed",
+        })
+    }
+}
+
+/// Where a route's backend lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    /// `host:port`; the host may be a name, resolved at each connect.
+    Tcp { host: String, port: u16 },
+    /// `unix:/path/to/socket`.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            BackendAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            BackendAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// How a route picks among its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
+/// Health rules of a route's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Consecutive failed connects after which a backend is skipped.
+    pub failures: u32,
+    /// How long it is skipped.
+    pub cooloff: Duration,
+    /// Active TCP connect checks, if set.
+    pub check_interval: Option<Duration>,
+}
+
+/// A route's credential check, as configured (`[route.auth]`, by `type`). Values only: the
+/// server builds the check ([`crate::auth::RouteAuth`]) from them.
+#[derive(Debug, Clone)]
+pub enum AuthSettings {
+    Jwt(JwtSettings),
+    Forward(ForwardSettings),
+}
+
+impl AuthSettings {
+    /// Whether browsers send this credential on their own, so that any page can use it.
+    pub fn is_ambient(&self) -> bool {
+        match self {
+            AuthSettings::Jwt(j) => j.source.is_ambient(),
+            // The auth service sees the Cookie header, so cookies can carry the decision.
+            AuthSettings::Forward(_) => true,
+        }
+    }
+}
+
+/// One `[[route]]`, validated.
+#[derive(Debug)]
+pub struct Route {
+    /// Index in the file, for messages.
+    pub index: usize,
+    pub path: String,
+    /// One or more backends, in config order.
+    pub backends: Vec<BackendAddr>,
+    pub balance: Balance,
+    pub health: Health,
+    /// Cap on this route's open sessions.
+    pub max_sessions: Option<usize>,
+    pub framing: Framing,
+    /// `None` = any Origin (or none) accepted.
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+    /// With `allowed_origins`: a request without an Origin header is accepted (non-browser clients).
+    pub allow_missing_origin: bool,
+    /// The credential check, if any.
+    pub auth: Option<AuthSettings>,
+    /// Write a PROXY protocol header to the backend first.
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+    /// Subprotocols the route may select, in preference order.
+    pub subprotocols: Vec<String>,
+    pub limits: SessionLimits,
+}
+
+impl Ctx<'_> {
+    pub(super) fn route(
+        &self,
+        i: usize,
+        r: &mut RawRoute,
+        global: &SessionLimits,
+    ) -> Result<Route, ConfigError> {
+        let path = r.path.get_ref();
+        if !path.starts_with('/') {
+            return self.err(
+                r.path.span(),
+                format!("route[{i}].path"),
+                format!("{path:?} must start with '/'"),
+            );
+        }
+        if path.contains(['?', '#']) || path.chars().any(|c| c.is_ascii_control() || c == ' ') {
+            return self.err(
+                r.path.span(),
+                format!("route[{i}].path"),
+                format!("{path:?} must be a plain path (no query, fragment, spaces or control characters)"),
+            );
+        }
+        let backends = match (&r.backend, &r.backends) {
+            (Some(b), None) => vec![self.backend(&format!("route[{i}].backend"), b)?],
+            (None, Some(list)) if !list.get_ref().is_empty() => list
+                .get_ref()
+                .iter()
+                .enumerate()
+                .map(|(j, b)| self.backend(&format!("route[{i}].backends[{j}]"), b))
+                .collect::<Result<Vec<_>, _>>()?,
+            (None, Some(list)) => {
+                return self.err(
+                    list.span(),
+                    format!("route[{i}].backends"),
+                    "must not be empty",
+                )
+            }
+            (Some(b), Some(_)) => {
+                return self.err(
+                    b.span(),
+                    format!("route[{i}].backend"),
+                    "give backend (one) or backends (a list), not both",
+                )
+            }
+            (None, None) => {
+                return self.err(
+                    r.path.span(),
+                    format!("route[{i}].backend"),
+                    "a route needs backend = \"host:port\" or backends = [...]",
+                )
+            }
+        };
+        let health = Health {
+            failures: r
+                .health
+                .failures
+                .map_or(DEFAULT_HEALTH_FAILURES, |n| n.u32()),
+            cooloff: r
+                .health
+                .cooloff
+                .map_or(Duration::from_secs(DEFAULT_HEALTH_COOLOFF_SECS), |d| d.0),
+            check_interval: r.health.check_interval.map(|d| d.0),
+        };
+        let allowed_origins = match &r.allowed_origins {
+            None => None,
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (j, o) in list.iter().enumerate() {
+                    match OriginPattern::parse(o.get_ref()) {
+                        Ok(origin) => out.push(origin),
+                        Err(e) => {
+                            return self.err(
+                                o.span(),
+                                format!("route[{i}].allowed_origins[{j}]"),
+                                e.to_string(),
+                            )
+                        }
+                    }
+                }
+                Some(out)
+            }
+        };
+        let mut subprotocols = Vec::new();
+        for (j, p) in r.subprotocols.iter().enumerate() {
+            let name = p.get_ref();
+            if name.is_empty() || !name.bytes().all(crate::handshake::is_token_byte) {
+                return self.err(
+                    p.span(),
+                    format!("route[{i}].subprotocols[{j}]"),
+                    format!("{name:?} is not a valid subprotocol token (RFC 6455 §4.1)"),
+                );
+            }
+            subprotocols.push(name.clone());
+        }
+        let limits = self.route_limits(i, &mut r.limits, global)?;
+        let auth = match &mut r.auth {
+            None => None,
+            Some(a) => Some(self.auth(i, a, &subprotocols)?),
+        };
+        let ambient = auth.as_ref().is_some_and(AuthSettings::is_ambient);
+        if ambient && allowed_origins.is_none() {
+            return self.err(
+                r.auth.as_ref().map(|a| a.span()).unwrap_or(0..0),
+                format!("route[{i}].allowed_origins"),
+                "this route authenticates with a credential browsers send on their own (a cookie), \
+                 so it must list allowed_origins (cross-site WebSocket hijacking defence)",
+            );
+        }
+        let allow_missing_origin = match &r.allow_missing_origin {
+            None => false,
+            Some(v) if *v.get_ref() && ambient => {
+                return self.err(
+                    v.span(),
+                    format!("route[{i}].allow_missing_origin"),
+                    "not allowed on a route whose credential browsers send on their own (a cookie, or forward auth)",
+                )
+            }
+            Some(v) if *v.get_ref() && allowed_origins.is_none() => {
+                return self.err(
+                    v.span(),
+                    format!("route[{i}].allow_missing_origin"),
+                    "only meaningful together with allowed_origins",
+                )
+            }
+            Some(v) => *v.get_ref(),
+        };
+        let path = r.path.get_ref();
+        if r.proxy_protocol == Some(proxy_protocol::Version::V2)
+            && path.len() > proxy_protocol::MAX_ROUTE_BYTES
+        {
+            return self.err(
+                r.path.span(),
+                format!("route[{i}].path"),
+                format!(
+                    "a route with proxy_protocol = \"v2\" has a path of at most {} bytes",
+                    proxy_protocol::MAX_ROUTE_BYTES
+                ),
+            );
+        }
+        Ok(Route {
+            index: i,
+            path: path.clone(),
+            backends,
+            balance: r.balance.unwrap_or_default(),
+            health,
+            max_sessions: r.max_sessions.map(|n| n.usize()),
+            framing: r.framing.unwrap_or_default(),
+            allowed_origins,
+            allow_missing_origin,
+            auth,
+            proxy_protocol: r.proxy_protocol,
+            subprotocols,
+            limits,
+        })
+    }
+
+    fn backend(&self, key: &str, value: &Spanned<String>) -> Result<BackendAddr, ConfigError> {
+        let key = key.to_string();
+        let s = value.get_ref().trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return self.err(
+                    value.span(),
+                    key,
+                    "\"unix:\" needs a socket path, e.g. \"unix:/run/app.sock\"",
+                );
+            }
+            return Ok(BackendAddr::Unix(self.resolve(path)));
+        }
+        let bad = || {
+            self.err(
+                value.span(),
+                &key,
+                format!(
+                    "{s:?} is not host:port (e.g. \"127.0.0.1:9001\", \"[::1]:9001\", \"backend.local:9001\") or unix:/path"
+                ),
+            )
+        };
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            match rest.split_once("]:") {
+                Some((h, p)) if h.parse::<std::net::Ipv6Addr>().is_ok() => (h, p),
+                _ => return bad(),
+            }
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && !h.contains(':') => (h, p),
+                _ => return bad(),
+            }
+        };
+        let port: u16 = match port.parse() {
+            Ok(p) if p != 0 => p,
+            _ => return bad(),
+        };
+        let host_ok = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b == b':');
+        if !host_ok {
+            return bad();
+        }
+        Ok(BackendAddr::Tcp {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
