@@ -441,3 +441,24 @@ async fn durations_at_the_maximum_start_and_serve() {
     assert_eq!(status.code(), Some(0), "{}", gw.logs());
     assert!(!gw.logs().contains("panicked"), "{}", gw.logs());
 }
+
+#[test]
+fn toml_syntax_errors_always_say_what_is_wrong() {
+    // The TOML parser gives no message for these; the gateway still says something after the
+    // line number.
+    for (from, to) in [
+        ("idle_timeout", "idle_timeout ="),
+        (
+            "idle_timeout",
+            "# a comment with a \u{11} control character",
+        ),
+    ] {
+        let (text, line) = with_line(from, to);
+        let err = assert_config_error(&text, line, "");
+        let after = err
+            .split_once(&format!(":{line}:"))
+            .map(|(_, rest)| rest.trim())
+            .unwrap_or_default();
+        assert!(!after.is_empty(), "no message after the line: {err:?}");
+    }
+}

@@ -128,7 +128,7 @@ impl Config {
                     file: None,
                     line: e.span().map(|s| line_of(text, s.start)),
                     key,
-                    message: e.message().trim().to_string(),
+                    message: toml_message(&e),
                 }
             })?;
         Ctx { text, base }.validate(raw)
@@ -390,6 +390,16 @@ fn key_of(path: &serde_path_to_error::Path) -> Option<String> {
         }
     }
     (!key.is_empty()).then_some(key)
+}
+
+/// The TOML parser's message for `e`; some syntax errors (a key without a value, a control
+/// character in a comment) come without one, and an error must always say something.
+pub(crate) fn toml_message(e: &toml::de::Error) -> String {
+    match e.message().trim() {
+        "" => "not valid TOML here (a key without a value, or a character TOML does not allow)"
+            .to_string(),
+        m => m.to_string(),
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

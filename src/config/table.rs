@@ -114,7 +114,7 @@ impl Table {
             .map_err(|err| DecodeError {
                 key: Some(e.key),
                 span: Some(e.span),
-                message: err.message().trim().to_string(),
+                message: super::toml_message(&err),
             })
     }
 
@@ -222,7 +222,7 @@ impl<'de> MapAccess<'de> for PartEntries {
         seed.deserialize(entry.value).map_err(|e| DecodeError {
             key: Some(entry.key),
             span: Some(entry.span),
-            message: e.message().trim().to_string(),
+            message: super::toml_message(&e),
         })
     }
 }
