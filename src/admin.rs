@@ -6,7 +6,6 @@
 //! network: it shows client addresses and subjects.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -22,14 +21,22 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::server::Gateway;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
 
 /// Deadline for one admin request, head to answer.
 const ADMIN_REQUEST_TIMEOUT_SECS: u64 = 10;
 
+/// What the admin endpoint shows: the gateway's live registry and its metrics.
+#[derive(Clone)]
+pub struct View {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Serve the admin endpoints until `stop`.
 pub async fn serve(
-    gw: Arc<Gateway>,
+    gw: View,
     listener: TcpListener,
     token: Option<String>,
     stop: CancellationToken,
@@ -69,7 +76,7 @@ pub async fn serve(
     }
 }
 
-fn handle(gw: &Gateway, token: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(gw: &View, token: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(expected) = token {
         let given = req
             .headers()
@@ -99,7 +106,7 @@ fn handle(gw: &Gateway, token: Option<&str>, req: Request<Incoming>) -> Response
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if gw.ready.load(Ordering::Relaxed) {
+            if gw.registry.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -117,11 +124,9 @@ fn handle(gw: &Gateway, token: Option<&str>, req: Request<Incoming>) -> Response
             let Ok(id) = p["/sessions/".len()..].parse::<u64>() else {
                 return text(StatusCode::BAD_REQUEST, "session ids are numbers\n");
             };
-            let live = gw.live.lock().unwrap_or_else(|e| e.into_inner());
-            match live.get(&id) {
-                Some(s) => {
-                    s.kill.cancel();
-                    info!(session = id, route = %s.route, "session closed by the operator (1008)");
+            match gw.registry.close(id) {
+                Some(route) => {
+                    info!(session = id, route = %route, "session closed by the operator (1008)");
                     text(StatusCode::ACCEPTED, "closing with 1008\n")
                 }
                 None => text(StatusCode::NOT_FOUND, "no such session\n"),
@@ -134,8 +139,8 @@ fn handle(gw: &Gateway, token: Option<&str>, req: Request<Incoming>) -> Response
     }
 }
 
-fn sessions_json(gw: &Gateway) -> String {
-    let live = gw.live.lock().unwrap_or_else(|e| e.into_inner());
+fn sessions_json(gw: &View) -> String {
+    let live = gw.registry.sessions();
     let mut list: Vec<serde_json::Value> = live
         .iter()
         .map(|(id, s)| {

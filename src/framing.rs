@@ -100,6 +100,7 @@ impl MessageBudget {
     }
 
     /// Bytes held now, by all sessions.
+    #[cfg(test)]
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }

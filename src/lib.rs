@@ -5,20 +5,25 @@
 //! ```text
 //! server      accept -> (tls) -> HTTP/1.1 (hyper) -> one answer per request
 //! handshake   RFC 6455 §4.2.1 validation, Sec-WebSocket-Accept          -> 400 / 426
-//! config      route lookup (exact path)                                 -> 404
-//! auth        Origin policy, subprotocol selection                      -> 403
-//! backend     connect to the route's backend, with a deadline           -> 502 / 504
-//!             101 Switching Protocols, then the session task:
+//! server      route lookup (exact path, router.rs)                      -> 404
+//! auth        Origin policy, credentials, subprotocol selection         -> 403 / 401 / 503
+//! backend     connect (failover), PROXY header, with a deadline         -> 502 / 503 / 504
+//! handshake   101 Switching Protocols, then the session task:
 //! pump        upstream (client -> backend) and downstream (backend -> client, control events)
 //! ws          frame codec: unmasking, limits, UTF-8, control frames      -> 1002 / 1007 / 1009
-//! framing     messages <-> backend bytes: raw, lines, length-prefixed    -> 1003 / 1007 / 1011
-//! error       how a session ends: one close code, and the side that caused it
+//! framing     messages <-> backend bytes: raw, lines, length-prefixed    -> 1003 / 1007 / 1011 / 1013
+//! error       how a session ends: Closed with one close code, or Cut, and the side that caused it
 //! ```
 //!
-//! `static_files` serves the demo page for plain HTTP requests; `demo` runs the built-in demo
-//! backends; `tls` loads certificates during config validation; `origin` parses origins;
-//! `proxy_protocol` encodes the PROXY header for backends; `metrics` and `admin` serve the
-//! operator's view (Prometheus metrics, health, live sessions).
+//! `config` turns the file into typed values before anything is bound; `static_files` serves the
+//! demo page for plain HTTP requests; `demo` runs the built-in demo backends; `tls` loads
+//! certificates during config validation; `origin` parses origins; `proxy_protocol` encodes the
+//! PROXY header for backends; `registry`, `metrics` and `admin` serve the operator's view (live
+//! sessions, readiness, Prometheus metrics).
+//!
+//! The library's public surface is what the binary, the benchmarks and the fuzz targets use:
+//! [`run`], [`run_from_file`], `config`, `handshake`, `ws`, `proxy_protocol`, and the types they
+//! name (`auth`, `origin`); everything else is crate-private.
 #![forbid(unsafe_code)]
 // Lengths and counts come from the network and the configuration: narrowing them is explicit
 // (the unit tests cut random numbers down to size on purpose).
@@ -31,21 +36,22 @@
     )
 )]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod auth;
-pub mod backend;
+pub(crate) mod backend;
 pub mod config;
-pub mod demo;
-pub mod error;
-pub mod framing;
+pub(crate) mod demo;
+pub(crate) mod error;
+pub(crate) mod framing;
 pub mod handshake;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod origin;
 pub mod proxy_protocol;
-pub mod pump;
-pub mod server;
-pub mod static_files;
-pub mod tls;
+pub(crate) mod pump;
+pub(crate) mod registry;
+pub(crate) mod server;
+pub(crate) mod static_files;
+pub(crate) mod tls;
 pub mod ws;
 
 use std::future::Future;

@@ -20,16 +20,15 @@ mod session;
 use reload::{forward_sighup, reconfigure};
 use request::{http_phase, Conn, UpgradeSlot};
 use router::SessionCounts;
-pub use router::{RouteRt, State};
+use router::State;
 use session::run_session;
-pub use session::LiveSession;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -42,6 +41,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::framing::MessageBudget;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::{admin, demo};
 
 /// Backoff after an accept error such as "too many open files", doubled up to the maximum.
@@ -76,9 +76,8 @@ pub struct Gateway {
     cut: CancellationToken,
     next_session: AtomicU64,
     pub metrics: Arc<Metrics>,
-    pub live: Mutex<HashMap<u64, LiveSession>>,
-    /// False before the listeners are bound and while draining.
-    pub ready: AtomicBool,
+    /// Open sessions and readiness, as the admin endpoint shows them.
+    registry: Arc<Registry>,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Client message bytes held whole by all sessions (`partial_message_budget`).
@@ -211,8 +210,7 @@ pub async fn run(
         cut: CancellationToken::new(),
         next_session: AtomicU64::new(1),
         metrics,
-        live: Mutex::new(HashMap::new()),
-        ready: AtomicBool::new(false),
+        registry: Arc::new(Registry::default()),
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
         budget,
@@ -230,7 +228,10 @@ pub async fn run(
     if let Some((listener, token)) = admin_listener {
         // The admin listener outlives the drain: /readyz must be seen turning false.
         tokio::spawn(admin::serve(
-            gw.clone(),
+            admin::View {
+                registry: gw.registry.clone(),
+                metrics: gw.metrics.clone(),
+            },
             listener,
             token,
             CancellationToken::new(),
@@ -248,11 +249,11 @@ pub async fn run(
             stop_accepting.clone(),
         ));
     }
-    gw.ready.store(true, Ordering::Relaxed);
+    gw.registry.set_ready(true);
 
     shutdown.await;
     info!("shutting down: no new connections, closing sessions with 1001");
-    gw.ready.store(false, Ordering::Relaxed);
+    gw.registry.set_ready(false);
     stop_accepting.cancel();
     gw.shutdown.cancel();
     gw.sessions.close();

@@ -1,7 +1,6 @@
 //! A session after the 101: take the connection from hyper, register it (admin `/sessions`),
 //! run the pump, release its claims, count it in the metrics and write its access line.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -18,7 +17,8 @@ use super::router::SessionSlot;
 use super::{ConnGuard, Gateway};
 use crate::error::{SessionEnd, Side};
 use crate::metrics::{CloseLabel, RouteLabel};
-use crate::pump::{self, SessionInfo, SessionStats};
+use crate::pump::{self, SessionInfo};
+use crate::registry::LiveSession;
 use crate::ws::CloseCode;
 
 /// Close code logged when no Close frame was sent (RFC 6455 §7.4.1: abnormal closure).
@@ -26,16 +26,6 @@ pub(super) const CLOSE_CODE_NONE_SENT: u16 = 1006;
 
 /// Close code logged for a Close frame without a code (RFC 6455 §7.4.1: no status received).
 pub(super) const CLOSE_CODE_EMPTY: u16 = 1005;
-
-/// A session as the admin endpoint shows it.
-pub struct LiveSession {
-    pub route: String,
-    pub client: SocketAddr,
-    pub subject: Option<String>,
-    pub started: SystemTime,
-    pub stats: Arc<SessionStats>,
-    pub kill: CancellationToken,
-}
 
 /// The session task after the upgrade: register, pump, account, log.
 /// What a session holds while it runs: its backend, its route slot, its connection's place in the
@@ -75,7 +65,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     };
     gw.metrics.sessions_open.get_or_create(&route_label).inc();
     gw.metrics.sessions_total.get_or_create(&route_label).inc();
-    gw.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+    gw.registry.insert(
         info.id,
         LiveSession {
             route: info.route.path.clone(),
@@ -104,10 +94,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     };
     drop(claims);
 
-    gw.live
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&info.id);
+    gw.registry.remove(info.id);
     gw.metrics.sessions_open.get_or_create(&route_label).dec();
     gw.metrics
         .session_seconds
