@@ -1,7 +1,7 @@
 //! Configuration: TOML as written -> validated -> typed [`Config`].
 //!
 //! Owns parsing, defaults and every check that can be made before a port is bound: unknown keys,
-//! addresses, paths, limits, certificates (loaded through [`crate::tls`]). It does not bind,
+//! addresses, paths, limits, certificates (loaded through `tls`). It does not bind,
 //! connect or serve anything, and builds no runtime state (pools, caches, semaphores are built
 //! from it by the server). Every error names the key and, where the TOML parser knows it, the line.
 //!
