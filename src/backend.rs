@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::BackendAddr;
-use crate::handshake::Reject;
+use crate::error::Reject;
 
 /// A connected backend.
 #[derive(Debug)]
@@ -187,13 +187,13 @@ impl ConnectError {
     pub fn reject(&self) -> Reject {
         match self {
             ConnectError::Timeout { .. } => {
-                Reject::new(StatusCode::GATEWAY_TIMEOUT, "backend connect timed out")
+                Reject::backend(StatusCode::GATEWAY_TIMEOUT, "backend connect timed out")
             }
             ConnectError::Resolve { .. } => {
-                Reject::new(StatusCode::BAD_GATEWAY, "backend name does not resolve")
+                Reject::backend(StatusCode::BAD_GATEWAY, "backend name does not resolve")
             }
             ConnectError::Io { .. } | ConnectError::Preface { .. } => {
-                Reject::new(StatusCode::BAD_GATEWAY, "backend unavailable")
+                Reject::backend(StatusCode::BAD_GATEWAY, "backend unavailable")
             }
             // The gateway's own shortage, most likely brief: 503 with `Retry-After`.
             ConnectError::Local { resource, .. } => Reject::busy(resource.reason()),

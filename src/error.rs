@@ -1,10 +1,12 @@
 //! How sessions end: one close code per failure after the 101, and the side that caused it.
 //!
-//! Failures before the 101 are HTTP statuses ([`crate::handshake::Reject`]); failures after it are
+//! Failures before the 101 are HTTP statuses ([`Reject`]); failures after it are
 //! [`Close`] values. The tables in README.md list both and must stay in step with this file and
 //! the call sites that build them.
 
 use std::fmt;
+
+use http::StatusCode;
 
 use crate::ws::CloseCode;
 
@@ -23,6 +25,53 @@ impl fmt::Display for Side {
             Side::Backend => "backend",
             Side::Gateway => "gateway",
         })
+    }
+}
+
+/// A refusal before the 101: exactly one HTTP status, a short plain-text reason, the side whose
+/// doing it was (recorded where the refusal is decided), and whether the client may retry later
+/// (the answer then carries `Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{} {reason} ({by})", status.as_u16())]
+pub struct Reject {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub by: Side,
+    pub retry_after: bool,
+}
+
+impl Reject {
+    const fn new(status: StatusCode, reason: &'static str, by: Side) -> Reject {
+        Reject {
+            status,
+            reason,
+            by,
+            retry_after: false,
+        }
+    }
+
+    /// The request itself is refused: invalid, unknown path, Origin, credential.
+    pub const fn client(status: StatusCode, reason: &'static str) -> Reject {
+        Reject::new(status, reason, Side::Client)
+    }
+
+    /// The backend could not be reached or opened (502, 504).
+    pub const fn backend(status: StatusCode, reason: &'static str) -> Reject {
+        Reject::new(status, reason, Side::Backend)
+    }
+
+    /// The gateway itself (or a service it depends on, such as the auth service) cannot serve it.
+    pub const fn gateway(status: StatusCode, reason: &'static str) -> Reject {
+        Reject::new(status, reason, Side::Gateway)
+    }
+
+    /// 503 because a connection or session limit is reached or a local resource ran out; the
+    /// client may retry later.
+    pub const fn busy(reason: &'static str) -> Reject {
+        Reject {
+            retry_after: true,
+            ..Reject::new(StatusCode::SERVICE_UNAVAILABLE, reason, Side::Gateway)
+        }
     }
 }
 

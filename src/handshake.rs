@@ -11,6 +11,8 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{HeaderValue, Method, Response, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
+use crate::error::Reject;
+
 /// RFC 6455 §1.3: the GUID appended to the key before hashing.
 pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -26,42 +28,9 @@ pub struct Accepted {
     pub offered_protocols: Vec<String>,
 }
 
-/// A refusal: exactly one HTTP status and a short plain-text reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
-    pub status: StatusCode,
-    pub reason: &'static str,
-    /// A capacity refusal: the answer carries `Retry-After`.
-    pub retry_after: bool,
-}
-
-impl Reject {
-    pub const fn new(status: StatusCode, reason: &'static str) -> Reject {
-        Reject {
-            status,
-            reason,
-            retry_after: false,
-        }
-    }
-
-    /// 503 because a connection or session limit is reached; the client may retry later.
-    pub const fn busy(reason: &'static str) -> Reject {
-        Reject {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason,
-            retry_after: true,
-        }
-    }
-
-    fn bad(reason: &'static str) -> Reject {
-        Reject::new(StatusCode::BAD_REQUEST, reason)
-    }
-}
-
-impl std::fmt::Display for Reject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status.as_u16(), self.reason)
-    }
+/// A handshake that is not valid: 400 (or 426 for the version), the client's doing.
+fn bad(reason: &'static str) -> Reject {
+    Reject::client(StatusCode::BAD_REQUEST, reason)
 }
 
 /// True when the client is trying to open a WebSocket (or any upgrade), as opposed to a plain
@@ -80,43 +49,41 @@ pub fn validate(
 ) -> Result<Accepted, Reject> {
     // §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
     if method != Method::GET {
-        return Err(Reject::bad("a WebSocket handshake must use GET"));
+        return Err(bad("a WebSocket handshake must use GET"));
     }
     if version < Version::HTTP_11 {
-        return Err(Reject::bad("a WebSocket handshake needs HTTP/1.1 or later"));
+        return Err(bad("a WebSocket handshake needs HTTP/1.1 or later"));
     }
     // §4.2.1 item 2: a |Host| header field.
     match single(headers, &header::HOST) {
         Some(h) if !h.is_empty() => {}
-        Some(_) => return Err(Reject::bad("empty Host header")),
-        None => return Err(Reject::bad("exactly one Host header is required")),
+        Some(_) => return Err(bad("empty Host header")),
+        None => return Err(bad("exactly one Host header is required")),
     }
     // An upgrade request carries no body; anything after the head is WebSocket frames.
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(Reject::bad(
+        return Err(bad(
             "a WebSocket handshake must not have a body (Transfer-Encoding)",
         ));
     }
     for v in headers.get_all(header::CONTENT_LENGTH) {
         if v.as_bytes() != b"0" {
-            return Err(Reject::bad(
+            return Err(bad(
                 "a WebSocket handshake must not have a body (Content-Length)",
             ));
         }
     }
     // §4.2.1 item 3: |Upgrade| including "websocket" (case-insensitive).
     if !has_token(headers, &header::UPGRADE, "websocket") {
-        return Err(Reject::bad("Upgrade header must name websocket"));
+        return Err(bad("Upgrade header must name websocket"));
     }
     // §4.2.1 item 4: |Connection| including the token "Upgrade".
     if !has_token(headers, &header::CONNECTION, "upgrade") {
-        return Err(Reject::bad(
-            "Connection header must contain the upgrade token",
-        ));
+        return Err(bad("Connection header must contain the upgrade token"));
     }
     // §4.2.1 item 6 and §4.4: any version but 13 gets 426 and the version we speak.
     if single(headers, &header::SEC_WEBSOCKET_VERSION) != Some(WEBSOCKET_VERSION.as_bytes()) {
-        return Err(Reject::new(
+        return Err(Reject::client(
             StatusCode::UPGRADE_REQUIRED,
             "unsupported Sec-WebSocket-Version (this server speaks 13)",
         ));
@@ -125,14 +92,14 @@ pub fn validate(
     let key = match single(headers, &header::SEC_WEBSOCKET_KEY) {
         Some(k) => k,
         None if headers.get_all(header::SEC_WEBSOCKET_KEY).iter().count() > 1 => {
-            return Err(Reject::bad("more than one Sec-WebSocket-Key header"))
+            return Err(bad("more than one Sec-WebSocket-Key header"))
         }
-        None => return Err(Reject::bad("missing Sec-WebSocket-Key header")),
+        None => return Err(bad("missing Sec-WebSocket-Key header")),
     };
     let key = trim_ows(key);
     match BASE64.decode(key) {
         Ok(raw) if raw.len() == 16 => {}
-        _ => return Err(Reject::bad("Sec-WebSocket-Key must be base64 of 16 bytes")),
+        _ => return Err(bad("Sec-WebSocket-Key must be base64 of 16 bytes")),
     }
     let offered_protocols = offered_protocols(headers)?;
     Ok(Accepted {
@@ -161,7 +128,7 @@ fn offered_protocols(headers: &HeaderMap) -> Result<Vec<String>, Reject> {
         for item in value.as_bytes().split(|&b| b == b',') {
             let item = trim_ows(item);
             if item.is_empty() || !item.iter().all(|&b| is_token_byte(b)) {
-                return Err(Reject::bad("malformed Sec-WebSocket-Protocol header"));
+                return Err(bad("malformed Sec-WebSocket-Protocol header"));
             }
             // Token bytes are ASCII, so this cannot fail.
             out.push(String::from_utf8_lossy(item).into_owned());

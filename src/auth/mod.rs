@@ -15,7 +15,7 @@ use http::header::{self, HeaderMap};
 use http::{StatusCode, Uri};
 
 use crate::config::{AuthSettings, Framing, Route};
-use crate::handshake::Reject;
+use crate::error::Reject;
 use crate::origin::Origin;
 
 /// A route's credential check.
@@ -59,30 +59,78 @@ pub async fn authenticate(
     route: &Route,
     auth: Option<&RouteAuth>,
     req: &Request<'_>,
-) -> Result<Identity, Reject> {
+) -> Result<Identity, AuthError> {
     let identity = credential(route, auth, req).await?;
     if identity
         .subject
         .as_ref()
         .is_some_and(|s| s.len() > crate::proxy_protocol::MAX_SUBJECT_BYTES)
     {
-        return Err(unauthorized("subject too long"));
+        return Err(AuthError::Denied(unauthorized("subject too long")));
     }
     Ok(identity)
+}
+
+/// How a route's credential check came out (the `outcome` label of the auth metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Allowed,
+    /// The credential was missing, invalid or refused (401/403).
+    Denied,
+    /// The check could not be made: the auth service failed or is saturated (503).
+    Unavailable,
+}
+
+impl AuthOutcome {
+    pub fn of(result: &Result<Identity, AuthError>) -> AuthOutcome {
+        match result {
+            Ok(_) => AuthOutcome::Allowed,
+            Err(AuthError::Denied(_)) => AuthOutcome::Denied,
+            Err(AuthError::Unavailable(_)) => AuthOutcome::Unavailable,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthOutcome::Allowed => "allowed",
+            AuthOutcome::Denied => "denied",
+            AuthOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why a credential check did not let the request through; the kind is decided where the check
+/// ran, and each carries the answer the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("denied: {0}")]
+    Denied(Reject),
+    #[error("unavailable: {0}")]
+    Unavailable(Reject),
+}
+
+impl From<AuthError> for Reject {
+    fn from(e: AuthError) -> Reject {
+        match e {
+            AuthError::Denied(r) | AuthError::Unavailable(r) => r,
+        }
+    }
 }
 
 async fn credential(
     route: &Route,
     auth: Option<&RouteAuth>,
     req: &Request<'_>,
-) -> Result<Identity, Reject> {
+) -> Result<Identity, AuthError> {
     match auth {
         None => Ok(Identity::default()),
         Some(RouteAuth::Jwt(j)) => {
             let token = j
                 .extract(req.headers, req.offered_protocols)
-                .map_err(|e| unauthorized(e.reason()))?;
-            let verified = j.verify(token).map_err(|e| unauthorized(e.reason()))?;
+                .map_err(|e| AuthError::Denied(unauthorized(e.reason())))?;
+            let verified = j
+                .verify(token)
+                .map_err(|e| AuthError::Denied(unauthorized(e.reason())))?;
             Ok(Identity {
                 subject: verified.subject,
                 expires_at: Some(verified.expires_at),
@@ -101,21 +149,22 @@ async fn credential(
                     subject,
                     expires_at: None,
                 }),
-                forward::Decision::Deny(StatusCode::FORBIDDEN) => Err(Reject::new(
-                    StatusCode::FORBIDDEN,
-                    "denied by the auth service",
+                forward::Decision::Deny(StatusCode::FORBIDDEN) => Err(AuthError::Denied(
+                    Reject::client(StatusCode::FORBIDDEN, "denied by the auth service"),
                 )),
-                forward::Decision::Deny(_) => Err(unauthorized("refused by the auth service")),
-                forward::Decision::Unavailable(reason) => {
-                    Err(Reject::new(StatusCode::SERVICE_UNAVAILABLE, reason))
-                }
+                forward::Decision::Deny(_) => Err(AuthError::Denied(unauthorized(
+                    "refused by the auth service",
+                ))),
+                forward::Decision::Unavailable(reason) => Err(AuthError::Unavailable(
+                    Reject::gateway(StatusCode::SERVICE_UNAVAILABLE, reason),
+                )),
             }
         }
     }
 }
 
 fn unauthorized(reason: &'static str) -> Reject {
-    Reject::new(StatusCode::UNAUTHORIZED, reason)
+    Reject::client(StatusCode::UNAUTHORIZED, reason)
 }
 
 /// Check the `Origin` header against the route's `allowed_origins`.
@@ -133,13 +182,13 @@ pub fn check_origin(route: &Route, headers: &HeaderMap) -> Result<(), Reject> {
     let value = match (values.next(), values.next()) {
         (None, _) if route.allow_missing_origin => return Ok(()),
         (None, _) => {
-            return Err(Reject::new(
+            return Err(Reject::client(
                 StatusCode::FORBIDDEN,
                 "an Origin header is required on this route",
             ))
         }
         (Some(_), Some(_)) => {
-            return Err(Reject::new(
+            return Err(Reject::client(
                 StatusCode::FORBIDDEN,
                 "more than one Origin header",
             ))
@@ -150,14 +199,14 @@ pub fn check_origin(route: &Route, headers: &HeaderMap) -> Result<(), Reject> {
         .to_str()
         .ok()
         .and_then(|s| Origin::parse(s).ok())
-        .ok_or(Reject::new(
+        .ok_or(Reject::client(
             StatusCode::FORBIDDEN,
             "malformed or opaque Origin",
         ))?;
     if allowed.iter().any(|p| p.matches(&origin)) {
         Ok(())
     } else {
-        Err(Reject::new(
+        Err(Reject::client(
             StatusCode::FORBIDDEN,
             "Origin not allowed on this route",
         ))

@@ -28,7 +28,8 @@ use tracing::{debug, error, info};
 use super::router::{SessionSlot, State};
 use super::session::Claims;
 use super::{ConnGuard, Gateway};
-use crate::handshake::{self, Reject};
+use crate::error::Reject;
+use crate::handshake;
 use crate::metrics::AuthLabel;
 use crate::pump::{SessionInfo, SessionStats};
 use crate::{auth, proxy_protocol, static_files};
@@ -183,7 +184,7 @@ pub(super) async fn handle(
         }
         Err(reject) => {
             gw.metrics.handshake(label, reject.status.as_u16());
-            info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, "handshake refused");
+            info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, by = %reject.by, "handshake refused");
             reject_response(&reject)
         }
     }
@@ -200,7 +201,7 @@ pub(super) async fn upgrade(
     let accepted = handshake::validate(req.method(), req.version(), req.headers())?;
     let rt = state
         .route(req.uri().path())
-        .ok_or(Reject::new(
+        .ok_or(Reject::client(
             StatusCode::NOT_FOUND,
             "no WebSocket route at this path",
         ))?
@@ -220,16 +221,11 @@ pub(super) async fn upgrade(
     )
     .await;
     if route.auth.is_some() {
-        let outcome = match &identity {
-            Ok(_) => "allowed",
-            Err(r) if r.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            Err(_) => "denied",
-        };
         gw.metrics
             .auth
             .get_or_create(&AuthLabel {
                 route: route.path.clone(),
-                outcome,
+                outcome: auth::AuthOutcome::of(&identity).label(),
             })
             .inc();
     }
@@ -260,7 +256,7 @@ pub(super) async fn upgrade(
             )
             .map_err(|e| {
                 error!(client = %peer, route = %route.path, "{e}");
-                Reject::new(StatusCode::INTERNAL_SERVER_ERROR, "PROXY header too long")
+                Reject::gateway(StatusCode::INTERNAL_SERVER_ERROR, "PROXY header too long")
             })?,
         ),
     };
@@ -487,7 +483,7 @@ pub(super) async fn plain_answer(
 ) -> (Response<Full<Bytes>>, PlainAnswer) {
     let path = req.uri().path();
     if state.route(path).is_some() {
-        let mut resp = reject_response(&Reject::new(
+        let mut resp = reject_response(&Reject::client(
             StatusCode::UPGRADE_REQUIRED,
             "this path serves WebSocket connections only",
         ));
@@ -497,12 +493,12 @@ pub(super) async fn plain_answer(
     }
     let Some(st) = &state.config.static_files else {
         return (
-            reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found")),
+            reject_response(&Reject::client(StatusCode::NOT_FOUND, "not found")),
             PlainAnswer::Other,
         );
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = reject_response(&Reject::new(
+        let mut resp = reject_response(&Reject::client(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET and HEAD",
         ));
@@ -516,7 +512,7 @@ pub(super) async fn plain_answer(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             resp
         }
-        None => reject_response(&Reject::new(StatusCode::NOT_FOUND, "not found")),
+        None => reject_response(&Reject::client(StatusCode::NOT_FOUND, "not found")),
     };
     (resp, PlainAnswer::Static)
 }
