@@ -14,9 +14,41 @@ use std::time::SystemTime;
 use http::header::{self, HeaderMap};
 use http::{StatusCode, Uri};
 
-use crate::config::{AuthSettings, Framing, Route};
 use crate::error::Reject;
 use crate::origin::Origin;
+use crate::origin::OriginPattern;
+
+/// A route's credential check, as configured (`[route.auth]`, by `type`). Values only: the
+/// server builds the check ([`RouteAuth`]) from them when it builds a configuration generation.
+#[derive(Debug, Clone)]
+pub enum AuthSettings {
+    Jwt(jwt::JwtSettings),
+    Forward(forward::ForwardSettings),
+}
+
+impl AuthSettings {
+    /// Whether browsers send this credential on their own, so that any page can use it.
+    pub fn is_ambient(&self) -> bool {
+        match self {
+            AuthSettings::Jwt(j) => j.source.is_ambient(),
+            // The auth service sees the Cookie header, so cookies can carry the decision.
+            AuthSettings::Forward(_) => true,
+        }
+    }
+}
+
+/// What the checks need to know of a route. The route's configuration stays in `config`, which
+/// hands out this view, so that the checks do not depend on the configuration's types.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutePolicy<'a> {
+    pub path: &'a str,
+    pub allowed_origins: Option<&'a [OriginPattern]>,
+    pub allow_missing_origin: bool,
+    pub subprotocols: &'a [String],
+    /// The route is `raw` (websockify's byte stream): it answers `binary` when nothing else is
+    /// configured.
+    pub raw: bool,
+}
 
 /// A route's credential check.
 #[derive(Debug)]
@@ -56,7 +88,7 @@ pub struct Request<'a> {
 /// subject longer than [`MAX_SUBJECT_BYTES`](crate::proxy_protocol::MAX_SUBJECT_BYTES) is refused
 /// with 401.
 pub async fn authenticate(
-    route: &Route,
+    route: &RoutePolicy<'_>,
     auth: Option<&RouteAuth>,
     req: &Request<'_>,
 ) -> Result<Identity, AuthError> {
@@ -118,7 +150,7 @@ impl From<AuthError> for Reject {
 }
 
 async fn credential(
-    route: &Route,
+    route: &RoutePolicy<'_>,
     auth: Option<&RouteAuth>,
     req: &Request<'_>,
 ) -> Result<Identity, AuthError> {
@@ -142,7 +174,7 @@ async fn credential(
                 uri: req.uri,
                 client: req.client,
                 tls: req.tls,
-                route: &route.path,
+                route: route.path,
             };
             match f.check(&subject).await {
                 forward::Decision::Allow(subject) => Ok(Identity {
@@ -174,8 +206,8 @@ fn unauthorized(reason: &'static str) -> Reject {
 /// like a foreign one (cross-site WebSocket hijacking defence; RFC 6455 §10.2), and so is a missing
 /// one unless the route sets `allow_missing_origin` (only possible when its credential is not
 /// ambient, see config validation).
-pub fn check_origin(route: &Route, headers: &HeaderMap) -> Result<(), Reject> {
-    let Some(allowed) = &route.allowed_origins else {
+pub fn check_origin(route: &RoutePolicy<'_>, headers: &HeaderMap) -> Result<(), Reject> {
+    let Some(allowed) = route.allowed_origins else {
         return Ok(());
     };
     let mut values = headers.get_all(header::ORIGIN).iter();
@@ -223,10 +255,9 @@ pub const BINARY_SUBPROTOCOL: &str = "binary";
 /// A `raw` route without `subprotocols` answers `binary` when the client offers it, as websockify
 /// does: that is what raw framing speaks, and a browser fails a connection whose offered
 /// subprotocols all go unanswered. Other offers on such a route get no answer (RFC 6455 §4.2.2).
-pub fn select_subprotocol<'r>(route: &'r Route, offered: &[String]) -> Option<&'r str> {
+pub fn select_subprotocol<'r>(route: &RoutePolicy<'r>, offered: &[String]) -> Option<&'r str> {
     if route.subprotocols.is_empty() {
-        let binary =
-            route.framing == Framing::Raw && offered.iter().any(|o| o == BINARY_SUBPROTOCOL);
+        let binary = route.raw && offered.iter().any(|o| o == BINARY_SUBPROTOCOL);
         return binary.then_some(BINARY_SUBPROTOCOL);
     }
     route
@@ -239,7 +270,7 @@ pub fn select_subprotocol<'r>(route: &'r Route, offered: &[String]) -> Option<&'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Route};
     use http::HeaderValue;
     use std::path::Path;
 
@@ -261,15 +292,19 @@ mod tests {
     #[test]
     fn no_policy_accepts_anything() {
         let r = route("");
-        assert!(check_origin(&r, &with_origin(None)).is_ok());
-        assert!(check_origin(&r, &with_origin(Some("null"))).is_ok());
+        assert!(check_origin(&r.policy(), &with_origin(None)).is_ok());
+        assert!(check_origin(&r.policy(), &with_origin(Some("null"))).is_ok());
     }
 
     #[test]
     fn policy_is_exact_after_normalising() {
         let r = route("allowed_origins = [\"https://app.example.com\"]");
-        assert!(check_origin(&r, &with_origin(Some("https://app.example.com"))).is_ok());
-        assert!(check_origin(&r, &with_origin(Some("https://APP.example.com:443"))).is_ok());
+        assert!(check_origin(&r.policy(), &with_origin(Some("https://app.example.com"))).is_ok());
+        assert!(check_origin(
+            &r.policy(),
+            &with_origin(Some("https://APP.example.com:443"))
+        )
+        .is_ok());
         for bad in [
             None,
             Some("null"),
@@ -280,7 +315,7 @@ mod tests {
             Some("https://app.example.com:8443"),
             Some("https://app.example.com."),
         ] {
-            let e = check_origin(&r, &with_origin(bad)).unwrap_err();
+            let e = check_origin(&r.policy(), &with_origin(bad)).unwrap_err();
             assert_eq!(e.status, StatusCode::FORBIDDEN, "{bad:?}");
         }
         let mut two = with_origin(Some("https://app.example.com"));
@@ -288,16 +323,16 @@ mod tests {
             header::ORIGIN,
             HeaderValue::from_static("https://app.example.com"),
         );
-        assert!(check_origin(&r, &two).is_err());
+        assert!(check_origin(&r.policy(), &two).is_err());
     }
 
     #[test]
     fn subprotocol_uses_route_preference() {
         let r = route("subprotocols = [\"binary\", \"base64\"]");
         let offered = vec!["base64".to_string(), "binary".to_string()];
-        assert_eq!(select_subprotocol(&r, &offered), Some("binary"));
-        assert_eq!(select_subprotocol(&r, &["chat".to_string()]), None);
-        assert_eq!(select_subprotocol(&r, &["chat".to_string()]), None);
+        assert_eq!(select_subprotocol(&r.policy(), &offered), Some("binary"));
+        assert_eq!(select_subprotocol(&r.policy(), &["chat".to_string()]), None);
+        assert_eq!(select_subprotocol(&r.policy(), &["chat".to_string()]), None);
     }
 
     #[test]
@@ -305,15 +340,15 @@ mod tests {
         let offered = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let raw = route("");
         assert_eq!(
-            select_subprotocol(&raw, &offered(&["base64", "binary"])),
+            select_subprotocol(&raw.policy(), &offered(&["base64", "binary"])),
             Some("binary")
         );
-        assert_eq!(select_subprotocol(&raw, &offered(&["chat"])), None);
-        assert_eq!(select_subprotocol(&raw, &offered(&[])), None);
+        assert_eq!(select_subprotocol(&raw.policy(), &offered(&["chat"])), None);
+        assert_eq!(select_subprotocol(&raw.policy(), &offered(&[])), None);
         let lines = route("framing = \"lines\"");
-        assert_eq!(select_subprotocol(&lines, &offered(&["binary"])), None);
+        assert_eq!(select_subprotocol(&lines.policy(), &offered(&["binary"])), None);
         // A configured list is the whole choice.
         let listed = route("subprotocols = [\"base64\"]");
-        assert_eq!(select_subprotocol(&listed, &offered(&["binary"])), None);
+        assert_eq!(select_subprotocol(&listed.policy(), &offered(&["binary"])), None);
     }
 }

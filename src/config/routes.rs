@@ -11,8 +11,7 @@ use toml::Spanned;
 use super::limits::SessionLimits;
 use super::raw::RawRoute;
 use super::{ConfigError, Ctx};
-use crate::auth::forward::ForwardSettings;
-use crate::auth::jwt::JwtSettings;
+pub use crate::auth::AuthSettings;
 use crate::origin::OriginPattern;
 use crate::proxy_protocol;
 
@@ -83,25 +82,6 @@ pub struct Health {
     pub check_interval: Option<Duration>,
 }
 
-/// A route's credential check, as configured (`[route.auth]`, by `type`). Values only: the
-/// server builds the check ([`crate::auth::RouteAuth`]) from them.
-#[derive(Debug, Clone)]
-pub enum AuthSettings {
-    Jwt(JwtSettings),
-    Forward(ForwardSettings),
-}
-
-impl AuthSettings {
-    /// Whether browsers send this credential on their own, so that any page can use it.
-    pub fn is_ambient(&self) -> bool {
-        match self {
-            AuthSettings::Jwt(j) => j.source.is_ambient(),
-            // The auth service sees the Cookie header, so cookies can carry the decision.
-            AuthSettings::Forward(_) => true,
-        }
-    }
-}
-
 /// One `[[route]]`, validated.
 #[derive(Debug)]
 pub struct Route {
@@ -126,6 +106,19 @@ pub struct Route {
     /// Subprotocols the route may select, in preference order.
     pub subprotocols: Vec<String>,
     pub limits: SessionLimits,
+}
+
+impl Route {
+    /// What the Origin, credential and subprotocol checks need to know of this route.
+    pub fn policy(&self) -> crate::auth::RoutePolicy<'_> {
+        crate::auth::RoutePolicy {
+            path: &self.path,
+            allowed_origins: self.allowed_origins.as_deref(),
+            allow_missing_origin: self.allow_missing_origin,
+            subprotocols: &self.subprotocols,
+            raw: self.framing == Framing::Raw,
+        }
+    }
 }
 
 impl Ctx<'_> {

@@ -207,9 +207,10 @@ pub(super) async fn upgrade(
         ))?
         .clone();
     let route = rt.route.clone();
-    auth::check_origin(&route, req.headers())?;
+    let policy = route.policy();
+    auth::check_origin(&policy, req.headers())?;
     let identity = auth::authenticate(
-        &route,
+        &policy,
         rt.auth.as_ref(),
         &auth::Request {
             headers: req.headers(),
@@ -237,7 +238,8 @@ pub(super) async fn upgrade(
             "too many sessions on this route (max_sessions)",
         ));
     }
-    let protocol = auth::select_subprotocol(&route, &accepted.offered_protocols).map(str::to_owned);
+    let protocol =
+        auth::select_subprotocol(&policy, &accepted.offered_protocols).map(str::to_owned);
     let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
     // The PROXY header is built before any backend is touched: one that cannot be encoded
     // refuses the handshake without a connection.
