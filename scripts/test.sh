@@ -90,6 +90,9 @@ cargo fmt --all --check || failed+=("cargo fmt --check")
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --quiet --workspace --all-targets -- -D warnings || failed+=("cargo clippy")
 
+step "no cycles between modules (scripts/check_module_cycles.py)"
+python3 scripts/check_module_cycles.py || failed+=("module cycles")
+
 # The Autobahn conformance test on its own, so that its summary table is shown.
 step "Autobahn conformance (tests/autobahn.rs)"
 cargo test --test autobahn -- --nocapture --exact autobahn_conformance || failed+=("autobahn")
