@@ -346,9 +346,15 @@ mod tests {
         assert_eq!(select_subprotocol(&raw.policy(), &offered(&["chat"])), None);
         assert_eq!(select_subprotocol(&raw.policy(), &offered(&[])), None);
         let lines = route("framing = \"lines\"");
-        assert_eq!(select_subprotocol(&lines.policy(), &offered(&["binary"])), None);
+        assert_eq!(
+            select_subprotocol(&lines.policy(), &offered(&["binary"])),
+            None
+        );
         // A configured list is the whole choice.
         let listed = route("subprotocols = [\"base64\"]");
-        assert_eq!(select_subprotocol(&listed.policy(), &offered(&["binary"])), None);
+        assert_eq!(
+            select_subprotocol(&listed.policy(), &offered(&["binary"])),
+            None
+        );
     }
 }

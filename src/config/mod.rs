@@ -53,8 +53,9 @@ pub use units::{parse_duration, parse_size, MAX_DURATION, MAX_DURATION_DAYS};
 use raw::RawConfig;
 use table::DecodeError;
 
-/// A configuration error: what is wrong, and where.
-#[derive(Debug)]
+/// A configuration error: what is wrong, and where (`file:line: key: message`).
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}{}", self.place(), self.key.as_deref().map(|k| format!("{k}: ")).unwrap_or_default(), self.message)]
 pub struct ConfigError {
     /// The file, when the error came from one.
     pub file: Option<PathBuf>,
@@ -65,25 +66,17 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(file) = &self.file {
-            write!(f, "{}", file.display())?;
-            if let Some(line) = self.line {
-                write!(f, ":{line}")?;
-            }
-            write!(f, ": ")?;
-        } else if let Some(line) = self.line {
-            write!(f, "line {line}: ")?;
+impl ConfigError {
+    /// `file:line: `, `file: ` or `line N: `, as far as they are known.
+    fn place(&self) -> String {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => format!("{}:{line}: ", file.display()),
+            (Some(file), None) => format!("{}: ", file.display()),
+            (None, Some(line)) => format!("line {line}: "),
+            (None, None) => String::new(),
         }
-        if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
-        }
-        write!(f, "{}", self.message)
     }
 }
-
-impl std::error::Error for ConfigError {}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

@@ -30,20 +30,13 @@ struct Entry {
 }
 
 /// A value that did not decode: which key (when known), where, and why.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct DecodeError {
     pub key: Option<String>,
     pub span: Option<Range<usize>>,
     pub message: String,
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 impl de::Error for DecodeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
