@@ -100,10 +100,11 @@ where
     ///
     /// Reading the backend, writing the client and every control event (shutdown, operator
     /// close, credential expiry, the client's Close, the close, idle, keepalive and write
-    /// deadlines) are branches of one `select!`, and control comes first: a backend that always
-    /// has data ready or a client that reads slowly never keeps an event from being seen. The
-    /// backend is read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for the client
-    /// (backpressure).
+    /// deadlines) are branches of one `select!`. Control is also checked at the top of every
+    /// pass, with plain loads (the tokens' state, whether the deadline timer has fired), so that
+    /// a backend that always has data ready or a client that reads slowly never keeps an event
+    /// from being seen, without polling every control future on every message. The backend is
+    /// read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for the client (backpressure).
     async fn pump(
         &mut self,
         shutdown: CancellationToken,
@@ -128,14 +129,30 @@ where
         let wake = shared.to_down.notified();
         tokio::pin!(wake);
         // Registered once for the life of the session, not once per pass of the loop.
-        let shutdown = shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let kill = kill.cancelled();
-        tokio::pin!(kill);
+        let shutdown_wait = shutdown.cancelled();
+        tokio::pin!(shutdown_wait);
+        let kill_wait = kill.cancelled();
+        tokio::pin!(kill_wait);
         loop {
             // Write what is queued as far as the socket takes it now; only a full socket waits.
             if let Err(why) = self.write_now().await {
                 return DownEnd::Abort(why);
+            }
+            let answering = answer.map(|(code, _)| DownEnd::Answer {
+                code,
+                drop_queued: true,
+            });
+            if shutdown.is_cancelled() {
+                return answering.unwrap_or(DownEnd::Interrupt(Close::SHUTDOWN));
+            }
+            if kill.is_cancelled() {
+                return answering.unwrap_or(DownEnd::Interrupt(Close::OPERATOR));
+            }
+            if housekeeping.is_elapsed() {
+                armed = far_future();
+                if let Some(end) = self.deadlines(answer, &mut keepalive, expires) {
+                    return end;
+                }
             }
             let due = self.next_deadline(&answer, &mut keepalive, expires);
             if due < armed || housekeeping.is_elapsed() {
@@ -145,14 +162,8 @@ where
                 armed = due;
             }
             let room = self.out.pending() < FLUSH_THRESHOLD_BYTES;
-            let answering = answer.map(|(code, _)| DownEnd::Answer {
-                code,
-                drop_queued: true,
-            });
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return answering.unwrap_or(DownEnd::Interrupt(Close::SHUTDOWN)),
-                _ = &mut kill => return answering.unwrap_or(DownEnd::Interrupt(Close::OPERATOR)),
                 _ = wake.as_mut() => {
                     wake.set(shared.to_down.notified());
                     let (fail, client_close, gone, write_failed) = {
@@ -175,30 +186,6 @@ where
                         }
                     } else if let Some(close) = write_failed {
                         return DownEnd::Initiate(close);
-                    }
-                }
-                _ = &mut housekeeping => {
-                    armed = far_future();
-                    let now = tokio::time::Instant::now();
-                    if self.out.stalled_since.is_some_and(|t| now >= t + limits.write_timeout) {
-                        return DownEnd::Abort(CLIENT_STALLED);
-                    }
-                    if let Some((code, until)) = answer {
-                        if now >= until {
-                            return DownEnd::Answer { code, drop_queued: true };
-                        }
-                        continue;
-                    }
-                    if expires.is_some_and(|at| now >= at) {
-                        return DownEnd::Interrupt(Close::CREDENTIAL_EXPIRED);
-                    }
-                    if self.shared.idle_deadline(limits.idle_timeout).is_some_and(|at| at <= now) {
-                        return DownEnd::Interrupt(Close::IDLE);
-                    }
-                    match keepalive.due(self.shared.now_ms(), self.shared.last_client_read()) {
-                        Due::Nothing => {}
-                        Due::Ping => encode_frame(&mut self.out.buf, OpCode::Ping, b"wsgate"),
-                        Due::Dead => return DownEnd::Abort(CLIENT_UNRESPONSIVE),
                     }
                 }
                 r = std::future::poll_fn(|cx| self.out.poll_step(cx, &mut self.client)), if self.out.busy() => {
@@ -225,7 +212,54 @@ where
                         return DownEnd::Initiate(if r.is_ok() { Close::BACKEND_EOF } else { Close::BACKEND_ERROR });
                     }
                 }
+                // These only wake an idle session; the top of the loop acts on them.
+                _ = &mut housekeeping => {}
+                _ = &mut shutdown_wait => {}
+                _ = &mut kill_wait => {}
             }
+        }
+    }
+
+    /// Act on the deadlines that are due: `Some` ends the session; a keepalive Ping may be
+    /// queued.
+    fn deadlines(
+        &mut self,
+        answer: Option<(Option<CloseCode>, tokio::time::Instant)>,
+        keepalive: &mut Keepalive,
+        expires: Option<tokio::time::Instant>,
+    ) -> Option<DownEnd> {
+        let limits = self.route.limits;
+        let now = tokio::time::Instant::now();
+        if self
+            .out
+            .stalled_since
+            .is_some_and(|t| now >= t + limits.write_timeout)
+        {
+            return Some(DownEnd::Abort(CLIENT_STALLED));
+        }
+        if let Some((code, until)) = answer {
+            return (now >= until).then_some(DownEnd::Answer {
+                code,
+                drop_queued: true,
+            });
+        }
+        if expires.is_some_and(|at| now >= at) {
+            return Some(DownEnd::Interrupt(Close::CREDENTIAL_EXPIRED));
+        }
+        if self
+            .shared
+            .idle_deadline(limits.idle_timeout)
+            .is_some_and(|at| at <= now)
+        {
+            return Some(DownEnd::Interrupt(Close::IDLE));
+        }
+        match keepalive.due(self.shared.now_ms(), self.shared.last_client_read()) {
+            Due::Nothing => None,
+            Due::Ping => {
+                encode_frame(&mut self.out.buf, OpCode::Ping, b"wsgate");
+                None
+            }
+            Due::Dead => Some(DownEnd::Abort(CLIENT_UNRESPONSIVE)),
         }
     }
 
