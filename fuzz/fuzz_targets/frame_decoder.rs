@@ -23,39 +23,13 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use wsgate::ws::close::is_valid_wire_code;
-use wsgate::ws::{CloseCode, Decoder, DecoderLimits, Frame, ProtocolError};
+use wsgate::ws::{CloseCode, Decoder, DecoderLimits, Frame, OwnedFrame, ProtocolError};
 
 /// An owned copy of a decoded [`Frame`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Item {
-    Data {
-        payload: Vec<u8>,
-        text: bool,
-        first: bool,
-        last: bool,
-    },
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<(u16, String)>),
-}
+type Item = OwnedFrame;
 
 fn to_item(frame: Frame<'_>) -> Item {
-    match frame {
-        Frame::Data {
-            payload,
-            text,
-            first,
-            last,
-        } => Item::Data {
-            payload: payload.to_vec(),
-            text,
-            first,
-            last,
-        },
-        Frame::Ping(p) => Item::Ping(p.to_vec()),
-        Frame::Pong(p) => Item::Pong(p.to_vec()),
-        Frame::Close(c) => Item::Close(c.map(|c| (c.code.get(), c.reason.to_string()))),
-    }
+    frame.to_owned_frame()
 }
 
 /// What one run produced.
@@ -78,7 +52,7 @@ impl Checker {
     fn item(&mut self, item: &Item, in_message: bool) {
         assert!(!self.closed, "an item after Close: {item:?}");
         match item {
-            Item::Data {
+            OwnedFrame::Data {
                 payload,
                 text,
                 first,
@@ -130,11 +104,11 @@ impl Checker {
                 }
                 assert_eq!(in_message, !*last, "in_message() after {item:?}");
             }
-            Item::Ping(p) | Item::Pong(p) => {
+            OwnedFrame::Ping(p) | OwnedFrame::Pong(p) => {
                 assert!(p.len() <= 125, "a control payload of {} bytes", p.len());
                 assert_eq!(in_message, self.message.is_some());
             }
-            Item::Close(c) => {
+            OwnedFrame::Close(c) => {
                 if let Some((code, reason)) = c {
                     assert!(is_valid_wire_code(*code), "close code {code} accepted");
                     assert!(reason.len() <= 123);
@@ -200,13 +174,13 @@ fn merge(items: &[Item]) -> Vec<Item> {
     let mut out: Vec<Item> = Vec::new();
     for item in items {
         if let (
-            Some(Item::Data {
+            Some(OwnedFrame::Data {
                 payload,
                 text,
                 last,
                 ..
             }),
-            Item::Data {
+            OwnedFrame::Data {
                 payload: more,
                 text: more_text,
                 first: false,
@@ -243,7 +217,7 @@ fn same_outcome(reference: &Run, other: &Run, how: &str) {
         "different items when fed {how}:\nwhole:  {r:?}\npieces: {o:?}"
     );
     let Some((
-        Item::Data {
+        OwnedFrame::Data {
             payload,
             text: true,
             first,
@@ -256,7 +230,7 @@ fn same_outcome(reference: &Run, other: &Run, how: &str) {
     };
     if r.len() == o.len() {
         let Some((
-            Item::Data {
+            OwnedFrame::Data {
                 payload: r_payload,
                 text: true,
                 first: r_first,

@@ -110,6 +110,43 @@ pub fn server_frame_len(buf: &[u8]) -> Option<usize> {
     usize::try_from(payload).ok()?.checked_add(header)
 }
 
+/// A [`Frame`] that owns its bytes, for callers that collect frames (tests, the fuzz targets);
+/// the gateway itself works on the borrowed form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedFrame {
+    Data {
+        payload: Vec<u8>,
+        text: bool,
+        first: bool,
+        last: bool,
+    },
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    /// The Close frame's code (as a number) and reason, if it had a body.
+    Close(Option<(u16, String)>),
+}
+
+impl Frame<'_> {
+    pub fn to_owned_frame(&self) -> OwnedFrame {
+        match *self {
+            Frame::Data {
+                payload,
+                text,
+                first,
+                last,
+            } => OwnedFrame::Data {
+                payload: payload.to_vec(),
+                text,
+                first,
+                last,
+            },
+            Frame::Ping(p) => OwnedFrame::Ping(p.to_vec()),
+            Frame::Pong(p) => OwnedFrame::Pong(p.to_vec()),
+            Frame::Close(c) => OwnedFrame::Close(c.map(|c| (c.code.get(), c.reason.to_string()))),
+        }
+    }
+}
+
 /// Size limits the decoder enforces (RFC 6455 §10.4); exceeding any of them fails the
 /// connection with 1009 (RFC 6455 §7.4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -612,41 +649,14 @@ mod tests {
         }
     }
 
-    /// Owned copy of a Frame, so tests can collect them.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Item {
-        Data {
-            payload: Vec<u8>,
-            text: bool,
-            first: bool,
-            last: bool,
-        },
-        Ping(Vec<u8>),
-        Pong(Vec<u8>),
-        Close(Option<(u16, String)>),
-    }
+    type Item = OwnedFrame;
 
     fn to_item(f: Frame<'_>) -> Item {
-        match f {
-            Frame::Data {
-                payload,
-                text,
-                first,
-                last,
-            } => Item::Data {
-                payload: payload.to_vec(),
-                text,
-                first,
-                last,
-            },
-            Frame::Ping(p) => Item::Ping(p.to_vec()),
-            Frame::Pong(p) => Item::Pong(p.to_vec()),
-            Frame::Close(c) => Item::Close(c.map(|c| (c.code.get(), c.reason.to_string()))),
-        }
+        f.to_owned_frame()
     }
 
     fn data(payload: &[u8], text: bool, first: bool, last: bool) -> Item {
-        Item::Data {
+        OwnedFrame::Data {
             payload: payload.to_vec(),
             text,
             first,
@@ -696,7 +706,7 @@ mod tests {
         let mut cur: Option<(Vec<u8>, bool)> = None;
         for item in items {
             match item {
-                Item::Data {
+                OwnedFrame::Data {
                     payload,
                     text,
                     first,
@@ -805,7 +815,10 @@ mod tests {
         let pong = [
             0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
         ];
-        assert_eq!(run_whole(&pong).0, vec![Item::Pong(b"Hello".to_vec())]);
+        assert_eq!(
+            run_whole(&pong).0,
+            vec![OwnedFrame::Pong(b"Hello".to_vec())]
+        );
         // The unmasked examples are what a server sends; from a client they are errors.
         assert_eq!(
             error_code(&[0x81, 0x05, b'H', b'e', b'l', b'l', b'o']),
@@ -830,8 +843,8 @@ mod tests {
             items,
             vec![
                 data(&[0, 1, 2, 255], false, true, true),
-                Item::Ping(b"ping!".to_vec()),
-                Item::Pong(Vec::new()),
+                OwnedFrame::Ping(b"ping!".to_vec()),
+                OwnedFrame::Pong(Vec::new()),
                 data(b"", true, true, true),
             ]
         );
@@ -975,7 +988,7 @@ mod tests {
         assert!(dec.in_message());
         assert_eq!(
             dec.decode(&mut buf).unwrap().map(to_item),
-            Some(Item::Ping(b"are you there".to_vec()))
+            Some(OwnedFrame::Ping(b"are you there".to_vec()))
         );
         assert!(dec.in_message());
         assert_eq!(
@@ -1228,12 +1241,15 @@ mod tests {
     fn close_frames() {
         let (items, end) = run_whole(&client_frame(true, 0x8, b"", KEY));
         assert_eq!(end, Ok(()));
-        assert_eq!(items, vec![Item::Close(None)]);
+        assert_eq!(items, vec![OwnedFrame::Close(None)]);
 
         let mut body = 1000u16.to_be_bytes().to_vec();
         body.extend_from_slice("bye ☃".as_bytes());
         let (items, _) = run_whole(&client_frame(true, 0x8, &body, KEY));
-        assert_eq!(items, vec![Item::Close(Some((1000, "bye ☃".to_string())))]);
+        assert_eq!(
+            items,
+            vec![OwnedFrame::Close(Some((1000, "bye ☃".to_string())))]
+        );
 
         // 1-byte body, invalid codes, invalid reason.
         assert_eq!(
@@ -1258,7 +1274,7 @@ mod tests {
         let mut buf = BytesMut::from(&input[..]);
         assert_eq!(
             dec.decode(&mut buf).unwrap().map(to_item),
-            Some(Item::Close(Some((1001, String::new()))))
+            Some(OwnedFrame::Close(Some((1001, String::new()))))
         );
         for _ in 0..3 {
             assert_eq!(dec.decode(&mut buf), Ok(None));
@@ -1275,7 +1291,7 @@ mod tests {
         assert_eq!(end, Ok(()));
         assert_eq!(
             items,
-            vec![data(b"half", true, true, false), Item::Close(None)]
+            vec![data(b"half", true, true, false), OwnedFrame::Close(None)]
         );
     }
 
@@ -1325,7 +1341,7 @@ mod tests {
         let mut dec = Decoder::new(limits());
         let (items, end) = run(&mut dec, &f, || 1);
         assert_eq!(end, Ok(()));
-        assert_eq!(items, vec![Item::Ping(b"ping".to_vec())]);
+        assert_eq!(items, vec![OwnedFrame::Ping(b"ping".to_vec())]);
     }
 
     #[test]
@@ -1363,7 +1379,7 @@ mod tests {
             expected.push(data(&payload, false, true, true));
             if i % 5 == 0 {
                 input.extend(client_frame(true, 0x9, &[i], [3, 2, 1, i]));
-                expected.push(Item::Ping(vec![i]));
+                expected.push(OwnedFrame::Ping(vec![i]));
             }
         }
         let (items, end) = run_whole(&input);
@@ -1524,7 +1540,7 @@ mod tests {
             for item in items {
                 assert!(!closed, "item after Close");
                 match item {
-                    Item::Data {
+                    OwnedFrame::Data {
                         payload,
                         text,
                         first,
@@ -1539,9 +1555,9 @@ mod tests {
                             got.push(Event::Message(t, p));
                         }
                     }
-                    Item::Ping(p) => got.push(Event::Ping(p)),
-                    Item::Pong(p) => got.push(Event::Pong(p)),
-                    Item::Close(c) => {
+                    OwnedFrame::Ping(p) => got.push(Event::Ping(p)),
+                    OwnedFrame::Pong(p) => got.push(Event::Pong(p)),
+                    OwnedFrame::Close(c) => {
                         assert_eq!(c, Some((1000, String::new())));
                         closed = true;
                     }

@@ -16,6 +16,6 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use frame::{
-    encode_frame, encode_header, Decoder, DecoderLimits, Frame, OpCode, ProtocolError,
+    encode_frame, encode_header, Decoder, DecoderLimits, Frame, OpCode, OwnedFrame, ProtocolError,
     MAX_SERVER_HEADER_BYTES,
 };
