@@ -3,11 +3,12 @@
 //! `[log] access = false`.
 
 use crate::support;
-use crate::support::ops;
+use crate::support::{auth, ops};
 
 use std::net::SocketAddr;
 
-use ops::{Gw, Opts, WAIT};
+use crate::support::{Gateway, Opts};
+use ops::WAIT;
 use serde_json::{json, Value};
 use support::backends::{self, Backend};
 
@@ -46,12 +47,12 @@ secret_file = "jwt.secret"
     )
 }
 
-async fn start(log: &str, filter: Option<&str>) -> (Gw, Backend, Backend) {
+async fn start(log: &str, filter: Option<&str>) -> (Gateway, Backend, Backend) {
     let echo = backends::echo().await;
     let bye = backends::fin_after(b"bye").await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwt.secret"), JWT_SECRET).unwrap();
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &config(&echo, &bye, log),
         Opts {
             dir: Some(dir),
@@ -84,7 +85,7 @@ fn access_lines(logs: &str, message: &str) -> Vec<Value> {
 }
 
 /// Wait until `n` access lines with `message` were logged; returns them.
-async fn wait_access(gw: &Gw, message: &str, n: usize) -> Vec<Value> {
+async fn wait_access(gw: &Gateway, message: &str, n: usize) -> Vec<Value> {
     gw.wait_for_count(&format!("\"message\":\"{message}\""), n, WAIT)
         .await;
     access_lines(&gw.logs(), message)
@@ -203,18 +204,10 @@ async fn json_close_code_is_a_number() {
 #[tokio::test]
 async fn cookie_and_token_values_are_never_logged() {
     let (mut gw, _echo, _bye) = start("format = \"json\"", Some("debug")).await;
-    let good = ops::hs256_token(
-        JWT_SECRET,
-        &json!({"sub": "alice", "exp": ops::unix_now() + 600}),
-    );
-    let forged = ops::hs256_token(
-        b"not-the-secret-not-the-secret-00",
-        &json!({"sub": "mallory", "exp": ops::unix_now() + 600}),
-    );
-    let expired = ops::hs256_token(
-        JWT_SECRET,
-        &json!({"sub": "bob", "exp": ops::unix_now() - 3600}),
-    );
+    let good = auth::hs256(JWT_SECRET).sign(&json!({"sub": "alice", "exp": auth::now() + 600}));
+    let forged = auth::hs256(b"not-the-secret-not-the-secret-00")
+        .sign(&json!({"sub": "mallory", "exp": auth::now() + 600}));
+    let expired = auth::hs256(JWT_SECRET).sign(&json!({"sub": "bob", "exp": auth::now() - 3600}));
     let other_cookies = ["theme-value-7Qx9", "csrf-value-Zk31"];
     let cookie = |t: &str| {
         format!(
@@ -346,7 +339,7 @@ async fn static_files_and_plain_requests_get_access_lines() {
     // Over the 8 MiB cap: answered 500.
     let big = std::fs::File::create(root.join("big.bin")).unwrap();
     big.set_len(9 * 1024 * 1024).unwrap();
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &format!(
             r#"
 [[listener]]

@@ -3,13 +3,14 @@
 //! list and closing a session with 1008, and the bearer token.
 
 use crate::support;
-use crate::support::{frames, ops};
+use crate::support::{auth, frames, ops};
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::{Gateway, Opts};
 use frames::{RawWs, OP_CLOSE};
-use ops::{Gw, Opts, ADMIN_BIND, WAIT};
+use ops::{ADMIN_BIND, WAIT};
 use serde_json::{json, Value};
 use support::backends::{self, Backend};
 
@@ -52,10 +53,10 @@ secret_file = "jwt.secret"
     )
 }
 
-async fn start(echo: &Backend, admin_extra: &str, limits: &str, env: &[(&str, &str)]) -> Gw {
+async fn start(echo: &Backend, admin_extra: &str, limits: &str, env: &[(&str, &str)]) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwt.secret"), JWT_SECRET).unwrap();
-    Gw::start_with(
+    Gateway::start_with(
         &config(echo, admin_extra, limits),
         Opts {
             dir: Some(dir),
@@ -265,10 +266,7 @@ async fn sessions_lists_open_sessions_and_delete_closes_one_with_1008() {
         .unwrap()
         .as_millis() as u64;
 
-    let token = ops::hs256_token(
-        JWT_SECRET,
-        &json!({"sub": "alice", "exp": ops::unix_now() + 600}),
-    );
+    let token = auth::hs256(JWT_SECRET).sign(&json!({"sub": "alice", "exp": auth::now() + 600}));
     let auth = format!("Bearer {token}");
     let mut plain = ops::ws(&gw.url("/echo")).await;
     let mut alice = ops::ws_with(&gw.url("/jwt"), &[("Authorization", &auth)]).await;
@@ -390,7 +388,7 @@ async fn admin_token_from_file_is_required() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwt.secret"), JWT_SECRET).unwrap();
     std::fs::write(dir.path().join("admin.token"), "file-admin-token-91c2\n").unwrap();
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &config(&echo, "token_file = \"admin.token\"", ""),
         Opts {
             dir: Some(dir),

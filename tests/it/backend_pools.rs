@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ops::{Gw, ADMIN_BIND, WAIT};
+use crate::support::{Gateway, Opts};
+use ops::{ADMIN_BIND, WAIT};
 use support::backends::{self, Backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -111,14 +112,14 @@ fn label(addr: SocketAddr) -> String {
     addr.to_string()
 }
 
-async fn metric(gw: &Gw, name: &str, backend: &str) -> f64 {
+async fn metric(gw: &Gateway, name: &str, backend: &str) -> f64 {
     ops::metrics(gw.admin(), None)
         .await
         .value(name, &[("route", "/p"), ("backend", backend)])
 }
 
 /// Open a session on /p, check that data flows, close it.
-async fn session_roundtrip(gw: &Gw, text: &str) {
+async fn session_roundtrip(gw: &Gateway, text: &str) {
     let mut ws = ops::ws(&gw.url("/p")).await;
     ops::echo(&mut ws, text).await;
     ops::close(ws).await;
@@ -128,7 +129,7 @@ async fn session_roundtrip(gw: &Gw, text: &str) {
 async fn connects_fail_over_to_the_live_backend() {
     let dead = dead_addr().await;
     let live = backends::echo().await;
-    let gw = Gw::start(&config(&[label(dead), live.config_addr()], "")).await;
+    let gw = Gateway::start(&config(&[label(dead), live.config_addr()], "")).await;
 
     // Round-robin starts on the dead backend every other session: each of those fails over.
     for i in 0..4 {
@@ -160,7 +161,7 @@ async fn a_backend_failing_in_a_row_is_skipped_for_the_cooloff_then_used_again()
     const COOLOFF: Duration = Duration::from_secs(3);
     let dead = dead_addr().await;
     let live = backends::echo().await;
-    let gw = Gw::start(&config(
+    let gw = Gateway::start(&config(
         &[label(dead), live.config_addr()],
         "[route.health]\nfailures = 2\ncooloff = \"3s\"",
     ))
@@ -229,7 +230,7 @@ async fn a_backend_failing_in_a_row_is_skipped_for_the_cooloff_then_used_again()
 async fn active_health_checks_take_a_backend_out_and_put_it_back() {
     let dead = dead_addr().await;
     let live = backends::echo().await;
-    let gw = Gw::start(&config(
+    let gw = Gateway::start(&config(
         &[label(dead), live.config_addr()],
         "[route.health]\nfailures = 1\ncooloff = \"60s\"\ncheck_interval = \"200ms\"",
     ))
@@ -286,7 +287,7 @@ async fn which(backends: &[&Backend], before: &mut [usize]) -> usize {
 async fn round_robin_spreads_sessions_over_the_backends() {
     let a = backends::echo().await;
     let b = backends::echo().await;
-    let gw = Gw::start(&config(
+    let gw = Gateway::start(&config(
         &[a.config_addr(), b.config_addr()],
         "balance = \"round-robin\"",
     ))
@@ -314,7 +315,7 @@ async fn round_robin_spreads_sessions_over_the_backends() {
 async fn least_connections_picks_the_backend_with_fewer_open_sessions() {
     let a = backends::echo().await;
     let b = backends::echo().await;
-    let gw = Gw::start(&config(
+    let gw = Gateway::start(&config(
         &[a.config_addr(), b.config_addr()],
         "balance = \"least-connections\"",
     ))
@@ -322,7 +323,7 @@ async fn least_connections_picks_the_backend_with_fewer_open_sessions() {
     let pool = [&a, &b];
     let mut counts = [0usize; 2];
     let mut sessions: Vec<(usize, ops::Ws)> = Vec::new();
-    let open = |gw: &Gw| {
+    let open = |gw: &Gateway| {
         let url = gw.url("/p");
         async move {
             let mut ws = ops::ws(&url).await;
@@ -383,7 +384,7 @@ async fn least_connections_picks_the_backend_with_fewer_open_sessions() {
 #[tokio::test]
 async fn every_backend_down_is_502() {
     let (d1, d2) = (dead_addr().await, dead_addr().await);
-    let gw = Gw::start(&config(&[label(d1), label(d2)], "")).await;
+    let gw = Gateway::start(&config(&[label(d1), label(d2)], "")).await;
     assert_eq!(ops::try_ws(&gw.url("/p"), &[]).await.err(), Some(502));
     for d in [d1, d2] {
         assert_eq!(
@@ -417,11 +418,11 @@ async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation()
         &[a.config_addr(), b.config_addr()],
         "[route.health]\nfailures = 1\ncooloff = \"60s\"\n\n[limits]\nhandshake_timeout = \"30s\"",
     );
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &config,
-        ops::Opts {
+        Opts {
             fd_limit: Some(64),
-            ..ops::Opts::default()
+            ..Opts::default()
         },
     )
     .await;

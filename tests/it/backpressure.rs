@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use frames::{RawWs, OP_BINARY, OP_PING};
-use support::backends::{self, rss_bytes};
+use support::backends;
 use support::Gateway;
 
 const MIB: u64 = 1024 * 1024;
@@ -30,7 +30,7 @@ async fn backend_that_never_reads_stalls_the_client_with_flat_memory() {
     let sink = backends::sink().await;
     let gw = gateway(&sink.config_addr(), "").await;
     let mut ws = RawWs::connect(gw.addr(), "/bp").await;
-    let before = rss_bytes(gw.pid());
+    let before = gw.rss_bytes();
     let frame = frames::frame(true, OP_BINARY, &vec![0xa5u8; 64 * 1024]);
     let mut pushed = 0u64;
     let stalled = loop {
@@ -43,7 +43,7 @@ async fn backend_that_never_reads_stalls_the_client_with_flat_memory() {
             Err(_) => break true,
         }
     };
-    let grown = rss_bytes(gw.pid()).saturating_sub(before);
+    let grown = gw.rss_bytes().saturating_sub(before);
     assert!(
         stalled,
         "pushed {} MiB without the client ever being slowed down",
@@ -64,10 +64,10 @@ async fn client_that_never_reads_stalls_the_backend_with_flat_memory() {
     let gw = gateway(&flood.backend.config_addr(), "").await;
     // The client upgrades and then never reads.
     let _ws = RawWs::connect(gw.addr(), "/bp").await;
-    let before = rss_bytes(gw.pid());
+    let before = gw.rss_bytes();
     // Flooding at loopback speed reaches PUSH_LIMIT well within this bound if nothing stalls it.
     let stalled_at = flood.stalled(Duration::from_secs(30)).await;
-    let grown = rss_bytes(gw.pid()).saturating_sub(before);
+    let grown = gw.rss_bytes().saturating_sub(before);
     let stalled_at = stalled_at.unwrap_or_else(|| {
         panic!(
             "the backend's writes never stalled ({} MiB written)",
@@ -132,7 +132,7 @@ async fn ping_flood_from_a_client_that_never_reads_keeps_memory_flat() {
     let sink = backends::sink().await;
     let gw = gateway(&sink.config_addr(), "").await;
     let mut ws = RawWs::connect(gw.addr(), "/bp").await;
-    let before = rss_bytes(gw.pid());
+    let before = gw.rss_bytes();
     // 512 pings of 125 bytes per write; the pongs are never read.
     let batch: Vec<u8> = (0..512)
         .flat_map(|_| frames::frame(true, OP_PING, &[0x77; 125]))
@@ -146,7 +146,7 @@ async fn ping_flood_from_a_client_that_never_reads_keeps_memory_flat() {
             Err(_) => break,
         }
     }
-    let grown = rss_bytes(gw.pid()).saturating_sub(before);
+    let grown = gw.rss_bytes().saturating_sub(before);
     assert!(
         grown < 16 * MIB,
         "gateway RSS grew by {} MiB after {} MiB of pings whose pongs are never read",

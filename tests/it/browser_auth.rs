@@ -11,13 +11,13 @@
 //! with tokio-tungstenite (a focused copy of the launcher and CDP client in tests/it/browser.rs).
 
 use crate::support;
-use crate::support::chromium;
+use crate::support::{auth, chromium};
 use chromium::{Cdp, Chromium};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -184,16 +184,8 @@ leeway = "0s"
 
 /// A valid HS256 token for `alice`, expiring in an hour.
 fn token() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "sub": "alice", "iat": now, "exp": now + 3600 }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign token")
+    let now = auth::now();
+    auth::hs256(SECRET.as_bytes()).sign(&json!({ "sub": "alice", "iat": now, "exp": now + 3600 }))
 }
 
 /// Whether a log line names the subject `alice` (tracing writes a string field quoted:

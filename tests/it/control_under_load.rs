@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{Gateway, Opts};
 use frames::{parse_server_frame, read_response_head, upgrade_request, OP_BINARY, OP_CLOSE};
-use ops::{Gw, Opts, ADMIN_BIND};
+use ops::ADMIN_BIND;
 use support::backends::{self, Flood};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -183,7 +184,7 @@ async fn flood() -> Flood {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_closes_every_flooded_session_with_1001_and_exits_without_waiting_for_the_grace() {
     let flood = flood().await;
-    let mut gw = Gw::start(&config(&flood, "shutdown_grace = \"60s\"", "")).await;
+    let mut gw = Gateway::start(&config(&flood, "shutdown_grace = \"60s\"", "")).await;
     let mut clients = Vec::new();
     for _ in 0..10 {
         clients.push(SlowClient::connect(gw.addr(), "/flood", &[]).await);
@@ -212,7 +213,7 @@ async fn sigterm_closes_every_flooded_session_with_1001_and_exits_without_waitin
 #[tokio::test]
 async fn an_operator_close_reaches_a_flooded_session_at_once() {
     let flood = flood().await;
-    let gw = Gw::start(&config(&flood, "", "")).await;
+    let gw = Gateway::start(&config(&flood, "", "")).await;
     let c = SlowClient::connect(gw.addr(), "/flood", &[]).await;
     c.wait_streaming(256 * 1024).await;
     let list = ops::http(gw.admin(), "GET", "/sessions", None).await;
@@ -229,7 +230,7 @@ async fn an_operator_close_reaches_a_flooded_session_at_once() {
 #[tokio::test]
 async fn a_client_close_on_a_flooded_session_is_answered_at_close_timeout() {
     let flood = flood().await;
-    let gw = Gw::start(&config(&flood, "close_timeout = \"1s\"", "")).await;
+    let gw = Gateway::start(&config(&flood, "close_timeout = \"1s\"", "")).await;
     let mut c = SlowClient::connect(gw.addr(), "/flood", &[]).await;
     c.wait_streaming(256 * 1024).await;
     // The backend gets a FIN but goes on streaming: the gateway delivers what comes for at most
@@ -255,7 +256,7 @@ token_from = "bearer"
 algorithms = ["HS256"]
 secret_env = "WSGATE_TEST_SECRET"
 leeway = "0s""#;
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &config(&flood, "", route),
         Opts {
             env: vec![("WSGATE_TEST_SECRET".into(), HS_SECRET.into())],
@@ -287,7 +288,7 @@ leeway = "0s""#;
 #[tokio::test]
 async fn a_client_that_never_answers_keepalive_is_cut_while_the_backend_floods() {
     let flood = flood().await;
-    let gw = Gw::start(&config(
+    let gw = Gateway::start(&config(
         &flood,
         "",
         "[route.limits]\nping_interval = \"1s\"\npong_timeout = \"1s\"",
@@ -307,7 +308,7 @@ async fn a_client_that_never_answers_keepalive_is_cut_while_the_backend_floods()
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_at_write_timeout_while_the_backend_floods() {
     let flood = flood().await;
-    let gw = Gw::start(&config(&flood, "write_timeout = \"1s\"", "")).await;
+    let gw = Gateway::start(&config(&flood, "write_timeout = \"1s\"", "")).await;
     // A client that reads nothing at all.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(CLIENT_RCVBUF_BYTES).unwrap();
@@ -326,7 +327,7 @@ async fn a_client_that_stops_reading_is_cut_at_write_timeout_while_the_backend_f
 async fn other_sessions_keep_working_beside_a_flooded_one() {
     let flood = flood().await;
     let echo = backends::echo().await;
-    let gw = Gw::start(&format!(
+    let gw = Gateway::start(&format!(
         r#"{}
 [[route]]
 path = "/echo"

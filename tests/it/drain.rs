@@ -7,8 +7,9 @@ use crate::support::{frames, ops};
 
 use std::time::{Duration, Instant};
 
+use crate::support::Gateway;
 use frames::{RawWs, OP_CLOSE};
-use ops::{Gw, WAIT};
+use ops::WAIT;
 use support::backends::Backend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -92,7 +93,7 @@ async fn sigterm_closes_100_sessions_with_1001_backends_see_fin_exit_0() {
     const SESSIONS: usize = 100;
     const GRACE: Duration = Duration::from_secs(5);
     let (backend, mut rx) = recording_echo().await;
-    let mut gw = Gw::start(&config(&backend, "shutdown_grace = \"5s\"")).await;
+    let mut gw = Gateway::start(&config(&backend, "shutdown_grace = \"5s\"")).await;
 
     let mut clients = Vec::new();
     for i in 0..SESSIONS {
@@ -151,7 +152,7 @@ async fn sigterm_closes_100_sessions_with_1001_backends_see_fin_exit_0() {
 #[tokio::test]
 async fn sigterm_cuts_what_is_left_after_shutdown_grace() {
     let (backend, mut rx) = recording_echo().await;
-    let mut gw = Gw::start(&config(
+    let mut gw = Gateway::start(&config(
         &backend,
         "shutdown_grace = \"2s\"\nclose_timeout = \"30s\"",
     ))
@@ -202,7 +203,7 @@ async fn sigterm_cuts_what_is_left_after_shutdown_grace() {
 #[tokio::test]
 async fn sigint_drains_like_sigterm() {
     let (backend, mut rx) = recording_echo().await;
-    let mut gw = Gw::start(&config(&backend, "")).await;
+    let mut gw = Gateway::start(&config(&backend, "")).await;
     let mut ws = ops::ws(&gw.url("/echo")).await;
     ops::echo(&mut ws, "interrupt me").await;
     gw.signal("INT");
@@ -218,7 +219,7 @@ async fn sigint_drains_like_sigterm() {
 #[tokio::test]
 async fn a_session_cut_at_shutdown_grace_still_gets_its_access_line() {
     let (backend, _rx) = recording_echo().await;
-    let mut gw = Gw::start(&config(
+    let mut gw = Gateway::start(&config(
         &backend,
         "shutdown_grace = \"1s\"\nclose_timeout = \"30s\"",
     ))

@@ -8,8 +8,9 @@ use crate::support::{frames, ops};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::{Gateway, Opts};
 use frames::{parse_response, upgrade_request, Ended};
-use ops::{Gw, Opts, ADMIN_BIND, WAIT};
+use ops::{ADMIN_BIND, WAIT};
 use support::backends::{self, Backend};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -59,7 +60,7 @@ async fn assert_busy(addr: SocketAddr, path: &str, what: &str) {
 #[tokio::test]
 async fn max_connections_refuses_a_third_connection_with_503() {
     let echo = backends::echo().await;
-    let gw = Gw::start(&config(&echo, "max_connections = 2", "")).await;
+    let gw = Gateway::start(&config(&echo, "max_connections = 2", "")).await;
     let mut a = ops::ws(&gw.url("/echo")).await;
     let mut b = ops::ws(&gw.url("/echo")).await;
     ops::echo(&mut a, "a").await;
@@ -94,7 +95,7 @@ async fn max_connections_refuses_a_third_connection_with_503() {
 }
 
 /// Connect from a given loopback source address.
-async fn ws_from(source: &str, gw: &Gw, path: &str) -> Result<ops::Ws, u16> {
+async fn ws_from(source: &str, gw: &Gateway, path: &str) -> Result<ops::Ws, u16> {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let tcp: TcpStream = tokio::time::timeout(WAIT, socket.connect(gw.addr()))
@@ -118,7 +119,7 @@ async fn ws_from(source: &str, gw: &Gw, path: &str) -> Result<ops::Ws, u16> {
 #[tokio::test]
 async fn max_connections_per_ip_refuses_a_second_connection_from_the_same_address() {
     let echo = backends::echo().await;
-    let gw = Gw::start(&config(&echo, "max_connections_per_ip = 1", "")).await;
+    let gw = Gateway::start(&config(&echo, "max_connections_per_ip = 1", "")).await;
     let mut first = ops::ws(&gw.url("/echo")).await;
     ops::echo(&mut first, "first").await;
 
@@ -143,7 +144,7 @@ async fn max_connections_per_ip_refuses_a_second_connection_from_the_same_addres
 #[tokio::test]
 async fn route_max_sessions_refuses_while_full_and_admits_after_a_close() {
     let echo = backends::echo().await;
-    let gw = Gw::start(&config(&echo, "", "max_sessions = 1")).await;
+    let gw = Gateway::start(&config(&echo, "", "max_sessions = 1")).await;
     let mut first = ops::ws(&gw.url("/one")).await;
     ops::echo(&mut first, "first").await;
 
@@ -171,7 +172,7 @@ async fn route_max_sessions_refuses_while_full_and_admits_after_a_close() {
 async fn accept_loop_survives_running_out_of_file_descriptors() {
     const HELD: usize = 80;
     let echo = backends::echo().await;
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &config(&echo, "", ""),
         Opts {
             fd_limit: Some(40),
@@ -239,7 +240,7 @@ async fn tls_handshake_timeout_cuts_a_stalled_tls_handshake() {
     let echo = backends::echo().await;
     let dir = tempfile::tempdir().unwrap();
     support::write_cert(dir.path());
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &format!(
             r#"
 [[listener]]

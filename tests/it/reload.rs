@@ -8,8 +8,9 @@ use crate::support::ops;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{Gateway, Opts};
 use futures_util::{SinkExt, StreamExt};
-use ops::{Gw, Opts, WAIT};
+use ops::WAIT;
 use rustls::pki_types::{CertificateDer, ServerName};
 use support::backends::{self, Conn, Recorder};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -44,7 +45,7 @@ async fn sighup_applies_to_new_sessions_and_open_sessions_keep_their_backend() {
     let mut old_backend = backends::recording_echo().await;
     let mut new_backend = backends::recording_echo().await;
     let mut added_backend = backends::recording_echo().await;
-    let mut gw = Gw::start(&format!(
+    let mut gw = Gateway::start(&format!(
         "{LISTENER}\n{}\n{}",
         route("/a", &old_backend),
         route("/gone", &old_backend)
@@ -135,7 +136,7 @@ async fn route_session_count_survives_a_reload() {
             route("/one", b)
         )
     };
-    let mut gw = Gw::start(&cfg(&first)).await;
+    let mut gw = Gateway::start(&cfg(&first)).await;
     let mut open = ops::ws(&gw.url("/one")).await;
     let mut open_conn = first.accept().await;
     through(&mut open, &mut open_conn, "holding the only slot").await;
@@ -171,7 +172,7 @@ async fn route_session_count_survives_the_route_being_removed_and_added_back() {
         route("/r", &backend)
     );
     let without = format!("{LISTENER}\n{admin}\n{}", route("/other", &other));
-    let mut gw = Gw::start(&with).await;
+    let mut gw = Gateway::start(&with).await;
     let mut open = Vec::new();
     for i in 0..2 {
         let mut ws = ops::ws(&gw.url("/r")).await;
@@ -225,8 +226,8 @@ worker_threads = {threads}
             route(path, &backend)
         )
     };
-    let gw = Gw::start(&cfg(1, "/before")).await;
-    let workers = || support::threads_named(gw.pid(), "wsgate-worker");
+    let gw = Gateway::start(&cfg(1, "/before")).await;
+    let workers = || gw.threads_named("wsgate-worker");
     assert_eq!(workers(), 1);
 
     std::fs::write(gw.config_path(), cfg(3, "/after")).unwrap();
@@ -259,7 +260,7 @@ async fn reload_keeps_the_health_state_of_unchanged_backends() {
             live.backend.config_addr()
         )
     };
-    let mut gw = Gw::start(&cfg("")).await;
+    let mut gw = Gateway::start(&cfg("")).await;
     let up = [("route", "/p"), ("backend", &dead.to_string() as &str)];
     let mut ws = ops::ws(&gw.url("/p")).await;
     ops::echo(&mut ws, "fails over").await;
@@ -370,7 +371,7 @@ async fn certificate_files_replaced_on_disk_are_served_to_new_connections() {
     let echo = backends::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let first = support::write_cert(dir.path());
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &format!(
             r#"
 [[listener]]
@@ -461,7 +462,7 @@ where
 
 /// Wait (bounded) until a client trusting only `cert` is served `cert`, then check that `path`
 /// upgrades and echoes over it and `gone` is 404.
-async fn in_force(gw: &Gw, cert: &CertificateDer<'static>, path: &str, gone: &str) {
+async fn in_force(gw: &Gateway, cert: &CertificateDer<'static>, path: &str, gone: &str) {
     let addr = gw.addr();
     // Certificate files are polled every 5 s.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -501,7 +502,7 @@ async fn sighup_and_certificate_rotation_close_together_both_take_effect() {
     let dir = tempfile::tempdir().unwrap();
     let first = rotate(dir.path());
     let cfg = |path: &str| tls_config(path, "cert.pem", "key.pem", &echo, "");
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &cfg("/zero"),
         Opts {
             dir: Some(dir),
@@ -544,7 +545,7 @@ async fn a_certificate_reload_in_progress_does_not_undo_a_sighup() {
     std::fs::create_dir(&next).unwrap();
     let reloaded_cert = rotate(&next);
     let one_worker = "[runtime]\nworker_threads = 1\n";
-    let gw = Gw::start_with(
+    let gw = Gateway::start_with(
         &tls_config("/old", "cert.pem", "key.pem", &echo, one_worker),
         Opts {
             dir: Some(dir),

@@ -540,18 +540,3 @@ pub async fn unresponsive() -> Unresponsive {
     }
     panic!("could not fill the accept queue of {addr}: connects kept completing");
 }
-
-/// Read the resident set size of process `pid` in bytes (Linux `/proc/<pid>/status`, VmRSS).
-pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS value");
-    kb * 1024
-}
