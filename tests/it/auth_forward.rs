@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use auth::{assert_refused, attempt, refusal_line, AuthReply, AuthServer, ALLOWED_ORIGIN};
 use support::backends::{self, Backend};
-use support::Gateway;
+use support::TestGateway;
 
 const LOG_WAIT: Duration = Duration::from_secs(5);
 const COOKIE: &str = "session=c00kie-value-never-forwarded-to-backend; theme=dark";
 
 /// A gateway with the forward route `/desk` to `backend`, asking `url`; `auth_extra` goes into
 /// `[route.auth]`, `route_extra` into the route.
-async fn gateway(backend: &str, url: &str, route_extra: &str, auth_extra: &str) -> Gateway {
-    Gateway::start(&format!(
+async fn gateway(backend: &str, url: &str, route_extra: &str, auth_extra: &str) -> TestGateway {
+    TestGateway::start(&format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"
@@ -175,7 +175,7 @@ async fn auth_service_answers_map_to_client_statuses() {
     assert!(!gw.logs().contains("c00kie-value"), "the cookie was logged");
 }
 
-async fn assert_503_no_backend(gw: &Gateway, backend: &Backend, what: &str) -> SocketAddr {
+async fn assert_503_no_backend(gw: &TestGateway, backend: &Backend, what: &str) -> SocketAddr {
     let a = attempt(gw.addr(), "/desk", &browser_headers(COOKIE)).await;
     assert_refused(&a, 503, what);
     assert_eq!(backend.connections_made().await, 0, "{what}");

@@ -8,7 +8,7 @@ use crate::support::{auth, frames};
 
 use auth::{assert_refused, attempt, attempt_raw, refusal_line, ALLOWED_ORIGIN};
 use support::backends::{self, Backend};
-use support::Gateway;
+use support::TestGateway;
 
 use std::time::Duration;
 
@@ -17,10 +17,10 @@ const SECRET: &str = "test-only-hs256-secret-for-wsgate-origin-tests";
 
 /// `/app` allows an exact origin and a wildcard; `/api` is a bearer route that also accepts
 /// requests without an Origin.
-async fn gateway(backend: &Backend) -> Gateway {
+async fn gateway(backend: &Backend) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwt-secret"), format!("{SECRET}\n")).unwrap();
-    Gateway::start_in(
+    TestGateway::start_in(
         dir,
         &format!(
             r#"

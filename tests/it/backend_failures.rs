@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use frames::{parse_response, upgrade_request, RawWs, OP_BINARY};
 use support::backends;
-use support::Gateway;
+use support::TestGateway;
 
-async fn gateway(backend: &str, limits: &str) -> Gateway {
-    Gateway::one_route("/b", backend, limits).await
+async fn gateway(backend: &str, limits: &str) -> TestGateway {
+    TestGateway::one_route("/b", backend, limits).await
 }
 
 /// Upgrade on `/b`; returns the response (the server must close the connection after it).
-async fn refused(gw: &Gateway) -> frames::Response {
+async fn refused(gw: &TestGateway) -> frames::Response {
     let (out, _) =
         frames::exchange(gw.addr(), upgrade_request(gw.addr(), "/b", &[]).as_bytes()).await;
     let (resp, _) = parse_response(&out)
@@ -56,7 +56,7 @@ async fn backend_connect_that_never_completes_is_504() {
 async fn gateway_keeps_serving_after_a_backend_failure() {
     let echo = backends::echo().await;
     let dead = backends::closed_port();
-    let gw = Gateway::start(&format!(
+    let gw = TestGateway::start(&format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"

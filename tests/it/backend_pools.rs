@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{Gateway, Opts};
+use crate::support::{Gateway, Opts, TestGateway};
 use ops::{ADMIN_BIND, WAIT};
 use support::backends::{self, Backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,15 +112,15 @@ fn label(addr: SocketAddr) -> String {
     addr.to_string()
 }
 
-async fn metric(gw: &Gateway, name: &str, backend: &str) -> f64 {
-    ops::metrics(gw.admin(), None)
+async fn metric(admin: SocketAddr, name: &str, backend: &str) -> f64 {
+    ops::metrics(admin, None)
         .await
         .value(name, &[("route", "/p"), ("backend", backend)])
 }
 
 /// Open a session on /p, check that data flows, close it.
-async fn session_roundtrip(gw: &Gateway, text: &str) {
-    let mut ws = ops::ws(&gw.url("/p")).await;
+async fn session_roundtrip(url: &str, text: &str) {
+    let mut ws = ops::ws(url).await;
     ops::echo(&mut ws, text).await;
     ops::close(ws).await;
 }
@@ -129,18 +129,23 @@ async fn session_roundtrip(gw: &Gateway, text: &str) {
 async fn connects_fail_over_to_the_live_backend() {
     let dead = dead_addr().await;
     let live = backends::echo().await;
-    let gw = Gateway::start(&config(&[label(dead), live.config_addr()], "")).await;
+    let gw = TestGateway::start(&config(&[label(dead), live.config_addr()], "")).await;
 
     // Round-robin starts on the dead backend every other session: each of those fails over.
     for i in 0..4 {
-        session_roundtrip(&gw, &format!("session {i}")).await;
+        session_roundtrip(&gw.url("/p"), &format!("session {i}")).await;
     }
     assert_eq!(live.connections_made().await, 4);
-    let failures = metric(&gw, "wsgate_backend_connect_failures_total", &label(dead)).await;
+    let failures = metric(
+        gw.admin(),
+        "wsgate_backend_connect_failures_total",
+        &label(dead),
+    )
+    .await;
     assert_eq!(failures, 2.0, "two sessions tried the dead backend first");
     assert_eq!(
         metric(
-            &gw,
+            gw.admin(),
             "wsgate_backend_connect_failures_total",
             &live.config_addr()
         )
@@ -148,7 +153,10 @@ async fn connects_fail_over_to_the_live_backend() {
         0.0
     );
     // Below health.failures (3 by default): still in rotation.
-    assert_eq!(metric(&gw, "wsgate_backend_up", &label(dead)).await, 1.0);
+    assert_eq!(
+        metric(gw.admin(), "wsgate_backend_up", &label(dead)).await,
+        1.0
+    );
     assert!(
         gw.logs().contains("backend connect failed"),
         "{}",
@@ -161,7 +169,7 @@ async fn a_backend_failing_in_a_row_is_skipped_for_the_cooloff_then_used_again()
     const COOLOFF: Duration = Duration::from_secs(3);
     let dead = dead_addr().await;
     let live = backends::echo().await;
-    let gw = Gateway::start(&config(
+    let gw = TestGateway::start(&config(
         &[label(dead), live.config_addr()],
         "[route.health]\nfailures = 2\ncooloff = \"3s\"",
     ))
@@ -170,22 +178,35 @@ async fn a_backend_failing_in_a_row_is_skipped_for_the_cooloff_then_used_again()
 
     // Sessions 1 and 3 try the dead backend first: the second failure takes it out.
     for i in 0..3 {
-        session_roundtrip(&gw, &format!("warm-up {i}")).await;
+        session_roundtrip(&gw.url("/p"), &format!("warm-up {i}")).await;
     }
     let down_at = Instant::now();
     gw.wait_for_log("backend skipped", WAIT).await;
-    assert_eq!(metric(&gw, "wsgate_backend_up", &dead_label).await, 0.0);
     assert_eq!(
-        metric(&gw, "wsgate_backend_connect_failures_total", &dead_label).await,
+        metric(gw.admin(), "wsgate_backend_up", &dead_label).await,
+        0.0
+    );
+    assert_eq!(
+        metric(
+            gw.admin(),
+            "wsgate_backend_connect_failures_total",
+            &dead_label
+        )
+        .await,
         2.0
     );
 
     // While skipped, nothing tries it: the failure count stays put.
     for i in 0..4 {
-        session_roundtrip(&gw, &format!("skipping {i}")).await;
+        session_roundtrip(&gw.url("/p"), &format!("skipping {i}")).await;
     }
     assert_eq!(
-        metric(&gw, "wsgate_backend_connect_failures_total", &dead_label).await,
+        metric(
+            gw.admin(),
+            "wsgate_backend_connect_failures_total",
+            &dead_label
+        )
+        .await,
         2.0,
         "connects were attempted to a backend in cool-off"
     );
@@ -193,7 +214,7 @@ async fn a_backend_failing_in_a_row_is_skipped_for_the_cooloff_then_used_again()
     // It comes back to life within the cool-off: still nothing reaches it.
     let revived = revive(dead).await;
     for i in 0..4 {
-        session_roundtrip(&gw, &format!("cooling {i}")).await;
+        session_roundtrip(&gw.url("/p"), &format!("cooling {i}")).await;
     }
     let within = down_at.elapsed();
     if within < COOLOFF - Duration::from_millis(500) {
@@ -213,7 +234,7 @@ async fn a_backend_failing_in_a_row_is_skipped_for_the_cooloff_then_used_again()
             "the backend never came back after its cool-off:\n{}",
             gw.logs()
         );
-        session_roundtrip(&gw, &format!("probe {i}")).await;
+        session_roundtrip(&gw.url("/p"), &format!("probe {i}")).await;
         i += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -222,7 +243,10 @@ async fn a_backend_failing_in_a_row_is_skipped_for_the_cooloff_then_used_again()
         "used again after {:?}, before its cool-off of {COOLOFF:?}",
         down_at.elapsed()
     );
-    assert_eq!(metric(&gw, "wsgate_backend_up", &dead_label).await, 1.0);
+    assert_eq!(
+        metric(gw.admin(), "wsgate_backend_up", &dead_label).await,
+        1.0
+    );
     gw.wait_for_log("backend back in rotation", WAIT).await;
 }
 
@@ -230,7 +254,7 @@ async fn a_backend_failing_in_a_row_is_skipped_for_the_cooloff_then_used_again()
 async fn active_health_checks_take_a_backend_out_and_put_it_back() {
     let dead = dead_addr().await;
     let live = backends::echo().await;
-    let gw = Gateway::start(&config(
+    let gw = TestGateway::start(&config(
         &[label(dead), live.config_addr()],
         "[route.health]\nfailures = 1\ncooloff = \"60s\"\ncheck_interval = \"200ms\"",
     ))
@@ -241,7 +265,7 @@ async fn active_health_checks_take_a_backend_out_and_put_it_back() {
     // No session needed: the checks find it down.
     ops::wait_metric(gw.admin(), "wsgate_backend_up", &b, 0.0, WAIT).await;
     for i in 0..3 {
-        session_roundtrip(&gw, &format!("while down {i}")).await;
+        session_roundtrip(&gw.url("/p"), &format!("while down {i}")).await;
     }
     // Each connect a session tries and fails is logged (health checks are not).
     assert_eq!(
@@ -259,7 +283,7 @@ async fn active_health_checks_take_a_backend_out_and_put_it_back() {
     })
     .await;
     for i in 0..4 {
-        session_roundtrip(&gw, &format!("back up {i}")).await;
+        session_roundtrip(&gw.url("/p"), &format!("back up {i}")).await;
     }
     assert_eq!(
         revived.sessions.load(Ordering::SeqCst),
@@ -287,7 +311,7 @@ async fn which(backends: &[&Backend], before: &mut [usize]) -> usize {
 async fn round_robin_spreads_sessions_over_the_backends() {
     let a = backends::echo().await;
     let b = backends::echo().await;
-    let gw = Gateway::start(&config(
+    let gw = TestGateway::start(&config(
         &[a.config_addr(), b.config_addr()],
         "balance = \"round-robin\"",
     ))
@@ -315,7 +339,7 @@ async fn round_robin_spreads_sessions_over_the_backends() {
 async fn least_connections_picks_the_backend_with_fewer_open_sessions() {
     let a = backends::echo().await;
     let b = backends::echo().await;
-    let gw = Gateway::start(&config(
+    let gw = TestGateway::start(&config(
         &[a.config_addr(), b.config_addr()],
         "balance = \"least-connections\"",
     ))
@@ -323,7 +347,7 @@ async fn least_connections_picks_the_backend_with_fewer_open_sessions() {
     let pool = [&a, &b];
     let mut counts = [0usize; 2];
     let mut sessions: Vec<(usize, ops::Ws)> = Vec::new();
-    let open = |gw: &Gateway| {
+    let open = |gw: &TestGateway| {
         let url = gw.url("/p");
         async move {
             let mut ws = ops::ws(&url).await;
@@ -384,11 +408,16 @@ async fn least_connections_picks_the_backend_with_fewer_open_sessions() {
 #[tokio::test]
 async fn every_backend_down_is_502() {
     let (d1, d2) = (dead_addr().await, dead_addr().await);
-    let gw = Gateway::start(&config(&[label(d1), label(d2)], "")).await;
+    let gw = TestGateway::start(&config(&[label(d1), label(d2)], "")).await;
     assert_eq!(ops::try_ws(&gw.url("/p"), &[]).await.err(), Some(502));
     for d in [d1, d2] {
         assert_eq!(
-            metric(&gw, "wsgate_backend_connect_failures_total", &label(d)).await,
+            metric(
+                gw.admin(),
+                "wsgate_backend_connect_failures_total",
+                &label(d)
+            )
+            .await,
             1.0,
             "each backend was tried once"
         );
@@ -418,6 +447,7 @@ async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation()
         &[a.config_addr(), b.config_addr()],
         "[route.health]\nfailures = 1\ncooloff = \"60s\"\n\n[limits]\nhandshake_timeout = \"30s\"",
     );
+    // A process: it runs under `ulimit -n`.
     let gw = Gateway::start_with(
         &config,
         Opts {
@@ -426,8 +456,8 @@ async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation()
         },
     )
     .await;
-    session_roundtrip(&gw, "before").await;
-    session_roundtrip(&gw, "before, the other backend").await;
+    session_roundtrip(&gw.url("/p"), "before").await;
+    session_roundtrip(&gw.url("/p"), "before, the other backend").await;
     let made = [a.connections_made().await, b.connections_made().await];
     assert_eq!(made, [1, 1]);
 
@@ -510,8 +540,8 @@ async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation()
     );
 
     // Both backends still take sessions, in turn.
-    session_roundtrip(&gw, "after").await;
-    session_roundtrip(&gw, "after, the other backend").await;
+    session_roundtrip(&gw.url("/p"), "after").await;
+    session_roundtrip(&gw.url("/p"), "after, the other backend").await;
     assert_eq!(
         [a.connections_made().await, b.connections_made().await],
         [2, 2]

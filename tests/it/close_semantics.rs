@@ -4,14 +4,16 @@
 use crate::support;
 use crate::support::frames;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use frames::{RawWs, OP_BINARY, OP_CLOSE, OP_PONG};
 use support::backends::{self, End};
-use support::Gateway;
+use support::{Gateway, TestGateway};
 
-async fn gateway(backend: &str, limits: &str) -> Gateway {
-    Gateway::one_route("/s", backend, limits).await
+async fn gateway(backend: &str, limits: &str) -> TestGateway {
+    TestGateway::one_route("/s", backend, limits).await
 }
 
 /// Concatenated payloads of binary frames (asserting they are all binary).
@@ -71,7 +73,8 @@ async fn client_empty_close_is_answered_with_an_empty_close() {
     client_close_row(None, "").await;
 }
 
-#[tokio::test]
+// Virtual time: the deadline is exact, and nothing waits on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn client_close_with_a_backend_that_never_finishes_is_answered_at_the_close_deadline() {
     let mut rec = backends::recorder().await;
     let gw = gateway(&rec.backend.config_addr(), "close_timeout = \"1s\"").await;
@@ -93,6 +96,10 @@ async fn client_close_with_a_backend_that_never_finishes_is_answered_at_the_clos
         waited >= Duration::from_millis(500),
         "answered before the drain deadline: {waited:?}"
     );
+    assert!(
+        waited <= Duration::from_millis(1100),
+        "answered after the drain deadline: {waited:?}"
+    );
     ws.expect_eof().await;
 }
 
@@ -113,7 +120,8 @@ async fn backend_eof_delivers_everything_then_1000() {
     ws.expect_eof().await;
 }
 
-#[tokio::test]
+// Virtual time: the deadline is exact, and nothing waits on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn after_backend_eof_a_silent_client_is_cut_at_the_close_deadline() {
     let stub = backends::fin_after(b"last words").await;
     let gw = gateway(&stub.config_addr(), "close_timeout = \"1s\"").await;
@@ -128,6 +136,10 @@ async fn after_backend_eof_a_silent_client_is_cut_at_the_close_deadline() {
     assert!(
         waited >= Duration::from_millis(500),
         "closed before the close deadline: {waited:?}"
+    );
+    assert!(
+        waited <= Duration::from_millis(1100),
+        "closed after the close deadline: {waited:?}"
     );
 }
 
@@ -151,7 +163,8 @@ async fn backend_reset_mid_stream_is_1011() {
 
 // ---- the gateway ends it -------------------------------------------------------------------
 
-#[tokio::test]
+// Virtual time: the deadline is exact, and nothing waits on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn idle_session_is_closed_with_1001() {
     let mut rec = backends::recorder().await;
     let gw = gateway(&rec.backend.config_addr(), "idle_timeout = \"1s\"").await;
@@ -167,15 +180,20 @@ async fn idle_session_is_closed_with_1001() {
         idle >= Duration::from_millis(500),
         "closed before the idle timeout: {idle:?}"
     );
+    assert!(
+        idle <= Duration::from_millis(1100),
+        "closed after the idle timeout: {idle:?}"
+    );
     ws.send(&frames::close(Some(1001), "")).await;
     ws.expect_eof().await;
     conn.wait_end().await;
 }
 
-#[tokio::test]
+// Virtual time: the deadline is exact, and nothing waits on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn idle_timeout_off_keeps_a_quiet_session_open() {
     let quiet = backends::echo().await;
-    let gw = Gateway::start(&format!(
+    let gw = TestGateway::start(&format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"
@@ -209,7 +227,8 @@ idle_timeout = "1s"
     );
 }
 
-#[tokio::test]
+// Virtual time: the deadline is exact, and nothing waits on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn traffic_keeps_a_session_from_going_idle() {
     let stub = backends::echo().await;
     let gw = gateway(&stub.config_addr(), "idle_timeout = \"2s\"").await;
@@ -236,7 +255,8 @@ async fn traffic_keeps_a_session_from_going_idle() {
 async fn sigterm_sends_1001_to_every_session_and_exits_0() {
     const SESSIONS: usize = 20;
     let mut rec = backends::recorder().await;
-    let mut gw = gateway(&rec.backend.config_addr(), "").await;
+    // A process: the test is about the signal and the exit status.
+    let mut gw = Gateway::one_route("/s", &rec.backend.config_addr(), "").await;
     let mut clients = Vec::new();
     let mut conns = Vec::new();
     for _ in 0..SESSIONS {
@@ -308,7 +328,8 @@ async fn server_close_frame_is_well_formed() {
 
 // ---- keepalive ------------------------------------------------------------------------------
 
-#[tokio::test]
+// Virtual time: the deadline is exact, and nothing waits on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn silent_client_gets_keepalive_pings_and_answering_keeps_it_open() {
     let stub = backends::echo().await;
     let gw = gateway(
@@ -332,6 +353,10 @@ async fn silent_client_gets_keepalive_pings_and_answering_keeps_it_open() {
                 waited >= Duration::from_millis(500),
                 "pinged before ping_interval: {waited:?}"
             );
+            assert!(
+                waited <= Duration::from_millis(1100),
+                "pinged after ping_interval: {waited:?}"
+            );
         }
         ws.send(&frames::frame(true, OP_PONG, &f.payload)).await;
     }
@@ -341,7 +366,8 @@ async fn silent_client_gets_keepalive_pings_and_answering_keeps_it_open() {
     assert_eq!((f.opcode, f.payload.as_slice()), (OP_BINARY, &b"alive"[..]));
 }
 
-#[tokio::test]
+// Virtual time: the deadline is exact, and nothing waits on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn client_that_never_answers_keepalive_is_cut_and_the_backend_closed() {
     let mut rec = backends::recorder().await;
     let gw = gateway(
@@ -364,6 +390,10 @@ async fn client_that_never_answers_keepalive_is_cut_and_the_backend_closed() {
     assert!(
         waited >= Duration::from_millis(500),
         "cut before pong_timeout: {waited:?}"
+    );
+    assert!(
+        waited <= Duration::from_millis(1100),
+        "cut after pong_timeout: {waited:?}"
     );
     assert_eq!(
         conn.wait_end().await,

@@ -12,16 +12,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use support::backends::{self, Conn, Recorder};
-use support::Gateway;
+use support::TestGateway;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A gateway with a single route `/t` in `framing` mode to a fresh recorder; message limit 64 bytes.
-async fn setup(framing: &str) -> (Gateway, Recorder) {
+async fn setup(framing: &str) -> (TestGateway, Recorder) {
     let rec = backends::recorder().await;
-    let gw = Gateway::start(&format!(
+    let gw = TestGateway::start(&format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"
@@ -40,7 +40,7 @@ max_frame_size = 64
     (gw, rec)
 }
 
-async fn open(gw: &Gateway, rec: &mut Recorder) -> (Ws, Conn) {
+async fn open(gw: &TestGateway, rec: &mut Recorder) -> (Ws, Conn) {
     let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(gw.url("/t")))
         .await
         .expect("upgrade timed out")

@@ -14,14 +14,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 use frames::{parse_response, read_to_end, upgrade_request, RawWs, ACCEPT, KEY};
 use support::backends::{self, Backend};
-use support::Gateway;
+use support::TestGateway;
 
 const ALLOWED: &str = "https://app.example.com";
 
 /// A gateway with `/echo` (any origin) and `/app` (origin-restricted, subprotocols) routes to
 /// `backend`.
-async fn gateway(backend: &Backend, limits: &str) -> Gateway {
-    Gateway::start(&format!(
+async fn gateway(backend: &Backend, limits: &str) -> TestGateway {
+    TestGateway::start(&format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"
@@ -60,7 +60,7 @@ async fn assert_refused(head: &str, status: u16) -> frames::Response {
 }
 
 async fn assert_refused_on(
-    gw: &Gateway,
+    gw: &TestGateway,
     backend: &Backend,
     head: &[u8],
     status: u16,
@@ -505,7 +505,7 @@ async fn subprotocol_is_echoed_only_when_offered() {
 #[tokio::test]
 async fn raw_route_without_subprotocols_answers_binary() {
     let backend = backends::echo().await;
-    let gw = Gateway::start(&format!(
+    let gw = TestGateway::start(&format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"
@@ -598,7 +598,10 @@ async fn upper_case_tokens_and_host_are_accepted() {
 }
 
 /// Write `bytes`, read one response head; returns it and the stream.
-async fn first_response(gw: &Gateway, bytes: &[u8]) -> (frames::Response, tokio::net::TcpStream) {
+async fn first_response(
+    gw: &TestGateway,
+    bytes: &[u8],
+) -> (frames::Response, tokio::net::TcpStream) {
     let mut s = frames::connect(gw.addr()).await;
     s.write_all(bytes).await.unwrap();
     let mut buf = Vec::new();
@@ -660,7 +663,7 @@ async fn too_many_headers_is_431() {
 }
 
 /// Connect, write `partial`, then stall; returns how long until the server closed and what it sent.
-async fn stalled_client(gw: &Gateway, partial: &[u8]) -> (Duration, Vec<u8>) {
+async fn stalled_client(gw: &TestGateway, partial: &[u8]) -> (Duration, Vec<u8>) {
     let started = Instant::now();
     let mut s = frames::connect(gw.addr()).await;
     s.write_all(partial).await.unwrap();

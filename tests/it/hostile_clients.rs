@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use frames::{RawWs, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use support::backends;
-use support::Gateway;
+use support::TestGateway;
 
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn a_ping_flood_is_closed_with_1008() {
     let rec = backends::recorder().await;
-    let gw = Gateway::one_route("/p", &rec.backend.config_addr(), "").await;
+    let gw = TestGateway::one_route("/p", &rec.backend.config_addr(), "").await;
     let mut ws = RawWs::connect(gw.addr(), "/p").await;
     // 10,000 Pings in one go: the default allows 100 a second (and a burst of 100).
     let mut flood = Vec::new();
@@ -46,7 +46,7 @@ async fn a_ping_flood_is_closed_with_1008() {
 #[tokio::test]
 async fn pings_within_the_rate_are_all_answered() {
     let rec = backends::recorder().await;
-    let gw = Gateway::one_route(
+    let gw = TestGateway::one_route(
         "/p",
         &rec.backend.config_addr(),
         "control_frames_per_second = 20",
@@ -78,7 +78,7 @@ fn unfinished(len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn unfinished_messages_share_one_budget_and_the_session_over_it_gets_1013() {
     let mut rec = backends::recorder().await;
-    let gw = Gateway::start(&format!(
+    let gw = TestGateway::start(&format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"

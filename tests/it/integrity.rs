@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use frames::{parse_server_frame, RawWs, OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use support::backends;
-use support::Gateway;
+use support::TestGateway;
 
 const MESSAGES: usize = 2_000;
 const MAX_MESSAGE_BYTES: u64 = 20 * 1024;
@@ -95,7 +95,7 @@ async fn random_messages_arrive_intact_and_in_order_both_ways() {
     let mut rng = Rng(SEED);
     let (wire, sent, pings) = build_traffic(&mut rng);
     let mut rec = backends::recording_echo().await;
-    let gw = Gateway::start(&format!(
+    let gw = TestGateway::start(&format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"

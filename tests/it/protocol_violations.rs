@@ -7,12 +7,12 @@ use crate::support::frames;
 
 use frames::{RawWs, Spec, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use support::backends::{self, End, Recorder};
-use support::Gateway;
+use support::TestGateway;
 
 /// Small limits so that attacks end fast.
-async fn setup() -> (Gateway, Recorder) {
+async fn setup() -> (TestGateway, Recorder) {
     let rec = backends::recorder().await;
-    let gw = Gateway::start(&format!(
+    let gw = TestGateway::start(&format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"
@@ -35,14 +35,14 @@ close_timeout = "2s"
 
 /// Send a valid "ok" message, then `bad`; expect Close `code`, then FIN; the backend got "ok"
 /// and nothing else, then EOF.
-async fn violation_on(gw: &Gateway, rec: &mut Recorder, bad: &[u8], code: u16) {
+async fn violation_on(gw: &TestGateway, rec: &mut Recorder, bad: &[u8], code: u16) {
     violation_streamed(gw, rec, bad, code, b"").await;
 }
 
 /// Like [`violation_on`], where `bad` starts with valid fragments whose payload (`streamed`) raw
 /// mode may already have passed on before the violation was seen.
 async fn violation_streamed(
-    gw: &Gateway,
+    gw: &TestGateway,
     rec: &mut Recorder,
     bad: &[u8],
     code: u16,

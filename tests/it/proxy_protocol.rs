@@ -13,7 +13,7 @@ use auth::{
     TLV_SUBJECT,
 };
 use support::backends::{self, Recorder};
-use support::Gateway;
+use support::TestGateway;
 
 const LOG_WAIT: Duration = Duration::from_secs(5);
 const SECRET: &str = "test-only-hs256-secret-for-wsgate-proxy-protocol-tests";
@@ -22,7 +22,7 @@ const SECRET: &str = "test-only-hs256-secret-for-wsgate-proxy-protocol-tests";
 /// `/v1` (v1), `/v2` (v2, no auth), `/v2bearer` (v2, bearer JWT), `/v2cookie` (v2, cookie JWT,
 /// custom subject claim), `/plain` (no PROXY header).
 struct Setup {
-    gw: Gateway,
+    gw: TestGateway,
     v1: Recorder,
     v2: Recorder,
     bearer: Recorder,
@@ -40,7 +40,7 @@ async fn setup() -> Setup {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwt-secret"), SECRET).unwrap();
-    let gw = Gateway::start_in(
+    let gw = TestGateway::start_in(
         dir,
         &format!(
             r#"
@@ -114,7 +114,7 @@ fn token(claims: &serde_json::Value) -> String {
 /// the parsed PROXY header and the bytes after it. Also checks the addresses and (v2) the
 /// route and session id TLVs against the gateway's log.
 async fn session(
-    gw: &Gateway,
+    gw: &TestGateway,
     rec: &mut Recorder,
     path: &str,
     extra: &[(&str, &str)],

@@ -7,7 +7,7 @@ use crate::support;
 use crate::support::frames;
 
 use frames::{exchange, parse_response};
-use support::Gateway;
+use support::TestGateway;
 
 /// (file name, expected Content-Type).
 const FILES: [(&str, &str); 14] = [
@@ -40,7 +40,7 @@ async fn files_are_served_with_their_types_and_nosniff() {
             .collect();
         std::fs::write(site.join(name), body).unwrap();
     }
-    let gw = Gateway::start_in(
+    let gw = TestGateway::start_in(
         dir,
         "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[static]\ndir = \"site\"\n\n[[route]]\npath = \"/ws\"\nbackend = \"127.0.0.1:9\"\n",
     )

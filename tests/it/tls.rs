@@ -17,14 +17,14 @@ use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use support::backends::{self, Backend};
-use support::Gateway;
+use support::TestGateway;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn tls_gateway(backend: &Backend, limits: &str) -> (Gateway, CertificateDer<'static>) {
+async fn tls_gateway(backend: &Backend, limits: &str) -> (TestGateway, CertificateDer<'static>) {
     let dir = tempfile::tempdir().unwrap();
     let cert = support::write_cert(dir.path());
-    let gw = Gateway::start_in(
+    let gw = TestGateway::start_in(
         dir,
         &format!(
             r#"
@@ -64,7 +64,7 @@ fn client_config(
 }
 
 async fn tls_connect(
-    gw: &Gateway,
+    gw: &TestGateway,
     config: Arc<rustls::ClientConfig>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(gw.addr()).await?;
@@ -207,7 +207,7 @@ async fn gateway_close_ends_with_close_notify() {
     assert_eq!(n, 0);
 }
 
-async fn cut_after(gw: &Gateway, first_bytes: &[u8]) -> Duration {
+async fn cut_after(gw: &TestGateway, first_bytes: &[u8]) -> Duration {
     let started = Instant::now();
     let mut s = frames::connect(gw.addr()).await;
     s.write_all(first_bytes).await.unwrap();

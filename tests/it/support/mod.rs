@@ -1,4 +1,4 @@
-//! Shared test helpers: the gateway as a process (`process`), backend stubs, clients (a raw
+//! Shared test helpers: the gateway in-process (`inproc`, most tests) or as a process (`process`), backend stubs, clients (a raw
 //! frame-level one in `frames`, tokio-tungstenite in `ops`), the admin HTTP client and metrics
 //! parser, JWT signing and the auth service (`auth`), Chromium, and /proc readings.
 
@@ -7,10 +7,12 @@ pub mod backends;
 pub mod chromium;
 pub mod cli;
 pub mod frames;
+pub mod inproc;
 pub mod ops;
 pub mod process;
 pub mod procfs;
 
+pub use inproc::TestGateway;
 pub use process::{Gateway, Opts};
 
 use std::path::{Path, PathBuf};
