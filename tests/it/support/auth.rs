@@ -1,7 +1,9 @@
 //! Helpers for the authorization tests (Origin policy, JWT, forward auth, PROXY protocol):
 //! token signing with every supported key type, raw handshake attempts that report exactly what
-//! the client saw, a tiny HTTP/1.1 auth service, a PROXY protocol v1/v2 parser, and `wsgate check`.
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+//! the client saw, a tiny HTTP/1.1 auth service, PROXY headers read with the `ppp` crate, and
+//! `wsgate check`.
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -506,121 +508,75 @@ impl Proxy {
     }
 }
 
-pub const V2_SIGNATURE: [u8; 12] = [
-    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
-];
 pub const TLV_SUBJECT: u8 = 0xE0;
 pub const TLV_ROUTE: u8 = 0xE1;
 pub const TLV_SESSION_ID: u8 = 0xE2;
 
-/// Parse a PROXY header at the front of `buf` (HAProxy's spec): `Some((header, its length))`,
-/// `None` while incomplete; panics on anything malformed.
+/// Parse a PROXY header at the front of `buf` with the `ppp` crate (HAProxy's spec, implemented
+/// independently of the gateway): `Some((header, its length))`, `None` while incomplete; panics
+/// on anything malformed.
 pub fn parse_proxy(buf: &[u8]) -> Option<(Proxy, usize)> {
-    if buf.len() < 12 {
+    use ppp::PartialResult;
+    let parsed = ppp::HeaderResult::parse(buf);
+    if parsed.is_incomplete() {
         return None;
     }
-    if buf.starts_with(b"PROXY ") {
-        let end = buf.windows(2).position(|w| w == b"\r\n");
-        let Some(end) = end else {
-            assert!(buf.len() < 107, "v1 line longer than 107 bytes: {buf:?}");
-            return None;
-        };
-        assert!(end + 2 <= 107, "v1 line longer than 107 bytes");
-        let line = std::str::from_utf8(&buf[..end]).expect("v1 line is ASCII");
-        let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!(f.len(), 6, "v1 line has 6 fields: {line:?}");
-        let ip = |s: &str| -> IpAddr { s.parse().unwrap_or_else(|_| panic!("bad IP in {line:?}")) };
-        let port = |s: &str| -> u16 {
-            assert!(
-                s == "0" || !s.starts_with('0'),
-                "port with a leading zero in {line:?}"
-            );
-            s.parse().unwrap_or_else(|_| panic!("bad port in {line:?}"))
-        };
-        let (sip, dip) = (ip(f[2]), ip(f[3]));
-        match f[1] {
-            "TCP4" => assert!(sip.is_ipv4() && dip.is_ipv4(), "{line:?}"),
-            "TCP6" => assert!(sip.is_ipv6() && dip.is_ipv6(), "{line:?}"),
-            other => panic!("unexpected v1 family {other:?}"),
-        }
-        return Some((
-            Proxy::V1 {
-                family: f[1].to_string(),
-                src: SocketAddr::new(sip, port(f[4])),
-                dst: SocketAddr::new(dip, port(f[5])),
-            },
-            end + 2,
-        ));
-    }
-    assert_eq!(
-        &buf[..12],
-        &V2_SIGNATURE,
-        "neither a v1 line nor the v2 signature: {:?}",
-        &buf[..12]
-    );
-    if buf.len() < 16 {
-        return None;
-    }
-    let ver_cmd = buf[12];
-    let family = buf[13];
-    let len = u16::from_be_bytes([buf[14], buf[15]]) as usize;
-    if buf.len() < 16 + len {
-        return None;
-    }
-    let body = &buf[16..16 + len];
-    let (src, dst, mut at) = match family {
-        0x11 => {
-            assert!(len >= 12, "IPv4 address block is 12 bytes");
-            let a = |o: usize| {
-                IpAddr::V4(Ipv4Addr::new(
-                    body[o],
-                    body[o + 1],
-                    body[o + 2],
-                    body[o + 3],
-                ))
+    match parsed {
+        ppp::HeaderResult::V1(r) => {
+            let h = r.unwrap_or_else(|e| panic!("malformed v1 header ({e}): {buf:?}"));
+            let (family, src, dst) = match h.addresses {
+                ppp::v1::Addresses::Tcp4(a) => (
+                    "TCP4",
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                ),
+                ppp::v1::Addresses::Tcp6(a) => (
+                    "TCP6",
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                ),
+                ppp::v1::Addresses::Unknown => panic!("v1 header without addresses: {h:?}"),
             };
-            let p = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-            (
-                SocketAddr::new(a(0), p(8)),
-                SocketAddr::new(a(4), p(10)),
-                12,
-            )
+            let len = h.header.len();
+            Some((
+                Proxy::V1 {
+                    family: family.to_string(),
+                    src,
+                    dst,
+                },
+                len,
+            ))
         }
-        0x21 => {
-            assert!(len >= 36, "IPv6 address block is 36 bytes");
-            let a = |o: usize| {
-                IpAddr::V6(std::net::Ipv6Addr::from(
-                    <[u8; 16]>::try_from(&body[o..o + 16]).unwrap(),
-                ))
+        ppp::HeaderResult::V2(r) => {
+            let h = r.unwrap_or_else(|e| panic!("malformed v2 header ({e}): {buf:?}"));
+            let (src, dst) = match h.addresses {
+                ppp::v2::Addresses::IPv4(a) => (
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                ),
+                ppp::v2::Addresses::IPv6(a) => (
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                ),
+                other => panic!("unexpected v2 addresses {other:?}"),
             };
-            let p = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-            (
-                SocketAddr::new(a(0), p(32)),
-                SocketAddr::new(a(16), p(34)),
-                36,
-            )
+            let tlvs = h
+                .tlvs()
+                .map(|t| t.unwrap_or_else(|e| panic!("malformed TLV ({e}) in {h:?}")))
+                .map(|t| (t.kind, t.value.to_vec()))
+                .collect();
+            Some((
+                Proxy::V2 {
+                    ver_cmd: h.command | h.version,
+                    family: h.addresses.address_family() | h.protocol,
+                    src,
+                    dst,
+                    tlvs,
+                },
+                h.len(),
+            ))
         }
-        other => panic!("unexpected v2 family/transport byte {other:#x}"),
-    };
-    let mut tlvs = Vec::new();
-    while at < len {
-        assert!(at + 3 <= len, "truncated TLV header");
-        let kind = body[at];
-        let l = u16::from_be_bytes([body[at + 1], body[at + 2]]) as usize;
-        assert!(at + 3 + l <= len, "TLV {kind:#x} overruns the header");
-        tlvs.push((kind, body[at + 3..at + 3 + l].to_vec()));
-        at += 3 + l;
     }
-    Some((
-        Proxy::V2 {
-            ver_cmd,
-            family,
-            src,
-            dst,
-            tlvs,
-        },
-        16 + len,
-    ))
 }
 
 /// Wait until the backend connection `conn` has received a PROXY header followed by at least

@@ -1,4 +1,5 @@
 //! Running the `wsgate` binary as a command (for exit codes and messages), with a time bound.
+
 use std::ffi::OsStr;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;

@@ -1,6 +1,7 @@
 //! A WebSocket client written by hand, for tests that must control every byte on the wire:
 //! request heads (valid or not), masked client frames (valid or broken on purpose), and a parser
 //! for what the server sends back (checked for the server-side rules: never masked).
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Helpers for the operations tests (admin endpoint, metrics, access log, limits, drain, reload,
 //! backend pools): a minimal HTTP/1.1 client for the admin endpoints, a Prometheus text parser,
 //! and WebSocket helpers on tokio-tungstenite (an independent client implementation).
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
