@@ -43,7 +43,8 @@ async fn a_ping_flood_is_closed_with_1008() {
     gw.wait_for_log("close_code=1008", LOG_WAIT).await;
 }
 
-#[tokio::test]
+// Virtual time: the refill is exact, and the wait costs nothing.
+#[tokio::test(start_paused = true)]
 async fn pings_within_the_rate_are_all_answered() {
     let rec = backends::recorder().await;
     let gw = TestGateway::one_route(

@@ -5,7 +5,6 @@
 use crate::support;
 
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::Value;
 use support::Gateway;
@@ -142,5 +141,4 @@ async fn wsload_drives_wsgate_and_reports_json() {
     let logs = gw.logs();
     assert!(!logs.contains("code=1002"), "{logs}");
     drop(gw);
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
