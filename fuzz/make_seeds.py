@@ -2,8 +2,8 @@
 """Writes the seed inputs in fuzz/seeds/<target>/ (committed; rerun after changing it).
 
 The cases follow the test suite: valid, fragmented and control frames and their violations
-(src/ws/frame.rs), upgrade heads (tests/handshake.rs), configurations (config.toml, the
-README example, src/config.rs) and PROXY headers (tests/proxy_protocol.rs).
+(src/ws/frame.rs), upgrade heads (tests/it/handshake.rs), configurations (config.toml, the
+README example, src/config.rs) and PROXY headers (tests/it/proxy_protocol.rs).
 """
 import base64
 import os

@@ -2,8 +2,8 @@
 # The one test command of wsgate: ./scripts/test.sh
 #
 # On a fresh Debian 12 machine with only the Rust toolchain it installs what the tests need
-# (Debian package chromium for tests/browser.rs, Python venv .venv with kosoku for
-# tests/autobahn.rs and websockets for scripts/check_readme_demo.py), then runs the format
+# (Debian package chromium for tests/it/browser.rs, Python venv .venv with kosoku for
+# tests/it/autobahn.rs and websockets for scripts/check_readme_demo.py), then runs the format
 # check, clippy, every test, and README's first command (the demo). Exits non-zero if anything
 # fails.
 set -euo pipefail
@@ -94,8 +94,8 @@ step "no cycles between modules (scripts/check_module_cycles.py)"
 python3 scripts/check_module_cycles.py || failed+=("module cycles")
 
 # The Autobahn conformance test on its own, so that its summary table is shown.
-step "Autobahn conformance (tests/autobahn.rs)"
-cargo test --test autobahn -- --nocapture --exact autobahn_conformance || failed+=("autobahn")
+step "Autobahn conformance (tests/it/autobahn.rs)"
+cargo test --test it -- --nocapture --exact autobahn::autobahn_conformance || failed+=("autobahn")
 
 step "doc tests"
 cargo test --workspace --doc || failed+=("doc tests")
@@ -103,7 +103,7 @@ cargo test --workspace --doc || failed+=("doc tests")
 # Everything else (the Autobahn test already ran above).
 step "all tests"
 # Every target but the criterion benchmarks (they measure; `cargo bench` runs them).
-cargo test --workspace --lib --bins --tests --examples --no-fail-fast -- --skip autobahn_conformance --exact || failed+=("cargo test")
+cargo test --workspace --lib --bins --tests --examples --no-fail-fast -- --skip autobahn::autobahn_conformance --exact || failed+=("cargo test")
 
 # README's first command, run as written (a release build), with an independent WebSocket client.
 step "README first command (scripts/check_readme_demo.py)"

@@ -21,9 +21,10 @@
 //! PROXY header for backends; `registry`, `metrics` and `admin` serve the operator's view (live
 //! sessions, readiness, Prometheus metrics).
 //!
-//! The library's public surface is what the binary, the benchmarks and the fuzz targets use:
-//! [`run`], [`run_from_file`], `config`, `handshake`, `ws`, `proxy_protocol`, and the types they
-//! name (`auth`, `origin`); everything else is crate-private.
+//! The library's public surface is what the binary, the benchmarks, the fuzz targets and the
+//! integration tests use: [`run`], [`run_from_file`], [`run_with_listeners`], `config`,
+//! `handshake`, `ws`, `proxy_protocol`, and the types they name (`auth`, `origin`); everything
+//! else is crate-private.
 #![forbid(unsafe_code)]
 // Lengths and counts come from the network and the configuration: narrowing them is explicit
 // (the unit tests cut random numbers down to size on purpose).
@@ -57,12 +58,22 @@ pub mod ws;
 use std::future::Future;
 
 pub use config::Config;
-pub use server::RunError;
+pub use server::{Bound, RunError};
 
 /// Run the gateway on a validated configuration until `shutdown` resolves, then close every
 /// session with 1001 and return within the shutdown grace period.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    server::run(config, None, shutdown).await
+    server::run(config, None, shutdown, None).await
+}
+
+/// Like [`run`], and sends the bound addresses to `bound` once every listener is bound: for
+/// running the gateway inside another program on port-0 binds (the integration tests do).
+pub async fn run_with_listeners(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    bound: tokio::sync::oneshot::Sender<Bound>,
+) -> Result<(), RunError> {
+    server::run(config, None, shutdown, Some(bound)).await
 }
 
 /// Like [`run`], for a configuration loaded from `path`: SIGHUP re-reads the file (new
@@ -73,5 +84,5 @@ pub async fn run_from_file(
     path: std::path::PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    server::run(config, Some(path), shutdown).await
+    server::run(config, Some(path), shutdown, None).await
 }

@@ -35,7 +35,11 @@ mod upstream;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The session's clock is tokio's, like its timers (the same as the system's monotonic clock
+// unless a test pauses it).
+use tokio::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
@@ -273,7 +277,7 @@ impl Shared {
     fn at_ms(&self, ms: u64) -> tokio::time::Instant {
         self.started
             .checked_add(Duration::from_millis(ms))
-            .map_or_else(far_future, tokio::time::Instant::from_std)
+            .unwrap_or_else(far_future)
     }
 
     fn touch(&self) {

@@ -63,6 +63,15 @@ pub enum RunError {
     Demo { addr: SocketAddr, source: io::Error },
 }
 
+/// Where the gateway listens, reported once everything is bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    /// The client listeners, in configuration order.
+    pub listeners: Vec<SocketAddr>,
+    /// The admin listener, when the configuration has one.
+    pub admin: Option<SocketAddr>,
+}
+
 /// State shared by every connection, across configuration generations.
 pub struct Gateway {
     state: RwLock<Arc<State>>,
@@ -143,11 +152,13 @@ impl Drop for ConnGuard {
 }
 
 /// Bind everything, serve until `shutdown` resolves, then drain sessions. With `config_path`,
-/// SIGHUP re-reads that file and certificate files are watched for changes.
+/// SIGHUP re-reads that file and certificate files are watched for changes. With `report`, the
+/// bound addresses are sent there once everything is bound.
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
+    report: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), RunError> {
     // Take over SIGHUP before anything is bound, so that an early one never kills the process.
     let hangup = match &config_path {
@@ -168,6 +179,7 @@ pub async fn run(
         info!(addr = %addr, kind = ?d.kind, "demo backend listening");
     }
     let mut bound = Vec::new();
+    let mut listening = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
         let listener = bind_listener(l.bind).map_err(|source| RunError::Bind {
             addr: l.bind,
@@ -178,6 +190,7 @@ pub async fn run(
             source,
         })?;
         info!(addr = %addr, tls = l.tls.is_some(), "listening");
+        listening.push(addr);
         bound.push((listener, index));
     }
     let admin_listener = match &config.admin {
@@ -194,9 +207,15 @@ pub async fn run(
                 source,
             })?;
             info!(addr = %addr, "admin listening");
-            Some((listener, a.token.clone()))
+            Some((listener, a.token.clone(), addr))
         }
     };
+    if let Some(report) = report {
+        let _ = report.send(Bound {
+            listeners: listening,
+            admin: admin_listener.as_ref().map(|(_, _, addr)| *addr),
+        });
+    }
     let metrics = Metrics::new();
     let grace = config.http.shutdown_grace;
     let budget = MessageBudget::new(config.http.partial_message_budget);
@@ -225,7 +244,7 @@ pub async fn run(
             stop_accepting.clone(),
         ));
     }
-    if let Some((listener, token)) = admin_listener {
+    if let Some((listener, token, _)) = admin_listener {
         // The admin listener outlives the drain: /readyz must be seen turning false.
         tokio::spawn(admin::serve(
             admin::View {

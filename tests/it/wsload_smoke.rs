@@ -1,0 +1,144 @@
+//! Smoke test of the load generator: wsload drives a real wsgate (built-in echo demo backend,
+//! a `length-prefixed` and a `raw` route) for about a second each way and reports sane numbers in
+//! its JSON output. Not a benchmark: it only checks that the harness works.
+
+use crate::support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::Gateway;
+
+/// The load generator's binary: a member of the same workspace, built into the same directory as
+/// the gateway (`cargo test --workspace` builds it; so does `cargo build -p wsload`).
+fn wsload_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_wsgate")).with_file_name("wsload");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p wsload` (or test with --workspace)",
+        path.display()
+    );
+    path
+}
+
+fn config(echo_port: u16) -> String {
+    format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+
+[[demo_backend]]
+bind = "127.0.0.1:{echo_port}"
+kind = "echo"
+
+[[route]]
+path = "/lp"
+backend = "127.0.0.1:{echo_port}"
+framing = "length-prefixed"
+
+[[route]]
+path = "/raw"
+backend = "127.0.0.1:{echo_port}"
+framing = "raw"
+"#
+    )
+}
+
+/// Run wsload with `args` and parse its `--json` output.
+fn wsload(args: &[&str]) -> Value {
+    let out = Command::new(wsload_binary())
+        .args(args)
+        .arg("--json")
+        .arg("--timeout")
+        .arg("10")
+        .output()
+        .expect("run wsload");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wsload {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
+}
+
+fn assert_latencies_ordered(report: &Value) {
+    let lat = &report["latency_us"];
+    let get = |k: &str| {
+        lat[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("latency_us.{k} missing: {report}"))
+    };
+    let seq = [
+        get("min"),
+        get("p50"),
+        get("p90"),
+        get("p99"),
+        get("p999"),
+        get("max"),
+    ];
+    assert!(seq[0] > 0.0, "{report}");
+    assert!(seq.windows(2).all(|w| w[0] <= w[1]), "unordered: {seq:?}");
+}
+
+#[tokio::test]
+async fn wsload_drives_wsgate_and_reports_json() {
+    let gw = Gateway::start(&config(support::free_port())).await;
+    let pid = gw.pid().to_string();
+
+    // Length-prefixed route, text messages, 2 connections with 2 messages in flight each.
+    let lp = gw.url("/lp");
+    let r = wsload(&[
+        &lp,
+        "-c",
+        "2",
+        "-k",
+        "2",
+        "-s",
+        "100",
+        "--text",
+        "-d",
+        "0.8",
+        "--warmup",
+        "0.2",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(r["mode"], "echo");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["messages"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["payload_mb_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["client_cpu_s"].as_f64().is_some(), "{r}");
+    assert!(r["server"]["cpu_s"].as_f64().is_some(), "{r}");
+    assert_latencies_ordered(&r);
+
+    // Raw route: the gateway re-chunks the echo into its own binary messages; a message counts
+    // when all its bytes are back, across frames. A count limit ends this run.
+    let raw = gw.url("/raw");
+    let r = wsload(&[&raw, "-c", "1", "-k", "4", "-s", "40000", "-n", "200"]);
+    assert_eq!(r["errors"], 0, "{r}");
+    let n = r["messages"].as_u64().unwrap();
+    assert!((200..=204).contains(&n), "{r}");
+    assert_latencies_ordered(&r);
+
+    // Handshake and idle modes report their counts.
+    let r = wsload(&[&raw, "--mode", "handshake", "-c", "2", "-d", "0.3"]);
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["handshakes"].as_u64().unwrap() > 0, "{r}");
+    assert_latencies_ordered(&r);
+    let r = wsload(&[
+        &raw, "--mode", "idle", "-c", "20", "-d", "0.3", "--settle", "0.1",
+    ]);
+    assert_eq!(
+        (r["opened"].as_u64(), r["failed"].as_u64()),
+        (Some(20), Some(0)),
+        "{r}"
+    );
+
+    // The gateway saw every session end cleanly (no protocol errors from the client).
+    let logs = gw.logs();
+    assert!(!logs.contains("code=1002"), "{logs}");
+    drop(gw);
+}
