@@ -32,7 +32,10 @@ if [ "$#" -gt 0 ]; then
 else
     BINARIES=(target/release/wsgate)
 fi
-cargo build --release --workspace --bins --examples 2>&1 | tail -n 1 >&2
+# Separately: the examples pull in tokio's test-util (a dev-dependency feature), which must not
+# reach the gateway under measurement.
+cargo build --release --workspace --bins 2>&1 | tail -n 1 >&2
+cargo build --release --examples 2>&1 | tail -n 1 >&2
 WSLOAD=target/release/wsload
 TCP_ECHO=target/release/examples/tcp_echo
 

@@ -45,7 +45,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 export PATH=$PATH:/usr/sbin:/sbin
 [ -x "$BIN/wsload" ] && [ -x "$BIN/wsgate" ] && [ -x "$BIN/examples/tcp_echo" ] && [ -x "$BIN/examples/ws_echo" ] ||
-    cargo build --release --workspace --bins --examples
+    # Separately: the examples pull in tokio's test-util (a dev-dependency feature).
+    cargo build --release --workspace --bins && cargo build --release --examples
 
 OUT=bench/results/profile-$TARGET-$ROW-$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"

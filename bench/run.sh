@@ -122,14 +122,17 @@ fi
 export PATH=$PATH:/usr/sbin:/sbin
 [ -n "${BINARIES:-}" ] && BUILD=0
 if [ "$BUILD" = 1 ]; then
-    log "cargo build --release --workspace --bins --examples"
-    cargo build --release --workspace --bins --examples 2>&1 | tail -n 3 >&2
+    # Two builds: the examples pull in the test-only features of dev-dependencies (tokio's
+    # test-util), which must not reach the binaries under measurement.
+    log "cargo build --release --workspace --bins; cargo build --release --examples"
+    cargo build --release --workspace --bins 2>&1 | tail -n 3 >&2
+    cargo build --release --examples 2>&1 | tail -n 3 >&2
 fi
 # BINARIES=DIR: take the binaries from DIR (e.g. an earlier run's bin/, to re-run some rows with
 # exactly the programs of that run) instead of target/release.
 SRC_BIN=${BINARIES:-$ROOT/target/release}
 for b in wsload wsgate examples/tcp_echo examples/ws_echo; do
-    [ -x "$SRC_BIN/$b" ] || { echo "run.sh: $SRC_BIN/$b is missing (cargo build --release --workspace --bins --examples)" >&2; exit 1; }
+    [ -x "$SRC_BIN/$b" ] || { echo "run.sh: $SRC_BIN/$b is missing (cargo build --release --workspace --bins; cargo build --release --examples)" >&2; exit 1; }
 done
 # Run private copies, so that a rebuild during the run cannot swap a binary between repetitions.
 BIN=$RUN/bin
