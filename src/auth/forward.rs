@@ -67,6 +67,34 @@ impl std::fmt::Debug for ForwardSettings {
     }
 }
 
+/// Why forward-auth settings are refused (a configuration error of `[route.auth]`).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardSettingsError {
+    #[error("{url:?} is not a URL: {source}")]
+    NotAUrl {
+        url: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("{0:?} must start with http:// or https://")]
+    Scheme(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("ca_file is not valid PEM: {0}")]
+    CaPem(String),
+    #[error("ca_file: {0}")]
+    CaCertificate(String),
+    #[error("ca_file holds no certificate")]
+    CaEmpty,
+    #[error("ca_file only applies to an https:// url")]
+    CaWithoutHttps,
+    #[error("TLS setup for the auth service: {0}")]
+    Tls(String),
+    #[error("{0:?} is not a header name")]
+    HeaderName(String),
+    #[error("max_concurrent and cache_size must be at least 1")]
+    ZeroBound,
+}
+
 impl ForwardSettings {
     /// `url` is `http://` or `https://`; `ca_pem` adds trust anchors for https (else the
     /// well-known public roots are used).
@@ -78,18 +106,20 @@ impl ForwardSettings {
         cache_entries: usize,
         max_concurrent: usize,
         ca_pem: Option<Vec<u8>>,
-    ) -> Result<ForwardSettings, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    ) -> Result<ForwardSettings, ForwardSettingsError> {
+        use ForwardSettingsError as E;
+        let uri: Uri = url.parse().map_err(|source| E::NotAUrl {
+            url: url.to_string(),
+            source,
+        })?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(format!("{url:?} must start with http:// or https://")),
+            _ => return Err(E::Scheme(url.to_string())),
         };
         let host = uri
             .host()
-            .ok_or_else(|| format!("{url:?} has no host"))?
+            .ok_or_else(|| E::NoHost(url.to_string()))?
             .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
@@ -98,11 +128,13 @@ impl ForwardSettings {
                 Some(pem) => {
                     use rustls_pki_types::pem::PemObject;
                     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-                        let cert = cert.map_err(|e| format!("ca_file is not valid PEM: {e}"))?;
-                        roots.add(cert).map_err(|e| format!("ca_file: {e}"))?;
+                        let cert = cert.map_err(|e| E::CaPem(e.to_string()))?;
+                        roots
+                            .add(cert)
+                            .map_err(|e| E::CaCertificate(e.to_string()))?;
                     }
                     if roots.is_empty() {
-                        return Err("ca_file holds no certificate".into());
+                        return Err(E::CaEmpty);
                     }
                 }
                 None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -110,25 +142,24 @@ impl ForwardSettings {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
+                .map_err(|e| E::Tls(e.to_string()))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             Some(Arc::new(config))
         } else {
             if ca_pem.is_some() {
-                return Err("ca_file only applies to an https:// url".into());
+                return Err(E::CaWithoutHttps);
             }
             None
         };
         let identity_header = match identity_header {
             None => None,
             Some(h) => Some(
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| format!("{h:?} is not a header name"))?,
+                HeaderName::from_bytes(h.as_bytes()).map_err(|_| E::HeaderName(h.to_string()))?,
             ),
         };
         if max_concurrent == 0 || cache_entries == 0 {
-            return Err("max_concurrent and cache_size must be at least 1".into());
+            return Err(E::ZeroBound);
         }
         Ok(ForwardSettings {
             uri,

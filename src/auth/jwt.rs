@@ -143,6 +143,28 @@ impl From<JwtAlgorithm> for Algorithm {
     }
 }
 
+/// Why JWT settings are refused (a configuration error of `[route.auth]`).
+#[derive(Debug, thiserror::Error)]
+pub enum JwtSettingsError {
+    #[error("at least one algorithm is required")]
+    NoAlgorithm,
+    #[error("all algorithms must use the same kind of key (HMAC, RSA, EC or Ed25519); mixing them invites algorithm confusion")]
+    MixedFamilies,
+    #[error("the HS256 secret is {0} bytes; at least {MIN_HMAC_SECRET_BYTES} are required")]
+    ShortSecret(usize),
+    #[error("HS256 takes secret_file or secret_env, not key_file")]
+    KeyForHmac,
+    #[error("{0:?} takes a public key in key_file, not a secret")]
+    SecretForPublicKey(Algorithm),
+    #[error("not an {kind} public key in PEM: {source}")]
+    BadPem {
+        kind: &'static str,
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("algorithm {0:?} is not supported")]
+    Unsupported(Algorithm),
+}
+
 impl JwtSettings {
     /// Check the settings. `algorithms` must be non-empty and of one family, matching `key`.
     pub fn new(
@@ -153,10 +175,8 @@ impl JwtSettings {
         audience: Option<&str>,
         leeway: Duration,
         subject_claim: &str,
-    ) -> Result<JwtSettings, String> {
-        let first = *algorithms
-            .first()
-            .ok_or("at least one algorithm is required")?;
+    ) -> Result<JwtSettings, JwtSettingsError> {
+        let first = *algorithms.first().ok_or(JwtSettingsError::NoAlgorithm)?;
         let family = |a: Algorithm| match a {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => 0,
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => 1,
@@ -165,37 +185,32 @@ impl JwtSettings {
             Algorithm::EdDSA => 3,
         };
         if algorithms.iter().any(|a| family(*a) != family(first)) {
-            return Err(
-                "all algorithms must use the same kind of key (HMAC, RSA, EC or Ed25519); \
-                        mixing them invites algorithm confusion"
-                    .into(),
-            );
+            return Err(JwtSettingsError::MixedFamilies);
         }
         let key = match (first, key) {
             (Algorithm::HS256, KeyMaterial::Secret(s)) => {
                 if s.len() < MIN_HMAC_SECRET_BYTES {
-                    return Err(format!(
-                        "the HS256 secret is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are required",
-                        s.len()
-                    ));
+                    return Err(JwtSettingsError::ShortSecret(s.len()));
                 }
                 DecodingKey::from_secret(&s)
             }
             (Algorithm::HS256, KeyMaterial::PublicPem(_)) => {
-                return Err("HS256 takes secret_file or secret_env, not key_file".into())
+                return Err(JwtSettingsError::KeyForHmac)
             }
-            (_, KeyMaterial::Secret(_)) => {
-                return Err(format!(
-                    "{first:?} takes a public key in key_file, not a secret"
-                ))
-            }
+            (_, KeyMaterial::Secret(_)) => return Err(JwtSettingsError::SecretForPublicKey(first)),
             (Algorithm::RS256, KeyMaterial::PublicPem(pem)) => DecodingKey::from_rsa_pem(&pem)
-                .map_err(|e| format!("not an RSA public key in PEM: {e}"))?,
+                .map_err(|source| JwtSettingsError::BadPem {
+                    kind: "RSA",
+                    source,
+                })?,
             (Algorithm::ES256, KeyMaterial::PublicPem(pem)) => DecodingKey::from_ec_pem(&pem)
-                .map_err(|e| format!("not an EC public key in PEM: {e}"))?,
+                .map_err(|source| JwtSettingsError::BadPem { kind: "EC", source })?,
             (Algorithm::EdDSA, KeyMaterial::PublicPem(pem)) => DecodingKey::from_ed_pem(&pem)
-                .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"))?,
-            (other, _) => return Err(format!("algorithm {other:?} is not supported")),
+                .map_err(|source| JwtSettingsError::BadPem {
+                    kind: "Ed25519",
+                    source,
+                })?,
+            (other, _) => return Err(JwtSettingsError::Unsupported(other)),
         };
         Ok(JwtSettings {
             source,

@@ -104,7 +104,7 @@ impl Ctx<'_> {
                 .map_or(forward::DEFAULT_MAX_CONCURRENT, |n| n.usize()),
             ca,
         )
-        .or_else(|m| self.err(at("url"), key("url"), m))?;
+        .or_else(|m| self.err(at("url"), key("url"), m.to_string()))?;
         Ok(AuthSettings::Forward(settings))
     }
 
@@ -252,7 +252,7 @@ impl Ctx<'_> {
                 .map_or(Duration::from_secs(jwt::DEFAULT_LEEWAY_SECS), |l| l.0),
             a.subject_claim.as_deref().unwrap_or(DEFAULT_SUBJECT_CLAIM),
         )
-        .or_else(|m| self.err(at("algorithms"), format!("route[{i}].auth"), m))?;
+        .or_else(|m| self.err(at("algorithms"), format!("route[{i}].auth"), m.to_string()))?;
         Ok(AuthSettings::Jwt(settings))
     }
 }

@@ -48,7 +48,7 @@ pub use routes::{
 pub use services::{
     Admin, DemoBackend, DemoKind, StaticFiles, DEFAULT_DEMO_GREETING, DEFAULT_STATIC_INDEX,
 };
-pub use units::{parse_duration, parse_size, MAX_DURATION, MAX_DURATION_DAYS};
+pub use units::{parse_duration, parse_size, UnitError, MAX_DURATION, MAX_DURATION_DAYS};
 
 use raw::RawConfig;
 use table::DecodeError;

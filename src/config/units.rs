@@ -18,20 +18,24 @@ pub const MAX_DURATION: Duration = Duration::from_secs(MAX_DURATION_DAYS * 24 * 
 /// [`MAX_DURATION`] in days, as the error messages and README.md say it.
 pub const MAX_DURATION_DAYS: u64 = 365;
 
+/// Why a duration or size is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("{0:?} is not a duration; write a whole number and a unit: \"250ms\", \"10s\", \"5m\", \"1h\"")]
+    NotADuration(String),
+    #[error("{0:?} is too long; the longest duration accepted is {MAX_DURATION_DAYS} days (\"{hours}h\")", hours = MAX_DURATION_DAYS * 24)]
+    TooLong(String),
+    #[error("{0:?} is not a size; write bytes as a number, or a number and a unit: \"64KiB\", \"16MiB\"")]
+    NotASize(String),
+}
+
 /// Parse "250ms", "10s", "5m", "1h" (one whole number, one unit), at most [`MAX_DURATION`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let hint = || {
-        format!("{s:?} is not a duration; write a whole number and a unit: \"250ms\", \"10s\", \"5m\", \"1h\"")
-    };
-    let too_long = || {
-        format!(
-            "{s:?} is too long; the longest duration accepted is {MAX_DURATION_DAYS} days (\"{}h\")",
-            MAX_DURATION_DAYS * 24
-        )
-    };
+    let hint = || UnitError::NotADuration(s.to_string());
+    let too_long = || UnitError::TooLong(s.to_string());
     let unit_ms: u64 = match unit.trim() {
         "ms" => 1,
         "s" => 1000,
@@ -55,13 +59,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parse "4096", "64KiB", "16MiB", "1GiB" (binary units; "KB"/"MB" are accepted as the same).
 /// The product never wraps: a size that does not fit in a u64 is an error. Each key bounds the
 /// value further.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let hint = || {
-        format!("{s:?} is not a size; write bytes as a number, or a number and a unit: \"64KiB\", \"16MiB\"")
-    };
+    let hint = || UnitError::NotASize(s.to_string());
     let n: u64 = num.parse().map_err(|_| hint())?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
@@ -244,7 +246,7 @@ mod tests {
             "18446744073709551616s",
             "99999999999999999999999999h",
         ] {
-            let e = parse_duration(long).unwrap_err();
+            let e = parse_duration(long).unwrap_err().to_string();
             assert!(e.contains("365 days"), "{long}: {e}");
         }
     }
