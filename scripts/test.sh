@@ -93,6 +93,11 @@ cargo clippy --quiet --workspace --all-targets -- -D warnings || failed+=("cargo
 step "no cycles between modules (scripts/check_module_cycles.py)"
 python3 scripts/check_module_cycles.py || failed+=("module cycles")
 
+# The binaries the tests run: the gateway (cargo builds it for its own tests) and the load
+# generator, another workspace member, which `cargo test` does not build as a program.
+step "cargo build --workspace --bins"
+cargo build --quiet --workspace --bins || failed+=("cargo build")
+
 # The Autobahn conformance test on its own, so that its summary table is shown.
 step "Autobahn conformance (tests/it/autobahn.rs)"
 cargo test --test it -- --nocapture --exact autobahn::autobahn_conformance || failed+=("autobahn")
