@@ -52,6 +52,7 @@ pub(crate) mod pump;
 pub(crate) mod registry;
 pub(crate) mod server;
 pub(crate) mod static_files;
+pub mod target;
 pub(crate) mod tls;
 pub mod ws;
 

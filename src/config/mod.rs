@@ -42,8 +42,8 @@ pub use limits::{
 pub use listeners::Listener;
 pub use process::{LogConfig, LogFormat, RuntimeConfig, MAX_WORKER_THREADS};
 pub use routes::{
-    AuthSettings, BackendAddr, Balance, Framing, Health, Route, DEFAULT_HEALTH_COOLOFF_SECS,
-    DEFAULT_HEALTH_FAILURES,
+    AuthSettings, BackendAddr, Balance, Framing, Health, Route, TargetSettings,
+    DEFAULT_HEALTH_COOLOFF_SECS, DEFAULT_HEALTH_FAILURES, MAX_ALLOW_ENTRIES, MAX_TOKEN_NAME_BYTES,
 };
 pub use services::{
     Admin, DemoBackend, DemoKind, StaticFiles, DEFAULT_DEMO_GREETING, DEFAULT_STATIC_INDEX,
@@ -158,11 +158,15 @@ impl Config {
                 s,
                 "  {} -> {}  [{}; {}; auth {}; max message {} B; idle {}{}]",
                 r.path,
-                r.backends
-                    .iter()
-                    .map(|b| b.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                match &r.target {
+                    Some(t) => format!("per-session target from {t}"),
+                    None => r
+                        .backends
+                        .iter()
+                        .map(|b| b.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
                 r.framing,
                 origins,
                 match &r.auth {
