@@ -362,6 +362,7 @@ pub(super) async fn upgrade(
 /// token.
 fn log_target_refusal(route: &str, peer: SocketAddr, e: &TargetError) {
     let token_hash = e.token_hash().unwrap_or("-");
+    let token_hash = tracing::field::display(token_hash);
     match e {
         TargetError::NotAllowed { target, .. } => {
             info!(route, client = %peer, target = %target, token_hash, "target not allowed by the route's allow list");

@@ -81,7 +81,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     );
     let subject = info.subject.as_deref().unwrap_or("-");
     let token_hash = token_hash.as_deref().unwrap_or("-");
-    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash, "session open");
+    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, "session open");
 
     let (client, preread) = ClientIo::from_upgraded(upgraded);
     // The pump future is built in place inside the select (never bound to a local first and

@@ -126,22 +126,30 @@ impl FileSource {
     pub async fn lookup(&self, token: &str) -> Result<Option<Target>, SourceError> {
         let this = self.clone();
         let token = token.to_string();
-        tokio::task::spawn_blocking(move || this.lookup_blocking(&token))
+        let (found, skipped) = tokio::task::spawn_blocking(move || this.lookup_blocking(&token))
             .await
-            .map_err(|_| SourceError::Interrupted)?
+            .map_err(|_| SourceError::Interrupted)??;
+        // Logged here, in the request's task (and its log context), not on the blocking thread.
+        for (file, line) in skipped {
+            warn!(file = %file.display(), line, "token file line skipped: not `token: host:port` or `token: unix_socket:/path`");
+        }
+        Ok(found)
     }
 
-    fn lookup_blocking(&self, token: &str) -> Result<Option<Target>, SourceError> {
+    /// The target, and the malformed lines (file, line number) if the files were read anew.
+    fn lookup_blocking(&self, token: &str) -> Result<(Option<Target>, Skipped), SourceError> {
         let stamp = self.stamp()?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut skipped = Vec::new();
         if loaded.stamp.as_ref() != Some(&stamp) {
-            let map = read_all(&stamp)?;
+            let (map, bad) = read_all(&stamp)?;
+            skipped = bad;
             *loaded = Loaded {
                 stamp: Some(stamp),
                 map,
             };
         }
-        Ok(loaded.map.get(token).cloned())
+        Ok((loaded.map.get(token).cloned(), skipped))
     }
 
     /// The files of the source with their stamps, in name order; bounded in count and size.
@@ -188,10 +196,14 @@ impl FileSource {
     }
 }
 
-/// Read and parse every file of `stamp`; malformed lines are logged by file and line number.
-fn read_all(stamp: &Stamp) -> Result<HashMap<String, Target>, SourceError> {
+/// Malformed lines: file and line number.
+type Skipped = Vec<(PathBuf, usize)>;
+
+/// Read and parse every file of `stamp`: the mappings, and the malformed lines.
+fn read_all(stamp: &Stamp) -> Result<(HashMap<String, Target>, Skipped), SourceError> {
     use std::io::Read;
     let mut map = HashMap::new();
+    let mut skipped = Vec::new();
     for (path, _, _, _) in stamp {
         let file = std::fs::File::open(path).map_err(|source| SourceError::Io {
             path: path.clone(),
@@ -210,12 +222,10 @@ fn read_all(stamp: &Stamp) -> Result<HashMap<String, Target>, SourceError> {
         }
         let text = String::from_utf8_lossy(&bytes);
         let (good, bad) = parse_token_file(&text);
-        for BadLine(line) in bad {
-            warn!(file = %path.display(), line, "token file line skipped: not `token: host:port` or `token: unix_socket:/path`");
-        }
+        skipped.extend(bad.into_iter().map(|BadLine(n)| (path.clone(), n)));
         map.extend(good);
     }
-    Ok(map)
+    Ok((map, skipped))
 }
 
 #[cfg(test)]
