@@ -7,7 +7,8 @@
 //!
 //! - `raw`: the file as written (serde structs); `units`: durations, sizes, counts;
 //!   `table`: tables whose keys belong to more than one type
-//! - `limits`: `[limits]` and `[route.limits]`; `routes`: `[[route]]`; `auth`: `[route.auth]`;
+//! - `limits`: `[limits]` and `[route.limits]`; `routes`: `[[route]]` and `[route.target]`;
+//!   `auth`: `[route.auth]`;
 //!   `listeners`: `[[listener]]` and TLS; `services`: `[static]`, `[[demo_backend]]`, `[admin]`;
 //!   `process`: `[log]`, `[runtime]`
 
@@ -93,7 +94,7 @@ pub struct Config {
 
 impl Config {
     /// Read, parse and validate the file at `path`. Relative paths inside it (certificates, the
-    /// static directory, unix sockets) are resolved against the file's directory.
+    /// static directory, unix sockets, token files) are resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),

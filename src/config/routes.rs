@@ -1,5 +1,6 @@
-//! `[[route]]`: path, backends and their health, framing, Origin policy, subprotocols, PROXY
-//! header, and the route's limits and credential settings (validated in `limits` and `auth`).
+//! `[[route]]`: path, backends and their health (or `[route.target]`, a backend per session),
+//! framing, Origin policy, subprotocols, PROXY header, and the route's limits and credential
+//! settings (validated in `limits` and `auth`).
 
 use std::fmt;
 use std::path::PathBuf;
