@@ -109,6 +109,7 @@ pub struct RawTarget {
     pub token_name: Option<Spanned<String>>,
     pub source: Option<Spanned<String>>,
     pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub cache_ttl: Option<Timeout>,
 }
 
 /// `[route.target] token_from`.

@@ -401,6 +401,7 @@ impl Ctx<'_> {
             token_from,
             source,
             allow: AllowList::new(entries),
+            cache_ttl: t.cache_ttl.map(|d| d.0),
         })
     }
 

@@ -11,10 +11,12 @@
 //! [`RouteTargets`] from them for each configuration generation.
 
 pub mod allow;
+mod cache;
 pub mod source;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::{StatusCode, Uri};
@@ -22,10 +24,13 @@ use sha1::{Digest, Sha1};
 
 use crate::error::Reject;
 use allow::{AllowList, Permit};
+use cache::TargetCache;
 use source::{FileSource, SourceError};
 
 /// Default `token_name`.
 pub const DEFAULT_TOKEN_NAME: &str = "token";
+/// Most mappings a route's `cache_ttl` cache holds; the oldest is evicted first.
+pub const MAX_CACHED_TARGETS: usize = 10_000;
 /// Longest token looked up; a longer one is unknown.
 pub const MAX_TOKEN_BYTES: usize = 1024;
 
@@ -55,6 +60,8 @@ pub struct TargetSettings {
     pub token_from: TokenFrom,
     pub source: SourceSettings,
     pub allow: AllowList,
+    /// Keep resolved token -> target mappings this long (none: look up every time).
+    pub cache_ttl: Option<Duration>,
 }
 
 impl fmt::Display for TargetSettings {
@@ -217,6 +224,7 @@ pub struct Resolved {
 pub struct RouteTargets {
     settings: TargetSettings,
     source: FileSource,
+    cache: Option<TargetCache>,
 }
 
 impl RouteTargets {
@@ -227,6 +235,9 @@ impl RouteTargets {
         RouteTargets {
             settings: settings.clone(),
             source,
+            cache: settings
+                .cache_ttl
+                .map(|ttl| TargetCache::new(ttl, MAX_CACHED_TARGETS)),
         }
     }
 
@@ -238,10 +249,20 @@ impl RouteTargets {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TargetError::Unknown { token_hash });
         }
-        let target = match self.source.lookup(&token).await {
-            Ok(Some(t)) => t,
-            Ok(None) => return Err(TargetError::Unknown { token_hash }),
-            Err(source) => return Err(TargetError::Source { token_hash, source }),
+        let key: [u8; 20] = Sha1::digest(token.as_bytes()).into();
+        let cached = self.cache.as_ref().and_then(|c| c.get(&key));
+        let target = match cached {
+            Some(t) => t,
+            None => match self.source.lookup(&token).await {
+                Ok(Some(t)) => {
+                    if let Some(c) = &self.cache {
+                        c.insert(key, t.clone());
+                    }
+                    t
+                }
+                Ok(None) => return Err(TargetError::Unknown { token_hash }),
+                Err(source) => return Err(TargetError::Source { token_hash, source }),
+            },
         };
         if self.settings.allow.permits(&target).is_none() {
             return Err(TargetError::NotAllowed { target, token_hash });

@@ -524,3 +524,30 @@ async fn the_session_list_shows_the_target() {
     assert!(!resp.body.contains(TOKEN_B), "{}", resp.body);
     ops::close(ws).await;
 }
+
+#[tokio::test]
+async fn cache_ttl_keeps_a_resolved_mapping() {
+    let pair = Pair::new().await;
+    let gw = start(
+        "token_from = \"query\"\nsource = \"file:tokens.txt\"\ncache_ttl = \"1h\"",
+        &pair.allow(),
+        &format!("{TOKEN_A}: {}\n", pair.a.addr),
+        "",
+    )
+    .await;
+    let url = |t: &str| format!("{}?token={t}", gw.url("/websockify"));
+    assert_eq!(greeting(&url(TOKEN_A), &[]).await, "A");
+    assert_eq!(ops::try_ws(&url(TOKEN_B), &[]).await.err(), Some(404));
+
+    write_atomic(
+        &gw.dir.path().join("tokens.txt"),
+        &format!(
+            "# moved\n{TOKEN_A}: {}\n{TOKEN_B}: {}\n",
+            pair.b.addr, pair.b.addr
+        ),
+    );
+    // The cached mapping holds for cache_ttl; a token not cached (an unknown one is never
+    // cached) is looked up in the edited file.
+    assert_eq!(greeting(&url(TOKEN_A), &[]).await, "A");
+    assert_eq!(greeting(&url(TOKEN_B), &[]).await, "B");
+}
