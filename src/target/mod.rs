@@ -2,7 +2,8 @@
 //! request (websockify's token plugins, e.g. a noVNC console whose URL names the VNC server).
 //!
 //! Owns where the token is read ([`TokenFrom`]), the token source ([`source`]: websockify's token
-//! files), and the allow-list ([`allow`]) that bounds what a token may point at. It resolves a
+//! files), the optional `cache_ttl` cache of resolved mappings (`cache`), and the allow-list
+//! ([`allow`]) that bounds what a token may point at. It resolves a
 //! request to a [`Target`] before any backend is touched; connecting is `backend`'s job, with
 //! [`allow::Permit::admits`] checking every resolved address. Refusals: 400 (no token), 404
 //! (unknown token), 403 (target not allowed), 503 (source unavailable). Token values are never
