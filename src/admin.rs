@@ -151,6 +151,7 @@ fn sessions_json(gw: &View) -> String {
                 "route": s.route,
                 "client": s.client.to_string(),
                 "subject": s.subject,
+                "backend": s.backend,
                 "started_unix_ms": s.started.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0),
                 "bytes_up": up.bytes,
                 "messages_up": up.messages,

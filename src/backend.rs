@@ -5,9 +5,12 @@
 //! 503, never counted against the backend), and a route's [`Pool`]: balancing (round-robin or least
 //! connections), failover to the next backend, passive health (a backend failing `failures`
 //! connects in a row is skipped for `cooloff`) and optional active TCP checks. One connection per
-//! session, never shared.
+//! session, never shared. A per-session target is a one-off connection ([`open_one`]) with no
+//! health state: it only filters the addresses a name resolves to (an address refused by the
+//! route's allow-list is never connected; when none is left, 403).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -173,6 +176,10 @@ pub enum ConnectError {
     /// did not finish within the connect deadline.
     #[error("backend {addr} failed while the PROXY header was written")]
     Preface { addr: String },
+    /// Every address the target resolved to is refused by the route's allow-list: nothing was
+    /// connected.
+    #[error("{addr} resolves to no allowed address")]
+    NotAllowed { addr: String },
     /// The gateway itself is out of a resource; the backend was not reached.
     #[error("connect to {addr} not possible, the gateway is out of a local resource: {source}")]
     Local {
@@ -195,6 +202,9 @@ impl ConnectError {
             ConnectError::Io { .. } | ConnectError::Preface { .. } => {
                 Reject::backend(StatusCode::BAD_GATEWAY, "backend unavailable")
             }
+            ConnectError::NotAllowed { .. } => {
+                Reject::client(StatusCode::FORBIDDEN, "target not allowed")
+            }
             // The gateway's own shortage, most likely brief: 503 with `Retry-After`.
             ConnectError::Local { resource, .. } => Reject::busy(resource.reason()),
         }
@@ -214,13 +224,25 @@ impl ConnectError {
     }
 }
 
+/// Which resolved addresses may be connected.
+pub type Admit<'a> = &'a (dyn Fn(SocketAddr) -> bool + Sync);
+
 /// Connect to `addr` within `deadline`.
 pub async fn connect(
     addr: &BackendAddr,
     deadline: Duration,
 ) -> Result<BackendStream, ConnectError> {
+    connect_admitting(addr, deadline, &|_| true).await
+}
+
+/// Connect to `addr` within `deadline`, to none of its resolved addresses that `admit` refuses.
+pub async fn connect_admitting(
+    addr: &BackendAddr,
+    deadline: Duration,
+    admit: Admit<'_>,
+) -> Result<BackendStream, ConnectError> {
     let name = addr.to_string();
-    match tokio::time::timeout(deadline, connect_inner(addr, &name)).await {
+    match tokio::time::timeout(deadline, connect_inner(addr, &name, admit)).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout {
             addr: name,
@@ -229,7 +251,11 @@ pub async fn connect(
     }
 }
 
-async fn connect_inner(addr: &BackendAddr, name: &str) -> Result<BackendStream, ConnectError> {
+async fn connect_inner(
+    addr: &BackendAddr,
+    name: &str,
+    admit: Admit<'_>,
+) -> Result<BackendStream, ConnectError> {
     match addr {
         BackendAddr::Unix(path) => UnixStream::connect(path)
             .await
@@ -244,7 +270,14 @@ async fn connect_inner(addr: &BackendAddr, name: &str) -> Result<BackendStream, 
                 })?;
             let mut last =
                 io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+            let mut refused = 0usize;
+            let mut tried = 0usize;
             for a in addrs {
+                if !admit(a) {
+                    refused += 1;
+                    continue;
+                }
+                tried += 1;
                 match TcpStream::connect(a).await {
                     Ok(s) => {
                         // Small messages go out at once; we batch writes ourselves.
@@ -258,9 +291,49 @@ async fn connect_inner(addr: &BackendAddr, name: &str) -> Result<BackendStream, 
                     Err(e) => last = e,
                 }
             }
+            if tried == 0 && refused > 0 {
+                return Err(ConnectError::NotAllowed {
+                    addr: name.to_string(),
+                });
+            }
             Err(ConnectError::io(name, last))
         }
     }
+}
+
+/// Open a per-session target's connection: connect to the addresses of `addr` that `admit`
+/// allows, and write `preface` (the PROXY header, if the route sends one), within `timeout`. A
+/// one-off connection: no pool, no health state.
+pub async fn open_one(
+    route: &str,
+    addr: &BackendAddr,
+    timeout: Duration,
+    preface: Option<&[u8]>,
+    admit: Admit<'_>,
+) -> Result<(BackendReader, BackendWriter), ConnectError> {
+    let stream = connect_admitting(addr, timeout, admit).await?;
+    write_preface(stream, preface, timeout, addr, route).await
+}
+
+/// Split a new connection and write `preface` first, within `timeout`.
+async fn write_preface(
+    stream: BackendStream,
+    preface: Option<&[u8]>,
+    timeout: Duration,
+    addr: &BackendAddr,
+    route: &str,
+) -> Result<(BackendReader, BackendWriter), ConnectError> {
+    let (reader, mut writer) = stream.into_split();
+    if let Some(bytes) = preface {
+        let written = tokio::time::timeout(timeout, writer.write_all(bytes)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            warn!(route = %route, backend = %addr, "backend failed while the PROXY header was written");
+            return Err(ConnectError::Preface {
+                addr: addr.to_string(),
+            });
+        }
+    }
+    Ok((reader, writer))
 }
 
 /// A route's backends and their health.
@@ -384,16 +457,8 @@ impl Pool {
         preface: Option<&[u8]>,
     ) -> Result<((BackendReader, BackendWriter), Lease), ConnectError> {
         let (stream, lease) = self.connect(timeout).await?;
-        let (reader, mut writer) = stream.into_split();
-        if let Some(bytes) = preface {
-            let written = tokio::time::timeout(timeout, writer.write_all(bytes)).await;
-            if !matches!(written, Ok(Ok(()))) {
-                let addr = lease.backend().to_string();
-                warn!(route = %self.route, backend = %addr, "backend failed while the PROXY header was written");
-                return Err(ConnectError::Preface { addr });
-            }
-        }
-        Ok(((reader, writer), lease))
+        let halves = write_preface(stream, preface, timeout, lease.backend(), &self.route).await?;
+        Ok((halves, lease))
     }
 
     /// Connect to one of the backends, trying the next on failure, each within `timeout`.

@@ -7,6 +7,7 @@
 //! handshake   RFC 6455 §4.2.1 validation, Sec-WebSocket-Accept          -> 400 / 426
 //! server      route lookup (exact path, router.rs)                      -> 404
 //! auth        Origin policy, credentials, subprotocol selection         -> 403 / 401 / 503
+//! target      per-session target: token -> token file -> allow-list     -> 400 / 404 / 403 / 503
 //! backend     connect (failover), PROXY header, with a deadline         -> 502 / 503 / 504
 //! handshake   101 Switching Protocols, then the session task:
 //! pump        upstream (client -> backend) and downstream (backend -> client, control events)
@@ -52,6 +53,7 @@ pub(crate) mod pump;
 pub(crate) mod registry;
 pub(crate) mod server;
 pub(crate) mod static_files;
+pub mod target;
 pub(crate) mod tls;
 pub mod ws;
 

@@ -17,6 +17,9 @@ pub struct LiveSession {
     pub route: String,
     pub client: SocketAddr,
     pub subject: Option<String>,
+    /// The backend connected (`host:port` or `unix:/path`): the pool's choice or the session's
+    /// own target.
+    pub backend: String,
     pub started: SystemTime,
     pub stats: Arc<SessionStats>,
     /// Cancelled by the operator: the session is closed with 1008.

@@ -7,7 +7,8 @@
 //!
 //! - `raw`: the file as written (serde structs); `units`: durations, sizes, counts;
 //!   `table`: tables whose keys belong to more than one type
-//! - `limits`: `[limits]` and `[route.limits]`; `routes`: `[[route]]`; `auth`: `[route.auth]`;
+//! - `limits`: `[limits]` and `[route.limits]`; `routes`: `[[route]]` and `[route.target]`;
+//!   `auth`: `[route.auth]`;
 //!   `listeners`: `[[listener]]` and TLS; `services`: `[static]`, `[[demo_backend]]`, `[admin]`;
 //!   `process`: `[log]`, `[runtime]`
 
@@ -42,8 +43,8 @@ pub use limits::{
 pub use listeners::Listener;
 pub use process::{LogConfig, LogFormat, RuntimeConfig, MAX_WORKER_THREADS};
 pub use routes::{
-    AuthSettings, BackendAddr, Balance, Framing, Health, Route, DEFAULT_HEALTH_COOLOFF_SECS,
-    DEFAULT_HEALTH_FAILURES,
+    AuthSettings, BackendAddr, Balance, Framing, Health, Route, TargetSettings,
+    DEFAULT_HEALTH_COOLOFF_SECS, DEFAULT_HEALTH_FAILURES, MAX_ALLOW_ENTRIES, MAX_TOKEN_NAME_BYTES,
 };
 pub use services::{
     Admin, DemoBackend, DemoKind, StaticFiles, DEFAULT_DEMO_GREETING, DEFAULT_STATIC_INDEX,
@@ -93,7 +94,7 @@ pub struct Config {
 
 impl Config {
     /// Read, parse and validate the file at `path`. Relative paths inside it (certificates, the
-    /// static directory, unix sockets) are resolved against the file's directory.
+    /// static directory, unix sockets, token files) are resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),
@@ -158,11 +159,15 @@ impl Config {
                 s,
                 "  {} -> {}  [{}; {}; auth {}; max message {} B; idle {}{}]",
                 r.path,
-                r.backends
-                    .iter()
-                    .map(|b| b.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                match &r.target {
+                    Some(t) => format!("per-session target from {t}"),
+                    None => r
+                        .backends
+                        .iter()
+                        .map(|b| b.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
                 r.framing,
                 origins,
                 match &r.auth {

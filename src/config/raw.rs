@@ -97,6 +97,29 @@ pub struct RawRoute {
     pub proxy_protocol: Option<proxy_protocol::Version>,
     /// `type` ([`AuthType`]) and the keys of that type: [`RawJwt`] or [`RawForward`].
     pub auth: Option<Spanned<Table>>,
+    pub target: Option<Spanned<RawTarget>>,
+}
+
+/// `[route.target]`: a backend per session, named by a token. The keys are options so that a
+/// missing one is explained in validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub token_from: Option<TargetTokenFrom>,
+    pub token_name: Option<Spanned<String>>,
+    pub source: Option<Spanned<String>>,
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub cache_ttl: Option<Timeout>,
+}
+
+/// `[route.target] token_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetTokenFrom {
+    Query,
+    Cookie,
+    Header,
+    Host,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,5 +1,6 @@
-//! `[[route]]`: path, backends and their health, framing, Origin policy, subprotocols, PROXY
-//! header, and the route's limits and credential settings (validated in `limits` and `auth`).
+//! `[[route]]`: path, backends and their health (or `[route.target]`, a backend per session),
+//! framing, Origin policy, subprotocols, PROXY header, and the route's limits and credential
+//! settings (validated in `limits` and `auth`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,11 +10,19 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::limits::SessionLimits;
-use super::raw::RawRoute;
+use super::raw::{RawRoute, RawTarget, TargetTokenFrom};
 use super::{ConfigError, Ctx};
 pub use crate::auth::AuthSettings;
 use crate::origin::OriginPattern;
 use crate::proxy_protocol;
+use crate::target::allow::{AllowEntry, AllowList};
+pub use crate::target::TargetSettings;
+use crate::target::{SourceSettings, TokenFrom, DEFAULT_TOKEN_NAME};
+
+/// Longest `[route.target] token_name`.
+pub const MAX_TOKEN_NAME_BYTES: usize = 256;
+/// Most `[route.target] allow` entries.
+pub const MAX_ALLOW_ENTRIES: usize = 10_000;
 
 /// Default consecutive connect failures after which a backend is skipped.
 pub const DEFAULT_HEALTH_FAILURES: u32 = 3;
@@ -88,8 +97,10 @@ pub struct Route {
     /// Index in the file, for messages.
     pub index: usize,
     pub path: String,
-    /// One or more backends, in config order.
+    /// One or more backends, in config order; none when the route has a per-session `target`.
     pub backends: Vec<BackendAddr>,
+    /// `[route.target]`: the backend is chosen per session by a token.
+    pub target: Option<TargetSettings>,
     pub balance: Balance,
     pub health: Health,
     /// Cap on this route's open sessions.
@@ -143,7 +154,21 @@ impl Ctx<'_> {
                 format!("{path:?} must be a plain path (no query, fragment, spaces or control characters)"),
             );
         }
+        let fixed = (r.backend.as_ref().map(|b| b.span()))
+            .or_else(|| r.backends.as_ref().map(|b| b.span()));
+        if let (Some(_), Some(b)) = (&r.target, fixed) {
+            return self.err(
+                b,
+                format!("route[{i}].target"),
+                "a route has backend/backends or [route.target] (a backend per session), not both",
+            );
+        }
+        let target = match &r.target {
+            None => None,
+            Some(t) => Some(self.target(i, t)?),
+        };
         let backends = match (&r.backend, &r.backends) {
+            (None, None) if target.is_some() => Vec::new(),
             (Some(b), None) => vec![self.backend(&format!("route[{i}].backend"), b)?],
             (None, Some(list)) if !list.get_ref().is_empty() => list
                 .get_ref()
@@ -169,7 +194,7 @@ impl Ctx<'_> {
                 return self.err(
                     r.path.span(),
                     format!("route[{i}].backend"),
-                    "a route needs backend = \"host:port\" or backends = [...]",
+                    "a route needs backend = \"host:port\", backends = [...] or [route.target]",
                 )
             }
         };
@@ -264,6 +289,7 @@ impl Ctx<'_> {
             index: i,
             path: path.clone(),
             backends,
+            target,
             balance: r.balance.unwrap_or_default(),
             health,
             max_sessions: r.max_sessions.map(|n| n.usize()),
@@ -274,6 +300,108 @@ impl Ctx<'_> {
             proxy_protocol: r.proxy_protocol,
             subprotocols,
             limits,
+        })
+    }
+
+    fn target(&self, i: usize, t: &Spanned<RawTarget>) -> Result<TargetSettings, ConfigError> {
+        let key = |k: &str| format!("route[{i}].target.{k}");
+        let span = t.span();
+        let t = t.get_ref();
+        let from = t.token_from.ok_or_else(|| {
+            self.error(
+                span.clone(),
+                key("token_from"),
+                "missing: \"query\", \"cookie\", \"header\" or \"host\"",
+            )
+        })?;
+        let name = match &t.token_name {
+            Some(n) if from == TargetTokenFrom::Host => {
+                return self.err(
+                    n.span(),
+                    key("token_name"),
+                    "does not apply to token_from = \"host\"",
+                )
+            }
+            Some(n) => {
+                let v = n.get_ref();
+                if v.is_empty()
+                    || v.len() > MAX_TOKEN_NAME_BYTES
+                    || !v.bytes().all(crate::handshake::is_token_byte)
+                {
+                    return self.err(
+                        n.span(),
+                        key("token_name"),
+                        format!("{v:?} is not a name of 1 to {MAX_TOKEN_NAME_BYTES} letters, digits or -_.!#$%&'*+^`|~"),
+                    );
+                }
+                v.clone()
+            }
+            None => DEFAULT_TOKEN_NAME.to_string(),
+        };
+        let token_from = match from {
+            TargetTokenFrom::Query => TokenFrom::Query(name),
+            TargetTokenFrom::Cookie => TokenFrom::Cookie(name),
+            TargetTokenFrom::Host => TokenFrom::Host,
+            TargetTokenFrom::Header => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => TokenFrom::Header(h),
+                Err(_) => {
+                    return self.err(
+                        t.token_name.as_ref().map_or(span.clone(), |n| n.span()),
+                        key("token_name"),
+                        format!("{name:?} is not a header name"),
+                    )
+                }
+            },
+        };
+        let source = t.source.as_ref().ok_or_else(|| {
+            self.error(
+                span.clone(),
+                key("source"),
+                "missing: \"file:PATH\" (a token file or a directory of them)",
+            )
+        })?;
+        let source = match source.get_ref().strip_prefix("file:") {
+            Some(path) if !path.trim().is_empty() => SourceSettings::File(self.resolve(path.trim())),
+            _ => {
+                return self.err(
+                    source.span(),
+                    key("source"),
+                    format!("{:?} is not a source; write \"file:PATH\" (a token file or a directory of them)", source.get_ref()),
+                )
+            }
+        };
+        let Some(list) = &t.allow else {
+            return self.err(
+                span,
+                key("allow"),
+                "required: the targets a token may name (e.g. [\"10.0.0.0/8:5900-5999\"]); nothing outside it is connected",
+            );
+        };
+        if list.get_ref().is_empty() {
+            return self.err(list.span(), key("allow"), "must not be empty");
+        }
+        if list.get_ref().len() > MAX_ALLOW_ENTRIES {
+            return self.err(
+                list.span(),
+                key("allow"),
+                format!("at most {MAX_ALLOW_ENTRIES} entries"),
+            );
+        }
+        let mut entries = Vec::with_capacity(list.get_ref().len());
+        for (j, e) in list.get_ref().iter().enumerate() {
+            entries.push(AllowEntry::parse(e.get_ref()).or_else(|m| {
+                self.err(
+                    e.span(),
+                    format!("route[{i}].target.allow[{j}]"),
+                    m.to_string(),
+                )
+            })?);
+        }
+        Ok(TargetSettings {
+            token_from,
+            source,
+            allow: AllowList::new(entries),
+            cache_ttl: t.cache_ttl.map(|d| d.0),
         })
     }
 

@@ -23,15 +23,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::router::{SessionSlot, State};
 use super::session::Claims;
 use super::{ConnGuard, Gateway};
+use crate::backend::ConnectError;
+use crate::config::BackendAddr;
 use crate::error::Reject;
 use crate::handshake;
 use crate::metrics::AuthLabel;
 use crate::pump::{SessionInfo, SessionStats};
+use crate::target::{Target, TargetError};
 use crate::{auth, proxy_protocol, static_files};
 
 /// `Retry-After` on 503 answers caused by connection or session limits, in seconds.
@@ -82,6 +85,10 @@ pub(super) struct PendingSession {
     pub(super) info: SessionInfo,
     pub(super) on_upgrade: hyper::upgrade::OnUpgrade,
     pub(super) backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
+    /// The backend's address, for the logs and `/sessions`.
+    pub(super) backend_name: String,
+    /// For a per-session target: the hash of the token that named it (never the token).
+    pub(super) token_hash: Option<String>,
     pub(super) claims: Claims,
     pub(super) shutdown: CancellationToken,
 }
@@ -190,7 +197,8 @@ pub(super) async fn handle(
     }
 }
 
-/// Validate, route, authorise, connect the backend, then answer 101 and start the session.
+/// Validate, route, authorise, resolve a per-session target, connect the backend, then answer
+/// 101 and start the session.
 pub(super) async fn upgrade(
     gw: &Arc<Gateway>,
     state: &Arc<State>,
@@ -231,6 +239,18 @@ pub(super) async fn upgrade(
             .inc();
     }
     let identity = identity?;
+    // A per-session target is resolved after the Origin and credential checks, before any
+    // backend is touched.
+    let resolved = match &rt.target {
+        None => None,
+        Some(targets) => match targets.resolve(req.headers(), req.uri()).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log_target_refusal(&route.path, peer, &e);
+                return Err(e.reject());
+            }
+        },
+    };
     let open = rt.sessions.fetch_add(1, Ordering::Relaxed) + 1;
     let slot = SessionSlot(rt.sessions.clone());
     if route.max_sessions.is_some_and(|max| open > max) {
@@ -262,11 +282,49 @@ pub(super) async fn upgrade(
             })?,
         ),
     };
-    let (backend, lease) = rt
-        .pool
-        .open(route.limits.connect_timeout, preface.as_deref())
-        .await
-        .map_err(|e| e.reject())?;
+    let (backend, backend_name, lease, token_hash) = match (&resolved, &rt.target) {
+        (Some(r), Some(targets)) => {
+            let addr = match &r.target {
+                Target::Tcp { host, port } => BackendAddr::Tcp {
+                    host: host.clone(),
+                    port: *port,
+                },
+                Target::Unix(path) => BackendAddr::Unix(path.clone()),
+            };
+            let permit = targets
+                .permit(&r.target)
+                .ok_or_else(|| Reject::client(StatusCode::FORBIDDEN, "target not allowed"))?;
+            let halves = crate::backend::open_one(
+                &route.path,
+                &addr,
+                route.limits.connect_timeout,
+                preface.as_deref(),
+                &|a| permit.admits(a),
+            )
+            .await
+            .map_err(|e| {
+                match &e {
+                    ConnectError::NotAllowed { .. } => {
+                        info!(route = %route.path, client = %peer, target = %r.target, token_hash = %r.token_hash, "target not allowed: every address it resolves to is refused by the allow list");
+                    }
+                    e => {
+                        warn!(route = %route.path, client = %peer, target = %r.target, token_hash = %r.token_hash, error = %e, "target connect failed");
+                    }
+                }
+                e.reject()
+            })?;
+            (halves, addr.to_string(), None, Some(r.token_hash.clone()))
+        }
+        _ => {
+            let (halves, lease) = rt
+                .pool
+                .open(route.limits.connect_timeout, preface.as_deref())
+                .await
+                .map_err(|e| e.reject())?;
+            let name = lease.backend().to_string();
+            (halves, name, Some(lease), None)
+        }
+    };
 
     let on_upgrade = hyper::upgrade::on(req);
     let info = SessionInfo {
@@ -280,7 +338,7 @@ pub(super) async fn upgrade(
         budget: gw.budget.clone(),
     };
     let claims = Claims {
-        lease,
+        _lease: lease,
         _slot: slot,
         _conn: conn.guard.clone(),
     };
@@ -288,6 +346,8 @@ pub(super) async fn upgrade(
         info,
         on_upgrade,
         backend,
+        backend_name,
+        token_hash,
         claims,
         shutdown: gw.shutdown.child_token(),
     });
@@ -296,6 +356,24 @@ pub(super) async fn upgrade(
         &accepted,
         protocol.as_deref(),
     ))
+}
+
+/// The log line of a refused per-session target: the target and the token's hash, never the
+/// token.
+fn log_target_refusal(route: &str, peer: SocketAddr, e: &TargetError) {
+    let token_hash = e.token_hash().unwrap_or("-");
+    let token_hash = tracing::field::display(token_hash);
+    match e {
+        TargetError::NotAllowed { target, .. } => {
+            info!(route, client = %peer, target = %target, token_hash, "target not allowed by the route's allow list");
+        }
+        TargetError::Source { source, .. } => {
+            warn!(route, client = %peer, token_hash, error = %source, "token source unavailable");
+        }
+        TargetError::Missing | TargetError::Unknown { .. } => {
+            debug!(route, client = %peer, token_hash, "{e}");
+        }
+    }
 }
 
 /// RFC 9113 §3.4: the client connection preface of HTTP/2 with prior knowledge.

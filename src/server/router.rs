@@ -1,4 +1,5 @@
-//! One configuration generation: the routes (each with its backend pool and its session count)
+//! One configuration generation: the routes (each with its backend pool or per-session target
+//! resolution, its credential check and its session count)
 //! and the listeners' TLS acceptors. New connections take the current generation; a reload builds
 //! a new one and replaces it whole, so open sessions keep theirs.
 
@@ -22,6 +23,9 @@ pub struct RouteRt {
     pub pool: Arc<Pool>,
     /// The credential check built from the route's auth settings.
     pub auth: Option<crate::auth::RouteAuth>,
+    /// The per-session target resolution built from the route's `[route.target]` (the token
+    /// source's state is per generation, like the credential check's).
+    pub target: Option<crate::target::RouteTargets>,
     /// Sessions open on this route path, shared with every generation that has the path (see
     /// [`SessionCounts`]).
     pub(super) sessions: Arc<AtomicUsize>,
@@ -81,7 +85,9 @@ impl State {
                 _ => {
                     let pool =
                         Pool::new(&r.path, &r.backends, r.balance, r.health, metrics.clone());
-                    pool.start_health_checks(r.limits.connect_timeout);
+                    if !r.backends.is_empty() {
+                        pool.start_health_checks(r.limits.connect_timeout);
+                    }
                     pool
                 }
             };
@@ -92,6 +98,7 @@ impl State {
                     route: r.clone(),
                     pool,
                     auth: r.auth.as_ref().map(crate::auth::RouteAuth::new),
+                    target: r.target.as_ref().map(crate::target::RouteTargets::new),
                     sessions,
                 }),
             );
@@ -105,7 +112,8 @@ impl State {
             .routes
             .iter()
             .map(|r| {
-                let tries = u32::try_from(r.backends.len()).unwrap_or(u32::MAX);
+                // A per-session target is one connect.
+                let tries = u32::try_from(r.backends.len().max(1)).unwrap_or(u32::MAX);
                 r.limits.connect_timeout.saturating_mul(tries)
             })
             .max()

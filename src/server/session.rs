@@ -32,7 +32,8 @@ pub(super) const CLOSE_CODE_EMPTY: u16 = 1005;
 /// connection counts. Released before the access line is written, so a client that reconnects on
 /// seeing the close finds the capacity free.
 pub(super) struct Claims {
-    pub(super) lease: crate::backend::Lease,
+    /// The pool's claim on a fixed backend; `None` for a per-session target (no pool).
+    pub(super) _lease: Option<crate::backend::Lease>,
     pub(super) _slot: SessionSlot,
     pub(super) _conn: Arc<ConnGuard>,
 }
@@ -48,6 +49,8 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         info,
         on_upgrade,
         backend,
+        backend_name,
+        token_hash,
         claims,
         shutdown,
     } = pending;
@@ -59,7 +62,6 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         }
     };
     let started = Instant::now();
-    let backend_name = claims.lease.backend().to_string();
     let route_label = RouteLabel {
         route: info.route.path.clone(),
     };
@@ -72,12 +74,14 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             client: info.client,
             subject: info.subject.clone(),
             started: SystemTime::now(),
+            backend: backend_name.clone(),
             stats: info.stats.clone(),
             kill: info.kill.clone(),
         },
     );
     let subject = info.subject.as_deref().unwrap_or("-");
-    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, "session open");
+    let token_hash = token_hash.as_deref().unwrap_or("-");
+    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, "session open");
 
     let (client, preread) = ClientIo::from_upgraded(upgraded);
     // The pump future is built in place inside the select (never bound to a local first and

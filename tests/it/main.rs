@@ -27,5 +27,6 @@ mod protocol_violations;
 mod proxy_protocol;
 mod reload;
 mod static_files;
+mod targets;
 mod tls;
 mod wsload_smoke;
