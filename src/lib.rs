@@ -7,7 +7,7 @@
 //! handshake   RFC 6455 §4.2.1 validation, Sec-WebSocket-Accept          -> 400 / 426
 //! server      route lookup (exact path, router.rs)                      -> 404
 //! auth        Origin policy, credentials, subprotocol selection         -> 403 / 401 / 503
-//! target      per-session target: token -> token file -> allow-list     -> 400 / 404 / 403 / 503
+//! target      per-session target: token -> source -> allow-list         -> 400 / 404 / 403 / 503
 //! backend     connect (failover), PROXY header, with a deadline         -> 502 / 503 / 504
 //! handshake   101 Switching Protocols, then the session task:
 //! pump        upstream (client -> backend) and downstream (backend -> client, control events)
@@ -18,7 +18,8 @@
 //!
 //! `config` turns the file into typed values before anything is bound; `static_files` serves the
 //! demo page for plain HTTP requests; `demo` runs the built-in demo backends; `tls` loads
-//! certificates during config validation; `origin` parses origins; `proxy_protocol` encodes the
+//! certificates during config validation; `origin` parses origins; `outbound` makes the HTTP(S)
+//! requests of `auth` and `target` (auth service, token service); `proxy_protocol` encodes the
 //! PROXY header for backends; `registry`, `metrics` and `admin` serve the operator's view (live
 //! sessions, readiness, Prometheus metrics).
 //!
@@ -48,6 +49,7 @@ pub(crate) mod framing;
 pub mod handshake;
 pub(crate) mod metrics;
 pub mod origin;
+pub(crate) mod outbound;
 pub mod proxy_protocol;
 pub(crate) mod pump;
 pub(crate) mod registry;

@@ -16,11 +16,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, StatusCode, Uri};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
+
+use crate::outbound::{self, ClientTlsError, Failure};
 
 /// Default deadline for one auth request (connect included).
 pub const DEFAULT_FORWARD_TIMEOUT_SECS: u64 = 2;
@@ -123,29 +123,14 @@ impl ForwardSettings {
             .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let mut roots = rustls::RootCertStore::empty();
-            match ca_pem {
-                Some(pem) => {
-                    use rustls_pki_types::pem::PemObject;
-                    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-                        let cert = cert.map_err(|e| E::CaPem(e.to_string()))?;
-                        roots
-                            .add(cert)
-                            .map_err(|e| E::CaCertificate(e.to_string()))?;
-                    }
-                    if roots.is_empty() {
-                        return Err(E::CaEmpty);
-                    }
-                }
-                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| E::Tls(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Some(Arc::new(config))
+            Some(
+                crate::outbound::client_tls(ca_pem.as_deref()).map_err(|e| match e {
+                    ClientTlsError::CaPem(m) => E::CaPem(m),
+                    ClientTlsError::CaCertificate(m) => E::CaCertificate(m),
+                    ClientTlsError::CaEmpty => E::CaEmpty,
+                    ClientTlsError::Tls(m) => E::Tls(m),
+                })?,
+            )
         } else {
             if ca_pem.is_some() {
                 return Err(E::CaWithoutHttps);
@@ -244,47 +229,29 @@ impl ForwardAuth {
     }
 
     async fn ask(&self, s: &Subject<'_>) -> Decision {
-        let Ok(tcp) = TcpStream::connect((self.host.as_str(), self.port)).await else {
-            return Decision::Unavailable("auth service unreachable");
+        let Some(request) = self.request(s) else {
+            return Decision::Unavailable("cannot build the auth request");
         };
-        let _ = tcp.set_nodelay(true);
-        let request = match self.request(s) {
-            Some(r) => r,
-            None => return Decision::Unavailable("cannot build the auth request"),
-        };
-        match &self.tls {
-            None => self.exchange(TokioIo::new(tcp), request).await,
-            Some(connector) => {
-                let Ok(name) = rustls_pki_types::ServerName::try_from(self.host.clone()) else {
-                    return Decision::Unavailable("auth service host is not a valid TLS name");
-                };
-                match connector.connect(name, tcp).await {
-                    Ok(tls) => self.exchange(TokioIo::new(tls), request).await,
-                    Err(_) => Decision::Unavailable("auth service TLS handshake failed"),
-                }
+        let resp = match outbound::get(&self.host, self.port, self.tls.as_ref(), request, 0).await {
+            Ok(r) => r,
+            Err(f) => {
+                return Decision::Unavailable(match f {
+                    Failure::Unreachable => "auth service unreachable",
+                    Failure::TlsName => "auth service host is not a valid TLS name",
+                    Failure::TlsHandshake => "auth service TLS handshake failed",
+                    Failure::HttpHandshake => "auth service HTTP handshake failed",
+                    Failure::NoAnswer | Failure::BodyTooLarge | Failure::Body => {
+                        "auth service did not answer"
+                    }
+                })
             }
-        }
-    }
-
-    async fn exchange<I>(&self, io: TokioIo<I>, request: Request<Empty<Bytes>>) -> Decision
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
-            return Decision::Unavailable("auth service HTTP handshake failed");
         };
-        let driver = tokio::spawn(conn);
-        let result = sender.send_request(request).await;
-        driver.abort();
-        let Ok(resp) = result else {
-            return Decision::Unavailable("auth service did not answer");
-        };
-        let status = resp.status();
+        let status = resp.status;
         if status.is_success() {
             let subject = self
                 .identity_header
                 .as_ref()
-                .and_then(|h| resp.headers().get(h))
+                .and_then(|h| resp.headers.get(h))
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned);

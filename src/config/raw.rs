@@ -110,6 +110,10 @@ pub struct RawTarget {
     pub source: Option<Spanned<String>>,
     pub allow: Option<Spanned<Vec<Spanned<String>>>>,
     pub cache_ttl: Option<Timeout>,
+    /// Only with an `http://` or `https://` source.
+    pub source_timeout: Option<Spanned<Timeout>>,
+    /// Only with an `https://` source.
+    pub source_ca_file: Option<Spanned<String>>,
 }
 
 /// `[route.target] token_from`.

@@ -16,6 +16,7 @@ pub use crate::auth::AuthSettings;
 use crate::origin::OriginPattern;
 use crate::proxy_protocol;
 use crate::target::allow::{AllowEntry, AllowList};
+use crate::target::service::{ServiceSettings, ServiceSettingsError, DEFAULT_SOURCE_TIMEOUT};
 pub use crate::target::TargetSettings;
 use crate::target::{SourceSettings, TokenFrom, DEFAULT_TOKEN_NAME};
 
@@ -357,18 +358,71 @@ impl Ctx<'_> {
             self.error(
                 span.clone(),
                 key("source"),
-                "missing: \"file:PATH\" (a token file or a directory of them)",
+                "missing: \"file:PATH\" (a token file or a directory of them) or an http(s):// token service URL",
             )
         })?;
-        let source = match source.get_ref().strip_prefix("file:") {
-            Some(path) if !path.trim().is_empty() => SourceSettings::File(self.resolve(path.trim())),
-            _ => {
-                return self.err(
-                    source.span(),
-                    key("source"),
-                    format!("{:?} is not a source; write \"file:PATH\" (a token file or a directory of them)", source.get_ref()),
-                )
+        let value = source.get_ref().trim();
+        let source = if let Some(path) = value.strip_prefix("file:") {
+            if path.trim().is_empty() {
+                return self.err(source.span(), key("source"), "\"file:\" needs a path");
             }
+            for (k, v) in [
+                (
+                    "source_timeout",
+                    t.source_timeout.as_ref().map(|v| v.span()),
+                ),
+                (
+                    "source_ca_file",
+                    t.source_ca_file.as_ref().map(|v| v.span()),
+                ),
+            ] {
+                if let Some(at) = v {
+                    return self.err(at, key(k), "only applies to an http:// or https:// source");
+                }
+            }
+            SourceSettings::File(self.resolve(path.trim()))
+        } else if value.starts_with("http://") || value.starts_with("https://") {
+            let ca = match &t.source_ca_file {
+                None => None,
+                Some(f) => {
+                    if !value.starts_with("https://") {
+                        return self.err(
+                            f.span(),
+                            key("source_ca_file"),
+                            "only applies to an https:// source",
+                        );
+                    }
+                    let path = self.resolve(f.get_ref());
+                    Some(std::fs::read(&path).or_else(|e| {
+                        self.err(
+                            f.span(),
+                            key("source_ca_file"),
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?)
+                }
+            };
+            let timeout = t
+                .source_timeout
+                .as_ref()
+                .map_or(DEFAULT_SOURCE_TIMEOUT, |d| d.get_ref().0);
+            match ServiceSettings::new(value, timeout, ca) {
+                Ok(s) => SourceSettings::Http(s),
+                Err(e @ ServiceSettingsError::Tls(_)) => {
+                    let at = t
+                        .source_ca_file
+                        .as_ref()
+                        .map_or(source.span(), |f| f.span());
+                    return self.err(at, key("source_ca_file"), e.to_string());
+                }
+                Err(e) => return self.err(source.span(), key("source"), e.to_string()),
+            }
+        } else {
+            return self.err(
+                source.span(),
+                key("source"),
+                format!("{:?} is not a source; write \"file:PATH\" (a token file or a directory of them) or an http:// or https:// token service URL", source.get_ref()),
+            );
         };
         let Some(list) = &t.allow else {
             return self.err(

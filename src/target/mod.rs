@@ -2,7 +2,7 @@
 //! request (websockify's token plugins, e.g. a noVNC console whose URL names the VNC server).
 //!
 //! Owns where the token is read ([`TokenFrom`]), the token source ([`source`]: websockify's token
-//! files), the optional `cache_ttl` cache of resolved mappings (`cache`), and the allow-list
+//! files; [`service`]: a token service asked over HTTP(S)), the optional `cache_ttl` cache of resolved mappings (`cache`), and the allow-list
 //! ([`allow`]) that bounds what a token may point at. It resolves a
 //! request to a [`Target`] before any backend is touched; connecting is `backend`'s job, with
 //! [`allow::Permit::admits`] checking every resolved address. Refusals: 400 (no token), 404
@@ -13,6 +13,7 @@
 
 pub mod allow;
 mod cache;
+pub mod service;
 pub mod source;
 
 use std::fmt;
@@ -26,6 +27,7 @@ use sha1::{Digest, Sha1};
 use crate::error::Reject;
 use allow::{AllowList, Permit};
 use cache::TargetCache;
+use service::{ServiceSettings, ServiceSource};
 use source::{FileSource, SourceError};
 
 /// Default `token_name`.
@@ -53,6 +55,8 @@ pub enum TokenFrom {
 pub enum SourceSettings {
     /// A token file, or a directory of them.
     File(PathBuf),
+    /// A token service: `GET` its URL with the token in it.
+    Http(ServiceSettings),
 }
 
 /// A route's `[route.target]`, validated. Values only.
@@ -75,6 +79,7 @@ impl fmt::Display for TargetSettings {
         }
         match &self.source {
             SourceSettings::File(p) => write!(f, " via file:{}", p.display()),
+            SourceSettings::Http(s) => write!(f, " via {}", s.url()),
         }
     }
 }
@@ -213,6 +218,21 @@ impl TargetError {
     }
 }
 
+/// A route's token source, with its state.
+enum Source {
+    File(FileSource),
+    Service(ServiceSource),
+}
+
+impl Source {
+    async fn lookup(&self, token: &str) -> Result<Option<Target>, SourceError> {
+        match self {
+            Source::File(f) => f.lookup(token).await,
+            Source::Service(s) => s.lookup(token).await,
+        }
+    }
+}
+
 /// A request's resolved target, admitted by the allow-list by what it names.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -221,17 +241,19 @@ pub struct Resolved {
 }
 
 /// A route's target resolution: the settings and the source's state (what was read from the
-/// token files). Built for each configuration generation.
+/// token files, or the token service's connector and bound on requests in flight). Built for
+/// each configuration generation.
 pub struct RouteTargets {
     settings: TargetSettings,
-    source: FileSource,
+    source: Source,
     cache: Option<TargetCache>,
 }
 
 impl RouteTargets {
     pub fn new(settings: &TargetSettings) -> RouteTargets {
         let source = match &settings.source {
-            SourceSettings::File(path) => FileSource::new(path.clone()),
+            SourceSettings::File(path) => Source::File(FileSource::new(path.clone())),
+            SourceSettings::Http(s) => Source::Service(ServiceSource::new(s)),
         };
         RouteTargets {
             settings: settings.clone(),

@@ -96,6 +96,9 @@ pub enum SourceError {
     TooManyFiles { path: PathBuf },
     #[error("the token source lookup did not finish")]
     Interrupted,
+    /// A token service gave no usable answer (never names the token).
+    #[error("{0}")]
+    Service(String),
 }
 
 /// What identifies a version of a file: size, modification time, inode.

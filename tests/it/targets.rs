@@ -551,3 +551,306 @@ async fn cache_ttl_keeps_a_resolved_mapping() {
     assert_eq!(greeting(&url(TOKEN_A), &[]).await, "A");
     assert_eq!(greeting(&url(TOKEN_B), &[]).await, "B");
 }
+
+/// A token service on loopback: answers by the token in the request target (after `t=` or the
+/// last `/`, still percent-encoded) and records every request target it receives.
+struct TokenService {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TokenService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TokenService {
+    /// `answers`: encoded token -> (status, content type, body); "slow" never answers in time.
+    async fn spawn(answers: Vec<(String, u16, &'static str, String)>) -> TokenService {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answers = std::sync::Arc::new(answers);
+        let (seen2, task_answers) = (seen.clone(), answers.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, answers) = (seen2.clone(), task_answers.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+                            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                    seen.lock().unwrap().push(target.clone());
+                    let token = match target.split_once("t=") {
+                        Some((_, t)) => t,
+                        None => target.rsplit('/').next().unwrap_or(""),
+                    };
+                    if token == "slow" {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        return;
+                    }
+                    let (status, ctype, body) = answers
+                        .iter()
+                        .find(|a| a.0 == token)
+                        .map_or((404, "text/plain", String::new()), |a| {
+                            (a.1, a.2, a.3.clone())
+                        });
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        TokenService { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The token service's answers for the pair, and a target outside the allow-list.
+fn service_answers(pair: &Pair, outside: &Backend) -> Vec<(String, u16, &'static str, String)> {
+    vec![
+        (
+            "plain-a".into(),
+            200,
+            "text/plain",
+            format!(" {}\n", pair.a.addr),
+        ),
+        (
+            "json-b".into(),
+            200,
+            "application/json",
+            format!(
+                "{{\"host\": \"127.0.0.1\", \"port\": {}}}",
+                pair.b.addr.port()
+            ),
+        ),
+        (
+            "json-str-b".into(),
+            200,
+            "text/plain",
+            format!(
+                "{{\"host\": \"127.0.0.1\", \"port\": \"{}\"}}",
+                pair.b.addr.port()
+            ),
+        ),
+        (
+            "a%20b%2Fc".into(),
+            200,
+            "text/plain",
+            pair.a.addr.to_string(),
+        ),
+        ("empty".into(), 200, "text/plain", String::new()),
+        ("broken".into(), 500, "text/plain", "oops".into()),
+        ("garbage".into(), 200, "text/plain", "<html>".into()),
+        (
+            "outside".into(),
+            200,
+            "text/plain",
+            outside.addr.to_string(),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_token_service_maps_tokens_and_its_answers_to_statuses() {
+    let pair = Pair::new().await;
+    let outside = greeter("X").await;
+    let service = TokenService::spawn(service_answers(&pair, &outside)).await;
+    let gw = start(
+        &format!(
+            "token_from = \"query\"\nsource = \"http://{}/lookup?t={{token}}\"\nsource_timeout = \"300ms\"",
+            service.addr
+        ),
+        &pair.allow(),
+        "",
+        "",
+    )
+    .await;
+    let url = |t: &str| format!("{}?token={t}", gw.url("/websockify"));
+    assert_eq!(greeting(&url("plain-a"), &[]).await, "A");
+    assert_eq!(greeting(&url("json-b"), &[]).await, "B");
+    assert_eq!(greeting(&url("json-str-b"), &[]).await, "B");
+    // A space and a slash reach the service percent-encoded.
+    assert_eq!(greeting(&url("a+b%2Fc"), &[]).await, "A");
+    assert!(
+        service.seen().contains(&"/lookup?t=a%20b%2Fc".to_string()),
+        "{:?}",
+        service.seen()
+    );
+    assert_eq!(ops::try_ws(&url("nobody"), &[]).await.err(), Some(404));
+    assert_eq!(ops::try_ws(&url("empty"), &[]).await.err(), Some(404));
+    assert_eq!(ops::try_ws(&url("broken"), &[]).await.err(), Some(503));
+    assert_eq!(ops::try_ws(&url("garbage"), &[]).await.err(), Some(503));
+    let started = Instant::now();
+    assert_eq!(ops::try_ws(&url("slow"), &[]).await.err(), Some(503));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "503 after {:?}",
+        started.elapsed()
+    );
+    // What the service answers is checked against the allow-list, before any connect.
+    assert_eq!(ops::try_ws(&url("outside"), &[]).await.err(), Some(403));
+    assert_eq!(outside.connections_made().await, 0);
+    assert_eq!(pair.a.connections_made().await, 2);
+    assert_eq!(pair.b.connections_made().await, 2);
+
+    let logs = gw.wait_for_count("token source unavailable", 3, WAIT).await;
+    assert!(
+        logs.lines().any(|l| l.contains("token source unavailable")
+            && l.contains("500")
+            && l.contains(&format!("token_hash={}", hash("broken")))),
+        "{logs}"
+    );
+    assert!(logs.contains("did not answer within"), "{logs}");
+    let logs = gw.wait_for_log("target not allowed by", WAIT).await;
+    for token in [
+        "plain-a",
+        "json-b",
+        "json-str-b",
+        "a b/c",
+        "a%20b",
+        "nobody",
+        "broken",
+        "garbage",
+        "slow",
+        "outside",
+    ] {
+        assert!(!logs.contains(token), "token {token} was logged:\n{logs}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_service_without_a_placeholder_gets_the_token_as_a_path_segment_and_is_cached() {
+    let pair = Pair::new().await;
+    let outside = greeter("X").await;
+    let service = TokenService::spawn(service_answers(&pair, &outside)).await;
+    let gw = start(
+        &format!(
+            "token_from = \"header\"\ntoken_name = \"x-console\"\nsource = \"http://{}/tokens\"\ncache_ttl = \"1h\"",
+            service.addr
+        ),
+        &pair.allow(),
+        "",
+        "",
+    )
+    .await;
+    let url = gw.url("/websockify");
+    assert_eq!(greeting(&url, &[("x-console", "a b/c")]).await, "A");
+    assert_eq!(greeting(&url, &[("x-console", "a b/c")]).await, "A");
+    assert_eq!(greeting(&url, &[("x-console", "json-b")]).await, "B");
+    assert_eq!(
+        service.seen(),
+        vec![
+            "/tokens/a%20b%2Fc".to_string(),
+            "/tokens/json-b".to_string()
+        ],
+        "a cached token is not asked for again"
+    );
+    // Unknown tokens are not cached.
+    for _ in 0..2 {
+        assert_eq!(
+            ops::try_ws(&url, &[("x-console", "nobody")]).await.err(),
+            Some(404)
+        );
+    }
+    assert_eq!(service.seen().len(), 4);
+}
+
+#[tokio::test]
+async fn an_unreachable_token_service_is_503() {
+    let pair = Pair::new().await;
+    let port = crate::support::free_port();
+    let gw = start(
+        &format!("token_from = \"query\"\nsource = \"http://127.0.0.1:{port}/t/{{token}}\""),
+        &pair.allow(),
+        "",
+        "",
+    )
+    .await;
+    let url = format!("{}?token={TOKEN_A}", gw.url("/websockify"));
+    assert_eq!(ops::try_ws(&url, &[]).await.err(), Some(503));
+    let logs = gw.wait_for_log("token source unavailable", WAIT).await;
+    assert!(logs.contains("unreachable"), "{logs}");
+    assert!(!logs.contains(TOKEN_A), "the token was logged:\n{logs}");
+}
+
+#[test]
+fn check_refuses_bad_token_service_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wsgate.toml");
+    let cases = [
+        ("source = \"ftp://h/x\"", "route[0].target.source"),
+        ("source = \"http:///x\"", "route[0].target.source"),
+        ("source = \"http://{token}.h/\"", "route[0].target.source"),
+        (
+            "source = \"file:t.txt\"\nsource_timeout = \"1s\"",
+            "route[0].target.source_timeout",
+        ),
+        (
+            "source = \"file:t.txt\"\nsource_ca_file = \"ca.pem\"",
+            "route[0].target.source_ca_file",
+        ),
+        (
+            "source = \"http://127.0.0.1:1/\"\nsource_ca_file = \"ca.pem\"",
+            "route[0].target.source_ca_file",
+        ),
+        (
+            "source = \"https://127.0.0.1:1/\"\nsource_ca_file = \"missing.pem\"",
+            "route[0].target.source_ca_file",
+        ),
+        (
+            "source = \"http://127.0.0.1:1/\"\nsource_timeout = \"1000d\"",
+            "route[0].target.source_timeout",
+        ),
+    ];
+    for (source, key) in cases {
+        std::fs::write(
+            &path,
+            format!("[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/w\"\n[route.target]\ntoken_from = \"query\"\n{source}\nallow = [\"127.0.0.1\"]\n"),
+        )
+        .unwrap();
+        let out = cli::run_wsgate(
+            ["check".as_ref(), "--config".as_ref(), path.as_os_str()],
+            Duration::from_secs(20),
+        );
+        let err = cli::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{source}\n{err}");
+        assert!(
+            err.contains(&format!("{key}: ")) || err.contains(&format!("{key} ")),
+            "{source}: want {key}: {err}"
+        );
+    }
+    std::fs::write(
+        &path,
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/w\"\n[route.target]\ntoken_from = \"query\"\nsource = \"http://127.0.0.1:9/t?k={token}\"\nsource_timeout = \"1s\"\nallow = [\"127.0.0.1:5900-5999\"]\n",
+    )
+    .unwrap();
+    let out = cli::run_wsgate(
+        ["check".as_ref(), "--config".as_ref(), path.as_os_str()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", cli::stderr(&out));
+    assert!(
+        cli::stdout(&out).contains("via http://127.0.0.1:9/t?k={token}"),
+        "{}",
+        cli::stdout(&out)
+    );
+}
