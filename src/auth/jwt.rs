@@ -5,7 +5,8 @@
 //! signature, `exp` (required), `nbf`, `iss` and `aud` when configured, with a small leeway.
 //! Only the configured algorithms are accepted, and all of them belong to the family of the one
 //! configured key, so `alg: none` and algorithm confusion (an RSA public key used as an HMAC
-//! secret) are refused. Token values are never logged or returned in an error.
+//! secret) are refused. A verified token's `host` and `port` claims are read as a target
+//! ([`target_claims`]) for routes whose `[route.target]` has `source = "jwt"`. Token values are never logged or returned in an error.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -117,6 +118,39 @@ pub struct Verified {
     pub subject: Option<String>,
     /// When the session must end (the token's `exp` plus the leeway).
     pub expires_at: SystemTime,
+    /// The `host` and `port` claims, when both are there and usable ([`target_claims`]).
+    pub target: Option<(String, u16)>,
+}
+
+/// Longest `host` claim taken as a target (a DNS name is at most 253 bytes).
+pub const MAX_HOST_CLAIM_BYTES: usize = 253;
+
+/// The `host` and `port` claims as a target: `host` a non-empty name or IP literal (IPv6 without
+/// brackets), `port` a number or a numeric string from 1 to 65535. `None` when either is
+/// missing or unusable (pure; never panics).
+pub fn target_claims(claims: &serde_json::Map<String, serde_json::Value>) -> Option<(String, u16)> {
+    let host = claims.get("host")?.as_str()?.trim();
+    let usable_host = !host.is_empty()
+        && host.len() <= MAX_HOST_CLAIM_BYTES
+        && (host.parse::<std::net::IpAddr>().is_ok()
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    if !usable_host {
+        return None;
+    }
+    let port = match claims.get("port")? {
+        serde_json::Value::Number(n) => u16::try_from(n.as_u64()?).ok()?,
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse::<u16>().ok()?
+        }
+        _ => return None,
+    };
+    (port != 0).then(|| (host.to_string(), port))
 }
 
 /// An algorithm name as the configuration writes it (`algorithms = ["RS256"]`). `none` is not one.
@@ -343,6 +377,7 @@ impl JwtAuth {
         Ok(Verified {
             subject,
             expires_at,
+            target: target_claims(&claims),
         })
     }
 }
@@ -586,6 +621,46 @@ mod tests {
                     proptest::prop_assert!(expiry(n, Duration::from_secs(365 * 86_400)).is_some());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn target_from_claims() {
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let t = |v| target_claims(&claims(v));
+        let ok = |h: &str, p| Some((h.to_string(), p));
+        assert_eq!(
+            t(serde_json::json!({"host": "vm7.test", "port": 5901})),
+            ok("vm7.test", 5901)
+        );
+        assert_eq!(
+            t(serde_json::json!({"host": "10.0.0.7", "port": "5900"})),
+            ok("10.0.0.7", 5900)
+        );
+        assert_eq!(
+            t(serde_json::json!({"host": "fd00::7", "port": 22})),
+            ok("fd00::7", 22)
+        );
+        for bad in [
+            serde_json::json!({}),
+            serde_json::json!({"host": "vm7.test"}),
+            serde_json::json!({"port": 5900}),
+            serde_json::json!({"host": "", "port": 5900}),
+            serde_json::json!({"host": "[fd00::7]", "port": 5900}),
+            serde_json::json!({"host": "a b", "port": 5900}),
+            serde_json::json!({"host": "vm7:5900", "port": 5900}),
+            serde_json::json!({"host": 7, "port": 5900}),
+            serde_json::json!({"host": "vm7", "port": 0}),
+            serde_json::json!({"host": "vm7", "port": 65536}),
+            serde_json::json!({"host": "vm7", "port": -1}),
+            serde_json::json!({"host": "vm7", "port": 59.5}),
+            serde_json::json!({"host": "vm7", "port": "59x"}),
+            serde_json::json!({"host": "vm7", "port": "+59"}),
+            serde_json::json!({"host": "vm7", "port": ""}),
+            serde_json::json!({"host": "vm7", "port": [5900]}),
+            serde_json::json!({"host": "x".repeat(300), "port": 5900}),
+        ] {
+            assert_eq!(t(bad.clone()), None, "{bad}");
         }
     }
 

@@ -17,6 +17,7 @@ use http::{StatusCode, Uri};
 use crate::error::Reject;
 use crate::origin::Origin;
 use crate::origin::OriginPattern;
+use crate::target::{token_hash, Claimed, Target};
 
 /// A route's credential check, as configured (`[route.auth]`, by `type`). Values only: the
 /// server builds the check ([`RouteAuth`]) from them when it builds a configuration generation.
@@ -73,6 +74,9 @@ pub struct Identity {
     pub subject: Option<String>,
     /// When the credential stops being valid: the session is closed with 1008 then.
     pub expires_at: Option<SystemTime>,
+    /// For a JWT: the target its `host` and `port` claims name (for `[route.target]
+    /// source = "jwt"`), with the token's hash for the logs.
+    pub claimed: Option<Claimed>,
 }
 
 /// The parts of a request the credential check reads.
@@ -166,6 +170,12 @@ async fn credential(
             Ok(Identity {
                 subject: verified.subject,
                 expires_at: Some(verified.expires_at),
+                claimed: Some(Claimed {
+                    target: verified
+                        .target
+                        .map(|(host, port)| Target::Tcp { host, port }),
+                    token_hash: token_hash(token),
+                }),
             })
         }
         Some(RouteAuth::Forward(f)) => {
@@ -180,6 +190,7 @@ async fn credential(
                 forward::Decision::Allow(subject) => Ok(Identity {
                     subject,
                     expires_at: None,
+                    claimed: None,
                 }),
                 forward::Decision::Deny(StatusCode::FORBIDDEN) => Err(AuthError::Denied(
                     Reject::client(StatusCode::FORBIDDEN, "denied by the auth service"),

@@ -246,6 +246,20 @@ impl Ctx<'_> {
             None => None,
             Some(a) => Some(self.auth(i, a, &subprotocols)?),
         };
+        if target
+            .as_ref()
+            .is_some_and(|t| t.source == SourceSettings::Jwt)
+            && !matches!(auth, Some(AuthSettings::Jwt(_)))
+        {
+            let at = r.target.as_ref().map_or(0..0, |t| {
+                t.get_ref().source.as_ref().map_or(t.span(), |s| s.span())
+            });
+            return self.err(
+                at,
+                format!("route[{i}].target.source"),
+                "source = \"jwt\" takes the target from the token [route.auth] verifies: the route needs [route.auth] type = \"jwt\"",
+            );
+        }
         let ambient = auth.as_ref().is_some_and(AuthSettings::is_ambient);
         if ambient && allowed_origins.is_none() {
             return self.err(
@@ -308,6 +322,81 @@ impl Ctx<'_> {
         let key = |k: &str| format!("route[{i}].target.{k}");
         let span = t.span();
         let t = t.get_ref();
+        let (token_from, source) = if t
+            .source
+            .as_ref()
+            .is_some_and(|s| s.get_ref().trim() == "jwt")
+        {
+            // The token is the route's credential, verified by [route.auth] (checked in `route`):
+            // nothing else to read it from, nothing to look up or cache.
+            for (k, at) in [
+                ("token_from", t.token_from.map(|_| span.clone())),
+                ("token_name", t.token_name.as_ref().map(|v| v.span())),
+                ("cache_ttl", t.cache_ttl.map(|_| span.clone())),
+                (
+                    "source_timeout",
+                    t.source_timeout.as_ref().map(|v| v.span()),
+                ),
+                (
+                    "source_ca_file",
+                    t.source_ca_file.as_ref().map(|v| v.span()),
+                ),
+            ] {
+                if let Some(at) = at {
+                    return self.err(
+                        at,
+                        key(k),
+                        "does not apply to source = \"jwt\" (the target comes from the claims of the route's JWT)",
+                    );
+                }
+            }
+            (TokenFrom::Credential, SourceSettings::Jwt)
+        } else {
+            self.token_source(i, span.clone(), t)?
+        };
+        let Some(list) = &t.allow else {
+            return self.err(
+                span,
+                key("allow"),
+                "required: the targets a token may name (e.g. [\"10.0.0.0/8:5900-5999\"]); nothing outside it is connected",
+            );
+        };
+        if list.get_ref().is_empty() {
+            return self.err(list.span(), key("allow"), "must not be empty");
+        }
+        if list.get_ref().len() > MAX_ALLOW_ENTRIES {
+            return self.err(
+                list.span(),
+                key("allow"),
+                format!("at most {MAX_ALLOW_ENTRIES} entries"),
+            );
+        }
+        let mut entries = Vec::with_capacity(list.get_ref().len());
+        for (j, e) in list.get_ref().iter().enumerate() {
+            entries.push(AllowEntry::parse(e.get_ref()).or_else(|m| {
+                self.err(
+                    e.span(),
+                    format!("route[{i}].target.allow[{j}]"),
+                    m.to_string(),
+                )
+            })?);
+        }
+        Ok(TargetSettings {
+            token_from,
+            source,
+            allow: AllowList::new(entries),
+            cache_ttl: t.cache_ttl.map(|d| d.0),
+        })
+    }
+
+    /// `token_from`, `token_name` and a file or http(s) `source` of a `[route.target]`.
+    fn token_source(
+        &self,
+        i: usize,
+        span: std::ops::Range<usize>,
+        t: &RawTarget,
+    ) -> Result<(TokenFrom, SourceSettings), ConfigError> {
+        let key = |k: &str| format!("route[{i}].target.{k}");
         let from = t.token_from.ok_or_else(|| {
             self.error(
                 span.clone(),
@@ -358,7 +447,7 @@ impl Ctx<'_> {
             self.error(
                 span.clone(),
                 key("source"),
-                "missing: \"file:PATH\" (a token file or a directory of them) or an http(s):// token service URL",
+                "missing: \"file:PATH\" (a token file or a directory of them), an http(s):// token service URL, or \"jwt\"",
             )
         })?;
         let value = source.get_ref().trim();
@@ -421,42 +510,10 @@ impl Ctx<'_> {
             return self.err(
                 source.span(),
                 key("source"),
-                format!("{:?} is not a source; write \"file:PATH\" (a token file or a directory of them) or an http:// or https:// token service URL", source.get_ref()),
+                format!("{:?} is not a source; write \"file:PATH\" (a token file or a directory of them), an http:// or https:// token service URL, or \"jwt\" (the claims of the route's JWT)", source.get_ref()),
             );
         };
-        let Some(list) = &t.allow else {
-            return self.err(
-                span,
-                key("allow"),
-                "required: the targets a token may name (e.g. [\"10.0.0.0/8:5900-5999\"]); nothing outside it is connected",
-            );
-        };
-        if list.get_ref().is_empty() {
-            return self.err(list.span(), key("allow"), "must not be empty");
-        }
-        if list.get_ref().len() > MAX_ALLOW_ENTRIES {
-            return self.err(
-                list.span(),
-                key("allow"),
-                format!("at most {MAX_ALLOW_ENTRIES} entries"),
-            );
-        }
-        let mut entries = Vec::with_capacity(list.get_ref().len());
-        for (j, e) in list.get_ref().iter().enumerate() {
-            entries.push(AllowEntry::parse(e.get_ref()).or_else(|m| {
-                self.err(
-                    e.span(),
-                    format!("route[{i}].target.allow[{j}]"),
-                    m.to_string(),
-                )
-            })?);
-        }
-        Ok(TargetSettings {
-            token_from,
-            source,
-            allow: AllowList::new(entries),
-            cache_ttl: t.cache_ttl.map(|d| d.0),
-        })
+        Ok((token_from, source))
     }
 
     fn backend(&self, key: &str, value: &Spanned<String>) -> Result<BackendAddr, ConfigError> {

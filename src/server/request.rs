@@ -243,7 +243,10 @@ pub(super) async fn upgrade(
     // backend is touched.
     let resolved = match &rt.target {
         None => None,
-        Some(targets) => match targets.resolve(req.headers(), req.uri()).await {
+        Some(targets) => match targets
+            .resolve(req.headers(), req.uri(), identity.claimed.as_ref())
+            .await
+        {
             Ok(r) => Some(r),
             Err(e) => {
                 log_target_refusal(&route.path, peer, &e);
@@ -370,7 +373,7 @@ fn log_target_refusal(route: &str, peer: SocketAddr, e: &TargetError) {
         TargetError::Source { source, .. } => {
             warn!(route, client = %peer, token_hash, error = %source, "token source unavailable");
         }
-        TargetError::Missing | TargetError::Unknown { .. } => {
+        TargetError::Missing | TargetError::Unknown { .. } | TargetError::NoTarget { .. } => {
             debug!(route, client = %peer, token_hash, "{e}");
         }
     }

@@ -2,11 +2,12 @@
 //! request (websockify's token plugins, e.g. a noVNC console whose URL names the VNC server).
 //!
 //! Owns where the token is read ([`TokenFrom`]), the token source ([`source`]: websockify's token
-//! files; [`service`]: a token service asked over HTTP(S)), the optional `cache_ttl` cache of resolved mappings (`cache`), and the allow-list
+//! files; [`service`]: a token service asked over HTTP(S); or the `host` and `port` claims of the
+//! JWT the route's credential check verified, handed over as [`Claimed`]), the optional `cache_ttl` cache of resolved mappings (`cache`), and the allow-list
 //! ([`allow`]) that bounds what a token may point at. It resolves a
 //! request to a [`Target`] before any backend is touched; connecting is `backend`'s job, with
 //! [`allow::Permit::admits`] checking every resolved address. Refusals: 400 (no token), 404
-//! (unknown token), 403 (target not allowed), 503 (source unavailable). Token values are never
+//! (unknown token, or a JWT without usable `host`/`port` claims), 403 (target not allowed), 503 (source unavailable). Token values are never
 //! logged, returned in an error or passed on; logs carry [`token_hash`] instead. This module
 //! knows no configuration types: `config` builds [`TargetSettings`], the server builds
 //! [`RouteTargets`] from them for each configuration generation.
@@ -48,6 +49,8 @@ pub enum TokenFrom {
     Header(HeaderName),
     /// The Host header without its port (websockify's `--host-token`).
     Host,
+    /// The route's credential: the JWT `[route.auth]` verified (`source = "jwt"`).
+    Credential,
 }
 
 /// Where tokens map to targets.
@@ -57,6 +60,8 @@ pub enum SourceSettings {
     File(PathBuf),
     /// A token service: `GET` its URL with the token in it.
     Http(ServiceSettings),
+    /// The `host` and `port` claims of the JWT verified by the route's `[route.auth]`.
+    Jwt,
 }
 
 /// A route's `[route.target]`, validated. Values only.
@@ -76,10 +81,12 @@ impl fmt::Display for TargetSettings {
             TokenFrom::Cookie(n) => write!(f, "cookie {n}")?,
             TokenFrom::Header(n) => write!(f, "header {n}")?,
             TokenFrom::Host => f.write_str("Host")?,
+            TokenFrom::Credential => f.write_str("the route's JWT")?,
         }
         match &self.source {
             SourceSettings::File(p) => write!(f, " via file:{}", p.display()),
             SourceSettings::Http(s) => write!(f, " via {}", s.url()),
+            SourceSettings::Jwt => f.write_str(" via its host and port claims"),
         }
     }
 }
@@ -101,6 +108,14 @@ impl fmt::Display for Target {
             Target::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
+}
+
+/// What a verified credential names as the target: the `host` and `port` claims of a JWT, if
+/// usable, and the hash of the token (for the logs; never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub target: Option<Target>,
+    pub token_hash: String,
 }
 
 /// The first 8 hex digits of the token's SHA-1: enough to tell sessions apart in the logs, not
@@ -137,6 +152,7 @@ pub fn extract_token(from: &TokenFrom, headers: &HeaderMap, uri: &Uri) -> Option
             .and_then(|v| v.to_str().ok())
             .or_else(|| uri.host())
             .map(|h| strip_port(h.trim()).to_string()),
+        TokenFrom::Credential => None,
     }?;
     (!token.is_empty()).then_some(token)
 }
@@ -183,6 +199,8 @@ pub enum TargetError {
     Missing,
     #[error("the token is not in the source")]
     Unknown { token_hash: String },
+    #[error("the token has no usable host and port claims")]
+    NoTarget { token_hash: String },
     #[error("target {target} is not in the route's allow list")]
     NotAllowed { target: Target, token_hash: String },
     #[error("token source unavailable: {source}")]
@@ -198,6 +216,9 @@ impl TargetError {
         match self {
             TargetError::Missing => Reject::client(StatusCode::BAD_REQUEST, "missing token"),
             TargetError::Unknown { .. } => Reject::client(StatusCode::NOT_FOUND, "unknown token"),
+            TargetError::NoTarget { .. } => {
+                Reject::client(StatusCode::NOT_FOUND, "token names no target")
+            }
             TargetError::NotAllowed { .. } => {
                 Reject::client(StatusCode::FORBIDDEN, "target not allowed")
             }
@@ -212,6 +233,7 @@ impl TargetError {
         match self {
             TargetError::Missing => None,
             TargetError::Unknown { token_hash }
+            | TargetError::NoTarget { token_hash }
             | TargetError::NotAllowed { token_hash, .. }
             | TargetError::Source { token_hash, .. } => Some(token_hash),
         }
@@ -222,6 +244,8 @@ impl TargetError {
 enum Source {
     File(FileSource),
     Service(ServiceSource),
+    /// The verified JWT's claims: no state, nothing to look up.
+    Jwt,
 }
 
 impl Source {
@@ -229,6 +253,7 @@ impl Source {
         match self {
             Source::File(f) => f.lookup(token).await,
             Source::Service(s) => s.lookup(token).await,
+            Source::Jwt => Ok(None),
         }
     }
 }
@@ -254,6 +279,7 @@ impl RouteTargets {
         let source = match &settings.source {
             SourceSettings::File(path) => Source::File(FileSource::new(path.clone())),
             SourceSettings::Http(s) => Source::Service(ServiceSource::new(s)),
+            SourceSettings::Jwt => Source::Jwt,
         };
         RouteTargets {
             settings: settings.clone(),
@@ -264,8 +290,22 @@ impl RouteTargets {
         }
     }
 
-    /// The request's target: read the token, look it up, check it against the allow-list.
-    pub async fn resolve(&self, headers: &HeaderMap, uri: &Uri) -> Result<Resolved, TargetError> {
+    /// The request's target: read the token, look it up, check it against the allow-list. With
+    /// `source = "jwt"` the target is the one `claimed` by the verified credential instead.
+    pub async fn resolve(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        claimed: Option<&Claimed>,
+    ) -> Result<Resolved, TargetError> {
+        if matches!(self.source, Source::Jwt) {
+            let claimed = claimed.ok_or(TargetError::Missing)?;
+            let token_hash = claimed.token_hash.clone();
+            let Some(target) = claimed.target.clone() else {
+                return Err(TargetError::NoTarget { token_hash });
+            };
+            return self.admit(target, token_hash);
+        }
         let token =
             extract_token(&self.settings.token_from, headers, uri).ok_or(TargetError::Missing)?;
         let token_hash = token_hash(&token);
@@ -287,6 +327,10 @@ impl RouteTargets {
                 Err(source) => return Err(TargetError::Source { token_hash, source }),
             },
         };
+        self.admit(target, token_hash)
+    }
+
+    fn admit(&self, target: Target, token_hash: String) -> Result<Resolved, TargetError> {
         if self.settings.allow.permits(&target).is_none() {
             return Err(TargetError::NotAllowed { target, token_hash });
         }
@@ -353,6 +397,43 @@ mod tests {
             Some("[::1]")
         );
         assert_eq!(extract_token(&cookie, &HeaderMap::new(), &uri), None);
+    }
+
+    #[tokio::test]
+    async fn jwt_source_takes_the_claimed_target() {
+        let targets = RouteTargets::new(&TargetSettings {
+            token_from: TokenFrom::Credential,
+            source: SourceSettings::Jwt,
+            allow: AllowList::new(vec![
+                allow::AllowEntry::parse("127.0.0.1:5900-5901").unwrap()
+            ]),
+            cache_ttl: None,
+        });
+        let uri: Uri = "/?token=ignored".parse().unwrap();
+        let h = HeaderMap::new();
+        let claimed = |target| Claimed {
+            target,
+            token_hash: "0badcafe".into(),
+        };
+        let ok = claimed(Some(Target::Tcp {
+            host: "127.0.0.1".into(),
+            port: 5901,
+        }));
+        let r = targets.resolve(&h, &uri, Some(&ok)).await.unwrap();
+        assert_eq!(r.target.to_string(), "127.0.0.1:5901");
+        assert_eq!(r.token_hash, "0badcafe");
+        let outside = claimed(Some(Target::Tcp {
+            host: "127.0.0.1".into(),
+            port: 22,
+        }));
+        let e = targets.resolve(&h, &uri, Some(&outside)).await.unwrap_err();
+        assert_eq!(e.reject().status, StatusCode::FORBIDDEN);
+        let none = claimed(None);
+        let e = targets.resolve(&h, &uri, Some(&none)).await.unwrap_err();
+        assert_eq!(e.reject().status, StatusCode::NOT_FOUND);
+        assert_eq!(e.token_hash(), Some("0badcafe"));
+        let e = targets.resolve(&h, &uri, None).await.unwrap_err();
+        assert_eq!(e.reject().status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -854,3 +854,203 @@ fn check_refuses_bad_token_service_settings() {
         cli::stdout(&out)
     );
 }
+
+/// `source = "jwt"`: the target comes from the `host` and `port` claims of the token the route's
+/// `[route.auth]` verified.
+mod jwt_source {
+    use super::*;
+    use crate::support::auth::{self, claims_with, good_claims, AUDIENCE, ISSUER};
+    use serde_json::{json, Value};
+
+    const SECRET: &str = "test-only-hs256-secret-for-wsgate-target-claims-0123";
+
+    fn config(allow: &[String]) -> String {
+        let allow = allow
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            r#"
+[[listener]]
+bind = "127.0.0.1:0"
+
+[[route]]
+path = "/websockify"
+framing = "raw"
+[route.auth]
+type = "jwt"
+token_from = "bearer"
+algorithms = ["HS256"]
+secret_file = "jwt-secret"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+[route.target]
+source = "jwt"
+allow = [{allow}]
+
+[limits]
+connect_timeout = "60s"
+"#
+        )
+    }
+
+    fn token(host: Value, port: Value) -> String {
+        let mut c = claims_with("alice", "host", host);
+        c["port"] = port;
+        auth::hs256(SECRET.as_bytes()).sign(&c)
+    }
+
+    async fn status(gw: &TestGateway, token: &str) -> Option<u16> {
+        let bearer = format!("Bearer {token}");
+        ops::try_ws(
+            &gw.url("/websockify"),
+            &[("authorization", bearer.as_str())],
+        )
+        .await
+        .err()
+    }
+
+    #[tokio::test]
+    async fn each_token_reaches_the_target_its_claims_name() {
+        let pair = Pair::new().await;
+        let other = greeter("X").await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwt-secret"), SECRET).unwrap();
+        let gw = TestGateway::start_in(dir, &config(&pair.allow())).await;
+
+        // Both spellings of the port; a host name would be checked the same way.
+        let a = token(json!("127.0.0.1"), json!(pair.a.addr.port()));
+        let b = token(json!("127.0.0.1"), json!(pair.b.addr.port().to_string()));
+        let bearer = |t: &str| format!("Bearer {t}");
+        let url = gw.url("/websockify");
+        assert_eq!(
+            greeting(&url, &[("authorization", bearer(&a).as_str())]).await,
+            "A"
+        );
+        assert_eq!(
+            greeting(&url, &[("authorization", bearer(&b).as_str())]).await,
+            "B"
+        );
+
+        // Claims outside the allow-list: 403 before any connect.
+        let outside = token(json!("127.0.0.1"), json!(other.addr.port()));
+        assert_eq!(status(&gw, &outside).await, Some(403));
+        let started = Instant::now();
+        let meta = token(json!("169.254.169.254"), json!(80));
+        assert_eq!(status(&gw, &meta).await, Some(403));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a connect was attempted"
+        );
+        let v6 = token(json!("::1"), json!(pair.a.addr.port()));
+        assert_eq!(status(&gw, &v6).await, Some(403));
+
+        // A verified token without usable claims names no target: 404.
+        let none = auth::hs256(SECRET.as_bytes()).sign(&good_claims("alice"));
+        assert_eq!(status(&gw, &none).await, Some(404));
+        let bad_port = token(json!("127.0.0.1"), json!("59x"));
+        assert_eq!(status(&gw, &bad_port).await, Some(404));
+        let bracketed = token(json!("[::1]"), json!(pair.a.addr.port()));
+        assert_eq!(status(&gw, &bracketed).await, Some(404));
+
+        // An invalid token is refused by the credential check (401), before any target lookup.
+        let mut forged = claims_with("alice", "host", json!("127.0.0.1"));
+        forged["port"] = json!(pair.a.addr.port());
+        let forged = auth::hs256(b"another-test-only-secret-that-is-long-enough").sign(&forged);
+        assert_eq!(status(&gw, &forged).await, Some(401));
+        // No credential at all: 401 as well.
+        assert_eq!(ops::try_ws(&url, &[]).await.err(), Some(401));
+
+        assert_eq!(pair.a.connections_made().await, 1);
+        assert_eq!(pair.b.connections_made().await, 1);
+        assert_eq!(other.connections_made().await, 0);
+
+        let logs = gw.wait_for_count("handshake refused", 8, WAIT).await;
+        assert!(logs.contains("reason=\"token names no target\""), "{logs}");
+        assert!(logs.contains("reason=\"target not allowed\""), "{logs}");
+        let refused = logs
+            .lines()
+            .find(|l| l.contains("target not allowed by") && l.contains("169.254.169.254:80"))
+            .unwrap_or_else(|| panic!("no log line names the refused target:\n{logs}"));
+        assert!(
+            refused.contains(&format!("token_hash={}", hash(&meta))),
+            "{refused}"
+        );
+        let open_a = logs
+            .lines()
+            .find(|l| l.contains("session open") && l.contains(&format!("backend={}", pair.a.addr)))
+            .unwrap_or_else(|| panic!("no session open line for backend A:\n{logs}"));
+        assert!(
+            open_a.contains(&format!("token_hash={}", hash(&a))),
+            "{open_a}"
+        );
+        for t in [
+            &a, &b, &outside, &meta, &v6, &none, &bad_port, &bracketed, &forged,
+        ] {
+            assert!(!logs.contains(t.as_str()), "a token was logged:\n{logs}");
+        }
+    }
+
+    #[test]
+    fn check_refuses_the_jwt_source_without_jwt_auth_or_with_token_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwt-secret"), SECRET).unwrap();
+        let path = dir.path().join("wsgate.toml");
+        let jwt_auth = "[route.auth]\ntype = \"jwt\"\ntoken_from = \"bearer\"\nalgorithms = [\"HS256\"]\nsecret_file = \"jwt-secret\"\n";
+        let forward_auth = "[route.auth]\ntype = \"forward\"\nurl = \"http://127.0.0.1:9/auth\"\n";
+        let target = "[route.target]\nsource = \"jwt\"\nallow = [\"127.0.0.1\"]\n";
+        let cases = [
+            (String::new(), target.to_string(), "route[0].target.source"),
+            (
+                forward_auth.to_string(),
+                target.to_string(),
+                "route[0].target.source",
+            ),
+            (
+                jwt_auth.to_string(),
+                format!("{target}token_from = \"query\"\n"),
+                "route[0].target.token_from",
+            ),
+            (
+                jwt_auth.to_string(),
+                format!("{target}token_name = \"t\"\n"),
+                "route[0].target.token_name",
+            ),
+            (
+                jwt_auth.to_string(),
+                format!("{target}cache_ttl = \"5s\"\n"),
+                "route[0].target.cache_ttl",
+            ),
+        ];
+        let write = |auth: &str, target: &str| {
+            std::fs::write(
+                &path,
+                format!("[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/w\"\n{auth}{target}"),
+            )
+            .unwrap();
+            cli::run_wsgate(
+                ["check".as_ref(), "--config".as_ref(), path.as_os_str()],
+                Duration::from_secs(20),
+            )
+        };
+        for (auth, target, key) in &cases {
+            let out = write(auth, target);
+            let err = cli::stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{auth}{target}\n{err}");
+            assert!(
+                err.contains(&format!("{key}: ")),
+                "{auth}{target}: want {key}: {err}"
+            );
+        }
+        let out = write(jwt_auth, target);
+        assert_eq!(out.status.code(), Some(0), "{}", cli::stderr(&out));
+        assert!(
+            cli::stdout(&out).contains(
+                "/w -> per-session target from the route's JWT via its host and port claims"
+            ),
+            "{}",
+            cli::stdout(&out)
+        );
+    }
+}
