@@ -285,8 +285,8 @@ pub(super) async fn upgrade(
             })?,
         ),
     };
-    let (backend, backend_name, lease, token_hash) = match (&resolved, &rt.target) {
-        (Some(r), Some(targets)) => {
+    let (backend, backend_name, lease, token_hash) = match &resolved {
+        Some(r) => {
             let addr = match &r.target {
                 Target::Tcp { host, port } => BackendAddr::Tcp {
                     host: host.clone(),
@@ -294,15 +294,12 @@ pub(super) async fn upgrade(
                 },
                 Target::Unix(path) => BackendAddr::Unix(path.clone()),
             };
-            let permit = targets
-                .permit(&r.target)
-                .ok_or_else(|| Reject::client(StatusCode::FORBIDDEN, "target not allowed"))?;
             let halves = crate::backend::open_one(
                 &route.path,
                 &addr,
                 route.limits.connect_timeout,
                 preface.as_deref(),
-                &|a| permit.admits(a),
+                &|a| r.permit.admits(a),
             )
             .await
             .map_err(|e| {
@@ -318,7 +315,7 @@ pub(super) async fn upgrade(
             })?;
             (halves, addr.to_string(), None, Some(r.token_hash.clone()))
         }
-        _ => {
+        None => {
             let (halves, lease) = rt
                 .pool
                 .open(route.limits.connect_timeout, preface.as_deref())

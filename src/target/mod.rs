@@ -121,7 +121,11 @@ pub struct Claimed {
 /// The first 8 hex digits of the token's SHA-1: enough to tell sessions apart in the logs, not
 /// to recover the token.
 pub fn token_hash(token: &str) -> String {
-    let digest = Sha1::digest(token.as_bytes());
+    hash_hex(&Sha1::digest(token.as_bytes()).into())
+}
+
+/// The log form of a token's SHA-1: its first 4 bytes in hex.
+fn hash_hex(digest: &[u8; 20]) -> String {
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -258,11 +262,13 @@ impl Source {
     }
 }
 
-/// A request's resolved target, admitted by the allow-list by what it names.
+/// A request's resolved target, admitted by the allow-list by what it names; `permit` checks
+/// the addresses it resolves to.
 #[derive(Debug, Clone)]
-pub struct Resolved {
+pub struct Resolved<'a> {
     pub target: Target,
     pub token_hash: String,
+    pub permit: Permit<'a>,
 }
 
 /// A route's target resolution: the settings and the source's state (what was read from the
@@ -297,7 +303,7 @@ impl RouteTargets {
         headers: &HeaderMap,
         uri: &Uri,
         claimed: Option<&Claimed>,
-    ) -> Result<Resolved, TargetError> {
+    ) -> Result<Resolved<'_>, TargetError> {
         if matches!(self.source, Source::Jwt) {
             let claimed = claimed.ok_or(TargetError::Missing)?;
             let token_hash = claimed.token_hash.clone();
@@ -308,11 +314,12 @@ impl RouteTargets {
         }
         let token =
             extract_token(&self.settings.token_from, headers, uri).ok_or(TargetError::Missing)?;
-        let token_hash = token_hash(&token);
+        // One digest: the cache key, and the short hash the logs carry.
+        let key: [u8; 20] = Sha1::digest(token.as_bytes()).into();
+        let token_hash = hash_hex(&key);
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TargetError::Unknown { token_hash });
         }
-        let key: [u8; 20] = Sha1::digest(token.as_bytes()).into();
         let cached = self.cache.as_ref().and_then(|c| c.get(&key));
         let target = match cached {
             Some(t) => t,
@@ -330,16 +337,15 @@ impl RouteTargets {
         self.admit(target, token_hash)
     }
 
-    fn admit(&self, target: Target, token_hash: String) -> Result<Resolved, TargetError> {
-        if self.settings.allow.permits(&target).is_none() {
-            return Err(TargetError::NotAllowed { target, token_hash });
+    fn admit(&self, target: Target, token_hash: String) -> Result<Resolved<'_>, TargetError> {
+        match self.settings.allow.permits(&target) {
+            Some(permit) => Ok(Resolved {
+                target,
+                token_hash,
+                permit,
+            }),
+            None => Err(TargetError::NotAllowed { target, token_hash }),
         }
-        Ok(Resolved { target, token_hash })
-    }
-
-    /// The allow-list's verdict on `target` (for checking its resolved addresses).
-    pub fn permit(&self, target: &Target) -> Option<Permit<'_>> {
-        self.settings.allow.permits(target)
     }
 }
 
