@@ -108,6 +108,57 @@ pub fn validate(
     })
 }
 
+/// Validate an extended CONNECT (RFC 8441 §4, §5) that opens a WebSocket on an HTTP/2 stream:
+/// method CONNECT, `:protocol` `websocket`, `Sec-WebSocket-Version: 13`. There is no key and no
+/// `Upgrade`/`Connection` (HTTP/2 forbids them); `:authority` and `:path` are checked by the HTTP/2
+/// layer. Returns the offered subprotocols.
+pub fn validate_extended_connect(
+    method: &Method,
+    protocol: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Vec<String>, Reject> {
+    if method != Method::CONNECT {
+        return Err(bad("a WebSocket over HTTP/2 must use CONNECT"));
+    }
+    match protocol {
+        Some(p) if p.eq_ignore_ascii_case("websocket") => {}
+        Some(_) => {
+            return Err(Reject::client(
+                StatusCode::NOT_IMPLEMENTED,
+                "the only :protocol this server speaks is websocket",
+            ))
+        }
+        None => {
+            return Err(Reject::client(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "plain CONNECT is not supported (an extended CONNECT needs :protocol websocket)",
+            ))
+        }
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(bad(
+            "a WebSocket handshake must not have a body (Transfer-Encoding)",
+        ));
+    }
+    if single(headers, &header::SEC_WEBSOCKET_VERSION) != Some(WEBSOCKET_VERSION.as_bytes()) {
+        return Err(Reject::client(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version (this server speaks 13)",
+        ));
+    }
+    offered_protocols(headers)
+}
+
+/// The `200` that opens a WebSocket on an HTTP/2 stream (RFC 8441 §5: no `Sec-WebSocket-Accept`),
+/// naming the selected subprotocol if there is one.
+pub fn connect_established<B: Default>(protocol: Option<&str>) -> Response<B> {
+    let mut resp = Response::new(B::default());
+    if let Some(v) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    resp
+}
+
 /// `base64(sha1(key + GUID))` (RFC 6455 §4.2.2 item 5.4).
 pub fn accept_key(key: &[u8]) -> String {
     let mut sha = Sha1::new();
@@ -188,6 +239,38 @@ pub fn switching_protocols<B: Default>(accepted: &Accepted, protocol: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn h2_headers(version: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static(version),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, binary"),
+        );
+        h
+    }
+
+    #[test]
+    fn extended_connect_is_validated_like_rfc_8441_says() {
+        let ok = validate_extended_connect(&Method::CONNECT, Some("websocket"), &h2_headers("13"));
+        assert_eq!(ok.unwrap(), vec!["chat".to_string(), "binary".to_string()]);
+        let status = |m: &Method, p: Option<&str>, v| {
+            validate_extended_connect(m, p, &h2_headers(v))
+                .unwrap_err()
+                .status
+        };
+        assert_eq!(status(&Method::GET, Some("websocket"), "13"), 400);
+        assert_eq!(status(&Method::CONNECT, None, "13"), 405);
+        assert_eq!(status(&Method::CONNECT, Some("h2t"), "13"), 501);
+        assert_eq!(status(&Method::CONNECT, Some("websocket"), "8"), 426);
+        let r: Response<()> = connect_established(Some("chat"));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::SEC_WEBSOCKET_PROTOCOL], "chat");
+        assert!(!r.headers().contains_key(header::SEC_WEBSOCKET_ACCEPT));
+    }
 
     #[test]
     fn the_101_carries_accept_and_the_selected_subprotocol() {

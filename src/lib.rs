@@ -3,8 +3,8 @@
 //! The data path, one module per stage, in order:
 //!
 //! ```text
-//! server      accept -> (tls) -> HTTP/1.1 (hyper) -> one answer per request
-//! handshake   RFC 6455 §4.2.1 validation, Sec-WebSocket-Accept          -> 400 / 426
+//! server      accept -> (tls, ALPN) -> HTTP/1.1 or HTTP/2 (hyper) -> one answer per request
+//! handshake   RFC 6455 §4.2.1 / RFC 8441 validation, Sec-WebSocket-Accept -> 400 / 426
 //! server      route lookup (exact path, router.rs)                      -> 404
 //! auth        Origin policy, credentials, subprotocol selection         -> 403 / 401 / 503
 //! target      per-session target: token -> source -> allow-list         -> 400 / 404 / 403 / 503

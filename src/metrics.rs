@@ -59,6 +59,19 @@ pub struct AuthLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub route: String,
+    /// "1.1" or "2".
+    pub http_version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AbuseLabel {
+    /// What the client overdid: "settings", "ping", "reset", "protocol".
+    pub kind: &'static str,
+}
+
 /// Every metric of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -76,6 +89,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_refused: Counter,
     pub local_resource_errors: Family<ResourceLabel, Counter>,
+    pub sessions_by_version: Family<VersionLabel, Counter>,
+    pub http2_connections: Counter,
+    pub http2_abuse: Family<AbuseLabel, Counter>,
 }
 
 fn connect_histogram() -> Histogram {
@@ -106,6 +122,9 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             local_resource_errors: Family::default(),
+            sessions_by_version: Family::default(),
+            http2_connections: Counter::default(),
+            http2_abuse: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +136,21 @@ impl Metrics {
             "sessions",
             "WebSocket sessions opened",
             m.sessions_total.clone(),
+        );
+        registry.register(
+            "sessions_by_http_version",
+            "WebSocket sessions opened, by the HTTP version of their handshake (1.1: Upgrade, 2: extended CONNECT)",
+            m.sessions_by_version.clone(),
+        );
+        registry.register(
+            "http2_connections",
+            "Client connections that spoke HTTP/2",
+            m.http2_connections.clone(),
+        );
+        registry.register(
+            "http2_abuse_closes",
+            "HTTP/2 connections closed for frame floods, by the kind of frame",
+            m.http2_abuse.clone(),
         );
         registry.register(
             "handshakes",

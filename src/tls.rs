@@ -1,7 +1,8 @@
 //! TLS termination: a rustls `ServerConfig` built from PEM files.
 //!
 //! Owns certificate and key loading (during config validation, so a bad file is a startup error
-//! naming the path) and the protocol choices: TLS 1.2 and 1.3 only, no 0-RTT, ALPN `http/1.1` only.
+//! naming the path) and the protocol choices: TLS 1.2 and 1.3 only, no 0-RTT, ALPN `h2` (when the
+//! listener has `http2`) and `http/1.1`.
 //! The accept itself (with its deadline) happens in the server.
 
 use std::path::{Path, PathBuf};
@@ -26,8 +27,16 @@ pub enum TlsError {
     },
 }
 
-/// Load a PEM certificate chain and private key and build the server configuration.
-pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// ALPN protocol id of HTTP/2 over TLS (RFC 9113 §3.2).
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Load a PEM certificate chain and private key and build the server configuration; `http2`
+/// adds ALPN `h2` before `http/1.1`.
+pub fn load_server_config(
+    cert: &Path,
+    key: &Path,
+    http2: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_err = |message: String| TlsError::Cert {
         path: cert.to_path_buf(),
         message,
@@ -60,8 +69,12 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
         .with_no_client_auth()
         .with_single_cert(chain, private)
         .map_err(|e| pair_err(e.to_string()))?;
-    // We speak HTTP/1.1 only; offer nothing we do not implement.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Offer only what we implement; a client without ALPN gets HTTP/1.1.
+    config.alpn_protocols = if http2 {
+        vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     // No 0-RTT: early data is replayable (rustls' default, stated for the reader).
     config.max_early_data_size = 0;
     Ok(Arc::new(config))

@@ -40,6 +40,10 @@ pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Default bound on the number of request headers.
 pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// Default cap on concurrent streams per HTTP/2 connection (`http2_max_streams`).
+pub const DEFAULT_HTTP2_MAX_STREAMS: u32 = 100;
+/// Largest `http2_max_streams`.
+pub const MAX_HTTP2_STREAMS: u64 = 10_000;
 /// Default cap on open client connections (`max_connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default cap on open client connections from one IP address (`max_connections_per_ip`).
@@ -107,6 +111,8 @@ pub struct HttpLimits {
     /// Client message bytes all sessions together may hold on `lines` and `length-prefixed`
     /// routes.
     pub partial_message_budget: u64,
+    /// Concurrent streams (WebSocket sessions and plain requests) on one HTTP/2 connection.
+    pub http2_max_streams: u32,
 }
 
 impl RawSessionLimits {
@@ -160,6 +166,9 @@ impl RawGlobalLimits {
             partial_message_budget: self
                 .partial_message_budget
                 .map_or(DEFAULT_PARTIAL_MESSAGE_BUDGET_BYTES, |v| v.0),
+            http2_max_streams: self
+                .http2_max_streams
+                .map_or(DEFAULT_HTTP2_MAX_STREAMS, |v| v.u32()),
         }
     }
 }

@@ -17,6 +17,9 @@ pub struct Listener {
     /// The certificate and key files (for the summary, and reloading when they change).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// HTTP/2: on a TLS listener ALPN offers `h2` (default on); on a plain one, h2c with prior
+    /// knowledge is accepted (default off).
+    pub http2: bool,
 }
 
 impl fmt::Debug for Listener {
@@ -24,6 +27,7 @@ impl fmt::Debug for Listener {
         f.debug_struct("Listener")
             .field("bind", &self.bind)
             .field("tls_cert", &self.tls_cert)
+            .field("http2", &self.http2)
             .finish()
     }
 }
@@ -32,12 +36,14 @@ impl Ctx<'_> {
     pub(super) fn listener(&self, i: usize, l: &RawListener) -> Result<Listener, ConfigError> {
         let key = format!("listener[{i}].bind");
         let bind = self.socket_addr(&l.bind, &key)?;
+        // HTTP/2 is on by default where ALPN can choose it (TLS), and opt-in for h2c.
+        let http2 = l.http2.as_ref().map_or(l.tls.is_some(), |v| *v.get_ref());
         let (tls, tls_cert, tls_key) = match &l.tls {
             None => (None, None, None),
             Some(t) => {
                 let cert = self.resolve(t.cert.get_ref());
                 let keyfile = self.resolve(t.key.get_ref());
-                match crate::tls::load_server_config(&cert, &keyfile) {
+                match crate::tls::load_server_config(&cert, &keyfile, http2) {
                     Ok(cfg) => (Some(cfg), Some(cert), Some(keyfile)),
                     Err(e) => {
                         let span = match e {
@@ -54,6 +60,7 @@ impl Ctx<'_> {
             tls,
             tls_cert,
             tls_key,
+            http2,
         })
     }
 }

@@ -136,10 +136,17 @@ impl Config {
         for l in &self.listeners {
             match &l.tls_cert {
                 Some(cert) => {
-                    let _ = writeln!(s, "  wss://{}  (certificate {})", l.bind, cert.display());
+                    let h2 = if l.http2 { ", HTTP/2" } else { "" };
+                    let _ = writeln!(
+                        s,
+                        "  wss://{}  (certificate {}{h2})",
+                        l.bind,
+                        cert.display()
+                    );
                 }
                 None => {
-                    let _ = writeln!(s, "  ws://{}", l.bind);
+                    let h2c = if l.http2 { "  (h2c)" } else { "" };
+                    let _ = writeln!(s, "  ws://{}{h2c}", l.bind);
                 }
             }
         }

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::limits::{
-    MAX_CONTROL_FRAMES_PER_SECOND, MAX_COUNT, MAX_HEADER_BYTES, MAX_MESSAGE_BYTES_CEILING,
-    MIN_HEADER_BYTES, MIN_PARTIAL_MESSAGE_BUDGET_BYTES,
+    MAX_CONTROL_FRAMES_PER_SECOND, MAX_COUNT, MAX_HEADER_BYTES, MAX_HTTP2_STREAMS,
+    MAX_MESSAGE_BYTES_CEILING, MIN_HEADER_BYTES, MIN_PARTIAL_MESSAGE_BUDGET_BYTES,
 };
 use super::process::{LogFormat, MAX_WORKER_THREADS};
 use super::routes::{Balance, Framing};
@@ -67,6 +67,9 @@ pub struct RawLog {
 pub struct RawListener {
     pub bind: Spanned<String>,
     pub tls: Option<RawTls>,
+    /// HTTP/2 (RFC 8441 WebSockets): ALPN `h2` on TLS listeners (default on), h2c with prior
+    /// knowledge on plain ones (default off).
+    pub http2: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +169,7 @@ pub struct RawGlobalLimits {
     pub max_connections_per_ip: Option<Bounded<1, MAX_COUNT>>,
     pub shutdown_grace: Option<Timeout>,
     pub partial_message_budget: Option<ByteSize<MIN_PARTIAL_MESSAGE_BUDGET_BYTES, { u64::MAX }>>,
+    pub http2_max_streams: Option<Bounded<1, MAX_HTTP2_STREAMS>>,
 }
 
 /// `[route.auth] type`.

@@ -12,6 +12,7 @@
 //!
 //! The checks themselves live in `handshake`, `auth` and `backend`; the session in `pump`.
 
+mod h2;
 mod reload;
 mod request;
 mod router;
@@ -308,12 +309,17 @@ async fn accept_loop(
             Ok((tcp, peer)) => {
                 backoff = ACCEPT_BACKOFF_START_MS;
                 let (guard, refused) = gw.admit(peer.ip());
-                let tls = gw.state().tls.get(index).cloned().flatten();
+                let state = gw.state();
+                let tls = state.tls.get(index).cloned().flatten();
+                // h2c with prior knowledge: a plain listener with `http2 = true`.
+                let h2c =
+                    tls.is_none() && state.config.listeners.get(index).is_some_and(|l| l.http2);
+                drop(state);
                 tokio::spawn(connection(
                     gw.clone(),
                     tcp,
                     (peer, local),
-                    tls,
+                    (tls, h2c),
                     Arc::new(guard),
                     refused,
                 ));
@@ -372,7 +378,7 @@ async fn connection(
     gw: Arc<Gateway>,
     tcp: TcpStream,
     (peer, local): (SocketAddr, Option<SocketAddr>),
-    tls: Option<TlsAcceptor>,
+    (tls, h2c): (Option<TlsAcceptor>, bool),
     guard: Arc<ConnGuard>,
     refused: Option<&'static str>,
 ) {
@@ -395,6 +401,9 @@ async fn connection(
         refused,
         guard,
         handoff: handoff.clone(),
+        http2: false,
+        h2c,
+        streams: None,
     };
     // The HTTP phase is boxed: its state (hyper's connection, the TLS handshake) is large and
     // short-lived, and is freed here instead of sizing the task that then holds the session.

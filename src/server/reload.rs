@@ -239,7 +239,7 @@ pub(super) fn is_tls_error(e: &crate::config::ConfigError) -> bool {
 /// were last read.
 pub(super) struct CertWatch {
     /// Per listener (config order): its certificate and key files, if it is a TLS listener.
-    pub(super) files: Vec<Option<(PathBuf, PathBuf)>>,
+    pub(super) files: Vec<Option<(PathBuf, PathBuf, bool)>>,
     /// Per file: the modification time, `None` when unknown or unreadable.
     pub(super) stamps: Vec<Option<SystemTime>>,
 }
@@ -257,20 +257,25 @@ impl CertWatch {
         CertWatch { files, stamps }
     }
 
-    pub(super) fn files(config: &Config) -> Vec<Option<(PathBuf, PathBuf)>> {
+    pub(super) fn files(config: &Config) -> Vec<Option<(PathBuf, PathBuf, bool)>> {
         config
             .listeners
             .iter()
-            .map(|l| l.tls_cert.clone().zip(l.tls_key.clone()))
+            .map(|l| {
+                l.tls_cert
+                    .clone()
+                    .zip(l.tls_key.clone())
+                    .map(|(cert, key)| (cert, key, l.http2))
+            })
             .collect()
     }
 
     /// Blocking: the modification time of every file.
-    pub(super) fn stamps(files: &[Option<(PathBuf, PathBuf)>]) -> Vec<Option<SystemTime>> {
+    pub(super) fn stamps(files: &[Option<(PathBuf, PathBuf, bool)>]) -> Vec<Option<SystemTime>> {
         files
             .iter()
             .flatten()
-            .flat_map(|(cert, key)| [cert, key])
+            .flat_map(|(cert, key, _)| [cert, key])
             .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
             .collect()
     }
@@ -300,8 +305,11 @@ impl CertWatch {
                 files
                     .iter()
                     .map(|f| {
-                        f.as_ref().map(|(cert, key)| {
-                            (cert.clone(), crate::tls::load_server_config(cert, key))
+                        f.as_ref().map(|(cert, key, http2)| {
+                            (
+                                cert.clone(),
+                                crate::tls::load_server_config(cert, key, *http2),
+                            )
                         })
                     })
                     .collect::<Vec<_>>()

@@ -51,8 +51,26 @@ pub(super) struct Conn {
     pub(super) refused: Option<&'static str>,
     /// Held by the connection and then by its session.
     pub(super) guard: Arc<ConnGuard>,
-    /// Where the upgrade handler leaves the session it set up.
+    /// Where the upgrade handler leaves the session it set up (HTTP/1.1).
     pub(super) handoff: Arc<UpgradeSlot>,
+    /// The requests come over HTTP/2: WebSockets open with extended CONNECT (RFC 8441), and
+    /// each session runs in a task of its own beside the connection's.
+    pub(super) http2: bool,
+    /// A plain listener that accepts h2c with prior knowledge.
+    pub(super) h2c: bool,
+    /// HTTP/2: the streams open on this connection (requests and sessions).
+    pub(super) streams: Option<Arc<super::h2::Streams>>,
+}
+
+impl Conn {
+    /// `1.1` or `2`, for the access lines and metrics.
+    pub(super) fn http_version(&self) -> &'static str {
+        if self.http2 {
+            "2"
+        } else {
+            "1.1"
+        }
+    }
 }
 
 /// The hand-over from the upgrade handler (inside hyper's service) to the connection's task.
@@ -91,6 +109,10 @@ pub(super) struct PendingSession {
     pub(super) token_hash: Option<String>,
     pub(super) claims: Claims,
     pub(super) shutdown: CancellationToken,
+    /// `1.1` or `2`.
+    pub(super) http_version: &'static str,
+    /// An HTTP/2 session's place among its connection's open streams.
+    pub(super) stream: Option<super::h2::StreamGuard>,
 }
 
 /// TLS handshake (on a TLS listener), then HTTP/1.1 until the one request is answered.
@@ -107,6 +129,9 @@ pub(super) async fn http_phase(
     let deadline = tokio::time::Instant::from_std(accepted_at + limits.handshake_timeout);
     match tls {
         None => {
+            if conn.h2c && super::h2::prior_knowledge(&tcp, deadline).await {
+                return super::h2::serve(gw, state, TokioIo::new(tcp), conn).await;
+            }
             let io = TokioIo::new(PlainIo::new(tcp, peer));
             serve_http(gw, state, io, conn, deadline).await
         }
@@ -114,6 +139,11 @@ pub(super) async fn http_phase(
             let tls_deadline =
                 deadline.min(tokio::time::Instant::now() + limits.tls_handshake_timeout);
             match tokio::time::timeout_at(tls_deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(stream))
+                    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) =>
+                {
+                    super::h2::serve(gw, state, TokioIo::new(stream), conn).await
+                }
                 Ok(Ok(stream)) => serve_http(gw, state, TokioIo::new(stream), conn, deadline).await,
                 Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(client = %peer, "TLS handshake deadline passed"),
@@ -175,7 +205,12 @@ pub(super) async fn handle(
         info!(target: "wsgate::access", client = %conn.peer, path = %req.uri().path(), status = 503, reason, "connection refused");
         return reject_response(&Reject::busy(reason));
     }
-    if !handshake::is_upgrade_attempt(req.headers()) {
+    let attempt = if conn.http2 {
+        req.method() == Method::CONNECT
+    } else {
+        handshake::is_upgrade_attempt(req.headers())
+    };
+    if !attempt {
         return plain_http(state, &req, conn.peer).await;
     }
     let path = req.uri().path().to_string();
@@ -191,7 +226,7 @@ pub(super) async fn handle(
         }
         Err(reject) => {
             gw.metrics.handshake(label, reject.status.as_u16());
-            info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, by = %reject.by, "handshake refused");
+            info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, by = %reject.by, http_version = conn.http_version(), "handshake refused");
             reject_response(&reject)
         }
     }
@@ -206,7 +241,23 @@ pub(super) async fn upgrade(
     conn: &Conn,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let peer = conn.peer;
-    let accepted = handshake::validate(req.method(), req.version(), req.headers())?;
+    let accepted = if conn.http2 {
+        let protocol = req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .map(hyper::ext::Protocol::as_str);
+        Opening::Http2(handshake::validate_extended_connect(
+            req.method(),
+            protocol,
+            req.headers(),
+        )?)
+    } else {
+        Opening::Http1(handshake::validate(
+            req.method(),
+            req.version(),
+            req.headers(),
+        )?)
+    };
     let rt = state
         .route(req.uri().path())
         .ok_or(Reject::client(
@@ -223,7 +274,7 @@ pub(super) async fn upgrade(
         &auth::Request {
             headers: req.headers(),
             uri: req.uri(),
-            offered_protocols: &accepted.offered_protocols,
+            offered_protocols: accepted.offered(),
             client: peer,
             tls: conn.tls,
         },
@@ -261,8 +312,7 @@ pub(super) async fn upgrade(
             "too many sessions on this route (max_sessions)",
         ));
     }
-    let protocol =
-        auth::select_subprotocol(&policy, &accepted.offered_protocols).map(str::to_owned);
+    let protocol = auth::select_subprotocol(&policy, accepted.offered()).map(str::to_owned);
     let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
     // The PROXY header is built before any backend is touched: one that cannot be encoded
     // refuses the handshake without a connection.
@@ -342,7 +392,7 @@ pub(super) async fn upgrade(
         _slot: slot,
         _conn: conn.guard.clone(),
     };
-    conn.handoff.put(PendingSession {
+    let pending = PendingSession {
         info,
         on_upgrade,
         backend,
@@ -350,12 +400,44 @@ pub(super) async fn upgrade(
         token_hash,
         claims,
         shutdown: gw.shutdown.child_token(),
-    });
+        http_version: conn.http_version(),
+        stream: conn.streams.as_ref().map(super::h2::Streams::open),
+    };
+    match accepted {
+        Opening::Http1(accepted) => {
+            conn.handoff.put(pending);
+            Ok(handshake::switching_protocols(
+                &accepted,
+                protocol.as_deref(),
+            ))
+        }
+        Opening::Http2(_) => {
+            // The stream stays open after the answer: its session runs beside the connection's
+            // task, which keeps serving the other streams.
+            let tracked = gw
+                .sessions
+                .track_future(super::session::run_session(gw.clone(), pending));
+            tokio::spawn(tracked);
+            Ok(handshake::connect_established(protocol.as_deref()))
+        }
+    }
+}
 
-    Ok(handshake::switching_protocols(
-        &accepted,
-        protocol.as_deref(),
-    ))
+/// A validated opening handshake, by HTTP version.
+enum Opening {
+    /// RFC 6455: `GET` with `Upgrade: websocket`; answered with 101 and `Sec-WebSocket-Accept`.
+    Http1(handshake::Accepted),
+    /// RFC 8441: extended `CONNECT` with the offered subprotocols; answered with 200.
+    Http2(Vec<String>),
+}
+
+impl Opening {
+    fn offered(&self) -> &[String] {
+        match self {
+            Opening::Http1(a) => &a.offered_protocols,
+            Opening::Http2(offered) => offered,
+        }
+    }
 }
 
 /// The log line of a refused per-session target: the target and the token's hash, never the
@@ -538,12 +620,17 @@ pub(super) async fn plain_http(
         .exact()
         .unwrap_or_default();
     let status = resp.status().as_u16();
+    let http_version = if req.version() == http::Version::HTTP_2 {
+        "2"
+    } else {
+        "1.1"
+    };
     match message {
         PlainAnswer::Static => {
-            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, "static file")
+            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, http_version, "static file")
         }
         PlainAnswer::Other => {
-            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, "plain request")
+            info!(target: "wsgate::access", client = %peer, path, method = %req.method(), status, bytes, http_version, "plain request")
         }
     }
     resp

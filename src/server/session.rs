@@ -53,6 +53,8 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         token_hash,
         claims,
         shutdown,
+        http_version,
+        stream,
     } = pending;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -67,6 +69,13 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     };
     gw.metrics.sessions_open.get_or_create(&route_label).inc();
     gw.metrics.sessions_total.get_or_create(&route_label).inc();
+    gw.metrics
+        .sessions_by_version
+        .get_or_create(&crate::metrics::VersionLabel {
+            route: info.route.path.clone(),
+            http_version,
+        })
+        .inc();
     gw.registry.insert(
         info.id,
         LiveSession {
@@ -81,7 +90,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     );
     let subject = info.subject.as_deref().unwrap_or("-");
     let token_hash = token_hash.as_deref().unwrap_or("-");
-    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, "session open");
+    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, "session open");
 
     let (client, preread) = ClientIo::from_upgraded(upgraded);
     // The pump future is built in place inside the select (never bound to a local first and
@@ -97,6 +106,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         },
     };
     drop(claims);
+    drop(stream);
 
     gw.registry.remove(info.id);
     gw.metrics.sessions_open.get_or_create(&route_label).dec();
@@ -144,6 +154,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         messages_up = outcome.up.messages,
         bytes_down = outcome.down.bytes,
         messages_down = outcome.down.messages,
+        http_version,
         "session closed"
     );
 }

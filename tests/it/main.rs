@@ -21,6 +21,7 @@ mod drain;
 mod framing_modes;
 mod handshake;
 mod hostile_clients;
+mod http2;
 mod integrity;
 mod limits_admission;
 mod protocol_violations;

@@ -126,7 +126,7 @@ async fn tls_1_2_and_1_3_both_work() {
 }
 
 #[tokio::test]
-async fn alpn_offers_http_1_1_only() {
+async fn alpn_offers_h2_then_http_1_1() {
     let backend = backends::echo().await;
     let (gw, cert) = tls_gateway(&backend, "").await;
     let tls = tls_connect(
@@ -135,16 +135,23 @@ async fn alpn_offers_http_1_1_only() {
     )
     .await
     .expect("TLS handshake");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    // A client that only speaks h2 finds no common protocol.
-    let only_h2 = tls_connect(
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let old = tls_connect(
         &gw,
-        client_config(&cert, rustls::DEFAULT_VERSIONS, &[b"h2"]),
+        client_config(&cert, rustls::DEFAULT_VERSIONS, &[b"http/1.1"]),
+    )
+    .await
+    .expect("TLS handshake");
+    assert_eq!(old.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // A client that offers something else entirely finds no common protocol.
+    let other = tls_connect(
+        &gw,
+        client_config(&cert, rustls::DEFAULT_VERSIONS, &[b"spdy/3"]),
     )
     .await;
     assert!(
-        only_h2.is_err(),
-        "an h2-only client must not get a TLS session"
+        other.is_err(),
+        "an unknown ALPN protocol must not get a session"
     );
 }
 

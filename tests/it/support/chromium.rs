@@ -30,6 +30,11 @@ pub struct Chromium {
 
 impl Chromium {
     pub async fn launch() -> Chromium {
+        Chromium::launch_with(&[]).await
+    }
+
+    /// Like [`launch`](Self::launch), with more command-line switches.
+    pub async fn launch_with(extra: &[&str]) -> Chromium {
         let exe = match std::env::var_os("CHROMIUM") {
             Some(p) if !p.is_empty() => PathBuf::from(p),
             _ => PathBuf::from("/usr/bin/chromium"),
@@ -58,6 +63,7 @@ impl Chromium {
             "--disable-dev-shm-usage",
             "--window-size=900,700",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--remote-debugging-port=0")
         .arg("about:blank")
