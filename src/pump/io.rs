@@ -32,6 +32,8 @@ impl ReadReady for crate::backend::BackendReader {
         match self {
             crate::backend::BackendReader::Tcp(r) => r.readable().await,
             crate::backend::BackendReader::Unix(r) => r.readable().await,
+            // TLS may hold decrypted bytes the socket no longer signals: read into a buffer.
+            crate::backend::BackendReader::Tls(_) => Ok(()),
         }
     }
 }
