@@ -61,11 +61,12 @@ impl Ca {
 enum Conn {
     /// The handshake failed on the backend's side (or the peer broke it off).
     Refused(String),
-    /// The handshake completed: the SNI name the gateway sent, and what the backend received
-    /// (and echoed) until the gateway closed.
+    /// The handshake completed: the SNI name the gateway sent, what the backend received (and
+    /// echoed) until the gateway closed, and whether that close was a TLS close_notify.
     Served {
         sni: Option<String>,
         received: Vec<u8>,
+        close_notify: bool,
     },
 }
 
@@ -151,19 +152,28 @@ impl TlsEcho {
                     let sni = tls.get_ref().1.server_name().map(str::to_owned);
                     let mut received = Vec::new();
                     let mut buf = [0u8; 4096];
-                    loop {
+                    // rustls reads 0 only after a close_notify; a bare FIN is an error.
+                    let close_notify = loop {
                         match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
+                            Ok(0) => break true,
+                            Err(_) => break false,
                             Ok(n) => {
                                 received.extend_from_slice(&buf[..n]);
-                                if tls.write_all(&buf[..n]).await.is_err() {
-                                    break;
+                                // Flushed: rustls may hold written bytes until then.
+                                if tls.write_all(&buf[..n]).await.is_err()
+                                    || tls.flush().await.is_err()
+                                {
+                                    break false;
                                 }
                             }
                         }
-                    }
+                    };
                     let _ = tls.shutdown().await;
-                    let _ = tx.send(Conn::Served { sni, received });
+                    let _ = tx.send(Conn::Served {
+                        sni,
+                        received,
+                        close_notify,
+                    });
                 });
             }
         });
@@ -227,10 +237,61 @@ async fn echo_through_a_tls_backend_verified_with_ca_file() {
     ops::close(ws).await;
     match backend.next().await {
         // An IP literal host is sent no SNI (RFC 6066 §3) and is verified against IP SANs.
-        Conn::Served { sni, received } => {
+        Conn::Served {
+            sni,
+            received,
+            close_notify,
+        } => {
             assert_eq!(sni, None);
             assert_eq!(received, b"through TLS");
+            assert!(close_notify, "the session's end is a TLS close_notify");
         }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_the_socket_buffers_arrives_whole_both_ways() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: usize = 24;
+    let ca = Ca::new("backend CA");
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    let mut backend = TlsEcho::start(&cert, &key, None).await;
+    let gw = start(
+        &[("ca.pem", &ca.pem())],
+        &config(
+            &format!("backend = \"tls://{}\"", backend.addr),
+            "[route.backend_tls]\nca_file = \"ca.pem\"",
+        ),
+    )
+    .await;
+    let ws = ops::ws(&gw.url("/t")).await;
+    let (mut tx, mut rx) = ws.split();
+    let sent: Vec<u8> = (0..CHUNK * CHUNKS).map(|i| (i % 251) as u8).collect();
+    let to_send = sent.clone();
+    // All of it at once, while the echo comes back: the gateway's buffers towards the backend
+    // fill, and what it holds must still go out without a later write to push it.
+    let writer = tokio::spawn(async move {
+        for chunk in to_send.chunks(CHUNK) {
+            tx.send(Message::binary(chunk.to_vec())).await.unwrap();
+        }
+        tx
+    });
+    let mut got = Vec::with_capacity(sent.len());
+    while got.len() < sent.len() {
+        match tokio::time::timeout(WAIT, rx.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => got.extend_from_slice(&b),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("after {} of {} bytes: {other:?}", got.len(), sent.len()),
+        }
+    }
+    assert!(got == sent, "the echo differs from what was sent");
+    let tx = writer.await.unwrap();
+    ops::close(tx.reunite(rx).unwrap()).await;
+    match backend.next().await {
+        Conn::Served { received, .. } => assert!(received == sent),
         other => panic!("{other:?}"),
     }
 }
@@ -291,7 +352,7 @@ async fn the_name_verified_is_the_host_unless_server_name_says_otherwise() {
     ops::echo(&mut ws, "named").await;
     ops::close(ws).await;
     match backend.next().await {
-        Conn::Served { sni, received } => {
+        Conn::Served { sni, received, .. } => {
             assert_eq!(sni.as_deref(), Some("backend.internal"));
             assert_eq!(received, b"named");
         }
