@@ -41,6 +41,10 @@ apt_packages=()
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
     apt_packages+=(chromium)
 fi
+# openssl s_server: an independent TLS backend (tests/it/backend_tls.rs).
+if ! command -v openssl >/dev/null 2>&1; then
+    apt_packages+=(openssl)
+fi
 # Python packages in .venv: kosoku (Autobahn runner) and websockets (the README check's client).
 KOSOKU_PIN=kosoku==0.1.0
 WEBSOCKETS_VERSION=15.0.1

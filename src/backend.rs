@@ -1,4 +1,12 @@
-//! Connecting to a route's backends: TCP (names resolved at each connect) or a unix socket.
+//! Connecting to a route's backends: TCP (names resolved at each connect), TLS over TCP
+//! (`tls://`, and per-session targets of a route with `[route.target] tls = true`) or a unix
+//! socket.
+//!
+//! A TLS backend is opened in this order, all within the connect deadline: TCP connect, the
+//! PROXY header (if the route sends one) in the clear, then the TLS handshake (as HAProxy's
+//! `send-proxy` with `ssl`). A handshake that does not finish in time is a 504, one that fails
+//! (an unknown issuer, a wrong name, a refused client certificate) a 502; both count against the
+//! backend's health and fail over to the next one, like a refused connect.
 //!
 //! Owns the connect deadline, the mapping of connect failures to HTTP statuses (refused or
 //! unreachable -> 502, deadline -> 504, the gateway out of its own descriptors, memory or ports ->
@@ -23,17 +31,25 @@ use crate::config::{Balance, Health};
 use crate::metrics::{BackendLabel, Metrics};
 
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use crate::config::BackendAddr;
 use crate::error::Reject;
+use crate::tls::BackendTls;
+
+/// A TLS connection to a backend.
+type TlsTcp = TlsStream<TcpStream>;
 
 /// A connected backend.
 #[derive(Debug)]
 pub enum BackendStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS over TCP, handshake done.
+    Tls(Box<TlsTcp>),
 }
 
 impl BackendStream {
@@ -48,6 +64,13 @@ impl BackendStream {
                 let (r, w) = s.into_split();
                 (BackendReader::Unix(r), BackendWriter::Unix(w))
             }
+            // One TLS session serves both directions: the halves share it behind a lock that is
+            // held only for the length of one non-blocking poll (both halves of a session run in
+            // one task).
+            BackendStream::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (BackendReader::Tls(r), BackendWriter::Tls(w))
+            }
         }
     }
 }
@@ -56,12 +79,15 @@ impl BackendStream {
 pub enum BackendReader {
     Tcp(tokio::net::tcp::OwnedReadHalf),
     Unix(tokio::net::unix::OwnedReadHalf),
+    Tls(ReadHalf<TlsTcp>),
 }
 
 /// The write half of a backend connection.
 pub enum BackendWriter {
     Tcp(tokio::net::tcp::OwnedWriteHalf),
     Unix(tokio::net::unix::OwnedWriteHalf),
+    /// Shutting it down sends the TLS close_notify, then the TCP FIN.
+    Tls(WriteHalf<TlsTcp>),
 }
 
 impl AsyncRead for BackendReader {
@@ -73,6 +99,7 @@ impl AsyncRead for BackendReader {
         match self.get_mut() {
             BackendReader::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             BackendReader::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            BackendReader::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -86,6 +113,7 @@ impl AsyncWrite for BackendWriter {
         match self.get_mut() {
             BackendWriter::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             BackendWriter::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            BackendWriter::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -93,6 +121,7 @@ impl AsyncWrite for BackendWriter {
         match self.get_mut() {
             BackendWriter::Tcp(s) => Pin::new(s).poll_flush(cx),
             BackendWriter::Unix(s) => Pin::new(s).poll_flush(cx),
+            BackendWriter::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -100,6 +129,7 @@ impl AsyncWrite for BackendWriter {
         match self.get_mut() {
             BackendWriter::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             BackendWriter::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            BackendWriter::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -176,6 +206,13 @@ pub enum ConnectError {
     /// did not finish within the connect deadline.
     #[error("backend {addr} failed while the PROXY header was written")]
     Preface { addr: String },
+    /// The TLS handshake failed: the backend's certificate was not accepted, ours was refused,
+    /// or the backend broke off the handshake.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls { addr: String, source: io::Error },
+    /// The backend's host is not a name TLS can verify, and no `server_name` is configured.
+    #[error("{addr}: the host is not a name TLS can verify (set [route.backend_tls] server_name)")]
+    TlsName { addr: String },
     /// Every address the target resolved to is refused by the route's allow-list: nothing was
     /// connected.
     #[error("{addr} resolves to no allowed address")]
@@ -201,6 +238,9 @@ impl ConnectError {
             }
             ConnectError::Io { .. } | ConnectError::Preface { .. } => {
                 Reject::backend(StatusCode::BAD_GATEWAY, "backend unavailable")
+            }
+            ConnectError::Tls { .. } | ConnectError::TlsName { .. } => {
+                Reject::backend(StatusCode::BAD_GATEWAY, "backend TLS handshake failed")
             }
             ConnectError::NotAllowed { .. } => {
                 Reject::client(StatusCode::FORBIDDEN, "target not allowed")
@@ -261,58 +301,150 @@ async fn connect_inner(
             .await
             .map(BackendStream::Unix)
             .map_err(|source| ConnectError::io(name, source)),
-        BackendAddr::Tcp { host, port } => {
-            let addrs = tokio::net::lookup_host((host.as_str(), *port))
+        // A `tls://` backend's TCP connection; the TLS handshake is [`open_addr`]'s.
+        BackendAddr::Tcp { host, port } | BackendAddr::Tls { host, port } => {
+            connect_tcp(host, *port, name, admit)
                 .await
-                .map_err(|source| ConnectError::Resolve {
-                    addr: name.to_string(),
-                    source,
-                })?;
-            let mut last =
-                io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
-            let mut refused = 0usize;
-            let mut tried = 0usize;
-            for a in addrs {
-                if !admit(a) {
-                    refused += 1;
-                    continue;
-                }
-                tried += 1;
-                match TcpStream::connect(a).await {
-                    Ok(s) => {
-                        // Small messages go out at once; we batch writes ourselves.
-                        let _ = s.set_nodelay(true);
-                        return Ok(BackendStream::Tcp(s));
-                    }
-                    // Out of descriptors or ports: the next address would fail the same way.
-                    Err(e) if LocalResource::of(&e).is_some() => {
-                        return Err(ConnectError::io(name, e))
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            if tried == 0 && refused > 0 {
-                return Err(ConnectError::NotAllowed {
-                    addr: name.to_string(),
-                });
-            }
-            Err(ConnectError::io(name, last))
+                .map(BackendStream::Tcp)
         }
     }
 }
 
+/// Connect to the first address `host` resolves to that `admit` allows and that answers.
+async fn connect_tcp(
+    host: &str,
+    port: u16,
+    name: &str,
+    admit: Admit<'_>,
+) -> Result<TcpStream, ConnectError> {
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| ConnectError::Resolve {
+            addr: name.to_string(),
+            source,
+        })?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+    let mut refused = 0usize;
+    let mut tried = 0usize;
+    for a in addrs {
+        if !admit(a) {
+            refused += 1;
+            continue;
+        }
+        tried += 1;
+        match TcpStream::connect(a).await {
+            Ok(s) => {
+                // Small messages go out at once; we batch writes ourselves.
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            // Out of descriptors or ports: the next address would fail the same way.
+            Err(e) if LocalResource::of(&e).is_some() => return Err(ConnectError::io(name, e)),
+            Err(e) => last = e,
+        }
+    }
+    if tried == 0 && refused > 0 {
+        return Err(ConnectError::NotAllowed {
+            addr: name.to_string(),
+        });
+    }
+    Err(ConnectError::io(name, last))
+}
+
+/// Open a `tls://` backend within `timeout`: TCP connect, `preface` (the PROXY header) in the
+/// clear, then the TLS handshake with `tls`.
+async fn open_tls(
+    (host, port): (&str, u16),
+    name: &str,
+    timeout: Duration,
+    preface: Option<&[u8]>,
+    tls: Option<&BackendTls>,
+    admit: Admit<'_>,
+) -> Result<BackendStream, ConnectError> {
+    let Some(tls) = tls else {
+        return Err(ConnectError::Tls {
+            addr: name.to_string(),
+            source: io::Error::other("the route has no TLS client configuration"),
+        });
+    };
+    let server_name = tls
+        .server_name_for(host)
+        .map_err(|_| ConnectError::TlsName {
+            addr: name.to_string(),
+        })?;
+    let opening = async {
+        let mut tcp = connect_tcp(host, port, name, admit).await?;
+        if let Some(bytes) = preface {
+            tcp.write_all(bytes)
+                .await
+                .map_err(|_| ConnectError::Preface {
+                    addr: name.to_string(),
+                })?;
+        }
+        let stream = TlsConnector::from(tls.config.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|source| ConnectError::Tls {
+                addr: name.to_string(),
+                source,
+            })?;
+        Ok(BackendStream::Tls(Box::new(stream)))
+    };
+    match tokio::time::timeout(timeout, opening).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout {
+            addr: name.to_string(),
+            after: timeout,
+        }),
+    }
+}
+
 /// Open a per-session target's connection: connect to the addresses of `addr` that `admit`
-/// allows, and write `preface` (the PROXY header, if the route sends one), within `timeout`. A
-/// one-off connection: no pool, no health state.
+/// allows, and write `preface` (the PROXY header, if the route sends one), within `timeout`; for
+/// a `tls://` address, then the TLS handshake with `tls`. A one-off connection: no pool, no
+/// health state.
 pub async fn open_one(
     route: &str,
     addr: &BackendAddr,
     timeout: Duration,
     preface: Option<&[u8]>,
+    tls: Option<&BackendTls>,
     admit: Admit<'_>,
 ) -> Result<(BackendReader, BackendWriter), ConnectError> {
-    let stream = connect_admitting(addr, timeout, admit).await?;
-    write_preface(stream, preface, timeout, addr, route).await
+    match open_addr(addr, timeout, preface, tls, admit).await? {
+        Opened::Ready(stream) => Ok(stream.into_split()),
+        Opened::Connected(stream) => write_preface(stream, preface, timeout, addr, route).await,
+    }
+}
+
+/// A connection as [`open_addr`] leaves it.
+enum Opened {
+    /// Connected; the PROXY header (if any) is still to be written.
+    Connected(BackendStream),
+    /// Ready for the session: the PROXY header and the TLS handshake are done.
+    Ready(BackendStream),
+}
+
+/// Connect to `addr` within `timeout`; a `tls://` address also gets `preface` and the TLS
+/// handshake within that deadline, so that their failures are the backend's connect failures.
+async fn open_addr(
+    addr: &BackendAddr,
+    timeout: Duration,
+    preface: Option<&[u8]>,
+    tls: Option<&BackendTls>,
+    admit: Admit<'_>,
+) -> Result<Opened, ConnectError> {
+    match addr {
+        BackendAddr::Tls { host, port } => {
+            let name = addr.to_string();
+            open_tls((host, *port), &name, timeout, preface, tls, admit)
+                .await
+                .map(Opened::Ready)
+        }
+        _ => connect_admitting(addr, timeout, admit)
+            .await
+            .map(Opened::Connected),
+    }
 }
 
 /// Split a new connection and write `preface` first, within `timeout`.
@@ -449,28 +581,39 @@ impl Pool {
 
     /// Open a session's backend connection: connect (with failover, see [`Pool::connect`]) and
     /// write `preface` (the PROXY header, if the route sends one) before anything else, within
-    /// `timeout`. Every failure to reach the backend before the 101 is decided here, as one
-    /// [`ConnectError`] and so one status.
+    /// `timeout`; a `tls://` backend then does its TLS handshake with `tls`. Every failure to
+    /// reach the backend before the 101 is decided here, as one [`ConnectError`] and so one
+    /// status.
     pub async fn open(
         self: &Arc<Self>,
         timeout: Duration,
         preface: Option<&[u8]>,
+        tls: Option<&BackendTls>,
     ) -> Result<((BackendReader, BackendWriter), Lease), ConnectError> {
-        let (stream, lease) = self.connect(timeout).await?;
-        let halves = write_preface(stream, preface, timeout, lease.backend(), &self.route).await?;
+        let (opened, lease) = self.connect(timeout, preface, tls).await?;
+        let halves = match opened {
+            Opened::Ready(stream) => stream.into_split(),
+            Opened::Connected(stream) => {
+                write_preface(stream, preface, timeout, lease.backend(), &self.route).await?
+            }
+        };
         Ok((halves, lease))
     }
 
-    /// Connect to one of the backends, trying the next on failure, each within `timeout`.
-    pub async fn connect(
+    /// Connect to one of the backends, trying the next on failure, each within `timeout`. A
+    /// `tls://` backend's PROXY header and TLS handshake are part of its connect: their failure
+    /// counts against it and the next backend is tried.
+    async fn connect(
         self: &Arc<Self>,
         timeout: Duration,
-    ) -> Result<(BackendStream, Lease), ConnectError> {
+        preface: Option<&[u8]>,
+        tls: Option<&BackendTls>,
+    ) -> Result<(Opened, Lease), ConnectError> {
         let mut last = None;
         for index in self.candidates() {
             let m = &self.members[index];
             let started = Instant::now();
-            match connect(&m.addr, timeout).await {
+            match open_addr(&m.addr, timeout, preface, tls, &|_| true).await {
                 Ok(stream) => {
                     self.metrics
                         .backend_connect_seconds
@@ -535,7 +678,8 @@ impl Pool {
         self.metrics.backend_up.get_or_create(&m.label).set(0);
     }
 
-    /// Start the active health checks, if configured. They stop when the pool is dropped.
+    /// Start the active health checks, if configured. They stop when the pool is dropped. A
+    /// check is a TCP connect, for `tls://` backends too (no PROXY header, no handshake).
     pub fn start_health_checks(self: &Arc<Self>, timeout: Duration) {
         let Some(interval) = self.health.check_interval else {
             return;

@@ -8,7 +8,7 @@
 //! server      route lookup (exact path, router.rs)                      -> 404
 //! auth        Origin policy, credentials, subprotocol selection         -> 403 / 401 / 503
 //! target      per-session target: token -> source -> allow-list         -> 400 / 404 / 403 / 503
-//! backend     connect (failover), PROXY header, with a deadline         -> 502 / 503 / 504
+//! backend     connect (failover), PROXY header, TLS, with a deadline    -> 502 / 503 / 504
 //! handshake   101 Switching Protocols, then the session task:
 //! pump        upstream (client -> backend) and downstream (backend -> client, control events)
 //! ws          frame codec: unmasking, limits, UTF-8, control frames      -> 1002 / 1007 / 1009
@@ -18,7 +18,7 @@
 //!
 //! `config` turns the file into typed values before anything is bound; `static_files` serves the
 //! demo page for plain HTTP requests; `demo` runs the built-in demo backends; `tls` loads
-//! certificates during config validation; `origin` parses origins; `outbound` makes the HTTP(S)
+//! certificates during config validation (the listeners' and the backend TLS client's); `origin` parses origins; `outbound` makes the HTTP(S)
 //! requests of `auth` and `target` (auth service, token service); `proxy_protocol` encodes the
 //! PROXY header for backends; `registry`, `metrics` and `admin` serve the operator's view (live
 //! sessions, readiness, Prometheus metrics).

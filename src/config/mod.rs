@@ -8,11 +8,13 @@
 //! - `raw`: the file as written (serde structs); `units`: durations, sizes, counts;
 //!   `table`: tables whose keys belong to more than one type
 //! - `limits`: `[limits]` and `[route.limits]`; `routes`: `[[route]]` and `[route.target]`;
+//!   `backend_tls`: `[route.backend_tls]` and `[route.target] tls`;
 //!   `auth`: `[route.auth]`;
 //!   `listeners`: `[[listener]]` and TLS; `services`: `[static]`, `[[demo_backend]]`, `[admin]`;
 //!   `process`: `[log]`, `[runtime]`
 
 mod auth;
+mod backend_tls;
 mod limits;
 mod listeners;
 mod process;

@@ -101,6 +101,18 @@ pub struct RawRoute {
     /// `type` ([`AuthType`]) and the keys of that type: [`RawJwt`] or [`RawForward`].
     pub auth: Option<Spanned<Table>>,
     pub target: Option<Spanned<RawTarget>>,
+    pub backend_tls: Option<Spanned<RawBackendTls>>,
+}
+
+/// `[route.backend_tls]`: how `tls://` backends and TLS targets are spoken to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTls {
+    pub ca_file: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub verify: Option<Spanned<bool>>,
 }
 
 /// `[route.target]`: a backend per session, named by a token. The keys are options so that a
@@ -117,6 +129,8 @@ pub struct RawTarget {
     pub source_timeout: Option<Spanned<Timeout>>,
     /// Only with an `https://` source.
     pub source_ca_file: Option<Spanned<String>>,
+    /// Connect the targets with TLS.
+    pub tls: Option<Spanned<bool>>,
 }
 
 /// `[route.target] token_from`.

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +20,7 @@ use crate::target::allow::{AllowEntry, AllowList};
 use crate::target::service::{ServiceSettings, ServiceSettingsError, DEFAULT_SOURCE_TIMEOUT};
 pub use crate::target::TargetSettings;
 use crate::target::{SourceSettings, TokenFrom, DEFAULT_TOKEN_NAME};
+use crate::tls::BackendTls;
 
 /// Longest `[route.target] token_name`.
 pub const MAX_TOKEN_NAME_BYTES: usize = 256;
@@ -60,6 +62,8 @@ pub enum BackendAddr {
     Tcp { host: String, port: u16 },
     /// `unix:/path/to/socket`.
     Unix(PathBuf),
+    /// `tls://host:port`: TCP, then TLS as the route's `[route.backend_tls]` says.
+    Tls { host: String, port: u16 },
 }
 
 impl fmt::Display for BackendAddr {
@@ -68,6 +72,10 @@ impl fmt::Display for BackendAddr {
             BackendAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
             BackendAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
             BackendAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            BackendAddr::Tls { host, port } if host.contains(':') => {
+                write!(f, "tls://[{host}]:{port}")
+            }
+            BackendAddr::Tls { host, port } => write!(f, "tls://{host}:{port}"),
         }
     }
 }
@@ -118,6 +126,10 @@ pub struct Route {
     /// Subprotocols the route may select, in preference order.
     pub subprotocols: Vec<String>,
     pub limits: SessionLimits,
+    /// `[route.backend_tls]`, loaded: set when a backend is `tls://` or `target_tls` is set.
+    pub backend_tls: Option<Arc<BackendTls>>,
+    /// `[route.target] tls = true`: per-session targets are connected with TLS.
+    pub target_tls: bool,
 }
 
 impl Route {
@@ -199,6 +211,7 @@ impl Ctx<'_> {
                 )
             }
         };
+        let tls = self.route_tls(i, r, &backends)?;
         let health = Health {
             failures: r
                 .health
@@ -315,6 +328,8 @@ impl Ctx<'_> {
             proxy_protocol: r.proxy_protocol,
             subprotocols,
             limits,
+            backend_tls: tls.backend_tls,
+            target_tls: tls.target_tls,
         })
     }
 
@@ -519,6 +534,17 @@ impl Ctx<'_> {
     fn backend(&self, key: &str, value: &Spanned<String>) -> Result<BackendAddr, ConfigError> {
         let key = key.to_string();
         let s = value.get_ref().trim();
+        let (tls, s) = match s.strip_prefix("tls://") {
+            Some(rest) if rest.starts_with("unix:") => {
+                return self.err(
+                    value.span(),
+                    key,
+                    "TLS to backends goes over TCP only: write tls://host:port",
+                )
+            }
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return self.err(
@@ -534,7 +560,8 @@ impl Ctx<'_> {
                 value.span(),
                 &key,
                 format!(
-                    "{s:?} is not host:port (e.g. \"127.0.0.1:9001\", \"[::1]:9001\", \"backend.local:9001\") or unix:/path"
+                    "{:?} is not host:port (e.g. \"127.0.0.1:9001\", \"[::1]:9001\", \"backend.local:9001\"), tls://host:port or unix:/path",
+                    value.get_ref().trim()
                 ),
             )
         };
@@ -559,9 +586,11 @@ impl Ctx<'_> {
         if !host_ok {
             return bad();
         }
-        Ok(BackendAddr::Tcp {
-            host: host.to_string(),
-            port,
+        let host = host.to_string();
+        Ok(if tls {
+            BackendAddr::Tls { host, port }
+        } else {
+            BackendAddr::Tcp { host, port }
         })
     }
 }

@@ -32,6 +32,8 @@ impl ReadReady for crate::backend::BackendReader {
         match self {
             crate::backend::BackendReader::Tcp(r) => r.readable().await,
             crate::backend::BackendReader::Unix(r) => r.readable().await,
+            // TLS may hold decrypted bytes the socket no longer signals: read into a buffer.
+            crate::backend::BackendReader::Tls(_) => Ok(()),
         }
     }
 }
@@ -67,6 +69,26 @@ pub(super) async fn read_more<R: ReadReady>(
         buf.reserve(READ_CHUNK_BYTES);
     }
     r.read_buf(buf).await
+}
+
+/// Try one flush without waiting: `Pending` when the transport still holds bytes the socket has
+/// no room for now (the task's waker is then registered).
+pub(super) async fn flush_now<W: AsyncWrite + Unpin>(w: &mut W) -> Poll<io::Result<()>> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *w).poll_flush(cx))).await
+}
+
+/// Write `buf` (returning how much was taken), or with `flushing`, flush (returning 1).
+pub(super) async fn write_or_flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+    flushing: bool,
+) -> io::Result<usize> {
+    use tokio::io::AsyncWriteExt;
+    if flushing {
+        w.flush().await.map(|()| 1)
+    } else {
+        w.write(buf).await
+    }
 }
 
 /// Try one write without waiting: `Pending` when the socket has no room now (the task's waker is

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::Notified;
 
-use super::io::{read_more, write_now, ReadReady};
+use super::io::{flush_now, read_more, write_now, write_or_flush, ReadReady};
 use super::{
     Shared, Traffic, BUFFER_RELEASE, DISCARD_CHUNK_BYTES, FLUSH_THRESHOLD_BYTES,
     MAX_PENDING_PONG_BYTES,
@@ -35,6 +35,8 @@ pub(super) struct Upstream<'s, R, W> {
     traffic: &'s Traffic,
     /// The backend's write side has been shut.
     backend_shut: bool,
+    /// Bytes were written to the backend and not flushed since.
+    unflushed: bool,
     control: ControlRate,
 }
 
@@ -103,6 +105,7 @@ where
             write_timeout: route.limits.write_timeout,
             traffic,
             backend_shut: false,
+            unflushed: false,
             control: ControlRate::new(route.limits.control_frames_per_second),
         }
     }
@@ -237,17 +240,27 @@ where
     /// Write the ready bytes to the backend. Returns false when upstream must stop. A backend
     /// that stops reading stalls us here (backpressure); `stop_up` still ends the wait.
     async fn flush(&mut self, forward: &mut bool, wake: &mut Pin<&mut Notified<'s>>) -> bool {
-        while !self.out.ready().is_empty() {
+        // The bytes are written, then flushed: a TLS backend connection may hold written bytes
+        // in its own buffer until then (a no-op for TCP and unix sockets). The flush reports 1
+        // byte so that the handling below is the same.
+        while !self.out.ready().is_empty() || self.unflushed {
+            let flushing = self.out.ready().is_empty();
             // Tried first without a timer: when the write completes at once (the common case),
             // no clock is read and no timer or wake-up is registered.
-            let r = match write_now(&mut self.backend, self.out.ready()).await {
+            let now = if flushing {
+                flush_now(&mut self.backend).await.map(|r| r.map(|()| 1))
+            } else {
+                write_now(&mut self.backend, self.out.ready()).await
+            };
+            let r = match now {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
                     let stalled = tokio::time::sleep(self.write_timeout);
                     tokio::select! {
                         biased;
-                        // `write` is cancel-safe: if another branch wins, nothing was written.
-                        r = self.backend.write(self.out.ready()) => r,
+                        // `write` and `flush` are cancel-safe: if another branch wins, nothing
+                        // was written.
+                        r = write_or_flush(&mut self.backend, self.out.ready(), flushing) => r,
                         _ = stalled => {
                             self.backend_failed(forward, Close::BACKEND_STALLED);
                             return true;
@@ -263,7 +276,11 @@ where
                 }
             };
             match r {
-                Ok(n) if n > 0 => self.out.consume(n),
+                Ok(_) if flushing => self.unflushed = false,
+                Ok(n) if n > 0 => {
+                    self.out.consume(n);
+                    self.unflushed = true;
+                }
                 _ => {
                     self.backend_failed(forward, Close::BACKEND_ERROR);
                     return true;

@@ -338,10 +338,23 @@ pub(super) async fn upgrade(
     let (backend, backend_name, lease, token_hash) = match &resolved {
         Some(r) => {
             let addr = match &r.target {
+                Target::Tcp { host, port } if route.target_tls => BackendAddr::Tls {
+                    host: host.clone(),
+                    port: *port,
+                },
                 Target::Tcp { host, port } => BackendAddr::Tcp {
                     host: host.clone(),
                     port: *port,
                 },
+                // Configuration refuses unix: allow entries with `tls = true`; never connect a
+                // TLS route's target in the clear.
+                Target::Unix(_) if route.target_tls => {
+                    warn!(route = %route.path, client = %peer, target = %r.target, token_hash = %r.token_hash, "a unix socket target on a route whose targets are connected with TLS: refused");
+                    return Err(Reject::backend(
+                        StatusCode::BAD_GATEWAY,
+                        "TLS to a unix socket target is not supported",
+                    ));
+                }
                 Target::Unix(path) => BackendAddr::Unix(path.clone()),
             };
             let halves = crate::backend::open_one(
@@ -349,6 +362,7 @@ pub(super) async fn upgrade(
                 &addr,
                 route.limits.connect_timeout,
                 preface.as_deref(),
+                route.backend_tls.as_deref(),
                 &|a| r.permit.admits(a),
             )
             .await
@@ -368,7 +382,11 @@ pub(super) async fn upgrade(
         None => {
             let (halves, lease) = rt
                 .pool
-                .open(route.limits.connect_timeout, preface.as_deref())
+                .open(
+                    route.limits.connect_timeout,
+                    preface.as_deref(),
+                    route.backend_tls.as_deref(),
+                )
                 .await
                 .map_err(|e| e.reject())?;
             let name = lease.backend().to_string();

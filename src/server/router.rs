@@ -72,6 +72,9 @@ impl State {
     ) -> State {
         let mut routes = HashMap::new();
         for r in &config.routes {
+            if r.backend_tls.as_ref().is_some_and(|t| !t.verify) {
+                tracing::warn!(route = %r.path, "[route.backend_tls] verify = false: backend certificates are not checked, so anyone on the path to the backend can stand in for it");
+            }
             let old = previous.and_then(|p| p.routes.get(&r.path));
             // Keep health state when the backends did not change.
             let pool = match old {

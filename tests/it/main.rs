@@ -11,6 +11,7 @@ mod auth_origin;
 mod autobahn;
 mod backend_failures;
 mod backend_pools;
+mod backend_tls;
 mod backpressure;
 mod browser;
 mod browser_auth;
