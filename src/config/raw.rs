@@ -67,6 +67,8 @@ pub struct RawLog {
 pub struct RawListener {
     pub bind: Spanned<String>,
     pub tls: Option<RawTls>,
+    /// Only with a `unix:` bind: the socket file's permission bits, an octal string.
+    pub mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +76,8 @@ pub struct RawListener {
 pub struct RawTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+    /// Plain `ws://` on the same port too, told apart by the first byte.
+    pub accept_plain: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
