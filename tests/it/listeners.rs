@@ -412,10 +412,7 @@ async fn tls_gateway(
     (gw, cert)
 }
 
-async fn wss(
-    gw: &TestGateway,
-    cert: &CertificateDer<'static>,
-) -> WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>> {
+fn trusting(cert: &CertificateDer<'static>) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -424,11 +421,17 @@ async fn wss(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn wss(
+    gw: &TestGateway,
+    cert: &CertificateDer<'static>,
+) -> WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(gw.addr()).await.unwrap();
     let tls = tokio::time::timeout(
         WAIT,
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+        trusting(cert).connect(ServerName::try_from("localhost").unwrap(), tcp),
     )
     .await
     .expect("TLS handshake timed out")
@@ -590,4 +593,47 @@ fn check_summary_shows_the_unix_bind_and_accept_plain() {
         "{}",
         cli::stderr(&out)
     );
+}
+
+#[tokio::test]
+async fn wss_over_a_unix_listener() {
+    let backend = backends::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = support::write_cert(dir.path());
+    let gw = TestGateway::start_in(
+        dir,
+        &unix_config(
+            &backend.config_addr(),
+            "tls = { cert = \"cert.pem\", key = \"key.pem\" }",
+            "",
+            "",
+        ),
+    )
+    .await;
+    let stream = UnixStream::connect(&gw.unix[0]).await.unwrap();
+    let tls = tokio::time::timeout(
+        WAIT,
+        trusting(&cert).connect(ServerName::try_from("localhost").unwrap(), stream),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .expect("TLS handshake over the unix socket");
+    let (mut ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async("wss://localhost/echo", tls),
+    )
+    .await
+    .expect("upgrade timed out")
+    .expect("upgrade");
+    echo(&mut ws, "tls over a unix socket").await;
+    echo(&mut ws, "twice").await;
+    // A plain client on that socket gets no WebSocket.
+    let plain = UnixStream::connect(&gw.unix[0]).await.unwrap();
+    let attempt = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async("ws://localhost/echo", plain),
+    )
+    .await
+    .expect("the plain attempt did not end");
+    assert!(attempt.is_err());
 }
