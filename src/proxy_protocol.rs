@@ -113,35 +113,61 @@ pub fn encode(version: Version, h: &Header<'_>) -> Result<Vec<u8>, EncodeError> 
             };
             body.extend_from_slice(&src.port().to_be_bytes());
             body.extend_from_slice(&dst.port().to_be_bytes());
-            let session_id = h.session_id.to_string();
-            let mut tlvs: Vec<(u8, &[u8])> = Vec::with_capacity(3);
-            if let Some(subject) = h.subject {
-                tlvs.push((TLV_SUBJECT, subject.as_bytes()));
-            }
-            tlvs.push((TLV_ROUTE, h.route.as_bytes()));
-            tlvs.push((TLV_SESSION_ID, session_id.as_bytes()));
-            // Spec §2.2: the length field counts the address block and the TLVs. Check before
-            // building: every TLV length is at most the total, so it fits too.
-            let total = tlvs
-                .iter()
-                .map(|(_, v)| 3 + v.len())
-                .fold(body.len(), usize::saturating_add);
-            let total16 = u16::try_from(total).map_err(|_| EncodeError::TooLong(total))?;
-            for (kind, value) in tlvs {
-                let len = u16::try_from(value.len()).map_err(|_| EncodeError::TooLong(total))?;
-                body.push(kind);
-                body.extend_from_slice(&len.to_be_bytes());
-                body.extend_from_slice(value);
-            }
-            let mut out = Vec::with_capacity(16 + body.len());
-            out.extend_from_slice(&V2_SIGNATURE);
-            out.push(0x21); // version 2, command PROXY
-            out.push(family);
-            out.extend_from_slice(&total16.to_be_bytes());
-            out.extend_from_slice(&body);
-            Ok(out)
+            // Version 2, command PROXY.
+            v2_with_tlvs(0x21, family, body, h)
         }
     }
+}
+
+/// Encode the header for a client whose address is not an IP address (a client of a unix-socket
+/// listener); `h.source` and `h.destination` are not written. Spec §2.1: v1 says `PROXY UNKNOWN`,
+/// after which the receiver uses the connection's own addresses. Spec §2.2: v2 uses the LOCAL
+/// command with the AF_UNSPEC family and no address block, as HAProxy itself sends for a family it
+/// cannot carry; the receiver keeps the connection's own addresses. wsgate's TLVs (subject,
+/// route, session id) follow the empty address block and are counted in the length; a receiver
+/// that treats an AF_UNSPEC payload as one opaque address block skips them.
+pub fn encode_unknown(version: Version, h: &Header<'_>) -> Result<Vec<u8>, EncodeError> {
+    match version {
+        Version::V1 => Ok(b"PROXY UNKNOWN\r\n".to_vec()),
+        // Version 2, command LOCAL; AF_UNSPEC, UNSPEC.
+        Version::V2 => v2_with_tlvs(0x20, 0x00, Vec::new(), h),
+    }
+}
+
+/// A v2 header: the fixed part, the address block `body`, then wsgate's TLVs from `h`.
+fn v2_with_tlvs(
+    ver_cmd: u8,
+    family: u8,
+    mut body: Vec<u8>,
+    h: &Header<'_>,
+) -> Result<Vec<u8>, EncodeError> {
+    let session_id = h.session_id.to_string();
+    let mut tlvs: Vec<(u8, &[u8])> = Vec::with_capacity(3);
+    if let Some(subject) = h.subject {
+        tlvs.push((TLV_SUBJECT, subject.as_bytes()));
+    }
+    tlvs.push((TLV_ROUTE, h.route.as_bytes()));
+    tlvs.push((TLV_SESSION_ID, session_id.as_bytes()));
+    // Spec §2.2: the length field counts the address block and the TLVs. Check before
+    // building: every TLV length is at most the total, so it fits too.
+    let total = tlvs
+        .iter()
+        .map(|(_, v)| 3 + v.len())
+        .fold(body.len(), usize::saturating_add);
+    let total16 = u16::try_from(total).map_err(|_| EncodeError::TooLong(total))?;
+    for (kind, value) in tlvs {
+        let len = u16::try_from(value.len()).map_err(|_| EncodeError::TooLong(total))?;
+        body.push(kind);
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(value);
+    }
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(&V2_SIGNATURE);
+    out.push(ver_cmd);
+    out.push(family);
+    out.extend_from_slice(&total16.to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -221,6 +247,32 @@ mod tests {
         let one_more = format!("{fits}s");
         h.subject = Some(&one_more);
         assert_eq!(encode(Version::V2, &h), Err(EncodeError::TooLong(65_536)));
+    }
+
+    /// A unix-socket client: `PROXY UNKNOWN` for v1, LOCAL with AF_UNSPEC (no addresses, the
+    /// TLVs still there) for v2, as `ppp` (an independent parser of the spec) reads them.
+    #[test]
+    fn unknown_source_v1_and_v2() {
+        let h = header("0.0.0.0:0", "0.0.0.0:0");
+        let v1 = encode_unknown(Version::V1, &h).unwrap();
+        assert_eq!(v1, b"PROXY UNKNOWN\r\n");
+        let parsed = ppp::v1::Header::try_from(std::str::from_utf8(&v1).unwrap()).unwrap();
+        assert!(matches!(parsed.addresses, ppp::v1::Addresses::Unknown));
+
+        let v2 = encode_unknown(Version::V2, &h).unwrap();
+        assert_eq!(&v2[..12], &V2_SIGNATURE);
+        assert_eq!(v2[12], 0x20);
+        assert_eq!(v2[13], 0x00);
+        let parsed = ppp::v2::Header::try_from(v2.as_slice()).unwrap();
+        assert_eq!(parsed.header.len(), v2.len());
+        assert_eq!(parsed.command, ppp::v2::Command::Local);
+        assert!(matches!(parsed.addresses, ppp::v2::Addresses::Unspecified));
+        // No address block: the TLVs follow the fixed part directly. (`ppp` treats an AF_UNSPEC
+        // payload as one opaque address block, so it is not asked for them.)
+        assert_eq!(
+            &v2[16..],
+            b"\xE0\x00\x05alice\xE1\x00\x05/chat\xE2\x00\x0242"
+        );
     }
 
     use proptest::prelude::*;

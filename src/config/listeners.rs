@@ -1,5 +1,9 @@
-//! `[[listener]]`: the address and, for `wss://`, the certificate and key, loaded here (through
+//! `[[listener]]`: the address (`IP:port`, or `unix:PATH` for a unix-domain socket with its
+//! optional `mode`) and, for `wss://`, the certificate and key, loaded here (through
 //! [`crate::tls`]) so that a bad file is a configuration error naming its path.
+//!
+//! Binding, the stale-socket check and the socket file's removal at shutdown belong to the
+//! server; this module only says what to bind.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,10 +13,37 @@ use std::sync::Arc;
 use super::raw::RawListener;
 use super::{ConfigError, Ctx};
 
+/// The prefix of a unix-domain socket bind: `bind = "unix:/run/wsgate.sock"`.
+pub const UNIX_PREFIX: &str = "unix:";
+
+/// Longest socket path, in bytes: `sun_path` holds 108 bytes including the terminating NUL.
+pub const MAX_UNIX_PATH_BYTES: usize = 107;
+
+/// Largest `mode`: the permission bits with setuid, setgid and sticky.
+pub const MAX_MODE: u32 = 0o7777;
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    /// A unix-domain stream socket at this path (relative paths resolved against the
+    /// configuration file's directory).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "{UNIX_PREFIX}{}", p.display()),
+        }
+    }
+}
+
 /// One `[[listener]]`, validated, with its TLS configuration loaded.
 #[derive(Clone)]
 pub struct Listener {
-    pub bind: SocketAddr,
+    pub bind: ListenAddr,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The certificate and key files (for the summary, and reloading when they change).
     pub tls_cert: Option<PathBuf>,
@@ -20,6 +51,11 @@ pub struct Listener {
     /// HTTP/2: on a TLS listener ALPN offers `h2` (default on); on a plain one, h2c with prior
     /// knowledge is accepted (default off).
     pub http2: bool,
+    /// `tls.accept_plain`: a TLS listener that also takes plain connections (the first byte
+    /// tells them apart).
+    pub accept_plain: bool,
+    /// `mode`: the permission bits set on a unix socket file after it is bound.
+    pub mode: Option<u32>,
 }
 
 impl fmt::Debug for Listener {
@@ -28,23 +64,119 @@ impl fmt::Debug for Listener {
             .field("bind", &self.bind)
             .field("tls_cert", &self.tls_cert)
             .field("http2", &self.http2)
+            .field("accept_plain", &self.accept_plain)
+            .field("mode", &self.mode.map(|m| format!("{m:04o}")))
             .finish()
     }
+}
+
+/// One line of `wsgate check`'s summary.
+pub(super) fn summary(l: &Listener) -> String {
+    let cert = l.tls_cert.as_ref().map(|c| c.display());
+    match (&l.bind, cert) {
+        (ListenAddr::Tcp(a), None) => format!("ws://{a}"),
+        (ListenAddr::Tcp(a), Some(cert)) if l.accept_plain => {
+            format!("wss://{a} and ws://{a}  (certificate {cert}; plain accepted on the same port)")
+        }
+        (ListenAddr::Tcp(a), Some(cert)) => format!("wss://{a}  (certificate {cert})"),
+        (unix, cert) => {
+            let scheme = match cert {
+                None => "ws".to_string(),
+                Some(cert) => format!("wss, certificate {cert}"),
+            };
+            let mode = match l.mode {
+                None => "mode from the umask".to_string(),
+                Some(m) => format!("mode {m:04o}"),
+            };
+            format!("{unix}  ({scheme}; {mode})")
+        }
+    }
+}
+
+/// An octal mode string ("0660", "660", "0o660"), at most [`MAX_MODE`].
+fn parse_mode(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return None;
+    }
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= MAX_MODE)
 }
 
 impl Ctx<'_> {
     pub(super) fn listener(&self, i: usize, l: &RawListener) -> Result<Listener, ConfigError> {
         let key = format!("listener[{i}].bind");
-        let bind = self.socket_addr(&l.bind, &key)?;
+        let bind = match l.bind.get_ref().strip_prefix(UNIX_PREFIX) {
+            Some(path) => {
+                if path.is_empty() {
+                    return self.err(
+                        l.bind.span(),
+                        key,
+                        "a unix: bind needs a path (e.g. \"unix:/run/wsgate.sock\")",
+                    );
+                }
+                let path = self.resolve(path);
+                let len = path.as_os_str().len();
+                if len > MAX_UNIX_PATH_BYTES {
+                    return self.err(
+                        l.bind.span(),
+                        key,
+                        format!(
+                            "the socket path {} is {len} bytes long; a unix socket path holds at most {MAX_UNIX_PATH_BYTES}",
+                            path.display()
+                        ),
+                    );
+                }
+                ListenAddr::Unix(path)
+            }
+            None => ListenAddr::Tcp(self.socket_addr(&l.bind, &key)?),
+        };
+        let mode = match &l.mode {
+            None => None,
+            Some(m) => {
+                let mkey = format!("listener[{i}].mode");
+                if !matches!(bind, ListenAddr::Unix(_)) {
+                    return self.err(
+                        m.span(),
+                        mkey,
+                        "mode applies only to a unix socket listener (bind = \"unix:PATH\")",
+                    );
+                }
+                match parse_mode(m.get_ref()) {
+                    Some(v) => Some(v),
+                    None => {
+                        return self.err(
+                            m.span(),
+                            mkey,
+                            format!(
+                                "{:?} is not an octal file mode (e.g. \"0660\"; at most \"07777\")",
+                                m.get_ref()
+                            ),
+                        )
+                    }
+                }
+            }
+        };
         // HTTP/2 is on by default where ALPN can choose it (TLS), and opt-in for h2c.
         let http2 = l.http2.as_ref().map_or(l.tls.is_some(), |v| *v.get_ref());
-        let (tls, tls_cert, tls_key) = match &l.tls {
-            None => (None, None, None),
+        let (tls, tls_cert, tls_key, accept_plain) = match &l.tls {
+            None => (None, None, None, false),
             Some(t) => {
                 let cert = self.resolve(t.cert.get_ref());
                 let keyfile = self.resolve(t.key.get_ref());
+                let accept_plain = t.accept_plain.as_ref().is_some_and(|a| *a.get_ref());
+                if let (Some(a), ListenAddr::Unix(_), true) = (&t.accept_plain, &bind, accept_plain)
+                {
+                    return self.err(
+                        a.span(),
+                        format!("listener[{i}].tls.accept_plain"),
+                        "accept_plain applies only to a TCP listener",
+                    );
+                }
                 match crate::tls::load_server_config(&cert, &keyfile, http2) {
-                    Ok(cfg) => (Some(cfg), Some(cert), Some(keyfile)),
+                    Ok(cfg) => (Some(cfg), Some(cert), Some(keyfile), accept_plain),
                     Err(e) => {
                         let span = match e {
                             crate::tls::TlsError::Key { .. } => t.key.span(),
@@ -61,6 +193,94 @@ impl Ctx<'_> {
             tls_cert,
             tls_key,
             http2,
+            accept_plain,
+            mode,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn with_listener(lines: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[[listener]]\n{lines}\n[[route]]\npath = \"/echo\"\nbackend = \"127.0.0.1:9001\"\n"
+        );
+        Config::parse(&text, Path::new("/etc/wsgate"))
+    }
+
+    fn key_of(lines: &str) -> String {
+        let e = with_listener(lines).unwrap_err();
+        e.key.clone().unwrap_or_else(|| panic!("no key in {e}"))
+    }
+
+    #[test]
+    fn unix_binds_and_modes() {
+        let c = with_listener("bind = \"unix:run/ws.sock\"\nmode = \"0660\"").unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(
+            l.bind,
+            ListenAddr::Unix(PathBuf::from("/etc/wsgate/run/ws.sock"))
+        );
+        assert_eq!(l.mode, Some(0o660));
+        assert!(c
+            .summary()
+            .contains("unix:/etc/wsgate/run/ws.sock  (ws; mode 0660)"));
+        let c = with_listener("bind = \"unix:/run/ws.sock\"").unwrap();
+        assert_eq!(
+            c.listeners[0].bind,
+            ListenAddr::Unix(PathBuf::from("/run/ws.sock"))
+        );
+        assert_eq!(c.listeners[0].mode, None);
+
+        assert_eq!(key_of("bind = \"unix:\""), "listener[0].bind");
+        let long = format!("bind = \"unix:/{}\"", "s".repeat(MAX_UNIX_PATH_BYTES));
+        assert_eq!(key_of(&long), "listener[0].bind");
+        assert_eq!(
+            key_of("bind = \"unix:/a\"\nmode = \"rw\""),
+            "listener[0].mode"
+        );
+        assert_eq!(
+            key_of("bind = \"unix:/a\"\nmode = \"0968\""),
+            "listener[0].mode"
+        );
+        assert_eq!(
+            key_of("bind = \"127.0.0.1:0\"\nmode = \"0660\""),
+            "listener[0].mode"
+        );
+        let twice = "bind = \"unix:/a\"\n[[listener]]\nbind = \"unix:/a\"";
+        assert_eq!(key_of(twice), "listener[1].bind");
+    }
+
+    #[test]
+    fn accept_plain_is_tcp_only() {
+        // Checked before the certificate files are read.
+        let unix =
+            "bind = \"unix:/a\"\ntls = { cert = \"c.pem\", key = \"k.pem\", accept_plain = true }";
+        assert_eq!(key_of(unix), "listener[0].tls.accept_plain");
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0660"), Some(0o660));
+        assert_eq!(parse_mode("660"), Some(0o660));
+        assert_eq!(parse_mode("0o600"), Some(0o600));
+        assert_eq!(parse_mode("7777"), Some(0o7777));
+        assert_eq!(parse_mode("0"), Some(0));
+        for bad in [
+            "",
+            "0o",
+            "0668",
+            "rw-rw----",
+            "17777",
+            "-660",
+            "0x1b6",
+            "000000",
+        ] {
+            assert_eq!(parse_mode(bad), None, "{bad}");
+        }
     }
 }

@@ -42,7 +42,7 @@ pub use limits::{
     DEFAULT_PONG_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
     DEFAULT_WRITE_TIMEOUT_SECS, MAX_CONTROL_FRAMES_PER_SECOND,
 };
-pub use listeners::Listener;
+pub use listeners::{ListenAddr, Listener};
 pub use process::{LogConfig, LogFormat, RuntimeConfig, MAX_WORKER_THREADS};
 pub use routes::{
     AuthSettings, BackendAddr, Balance, Framing, Health, Route, TargetSettings,
@@ -136,21 +136,7 @@ impl Config {
         let mut s = String::new();
         let _ = writeln!(s, "listeners:");
         for l in &self.listeners {
-            match &l.tls_cert {
-                Some(cert) => {
-                    let h2 = if l.http2 { ", HTTP/2" } else { "" };
-                    let _ = writeln!(
-                        s,
-                        "  wss://{}  (certificate {}{h2})",
-                        l.bind,
-                        cert.display()
-                    );
-                }
-                None => {
-                    let h2c = if l.http2 { "  (h2c)" } else { "" };
-                    let _ = writeln!(s, "  ws://{}{h2c}", l.bind);
-                }
-            }
+            let _ = writeln!(s, "  {}", listeners::summary(l));
         }
         let _ = writeln!(s, "routes:");
         for r in &self.routes {
@@ -326,9 +312,14 @@ impl Ctx<'_> {
             binds.insert(d.bind);
         }
         let mut listeners = Vec::new();
+        let mut socket_paths = HashSet::new();
         for (i, l) in raw.listener.iter().enumerate() {
             let listener = self.listener(i, l)?;
-            if listener.bind.port() != 0 && !binds.insert(listener.bind) {
+            let taken = match &listener.bind {
+                ListenAddr::Tcp(a) => a.port() != 0 && !binds.insert(*a),
+                ListenAddr::Unix(p) => !socket_paths.insert(p.clone()),
+            };
+            if taken {
                 return self.err(
                     l.bind.span(),
                     format!("listener[{i}].bind"),

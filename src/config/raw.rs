@@ -70,6 +70,8 @@ pub struct RawListener {
     /// HTTP/2 (RFC 8441 WebSockets): ALPN `h2` on TLS listeners (default on), h2c with prior
     /// knowledge on plain ones (default off).
     pub http2: Option<Spanned<bool>>,
+    /// Only with a `unix:` bind: the socket file's permission bits, an octal string.
+    pub mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +79,8 @@ pub struct RawListener {
 pub struct RawTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+    /// Plain `ws://` on the same port too, told apart by the first byte.
+    pub accept_plain: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,6 +3,10 @@
 //! `max_connections_per_ip`), one task per connection from accept to close, and shutdown (stop
 //! accepting, Close 1001 to every session, wait at most `shutdown_grace`).
 //!
+//! Listeners are TCP or unix-domain sockets ([`unix`]: the socket file's life from the stale
+//! check to its removal). A TLS listener with `accept_plain` tells TLS from plain clients by the
+//! first byte, peeked before anything is read.
+//!
 //! The other jobs have files of their own:
 //! - [`router`]: one configuration generation (routes with their backend pools and session
 //!   counts, TLS acceptors), replaced whole on reload.
@@ -17,6 +21,7 @@ mod reload;
 mod request;
 mod router;
 mod session;
+mod unix;
 
 use reload::{forward_sighup, reconfigure};
 use request::{http_phase, Conn, UpgradeSlot};
@@ -27,19 +32,20 @@ use session::run_session;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::framing::MessageBudget;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -55,11 +61,25 @@ const CLIENT_NOTSENT_LOWAT_BYTES: u32 = 128 * 1024;
 /// Pending connections the kernel queues per listener (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// The TLS record type of a handshake (RFC 8446 §5.1): the first byte a TLS client sends. On an
+/// `accept_plain` listener any other first byte means plain HTTP.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The address a client of a unix-socket listener is shown with (access lines, `/sessions`,
+/// the forward-auth request): such a client has no IP address.
+pub(super) const UNIX_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on unix:{}: {source}", path.display())]
+    BindUnix { path: PathBuf, source: io::Error },
+    #[error("cannot listen on unix:{}: another process accepts connections on this socket", path.display())]
+    UnixInUse { path: PathBuf },
+    #[error("cannot listen on unix:{}: the path exists and is not a socket (left untouched)", path.display())]
+    NotASocket { path: PathBuf },
     #[error("cannot start demo backend on {addr}: {source}")]
     Demo { addr: SocketAddr, source: io::Error },
 }
@@ -67,8 +87,10 @@ pub enum RunError {
 /// Where the gateway listens, reported once everything is bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bound {
-    /// The client listeners, in configuration order.
+    /// The TCP client listeners, in configuration order.
     pub listeners: Vec<SocketAddr>,
+    /// The unix-socket client listeners' paths, in configuration order.
+    pub unix: Vec<PathBuf>,
     /// The admin listener, when the configuration has one.
     pub admin: Option<SocketAddr>,
 }
@@ -103,15 +125,19 @@ impl Gateway {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
     }
 
-    /// Count a new client connection; `Err` when a limit refuses it.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> (ConnGuard, Option<&'static str>) {
+    /// Count a new client connection; the reason when a limit refuses it. A client of a
+    /// unix-socket listener (`ip` is `None`) counts against `max_connections` only.
+    fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> (ConnGuard, Option<&'static str>) {
         let limits = self.state().config.http;
         let total = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let from_ip = {
-            let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            let n = map.entry(ip).or_insert(0);
-            *n += 1;
-            *n
+        let from_ip = match ip {
+            None => 0,
+            Some(ip) => {
+                let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+                let n = map.entry(ip).or_insert(0);
+                *n += 1;
+                *n
+            }
         };
         self.metrics.connections_open.inc();
         let guard = ConnGuard {
@@ -135,18 +161,20 @@ impl Gateway {
 /// Releases a connection's place in the counts when the connection (or its session) ends.
 struct ConnGuard {
     gw: Arc<Gateway>,
-    ip: IpAddr,
+    /// `None` for a unix-socket client (not counted per address).
+    ip: Option<IpAddr>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.gw.connections.fetch_sub(1, Ordering::Relaxed);
         self.gw.metrics.connections_open.dec();
+        let Some(ip) = self.ip else { return };
         let mut map = self.gw.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
+        if let Some(n) = map.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.ip);
+                map.remove(&ip);
             }
         }
     }
@@ -181,18 +209,30 @@ pub async fn run(
     }
     let mut bound = Vec::new();
     let mut listening = Vec::new();
+    let mut unix_paths = Vec::new();
+    // Removed at shutdown (or when a later bind fails), each only if it is still our file.
+    let mut socket_files = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
-        let listener = bind_listener(l.bind).map_err(|source| RunError::Bind {
-            addr: l.bind,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| RunError::Bind {
-            addr: l.bind,
-            source,
-        })?;
-        info!(addr = %addr, tls = l.tls.is_some(), "listening");
-        listening.push(addr);
-        bound.push((listener, index));
+        match &l.bind {
+            ListenAddr::Tcp(bind) => {
+                let bind = *bind;
+                let listener =
+                    bind_listener(bind).map_err(|source| RunError::Bind { addr: bind, source })?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| RunError::Bind { addr: bind, source })?;
+                info!(addr = %addr, tls = l.tls.is_some(), accept_plain = l.accept_plain, "listening");
+                listening.push(addr);
+                bound.push((Listening::Tcp(listener), index));
+            }
+            ListenAddr::Unix(path) => {
+                let (listener, file) = unix::bind(path, l.mode).await?;
+                info!(path = %path.display(), tls = l.tls.is_some(), "listening on unix socket");
+                unix_paths.push(path.clone());
+                socket_files.push(file);
+                bound.push((Listening::Unix(listener), index));
+            }
+        }
     }
     let admin_listener = match &config.admin {
         None => None,
@@ -214,6 +254,7 @@ pub async fn run(
     if let Some(report) = report {
         let _ = report.send(Bound {
             listeners: listening,
+            unix: unix_paths,
             admin: admin_listener.as_ref().map(|(_, _, addr)| *addr),
         });
     }
@@ -275,6 +316,8 @@ pub async fn run(
     info!("shutting down: no new connections, closing sessions with 1001");
     gw.registry.set_ready(false);
     stop_accepting.cancel();
+    // New clients of a unix listener now find no socket file instead of a silent one.
+    drop(socket_files);
     gw.shutdown.cancel();
     gw.sessions.close();
     let drained = tokio::time::timeout(grace, gw.sessions.wait()).await;
@@ -287,42 +330,68 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(
-    gw: Arc<Gateway>,
-    listener: TcpListener,
-    index: usize,
-    stop: CancellationToken,
-) {
+/// A bound client listener.
+enum Listening {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// An accepted client connection.
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl Listening {
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listening::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+            Listening::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
+async fn accept_loop(gw: Arc<Gateway>, listener: Listening, index: usize, stop: CancellationToken) {
     let mut backoff = ACCEPT_BACKOFF_START_MS;
     // A listener bound to one address gives every connection that local address; only a
     // wildcard bind needs asking per connection.
-    let local = listener
-        .local_addr()
-        .ok()
-        .filter(|a| !a.ip().is_unspecified());
+    let local = match &listener {
+        Listening::Tcp(l) => l.local_addr().ok().filter(|a| !a.ip().is_unspecified()),
+        Listening::Unix(_) => None,
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((tcp, peer)) => {
+            Ok(Accepted::Tcp(tcp, peer)) => {
                 backoff = ACCEPT_BACKOFF_START_MS;
-                let (guard, refused) = gw.admit(peer.ip());
-                let state = gw.state();
-                let tls = state.tls.get(index).cloned().flatten();
-                // h2c with prior knowledge: a plain listener with `http2 = true`.
-                let h2c =
-                    tls.is_none() && state.config.listeners.get(index).is_some_and(|l| l.http2);
-                drop(state);
-                tokio::spawn(connection(
+                let (guard, refused) = gw.admit(Some(peer.ip()));
+                tokio::spawn(tcp_connection(
                     gw.clone(),
                     tcp,
                     (peer, local),
-                    (tls, h2c),
+                    index,
                     Arc::new(guard),
                     refused,
                 ));
+            }
+            Ok(Accepted::Unix(stream)) => {
+                backoff = ACCEPT_BACKOFF_START_MS;
+                let accepted_at = tokio::time::Instant::now();
+                let (guard, refused) = gw.admit(None);
+                let tls = gw.state().tls.get(index).cloned().flatten();
+                let conn = ConnStart {
+                    peer: UNIX_PEER,
+                    local: UNIX_PEER,
+                    unix: true,
+                    accepted_at,
+                    guard: Arc::new(guard),
+                    refused,
+                    h2c: false,
+                };
+                tokio::spawn(connection(gw.clone(), stream, tls, conn));
             }
             Err(e) if is_per_connection_error(&e) => {
                 debug!(error = %e, "accept: connection failed before it was accepted");
@@ -372,16 +441,31 @@ fn is_per_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// One client connection, from accept to close: the HTTP phase (TLS handshake, request, answer),
-/// then the session if the request was upgraded.
-async fn connection(
+/// What a connection's task starts with, whatever its transport.
+struct ConnStart {
+    peer: SocketAddr,
+    local: SocketAddr,
+    /// On a unix-socket listener.
+    unix: bool,
+    /// The handshake deadline (`handshake_timeout`) counts from here.
+    accepted_at: tokio::time::Instant,
+    guard: Arc<ConnGuard>,
+    refused: Option<&'static str>,
+    /// The client opened with the HTTP/2 preface on a listener that accepts h2c.
+    h2c: bool,
+}
+
+/// A TCP client connection: its local address, and on an `accept_plain` listener whether it
+/// speaks TLS, told by its first byte (peeked, not read, within `handshake_timeout`).
+async fn tcp_connection(
     gw: Arc<Gateway>,
     tcp: TcpStream,
     (peer, local): (SocketAddr, Option<SocketAddr>),
-    (tls, h2c): (Option<TlsAcceptor>, bool),
+    index: usize,
     guard: Arc<ConnGuard>,
     refused: Option<&'static str>,
 ) {
+    let accepted_at = tokio::time::Instant::now();
     // On Linux TCP_NODELAY comes from the listener (see `bind_listener`).
     if !cfg!(target_os = "linux") {
         let _ = tcp.set_nodelay(true);
@@ -393,21 +477,71 @@ async fn connection(
             Err(_) => return,
         },
     };
-    let handoff = Arc::new(UpgradeSlot::default());
-    let conn = Conn {
+    let state = gw.state();
+    let tls = state.tls.get(index).cloned().flatten();
+    let listener = state.config.listeners.get(index);
+    let accept_plain = listener.is_some_and(|l| l.accept_plain);
+    let http2 = listener.is_some_and(|l| l.http2);
+    let handshake_timeout = state.config.http.handshake_timeout;
+    drop(state);
+    let tls = match tls {
+        Some(acceptor) if accept_plain => {
+            let mut first = [0u8; 1];
+            let deadline = accepted_at + handshake_timeout;
+            match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+                Ok(Ok(0)) => return,
+                Ok(Ok(_)) => (first[0] == TLS_HANDSHAKE_RECORD).then_some(acceptor),
+                Ok(Err(e)) => {
+                    debug!(client = %peer, error = %e, "connection failed before its first byte");
+                    return;
+                }
+                Err(_) => {
+                    debug!(client = %peer, "handshake deadline passed before the first byte");
+                    return;
+                }
+            }
+        }
+        tls => tls,
+    };
+    // h2c with prior knowledge, on a plain listener (or a plain connection on an `accept_plain`
+    // one) with `http2 = true`: the preface is peeked, not read.
+    let h2c = tls.is_none()
+        && http2
+        && h2::prior_knowledge(&tcp, accepted_at + handshake_timeout).await;
+    let conn = ConnStart {
         peer,
         local,
-        tls: tls.is_some(),
-        refused,
+        unix: false,
+        accepted_at,
         guard,
+        refused,
+        h2c,
+    };
+    connection(gw, tcp, tls, conn).await
+}
+
+/// One client connection, from accept to close: the HTTP phase (TLS handshake, request, answer),
+/// then the session if the request was upgraded.
+async fn connection<S>(gw: Arc<Gateway>, stream: S, tls: Option<TlsAcceptor>, start: ConnStart)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handoff = Arc::new(UpgradeSlot::default());
+    let conn = Conn {
+        peer: start.peer,
+        local: start.local,
+        unix: start.unix,
+        tls: tls.is_some(),
+        refused: start.refused,
+        guard: start.guard,
         handoff: handoff.clone(),
         http2: false,
-        h2c,
+        h2c: start.h2c,
         streams: None,
     };
     // The HTTP phase is boxed: its state (hyper's connection, the TLS handshake) is large and
     // short-lived, and is freed here instead of sizing the task that then holds the session.
-    Box::pin(http_phase(gw.clone(), tcp, tls, conn)).await;
+    Box::pin(http_phase(gw.clone(), stream, tls, conn, start.accepted_at)).await;
     let pending = handoff.take();
     if let Some(p) = pending {
         gw.sessions.track_future(run_session(gw.clone(), p)).await;

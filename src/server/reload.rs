@@ -137,15 +137,16 @@ pub(super) async fn reload(
             return None;
         }
     };
+    // A unix listener's path and mode are its bind: a change to either is a listener change.
     let binds = |c: &Config| {
         c.listeners
             .iter()
-            .map(|l| (l.bind, l.tls.is_some()))
+            .map(|l| (l.bind.clone(), l.tls.is_some(), l.accept_plain, l.mode))
             .collect::<Vec<_>>()
     };
     if binds(&new) != binds(&old.config) {
         error!(
-            "reload refused: listeners changed (bind or TLS on/off); restart to change listeners"
+            "reload refused: listeners changed (bind, mode, TLS on/off or accept_plain); restart to change listeners"
         );
         return None;
     }

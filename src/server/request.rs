@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -43,9 +42,13 @@ pub(super) const RETRY_AFTER_SECS: u64 = 1;
 /// One client connection.
 #[derive(Clone)]
 pub(super) struct Conn {
+    /// The client's address; [`super::UNIX_PEER`] for a client of a unix-socket listener.
     pub(super) peer: SocketAddr,
-    /// The gateway address the client connected to.
+    /// The gateway address the client connected to ([`super::UNIX_PEER`] on a unix socket).
     pub(super) local: SocketAddr,
+    /// The connection came in on a unix-socket listener: it has no IP addresses.
+    pub(super) unix: bool,
+    /// This connection speaks TLS (decided per connection on an `accept_plain` listener).
     pub(super) tls: bool,
     /// Set when a connection limit refused this connection: every request gets 503.
     pub(super) refused: Option<&'static str>,
@@ -56,7 +59,8 @@ pub(super) struct Conn {
     /// The requests come over HTTP/2: WebSockets open with extended CONNECT (RFC 8441), and
     /// each session runs in a task of its own beside the connection's.
     pub(super) http2: bool,
-    /// A plain listener that accepts h2c with prior knowledge.
+    /// The client opened with the HTTP/2 preface (h2c with prior knowledge) on a plain listener
+    /// that accepts it.
     pub(super) h2c: bool,
     /// HTTP/2: the streams open on this connection (requests and sessions).
     pub(super) streams: Option<Arc<super::h2::Streams>>,
@@ -115,30 +119,33 @@ pub(super) struct PendingSession {
     pub(super) stream: Option<super::h2::StreamGuard>,
 }
 
-/// TLS handshake (on a TLS listener), then HTTP/1.1 until the one request is answered.
-pub(super) async fn http_phase(
+/// TLS handshake (when `tls` is given), then HTTP/1.1 until the one request is answered, all
+/// within `handshake_timeout` of `accepted_at`.
+pub(super) async fn http_phase<S>(
     gw: Arc<Gateway>,
-    tcp: TcpStream,
+    stream: S,
     tls: Option<TlsAcceptor>,
     conn: Conn,
-) {
+    accepted_at: tokio::time::Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let peer = conn.peer;
     let state = gw.state();
     let limits = state.config.http;
-    let accepted_at = Instant::now();
-    let deadline = tokio::time::Instant::from_std(accepted_at + limits.handshake_timeout);
+    let deadline = accepted_at + limits.handshake_timeout;
     match tls {
         None => {
-            if conn.h2c && super::h2::prior_knowledge(&tcp, deadline).await {
-                return super::h2::serve(gw, state, TokioIo::new(tcp), conn).await;
+            if conn.h2c {
+                return super::h2::serve(gw, state, TokioIo::new(stream), conn).await;
             }
-            let io = TokioIo::new(PlainIo::new(tcp, peer));
+            let io = TokioIo::new(PlainIo::new(stream, peer));
             serve_http(gw, state, io, conn, deadline).await
         }
         Some(acceptor) => {
             let tls_deadline =
                 deadline.min(tokio::time::Instant::now() + limits.tls_handshake_timeout);
-            match tokio::time::timeout_at(tls_deadline, acceptor.accept(tcp)).await {
+            match tokio::time::timeout_at(tls_deadline, acceptor.accept(stream)).await {
                 Ok(Ok(stream))
                     if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) =>
                 {
@@ -319,16 +326,21 @@ pub(super) async fn upgrade(
     let preface = match route.proxy_protocol {
         None => None,
         Some(version) => Some(
-            proxy_protocol::encode(
-                version,
-                &proxy_protocol::Header {
+            {
+                let header = proxy_protocol::Header {
                     source: peer,
                     destination: conn.local,
                     subject: identity.subject.as_deref(),
                     route: &route.path,
                     session_id: id,
-                },
-            )
+                };
+                // A unix-socket client has no address to tell: UNKNOWN (v1), LOCAL (v2).
+                if conn.unix {
+                    proxy_protocol::encode_unknown(version, &header)
+                } else {
+                    proxy_protocol::encode(version, &header)
+                }
+            }
             .map_err(|e| {
                 error!(client = %peer, route = %route.path, "{e}");
                 Reject::gateway(StatusCode::INTERNAL_SERVER_ERROR, "PROXY header too long")
@@ -513,15 +525,15 @@ pub(super) const fn h2_refusal() -> [u8; H2_REFUSAL_LEN] {
     f
 }
 
-/// A plain-TCP client connection as hyper sees it. The first read is checked for an HTTP/2
+/// A plain (not TLS) client connection as hyper sees it: TCP, or a unix socket. The first read is checked for an HTTP/2
 /// connection preface (a client with prior knowledge, such as `curl --http2-prior-knowledge`),
 /// which hyper would drop without an answer. Such a client gets SETTINGS and GOAWAY
 /// (HTTP_1_1_REQUIRED), our FIN, and its further bytes are read and discarded until it closes
 /// (closing with unread data would reset the connection and could lose the GOAWAY); hyper then
 /// sees the end of the stream. Everything else passes straight through: one comparison on the
 /// first read, no extra system call.
-pub(super) struct PlainIo {
-    pub(super) tcp: TcpStream,
+pub(super) struct PlainIo<S = TcpStream> {
+    pub(super) tcp: S,
     pub(super) peer: SocketAddr,
     pub(super) preface: Preface,
 }
@@ -538,8 +550,8 @@ pub(super) enum Preface {
     Draining,
 }
 
-impl PlainIo {
-    pub(super) fn new(tcp: TcpStream, peer: SocketAddr) -> PlainIo {
+impl<S> PlainIo<S> {
+    pub(super) fn new(tcp: S, peer: SocketAddr) -> PlainIo<S> {
         PlainIo {
             tcp,
             peer,
@@ -548,7 +560,7 @@ impl PlainIo {
     }
 }
 
-impl AsyncRead for PlainIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PlainIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -594,7 +606,7 @@ impl AsyncRead for PlainIo {
     }
 }
 
-impl AsyncWrite for PlainIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for PlainIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -25,6 +25,7 @@ mod hostile_clients;
 mod http2;
 mod integrity;
 mod limits_admission;
+mod listeners;
 mod protocol_violations;
 mod proxy_protocol;
 mod reload;

@@ -9,6 +9,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +22,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A gateway running in the test's runtime; shut down when dropped.
 pub struct TestGateway {
-    /// Listener addresses, in config order.
+    /// TCP listener addresses, in config order.
     pub addrs: Vec<SocketAddr>,
+    /// Unix-socket listener paths, in config order.
+    pub unix: Vec<PathBuf>,
     /// The admin listener, when the config has `[admin]`.
     pub admin: Option<SocketAddr>,
     /// The directory relative paths in the config are resolved against.
@@ -90,6 +93,7 @@ impl TestGateway {
         };
         TestGateway {
             addrs: bound.listeners,
+            unix: bound.unix,
             admin: bound.admin,
             dir,
             stop: Some(stop),

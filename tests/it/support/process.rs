@@ -44,6 +44,8 @@ pub struct Gateway {
 enum Bound {
     Listener(SocketAddr),
     Admin(SocketAddr),
+    /// A unix-socket listener (its path is in the config).
+    Unix,
 }
 
 /// One "listening" log line, text or JSON.
@@ -59,6 +61,9 @@ fn bound(line: &str) -> Option<Bound> {
     }
     if line.contains("demo backend") {
         return None;
+    }
+    if line.contains("listening on unix socket") {
+        return Some(Bound::Unix);
     }
     let parse = |rest: &str| rest.split_whitespace().next()?.parse().ok();
     if let Some((_, rest)) = line.split_once("admin listening addr=") {
@@ -155,14 +160,16 @@ impl Gateway {
         loop {
             let mut addrs = Vec::new();
             let mut admin = None;
+            let mut unix = 0;
             for line in gw.logs().lines() {
                 match bound(line) {
                     Some(Bound::Listener(a)) => addrs.push(a),
                     Some(Bound::Admin(a)) => admin = Some(a),
+                    Some(Bound::Unix) => unix += 1,
                     None => {}
                 }
             }
-            if addrs.len() >= listeners && (admin.is_some() || !want_admin) {
+            if addrs.len() + unix >= listeners && (admin.is_some() || !want_admin) {
                 gw.addrs = addrs;
                 gw.admin = admin;
                 return gw;
