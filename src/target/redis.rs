@@ -531,7 +531,7 @@ mod tests {
         assert_eq!(ok(b"+OK\r\n"), (Reply::Simple("OK".into()), 5));
         assert_eq!(
             ok(b"-WRONGTYPE Operation against a key\r\nrest"),
-            (Reply::Error("WRONGTYPE Operation against a key".into()), 35)
+            (Reply::Error("WRONGTYPE Operation against a key".into()), 36)
         );
         assert_eq!(ok(b":-42\r\n"), (Reply::Integer(-42), 6));
         assert_eq!(ok(b"$-1\r\n"), (Reply::Nil, 5));
