@@ -489,7 +489,10 @@ impl Ctx<'_> {
                     format!("\"{prefix}\" needs a directory"),
                 )
             } else {
-                Ok(self.resolve(path))
+                // Absolute: a socket-dir target is a unix socket path, and the allow list
+                // admits only absolute ones.
+                std::path::absolute(self.resolve(path))
+                    .or_else(|e| self.err(source.span(), key("source"), format!("{path}: {e}")))
             })
         };
         let source = if let Some(path) = value.strip_prefix("file:") {
@@ -500,7 +503,15 @@ impl Ctx<'_> {
         } else if let Some(d) = dir("token-dir:") {
             SourceSettings::TokenDir(d?)
         } else if let Some(d) = dir("socket-dir:") {
-            SourceSettings::SocketDir(d?)
+            let d = d?;
+            if d.components().any(|c| c == std::path::Component::ParentDir) {
+                return self.err(
+                    source.span(),
+                    key("source"),
+                    "a socket-dir path must not contain '..' (the allow list refuses such socket paths)",
+                );
+            }
+            SourceSettings::SocketDir(d)
         } else if redis {
             let prefix = t.redis_key_prefix.as_ref();
             let prefix_str = prefix.map_or("", |p| p.get_ref().as_str());

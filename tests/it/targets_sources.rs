@@ -501,6 +501,11 @@ fn check_names_bad_redis_and_directory_sources() {
             "directory",
         ),
         (
+            "source = \"socket-dir:../socks\"",
+            "route[0].target.source",
+            "'..'",
+        ),
+        (
             "source = \"file:t.txt\"\nredis_key_prefix = \"p\"",
             "route[0].target.redis_key_prefix",
             "redis://",
