@@ -568,10 +568,16 @@ impl Ctx<'_> {
                 Err(e) => return self.err(source.span(), key("source"), e.to_string()),
             }
         } else {
+            // Not quoted when it may hold a password (a mistyped redis:// URL).
+            let shown = if value.contains('@') {
+                "this".to_string()
+            } else {
+                format!("{:?}", source.get_ref())
+            };
             return self.err(
                 source.span(),
                 key("source"),
-                format!("{:?} is not a source; write \"file:PATH\" (a token file or a directory of them), \"token-dir:DIR\" (a file per token), \"socket-dir:DIR\" (a unix socket per token), an http:// or https:// token service URL, a redis:// URL, or \"jwt\" (the claims of the route's JWT)", source.get_ref()),
+                format!("{shown} is not a source; write \"file:PATH\" (a token file or a directory of them), \"token-dir:DIR\" (a file per token), \"socket-dir:DIR\" (a unix socket per token), an http:// or https:// token service URL, a redis:// URL, or \"jwt\" (the claims of the route's JWT)"),
             );
         };
         Ok((token_from, source))

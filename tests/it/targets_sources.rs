@@ -491,6 +491,11 @@ fn check_names_bad_redis_and_directory_sources() {
         ),
         ("source = \"redis://\"", "route[0].target.source", "host"),
         (
+            "source = \"Redis://:hunter2@h\"",
+            "route[0].target.source",
+            "not a source",
+        ),
+        (
             "source = \"token-dir:\"",
             "route[0].target.source",
             "directory",
