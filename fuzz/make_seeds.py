@@ -3,7 +3,8 @@
 
 The cases follow the test suite: valid, fragmented and control frames and their violations
 (src/ws/frame.rs), upgrade heads (tests/it/handshake.rs), configurations (config.toml, the
-README example, src/config.rs) and PROXY headers (tests/it/proxy_protocol.rs).
+README example, src/config.rs), PROXY headers (tests/it/proxy_protocol.rs) and Redis replies
+(src/target/redis.rs).
 """
 import base64
 import os
@@ -265,11 +266,28 @@ def proxy_header():
     )
 
 
+# ---- redis_reply: RESP2 replies as a Redis server sends them (src/target/redis.rs) ---------
+
+
+def redis_reply():
+    t = "redis_reply"
+    write(t, "auth_select_get", b"+OK\r\n+OK\r\n$14\r\n127.0.0.1:5901\r\n")
+    write(t, "nil", b"$-1\r\n")
+    write(t, "json_value", b'$31\r\n{"host": "vm1", "port": "5902"}\r\n')
+    write(t, "wrongpass", b"-WRONGPASS invalid username-password pair\r\n")
+    write(t, "wrongtype", b"-WRONGTYPE Operation against a key holding the wrong kind\r\n")
+    write(t, "integer_and_nil_array", b":-42\r\n*-1\r\n")
+    write(t, "truncated_bulk", b"$10\r\nabc")
+    write(t, "oversized_bulk", b"$65537\r\n")
+    write(t, "binary_bulk", b"$5\r\na\r\nb\x00\r\n")
+
+
 if __name__ == "__main__":
-    for target in ["frame_decoder", "handshake", "config", "proxy_header"]:
+    for target in ["frame_decoder", "handshake", "config", "proxy_header", "redis_reply"]:
         shutil.rmtree(os.path.join(SEEDS, target), ignore_errors=True)
     frame_decoder()
     handshake()
     os.makedirs(os.path.join(SEEDS, "config"), exist_ok=True)
     config()
     proxy_header()
+    redis_reply()

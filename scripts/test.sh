@@ -2,7 +2,8 @@
 # The one test command of wsgate: ./scripts/test.sh
 #
 # On a fresh Debian 12 machine with only the Rust toolchain it installs what the tests need
-# (Debian package chromium for tests/it/browser.rs, Python venv .venv with kosoku for
+# (Debian packages chromium for tests/it/browser.rs and redis-server for
+# tests/it/targets_sources.rs, Python venv .venv with kosoku for
 # tests/it/autobahn.rs and websockets for scripts/check_readme_demo.py), then runs the format
 # check, clippy, every test, and README's first command (the demo). Exits non-zero if anything
 # fails.
@@ -44,6 +45,10 @@ fi
 # openssl s_server: an independent TLS backend (tests/it/backend_tls.rs).
 if ! command -v openssl >/dev/null 2>&1; then
     apt_packages+=(openssl)
+fi
+# redis-server (and redis-cli) for tests/it/targets_sources.rs.
+if [ ! -x /usr/bin/redis-server ] || [ ! -x /usr/bin/redis-cli ]; then
+    apt_packages+=(redis-server)
 fi
 # Python packages in .venv: kosoku (Autobahn runner) and websockets (the README check's client).
 KOSOKU_PIN=kosoku==0.1.0

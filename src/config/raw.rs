@@ -129,12 +129,14 @@ pub struct RawTarget {
     pub source: Option<Spanned<String>>,
     pub allow: Option<Spanned<Vec<Spanned<String>>>>,
     pub cache_ttl: Option<Timeout>,
-    /// Only with an `http://` or `https://` source.
+    /// Only with an `http://`, `https://` or `redis://` source.
     pub source_timeout: Option<Spanned<Timeout>>,
     /// Only with an `https://` source.
     pub source_ca_file: Option<Spanned<String>>,
     /// Connect the targets with TLS.
     pub tls: Option<Spanned<bool>>,
+    /// Only with a `redis://` source.
+    pub redis_key_prefix: Option<Spanned<String>>,
 }
 
 /// `[route.target] token_from`.

@@ -17,6 +17,7 @@ pub use crate::auth::AuthSettings;
 use crate::origin::OriginPattern;
 use crate::proxy_protocol;
 use crate::target::allow::{AllowEntry, AllowList};
+use crate::target::redis::{RedisSettings, MAX_KEY_PREFIX_BYTES};
 use crate::target::service::{ServiceSettings, ServiceSettingsError, DEFAULT_SOURCE_TIMEOUT};
 pub use crate::target::TargetSettings;
 use crate::target::{SourceSettings, TokenFrom, DEFAULT_TOKEN_NAME};
@@ -356,6 +357,10 @@ impl Ctx<'_> {
                     "source_ca_file",
                     t.source_ca_file.as_ref().map(|v| v.span()),
                 ),
+                (
+                    "redis_key_prefix",
+                    t.redis_key_prefix.as_ref().map(|v| v.span()),
+                ),
             ] {
                 if let Some(at) = at {
                     return self.err(
@@ -404,7 +409,8 @@ impl Ctx<'_> {
         })
     }
 
-    /// `token_from`, `token_name` and a file or http(s) `source` of a `[route.target]`.
+    /// `token_from`, `token_name` and a file, directory, http(s) or redis `source` of a
+    /// `[route.target]`.
     fn token_source(
         &self,
         i: usize,
@@ -462,29 +468,84 @@ impl Ctx<'_> {
             self.error(
                 span.clone(),
                 key("source"),
-                "missing: \"file:PATH\" (a token file or a directory of them), an http(s):// token service URL, or \"jwt\"",
+                "missing: \"file:PATH\" (a token file or a directory of them), \"token-dir:DIR\", \"socket-dir:DIR\", an http(s):// token service URL, a redis:// URL, or \"jwt\"",
             )
         })?;
         let value = source.get_ref().trim();
+        let http = value.starts_with("http://") || value.starts_with("https://");
+        let redis = value.starts_with("redis://") || value.starts_with("rediss://");
+        if let (Some(at), false) = (&t.source_timeout, http || redis) {
+            return self.err(
+                at.span(),
+                key("source_timeout"),
+                "only applies to an http://, https:// or redis:// source",
+            );
+        }
+        if let (Some(at), false) = (&t.source_ca_file, http) {
+            return self.err(
+                at.span(),
+                key("source_ca_file"),
+                "only applies to an https:// source",
+            );
+        }
+        if let (Some(at), false) = (&t.redis_key_prefix, redis) {
+            return self.err(
+                at.span(),
+                key("redis_key_prefix"),
+                "only applies to a redis:// source",
+            );
+        }
+        let dir = |prefix: &str| {
+            let path = value.strip_prefix(prefix)?.trim();
+            Some(if path.is_empty() {
+                self.err(
+                    source.span(),
+                    key("source"),
+                    format!("\"{prefix}\" needs a directory"),
+                )
+            } else {
+                // Absolute: a socket-dir target is a unix socket path, and the allow list
+                // admits only absolute ones.
+                std::path::absolute(self.resolve(path))
+                    .or_else(|e| self.err(source.span(), key("source"), format!("{path}: {e}")))
+            })
+        };
         let source = if let Some(path) = value.strip_prefix("file:") {
             if path.trim().is_empty() {
                 return self.err(source.span(), key("source"), "\"file:\" needs a path");
             }
-            for (k, v) in [
-                (
-                    "source_timeout",
-                    t.source_timeout.as_ref().map(|v| v.span()),
-                ),
-                (
-                    "source_ca_file",
-                    t.source_ca_file.as_ref().map(|v| v.span()),
-                ),
-            ] {
-                if let Some(at) = v {
-                    return self.err(at, key(k), "only applies to an http:// or https:// source");
-                }
-            }
             SourceSettings::File(self.resolve(path.trim()))
+        } else if let Some(d) = dir("token-dir:") {
+            SourceSettings::TokenDir(d?)
+        } else if let Some(d) = dir("socket-dir:") {
+            let d = d?;
+            if d.components().any(|c| c == std::path::Component::ParentDir) {
+                return self.err(
+                    source.span(),
+                    key("source"),
+                    "a socket-dir path must not contain '..' (the allow list refuses such socket paths)",
+                );
+            }
+            SourceSettings::SocketDir(d)
+        } else if redis {
+            let prefix = t.redis_key_prefix.as_ref();
+            let prefix_str = prefix.map_or("", |p| p.get_ref().as_str());
+            if prefix_str.len() > MAX_KEY_PREFIX_BYTES {
+                return self.err(
+                    prefix.map_or(source.span(), |p| p.span()),
+                    key("redis_key_prefix"),
+                    format!("at most {MAX_KEY_PREFIX_BYTES} bytes"),
+                );
+            }
+            let timeout = t
+                .source_timeout
+                .as_ref()
+                .map_or(DEFAULT_SOURCE_TIMEOUT, |d| d.get_ref().0);
+            match RedisSettings::parse(value, prefix_str, timeout) {
+                Ok(s) => SourceSettings::Redis(s),
+                // The message never quotes the URL: it may hold a password.
+                Err(e) => return self.err(source.span(), key("source"), e.to_string()),
+            }
         } else if value.starts_with("http://") || value.starts_with("https://") {
             let ca = match &t.source_ca_file {
                 None => None,
@@ -522,10 +583,16 @@ impl Ctx<'_> {
                 Err(e) => return self.err(source.span(), key("source"), e.to_string()),
             }
         } else {
+            // Not quoted when it may hold a password (a mistyped redis:// URL).
+            let shown = if value.contains('@') {
+                "this".to_string()
+            } else {
+                format!("{:?}", source.get_ref())
+            };
             return self.err(
                 source.span(),
                 key("source"),
-                format!("{:?} is not a source; write \"file:PATH\" (a token file or a directory of them), an http:// or https:// token service URL, or \"jwt\" (the claims of the route's JWT)", source.get_ref()),
+                format!("{shown} is not a source; write \"file:PATH\" (a token file or a directory of them), \"token-dir:DIR\" (a file per token), \"socket-dir:DIR\" (a unix socket per token), an http:// or https:// token service URL, a redis:// URL, or \"jwt\" (the claims of the route's JWT)"),
             );
         };
         Ok((token_from, source))

@@ -2,8 +2,9 @@
 //! request (websockify's token plugins, e.g. a noVNC console whose URL names the VNC server).
 //!
 //! Owns where the token is read ([`TokenFrom`]), the token source ([`source`]: websockify's token
-//! files; [`service`]: a token service asked over HTTP(S); or the `host` and `port` claims of the
-//! JWT the route's credential check verified, handed over as [`Claimed`]), the optional `cache_ttl` cache of resolved mappings (`cache`), and the allow-list
+//! files; [`dir`]: a directory of token files or of unix sockets named after the tokens;
+//! [`service`]: a token service asked over HTTP(S); [`redis`]: a Redis server; or the `host` and
+//! `port` claims of the JWT the route's credential check verified, handed over as [`Claimed`]), the optional `cache_ttl` cache of resolved mappings (`cache`), and the allow-list
 //! ([`allow`]) that bounds what a token may point at. It resolves a
 //! request to a [`Target`] before any backend is touched; connecting is `backend`'s job, with
 //! [`allow::Permit::admits`] checking every resolved address. Refusals: 400 (no token), 404
@@ -14,6 +15,8 @@
 
 pub mod allow;
 mod cache;
+pub mod dir;
+pub mod redis;
 pub mod service;
 pub mod source;
 
@@ -28,6 +31,8 @@ use sha1::{Digest, Sha1};
 use crate::error::Reject;
 use allow::{AllowList, Permit};
 use cache::TargetCache;
+use dir::{DirKind, DirSource};
+use redis::{RedisSettings, RedisSource};
 use service::{ServiceSettings, ServiceSource};
 use source::{FileSource, SourceError};
 
@@ -62,6 +67,12 @@ pub enum SourceSettings {
     Http(ServiceSettings),
     /// The `host` and `port` claims of the JWT verified by the route's `[route.auth]`.
     Jwt,
+    /// A Redis server: `GET prefix+token`.
+    Redis(RedisSettings),
+    /// `token-dir:DIR`: the file `DIR/TOKEN` holds the target.
+    TokenDir(PathBuf),
+    /// `socket-dir:DIR`: the unix socket `DIR/TOKEN` is the target.
+    SocketDir(PathBuf),
 }
 
 /// A route's `[route.target]`, validated. Values only.
@@ -87,6 +98,9 @@ impl fmt::Display for TargetSettings {
             SourceSettings::File(p) => write!(f, " via file:{}", p.display()),
             SourceSettings::Http(s) => write!(f, " via {}", s.url()),
             SourceSettings::Jwt => f.write_str(" via its host and port claims"),
+            SourceSettings::Redis(s) => write!(f, " via {}", s.redacted_url()),
+            SourceSettings::TokenDir(p) => write!(f, " via token-dir:{}", p.display()),
+            SourceSettings::SocketDir(p) => write!(f, " via socket-dir:{}", p.display()),
         }
     }
 }
@@ -248,6 +262,8 @@ impl TargetError {
 enum Source {
     File(FileSource),
     Service(ServiceSource),
+    Redis(RedisSource),
+    Dir(DirSource),
     /// The verified JWT's claims: no state, nothing to look up.
     Jwt,
 }
@@ -257,6 +273,8 @@ impl Source {
         match self {
             Source::File(f) => f.lookup(token).await,
             Source::Service(s) => s.lookup(token).await,
+            Source::Redis(r) => r.lookup(token).await,
+            Source::Dir(d) => d.lookup(token).await,
             Source::Jwt => Ok(None),
         }
     }
@@ -286,6 +304,13 @@ impl RouteTargets {
             SourceSettings::File(path) => Source::File(FileSource::new(path.clone())),
             SourceSettings::Http(s) => Source::Service(ServiceSource::new(s)),
             SourceSettings::Jwt => Source::Jwt,
+            SourceSettings::Redis(s) => Source::Redis(RedisSource::new(s)),
+            SourceSettings::TokenDir(d) => {
+                Source::Dir(DirSource::new(d.clone(), DirKind::TokenFiles))
+            }
+            SourceSettings::SocketDir(d) => {
+                Source::Dir(DirSource::new(d.clone(), DirKind::Sockets))
+            }
         };
         RouteTargets {
             settings: settings.clone(),

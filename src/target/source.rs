@@ -99,6 +99,14 @@ pub enum SourceError {
     /// A token service gave no usable answer (never names the token).
     #[error("{0}")]
     Service(String),
+    /// A Redis source gave no usable answer: its URL with the password hidden, and why (never
+    /// the token nor the server's message).
+    #[error("{url}: {reason}")]
+    Redis { url: String, reason: String },
+    /// A `token-dir:` or `socket-dir:` directory cannot be used (never names the entry: its name
+    /// is the token).
+    #[error("{dir}: {reason}")]
+    Dir { dir: PathBuf, reason: String },
 }
 
 /// What identifies a version of a file: size, modification time, inode.

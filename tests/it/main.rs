@@ -31,5 +31,6 @@ mod proxy_protocol;
 mod reload;
 mod static_files;
 mod targets;
+mod targets_sources;
 mod tls;
 mod wsload_smoke;
