@@ -29,4 +29,5 @@ mod reload;
 mod static_files;
 mod targets;
 mod tls;
+mod websockify_cli;
 mod wsload_smoke;
