@@ -269,12 +269,15 @@ fn positional_forms_map_to_listener_and_backend() {
     }
 }
 
+/// (dotted key, expected value) pairs.
+type Checks = Vec<(&'static str, toml::Value)>;
+
 #[test]
 fn options_map_to_their_keys() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let p = |f: &str| d.join(f).display().to_string();
-    let cases: Vec<(Vec<&str>, Vec<(&str, toml::Value)>)> = vec![
+    let cases: Vec<(Vec<&str>, Checks)> = vec![
         (
             vec!["--web", "/usr/share/novnc", "1", "h:2"],
             vec![("static.dir", "/usr/share/novnc".into())],
