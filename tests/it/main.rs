@@ -23,6 +23,7 @@ mod handshake;
 mod hostile_clients;
 mod integrity;
 mod limits_admission;
+mod novnc;
 mod protocol_violations;
 mod proxy_protocol;
 mod reload;
