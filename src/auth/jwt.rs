@@ -752,5 +752,30 @@ mod tests {
             sub.extract(&HeaderMap::new(), &offered[..1]),
             Err(JwtError::Missing)
         );
+
+        // websockify's JWTTokenApi: ?token=<jwt>, percent-decoded, exactly once.
+        let query = hs(TokenSource::Query("token".into()));
+        let uri = |u: &str| u.parse::<Uri>().unwrap();
+        assert_eq!(
+            query.extract_query(&uri("/ws?a=1&token=ab%2Ec")),
+            Ok("ab.c".into())
+        );
+        for (u, e) in [
+            ("/ws", JwtError::Missing),
+            ("/ws?token=", JwtError::Missing),
+            ("/ws?tokens=x", JwtError::Missing),
+            ("/ws?token=a&token=b", JwtError::Ambiguous),
+            (
+                "/ws?token=%zz",
+                JwtError::Invalid("malformed token parameter"),
+            ),
+        ] {
+            assert_eq!(query.extract_query(&uri(u)), Err(e), "{u}");
+        }
+        assert_eq!(
+            query.extract(&HeaderMap::new(), &[]),
+            Err(JwtError::Missing)
+        );
+        assert_eq!(sub.extract_query(&uri("/?token=x")), Err(JwtError::Missing));
     }
 }

@@ -1099,3 +1099,93 @@ async fn cert_takes_ws_and_wss_on_one_port() {
     wss_echo(p.addr, &cert).await;
     echo_at(&format!("ws://{}/websockify", p.addr)).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Prefix routes, which the websockify form relies on
+
+/// A backend that writes its name once a connection opens.
+async fn named(name: &'static str) -> backends::Backend {
+    backends::Backend::spawn(move |mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = s.write_all(name.as_bytes()).await;
+        let _ = s.flush().await;
+        tokio::time::sleep(WAIT).await;
+    })
+    .await
+}
+
+async fn first_message(url: &str) -> Result<Vec<u8>, u16> {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((mut ws, _)) => Ok(tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no message")
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .to_vec()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn exact_routes_first_then_the_longest_prefix() {
+    let (exact, short, long) = (
+        named("exact").await,
+        named("short").await,
+        named("long").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("vnc")).unwrap();
+    std::fs::write(dir.path().join("vnc/page.html"), "static page").unwrap();
+    let gw = support::TestGateway::start_in(
+        dir,
+        &format!(
+            r#"
+[[listener]]
+bind = "127.0.0.1:0"
+
+[static]
+dir = "."
+
+[[route]]
+path = "/vnc/*"
+backend = "{}"
+
+[[route]]
+path = "/vnc/console/*"
+backend = "{}"
+
+[[route]]
+path = "/vnc/console/exact"
+backend = "{}"
+"#,
+            short.config_addr(),
+            long.config_addr(),
+            exact.config_addr()
+        ),
+    )
+    .await;
+    let base = format!("ws://{}", gw.addr());
+    for (path, want) in [
+        ("/vnc/console/exact", Ok(&b"exact"[..])),
+        ("/vnc/console/exact/more", Ok(b"long")),
+        ("/vnc/console/", Ok(b"long")),
+        ("/vnc/console", Ok(b"short")),
+        ("/vnc/", Ok(b"short")),
+        ("/vnc/x?token=1", Ok(b"short")),
+        ("/vnc", Err(404)),
+        ("/other", Err(404)),
+    ] {
+        let got = first_message(&format!("{base}{path}")).await;
+        assert_eq!(got.as_deref().map_err(|s| *s), want, "{path}");
+    }
+    // Plain HTTP under a prefix route reaches [static]; an exact route answers 426.
+    let page = reqwest_get(gw.addr(), "/vnc/page.html").await;
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.ends_with("static page"),
+        "{page}"
+    );
+    let exact_plain = reqwest_get(gw.addr(), "/vnc/console/exact").await;
+    assert!(exact_plain.starts_with("HTTP/1.1 426"), "{exact_plain}");
+}
