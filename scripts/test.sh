@@ -50,6 +50,17 @@ fi
 if [ ! -x /usr/bin/redis-server ] || [ ! -x /usr/bin/redis-cli ]; then
     apt_packages+=(redis-server)
 fi
+# websockify (its option list, tests/it/websockify_cli.rs); noVNC's pages and TigerVNC's Xvnc
+# (tests/it/novnc.rs).
+if ! command -v websockify >/dev/null 2>&1; then
+    apt_packages+=(websockify)
+fi
+if [ ! -f /usr/share/novnc/vnc_lite.html ]; then
+    apt_packages+=(novnc)
+fi
+if [ ! -x /usr/bin/Xvnc ]; then
+    apt_packages+=(tigervnc-standalone-server)
+fi
 # Python packages in .venv: kosoku (Autobahn runner) and websockets (the README check's client).
 KOSOKU_PIN=kosoku==0.1.0
 WEBSOCKETS_VERSION=15.0.1

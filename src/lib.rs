@@ -5,7 +5,7 @@
 //! ```text
 //! server      accept -> (tls, ALPN) -> HTTP/1.1 or HTTP/2 (hyper) -> one answer per request
 //! handshake   RFC 6455 §4.2.1 / RFC 8441 validation, Sec-WebSocket-Accept -> 400 / 426
-//! server      route lookup (exact path, router.rs)                      -> 404
+//! server      route lookup (exact, then longest prefix; router.rs)      -> 404
 //! auth        Origin policy, credentials, subprotocol selection         -> 403 / 401 / 503
 //! target      per-session target: token -> source -> allow-list         -> 400 / 404 / 403 / 503
 //! backend     connect (failover), PROXY header, TLS, with a deadline    -> 502 / 503 / 504
@@ -21,7 +21,8 @@
 //! certificates during config validation (the listeners' and the backend TLS client's); `origin` parses origins; `outbound` makes the HTTP(S)
 //! requests of `auth` and `target` (auth service, token service); `proxy_protocol` encodes the
 //! PROXY header for backends; `registry`, `metrics` and `admin` serve the operator's view (live
-//! sessions, readiness, Prometheus metrics).
+//! sessions, readiness, Prometheus metrics); `websockify` turns websockify's command line into a
+//! configuration text.
 //!
 //! The library's public surface is what the binary, the benchmarks, the fuzz targets and the
 //! integration tests use: [`run`], [`run_from_file`], [`run_with_listeners`], `config`,
@@ -57,6 +58,7 @@ pub(crate) mod server;
 pub(crate) mod static_files;
 pub mod target;
 pub(crate) mod tls;
+pub mod websockify;
 pub mod ws;
 
 use std::future::Future;

@@ -7,7 +7,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 /// A strict, fast WebSocket-to-TCP gateway.
@@ -30,6 +31,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // websockify's command line, when there is no --config and no subcommand.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let cmd = Cli::command();
+    let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+    if wsgate::websockify::applies(&args, &names) {
+        return websockify(&args);
+    }
     let cli = Cli::parse();
     let Some(path) = cli.config else {
         eprintln!("wsgate: --config <PATH> is required (try `wsgate --help`)");
@@ -42,11 +50,42 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log);
     if matches!(cli.command, Some(Command::Check)) {
         print!("{}", config.summary());
         println!("configuration OK");
         return ExitCode::SUCCESS;
+    }
+    serve(config, Some(path))
+}
+
+/// `wsgate [OPTIONS] [SOURCE_ADDR:]SOURCE_PORT [TARGET]`: translate, then load and run the text.
+fn websockify(args: &[std::ffi::OsString]) -> ExitCode {
+    use wsgate::websockify::Invocation;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    match wsgate::websockify::translate(args, &cwd) {
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            ExitCode::from(2)
+        }
+        Ok(Invocation::Help(text) | Invocation::PrintConfig(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Invocation::Run(text)) => match wsgate::Config::parse(&text, &cwd) {
+            Ok(config) => serve(config, None),
+            Err(e) => {
+                eprintln!("wsgate: configuration error: {e} (see --print-config)");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+/// Set up logging and the runtime, and run until SIGINT or SIGTERM; with `path`, SIGHUP reloads.
+fn serve(config: wsgate::Config, path: Option<PathBuf>) -> ExitCode {
+    if let Err(e) = init_logging(&config.log) {
+        eprintln!("wsgate: {e}");
+        return ExitCode::from(2);
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // The name shows in `top -H` and /proc/PID/task/*/comm.
@@ -61,7 +100,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(wsgate::run_from_file(config, path, shutdown_signal())) {
+    let run = async {
+        match path {
+            Some(path) => wsgate::run_from_file(config, path, shutdown_signal()).await,
+            None => wsgate::run(config, shutdown_signal()).await,
+        }
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsgate: {e}");
@@ -70,24 +115,39 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log to stderr; `WSGATE_LOG` takes a filter such as `debug` or `wsgate=debug,hyper=info`.
+/// Log to stderr, or append to `[log] file` (created with mode 0640); `WSGATE_LOG` takes a
+/// filter such as `debug` or `wsgate=debug,hyper=info`, `[log] level` is the filter without it.
 /// `[log] format` picks text or JSON lines; `[log] access = false` silences the access lines.
-fn init_logging(log: wsgate::config::LogConfig) {
-    let mut filter =
-        EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(log: &wsgate::config::LogConfig) -> Result<(), String> {
+    let mut filter = EnvFilter::try_from_env("WSGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(log.level.as_str()));
     if !log.access {
         if let Ok(d) = "wsgate::access=off".parse() {
             filter = filter.add_directive(d);
         }
     }
+    let writer = match &log.file {
+        None => BoxMakeWriter::new(std::io::stderr),
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .open(path)
+                .map_err(|e| format!("[log] file {}: {e}", path.display()))?;
+            BoxMakeWriter::new(std::sync::Mutex::new(file))
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(writer)
+        .with_ansi(log.file.is_none() && std::io::stderr().is_terminal());
     match log.format {
         wsgate::config::LogFormat::Text => builder.init(),
         wsgate::config::LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

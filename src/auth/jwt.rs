@@ -1,7 +1,8 @@
 //! JSON Web Token credentials: where the token is read from, and its verification.
 //!
-//! Owns extracting the token (a named cookie, `Authorization: Bearer`, or a
-//! `Sec-WebSocket-Protocol` entry with a prefix) and checking it with the `jsonwebtoken` crate:
+//! Owns extracting the token (a named cookie, `Authorization: Bearer`, a
+//! `Sec-WebSocket-Protocol` entry with a prefix, or a query parameter as websockify's JWTTokenApi
+//! reads it) and checking it with the `jsonwebtoken` crate:
 //! signature, `exp` (required), `nbf`, `iss` and `aud` when configured, with a small leeway.
 //! Only the configured algorithms are accepted, and all of them belong to the family of the one
 //! configured key, so `alg: none` and algorithm confusion (an RSA public key used as an HMAC
@@ -11,6 +12,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap};
+use http::Uri;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -35,6 +37,9 @@ pub enum TokenSource {
     Bearer,
     /// A `Sec-WebSocket-Protocol` entry `<prefix><token>`; that entry is never echoed back.
     Subprotocol { prefix: String },
+    /// The query parameter of this name (percent-decoded), as websockify's JWTTokenApi reads
+    /// `?token=`. Not ambient: a page must put it in the URL itself.
+    Query(String),
 }
 
 impl TokenSource {
@@ -289,7 +294,30 @@ impl JwtAuth {
         }
     }
 
-    /// Find the token in the request head.
+    /// Find the token of a `token_from = "query"` route in the request URI: exactly one
+    /// parameter of that name, percent-decoded and non-empty. Other sources: `Missing`.
+    pub fn extract_query(&self, uri: &Uri) -> Result<String, JwtError> {
+        let TokenSource::Query(name) = &self.source else {
+            return Err(JwtError::Missing);
+        };
+        let mut found = None;
+        for pair in uri.query().unwrap_or("").split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if crate::target::percent_decode(k).as_deref() != Some(name.as_str()) {
+                continue;
+            }
+            if found.is_some() {
+                return Err(JwtError::Ambiguous);
+            }
+            found = Some(
+                crate::target::percent_decode(v)
+                    .ok_or(JwtError::Invalid("malformed token parameter"))?,
+            );
+        }
+        found.filter(|t| !t.is_empty()).ok_or(JwtError::Missing)
+    }
+
+    /// Find the token in the request head (for `TokenSource::Query`, see [`Self::extract_query`]).
     pub fn extract<'h>(
         &self,
         headers: &'h HeaderMap,
@@ -341,6 +369,7 @@ impl JwtAuth {
                 }
                 Ok(token)
             }
+            TokenSource::Query(_) => Err(JwtError::Missing),
         }
     }
 
@@ -723,5 +752,30 @@ mod tests {
             sub.extract(&HeaderMap::new(), &offered[..1]),
             Err(JwtError::Missing)
         );
+
+        // websockify's JWTTokenApi: ?token=<jwt>, percent-decoded, exactly once.
+        let query = hs(TokenSource::Query("token".into()));
+        let uri = |u: &str| u.parse::<Uri>().unwrap();
+        assert_eq!(
+            query.extract_query(&uri("/ws?a=1&token=ab%2Ec")),
+            Ok("ab.c".into())
+        );
+        for (u, e) in [
+            ("/ws", JwtError::Missing),
+            ("/ws?token=", JwtError::Missing),
+            ("/ws?tokens=x", JwtError::Missing),
+            ("/ws?token=a&token=b", JwtError::Ambiguous),
+            (
+                "/ws?token=%zz",
+                JwtError::Invalid("malformed token parameter"),
+            ),
+        ] {
+            assert_eq!(query.extract_query(&uri(u)), Err(e), "{u}");
+        }
+        assert_eq!(
+            query.extract(&HeaderMap::new(), &[]),
+            Err(JwtError::Missing)
+        );
+        assert_eq!(sub.extract_query(&uri("/?token=x")), Err(JwtError::Missing));
     }
 }

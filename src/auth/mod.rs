@@ -161,9 +161,15 @@ async fn credential(
     match auth {
         None => Ok(Identity::default()),
         Some(RouteAuth::Jwt(j)) => {
-            let token = j
-                .extract(req.headers, req.offered_protocols)
-                .map_err(|e| AuthError::Denied(unauthorized(e.reason())))?;
+            let from_query;
+            let token = match &j.source {
+                jwt::TokenSource::Query(_) => {
+                    from_query = j.extract_query(req.uri);
+                    from_query.as_deref().map_err(|e| *e)
+                }
+                _ => j.extract(req.headers, req.offered_protocols),
+            }
+            .map_err(|e| AuthError::Denied(unauthorized(e.reason())))?;
             let verified = j
                 .verify(token)
                 .map_err(|e| AuthError::Denied(unauthorized(e.reason())))?;

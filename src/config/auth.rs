@@ -121,7 +121,7 @@ impl Ctx<'_> {
             self.error(
                 a_span.clone(),
                 key("token_from"),
-                "type = \"jwt\" needs token_from = \"cookie\", \"bearer\" or \"subprotocol\"",
+                "type = \"jwt\" needs token_from = \"cookie\", \"bearer\", \"subprotocol\" or \"query\"",
             )
         })?;
         let source = match from {
@@ -172,7 +172,34 @@ impl Ctx<'_> {
                 }
                 TokenSource::Subprotocol { prefix }
             }
+            TokenFrom::Query => {
+                let name = a
+                    .token_name
+                    .clone()
+                    .unwrap_or_else(|| crate::target::DEFAULT_TOKEN_NAME.to_string());
+                if name.is_empty()
+                    || name.len() > super::routes::MAX_TOKEN_NAME_BYTES
+                    || !name.bytes().all(crate::handshake::is_token_byte)
+                {
+                    return self.err(
+                        at("token_name"),
+                        key("token_name"),
+                        format!(
+                            "{name:?} is not a name of 1 to {} letters, digits or -_.!#$%&'*+^`|~",
+                            super::routes::MAX_TOKEN_NAME_BYTES
+                        ),
+                    );
+                }
+                TokenSource::Query(name)
+            }
         };
+        if a.token_name.is_some() && !matches!(source, TokenSource::Query(_)) {
+            return self.err(
+                at("token_name"),
+                key("token_name"),
+                "only applies to token_from = \"query\"",
+            );
+        }
         if a.cookie.is_some() && !matches!(source, TokenSource::Cookie(_)) {
             return self.err(
                 at("cookie"),

@@ -43,7 +43,7 @@ pub use limits::{
     DEFAULT_WRITE_TIMEOUT_SECS, MAX_CONTROL_FRAMES_PER_SECOND,
 };
 pub use listeners::{ListenAddr, Listener};
-pub use process::{LogConfig, LogFormat, RuntimeConfig, MAX_WORKER_THREADS};
+pub use process::{LogConfig, LogFormat, LogLevel, RuntimeConfig, MAX_WORKER_THREADS};
 pub use routes::{
     AuthSettings, BackendAddr, Balance, Framing, Health, Route, TargetSettings,
     DEFAULT_HEALTH_COOLOFF_SECS, DEFAULT_HEALTH_FAILURES, MAX_ALLOW_ENTRIES, MAX_TOKEN_NAME_BYTES,
@@ -356,6 +356,7 @@ impl Ctx<'_> {
             None => None,
             Some(a) => Some(self.admin(a, &mut binds)?),
         };
+        let log = self.log(&raw.log)?;
         Ok(Config {
             listeners,
             routes,
@@ -363,7 +364,7 @@ impl Ctx<'_> {
             static_files,
             demo_backends,
             admin,
-            log: process::log(&raw.log),
+            log,
             runtime: process::runtime(&raw.runtime),
         })
     }
@@ -696,6 +697,36 @@ backend = "127.0.0.1:9001"
             }
             assert!(parse(&text.replace("\"v2\"", "\"v1\"")).is_ok());
         }
+    }
+
+    #[test]
+    fn prefix_paths_and_log_keys() {
+        let c = parse(&MINIMAL.replace("/echo", "/vnc/*")).unwrap();
+        assert_eq!(c.routes[0].prefix(), Some("/vnc/"));
+        assert_eq!(parse(MINIMAL).unwrap().routes[0].prefix(), None);
+        for bad in ["/a*", "/*/b", "/a/**"] {
+            let e = parse(&MINIMAL.replace("/echo", bad)).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("route[0].path"), "{bad}: {e}");
+        }
+        let c = parse(&format!(
+            "{MINIMAL}\n[log]\nlevel = \"debug\"\nfile = \"w.log\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.log.level, LogLevel::Debug);
+        assert_eq!(c.log.file.as_deref(), Some(Path::new("./w.log")));
+        assert!(parse(&format!("{MINIMAL}\n[log]\nlevel = \"loud\"\n")).is_err());
+    }
+
+    #[test]
+    fn jwt_from_query() {
+        let q = HS_BEARER.replace("bearer", "query");
+        let c = with_auth("", &format!("{q}\ntoken_name = \"t\"")).unwrap();
+        assert!(matches!(
+            &c.routes[0].auth,
+            Some(AuthSettings::Jwt(j)) if j.source == crate::auth::jwt::TokenSource::Query("t".into())
+        ));
+        let e = with_auth("", &format!("{HS_BEARER}\ntoken_name = \"t\"")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("route[0].auth.token_name"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! `[log]` and `[runtime]`: settings of the process itself, applied once at start.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::raw::{RawLog, RawRuntime};
+use super::{ConfigError, Ctx};
 
 /// Largest `[runtime] worker_threads` accepted.
 pub const MAX_WORKER_THREADS: u64 = 1024;
@@ -16,12 +19,41 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[log] level`: the least severe lines written when `WSGATE_LOG` is not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The level as a `tracing` filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 /// The `[log]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// One line per session and per refused handshake (target `wsgate::access`).
     pub access: bool,
+    /// Append the log lines to this file (created with mode 0640); `None`: stderr.
+    pub file: Option<PathBuf>,
+    /// The default filter when `WSGATE_LOG` is unset.
+    pub level: LogLevel,
 }
 
 /// The `[runtime]` table.
@@ -31,10 +63,21 @@ pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
 }
 
-pub(super) fn log(l: &RawLog) -> LogConfig {
-    LogConfig {
-        format: l.format.unwrap_or_default(),
-        access: l.access.unwrap_or(true),
+impl Ctx<'_> {
+    pub(super) fn log(&self, l: &RawLog) -> Result<LogConfig, ConfigError> {
+        let file = match &l.file {
+            None => None,
+            Some(f) if f.get_ref().trim().is_empty() => {
+                return self.err(f.span(), "log.file", "must name a file")
+            }
+            Some(f) => Some(self.resolve(f.get_ref())),
+        };
+        Ok(LogConfig {
+            format: l.format.unwrap_or_default(),
+            access: l.access.unwrap_or(true),
+            file,
+            level: l.level.unwrap_or_default(),
+        })
     }
 }
 

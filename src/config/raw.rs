@@ -12,7 +12,7 @@ use super::limits::{
     MAX_CONTROL_FRAMES_PER_SECOND, MAX_COUNT, MAX_HEADER_BYTES, MAX_HTTP2_STREAMS,
     MAX_MESSAGE_BYTES_CEILING, MIN_HEADER_BYTES, MIN_PARTIAL_MESSAGE_BUDGET_BYTES,
 };
-use super::process::{LogFormat, MAX_WORKER_THREADS};
+use super::process::{LogFormat, LogLevel, MAX_WORKER_THREADS};
 use super::routes::{Balance, Framing};
 use super::services::DemoKind;
 use super::table::Table;
@@ -60,6 +60,8 @@ pub struct RawAdmin {
 pub struct RawLog {
     pub format: Option<LogFormat>,
     pub access: Option<bool>,
+    pub file: Option<Spanned<String>>,
+    pub level: Option<LogLevel>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +209,7 @@ pub enum TokenFrom {
     Cookie,
     Bearer,
     Subprotocol,
+    Query,
 }
 
 /// `[route.auth]` with `type = "jwt"`. The required keys are options so that their absence is
@@ -217,6 +220,8 @@ pub struct RawJwt {
     pub token_from: Option<TokenFrom>,
     pub cookie: Option<String>,
     pub subprotocol_prefix: Option<String>,
+    /// The query parameter of `token_from = "query"`.
+    pub token_name: Option<String>,
     pub algorithms: Option<Vec<JwtAlgorithm>>,
     pub key_file: Option<String>,
     pub secret_file: Option<String>,

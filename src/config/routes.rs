@@ -134,6 +134,12 @@ pub struct Route {
 }
 
 impl Route {
+    /// For a prefix route (`path = "/prefix/*"`, or `"/*"` for every path): the part before the
+    /// `*`, which every path it matches starts with. `None` for an exact route.
+    pub fn prefix(&self) -> Option<&str> {
+        self.path.strip_suffix('*').filter(|p| p.ends_with('/'))
+    }
+
     /// What the Origin, credential and subprotocol checks need to know of this route.
     pub fn policy(&self) -> crate::auth::RoutePolicy<'_> {
         crate::auth::RoutePolicy {
@@ -167,6 +173,15 @@ impl Ctx<'_> {
                 format!("route[{i}].path"),
                 format!("{path:?} must be a plain path (no query, fragment, spaces or control characters)"),
             );
+        }
+        if let Some(star) = path.find('*') {
+            if star + 1 != path.len() || !path.ends_with("/*") {
+                return self.err(
+                    r.path.span(),
+                    format!("route[{i}].path"),
+                    format!("{path:?}: `*` may only end the path, after a '/' (\"/prefix/*\" matches every path under /prefix/)"),
+                );
+            }
         }
         let fixed = (r.backend.as_ref().map(|b| b.span()))
             .or_else(|| r.backends.as_ref().map(|b| b.span()));

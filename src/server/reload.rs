@@ -338,6 +338,7 @@ impl CertWatch {
             gw.set_state(State {
                 config: state.config.clone(),
                 routes: state.routes.clone(),
+                prefixes: state.prefixes.clone(),
                 tls,
                 http_phase_limit: state.http_phase_limit,
             });

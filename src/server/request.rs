@@ -221,11 +221,8 @@ pub(super) async fn handle(
         return plain_http(state, &req, conn.peer).await;
     }
     let path = req.uri().path().to_string();
-    let label = if state.route(&path).is_some() {
-        path.as_str()
-    } else {
-        "-"
-    };
+    // Metrics carry the route's own path (a prefix route's `/prefix/*`), never the request's.
+    let label = state.route(&path).map_or("-", |rt| rt.route.path.as_str());
     match upgrade(gw, state, &mut req, &conn).await {
         Ok(resp) => {
             gw.metrics.handshake(label, 101);
@@ -679,7 +676,11 @@ pub(super) async fn plain_answer(
     req: &Request<Incoming>,
 ) -> (Response<Full<Bytes>>, PlainAnswer) {
     let path = req.uri().path();
-    if state.route(path).is_some() {
+    // An exact route path serves WebSocket only; under a prefix route, plain requests go to the
+    // `[static]` files when there are some (websockify's `--web` next to its proxy).
+    if state.exact_route(path).is_some()
+        || (state.config.static_files.is_none() && state.route(path).is_some())
+    {
         let mut resp = reject_response(&Reject::client(
             StatusCode::UPGRADE_REQUIRED,
             "this path serves WebSocket connections only",

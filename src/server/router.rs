@@ -57,6 +57,8 @@ impl SessionCounts {
 pub struct State {
     pub config: Config,
     pub(super) routes: HashMap<String, Arc<RouteRt>>,
+    /// The prefix routes (`path = "/prefix/*"`): their prefix, longest first.
+    pub(super) prefixes: Vec<(String, Arc<RouteRt>)>,
     /// Per listener (config order): the TLS acceptor, if it is a TLS listener.
     pub(super) tls: Vec<Option<TlsAcceptor>>,
     /// Bound on everything before the upgrade is handed to the session.
@@ -106,6 +108,15 @@ impl State {
                 }),
             );
         }
+        let mut prefixes: Vec<(String, Arc<RouteRt>)> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let prefix = r.prefix()?;
+                Some((prefix.to_string(), routes.get(&r.path)?.clone()))
+            })
+            .collect();
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let tls = config
             .listeners
             .iter()
@@ -126,14 +137,28 @@ impl State {
         State {
             config,
             routes,
+            prefixes,
             tls,
             http_phase_limit,
         }
     }
 
-    /// The route whose path is exactly `path` (no prefix matching, no normalisation).
+    /// The route for a request path (no normalisation): the exact route with that path, else
+    /// the prefix route with the longest prefix the path starts with.
     pub(super) fn route(&self, path: &str) -> Option<&Arc<RouteRt>> {
-        self.routes.get(path)
+        self.exact_route(path).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map(|(_, rt)| rt)
+        })
+    }
+
+    /// The exact (non-prefix) route whose path is `path`.
+    pub(super) fn exact_route(&self, path: &str) -> Option<&Arc<RouteRt>> {
+        self.routes
+            .get(path)
+            .filter(|rt| rt.route.prefix().is_none())
     }
 }
 

@@ -186,7 +186,7 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// `%XX` and `+` (a space) decoded; `None` for a bad escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
