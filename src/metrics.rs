@@ -76,6 +76,8 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_refused: Counter,
     pub local_resource_errors: Family<ResourceLabel, Counter>,
+    pub recorded_bytes: Family<RouteLabel, Counter>,
+    pub recording_gaps: Family<RouteLabel, Counter>,
 }
 
 fn connect_histogram() -> Histogram {
@@ -106,6 +108,8 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             local_resource_errors: Family::default(),
+            recorded_bytes: Family::default(),
+            recording_gaps: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -170,6 +174,17 @@ impl Metrics {
             "Accepts and backend connects that failed because the gateway ran out of its own file \
              descriptors, memory, socket buffers or ephemeral ports",
             m.local_resource_errors.clone(),
+        );
+        registry.register(
+            "recorded_bytes",
+            "Message bytes written to session recordings (record = \"DIR\")",
+            m.recorded_bytes.clone(),
+        );
+        registry.register(
+            "recording_gaps",
+            "Gap lines in session recordings: bytes left out because the writer fell behind or \
+             the file reached record_max_bytes",
+            m.recording_gaps.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

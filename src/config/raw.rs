@@ -98,7 +98,15 @@ pub struct RawRoute {
     /// `type` ([`AuthType`]) and the keys of that type: [`RawJwt`] or [`RawForward`].
     pub auth: Option<Spanned<Table>>,
     pub target: Option<Spanned<RawTarget>>,
+    /// Session recording: a directory, and the keys that only apply with it.
+    pub record: Option<Spanned<String>>,
+    pub record_prefix: Option<Spanned<String>>,
+    pub record_max_bytes: Option<Spanned<RecordSize>>,
+    pub record_required: Option<Spanned<bool>>,
 }
+
+/// `record_max_bytes`: room for the start line, a few messages and the last lines.
+pub type RecordSize = ByteSize<{ super::recording::MIN_RECORD_BYTES }, { u64::MAX }>;
 
 /// `[route.target]`: a backend per session, named by a token. The keys are options so that a
 /// missing one is explained in validation.

@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::limits::SessionLimits;
 use super::raw::{RawRoute, RawTarget, TargetTokenFrom};
+pub use super::recording::RecordingSettings;
 use super::{ConfigError, Ctx};
 pub use crate::auth::AuthSettings;
 use crate::origin::OriginPattern;
@@ -118,6 +119,8 @@ pub struct Route {
     /// Subprotocols the route may select, in preference order.
     pub subprotocols: Vec<String>,
     pub limits: SessionLimits,
+    /// `record = "DIR"`: each session is written to a file there.
+    pub record: Option<RecordingSettings>,
 }
 
 impl Route {
@@ -300,6 +303,7 @@ impl Ctx<'_> {
                 ),
             );
         }
+        let record = self.record(i, r)?;
         Ok(Route {
             index: i,
             path: path.clone(),
@@ -315,6 +319,7 @@ impl Ctx<'_> {
             proxy_protocol: r.proxy_protocol,
             subprotocols,
             limits,
+            record,
         })
     }
 
