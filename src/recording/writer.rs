@@ -221,7 +221,12 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Item>, header: Header) {
-        if let Err(e) = self.write_all(&header_line(&header)).await {
+        // The start line is flushed at once: a reader following the file sees the session.
+        let start = match self.write_all(&header_line(&header)).await {
+            Ok(()) => self.file.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = start {
             self.failed(&e);
             return;
         }

@@ -25,6 +25,7 @@ mod integrity;
 mod limits_admission;
 mod protocol_violations;
 mod proxy_protocol;
+mod recording;
 mod reload;
 mod static_files;
 mod targets;
