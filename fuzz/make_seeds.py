@@ -282,8 +282,29 @@ def redis_reply():
     write(t, "binary_bulk", b"$5\r\na\r\nb\x00\r\n")
 
 
+# ---- recording_line: session recordings, whole and cut short --------------------------------
+
+
+def recording_line():
+    t = "recording_line"
+    lines = [
+        '{"v":1,"type":"start","session":1,"route":"/r","client":"127.0.0.1:1",'
+        '"backend":"127.0.0.1:2","subprotocol":null,"framing":"raw",'
+        '"time":"2024-01-01T00:00:00.000Z"}',
+        '{"t":1,"dir":"in","kind":"text","data":"hi\\n"}',
+        '{"t":2,"dir":"out","kind":"binary","data":"AAEC"}',
+        '{"t":3,"dir":"in","kind":"text","enc":"base64","data":"YcM="}',
+        '{"t":4,"type":"gap","dir":"out","bytes":9,"reason":"queue full"}',
+        '{"t":5,"type":"gap","dir":"in","bytes":7,"reason":"size limit"}',
+        '{"t":6,"type":"end","close":1000,"reason":"client closed"}',
+    ]
+    whole = "\n".join(lines) + "\n"
+    write(t, "session", whole)
+    write(t, "cut_short", whole + '{"t":7,"dir":"in"')
+
+
 if __name__ == "__main__":
-    for target in ["frame_decoder", "handshake", "config", "proxy_header", "redis_reply"]:
+    for target in ["frame_decoder", "handshake", "config", "proxy_header", "redis_reply", "recording_line"]:
         shutil.rmtree(os.path.join(SEEDS, target), ignore_errors=True)
     frame_decoder()
     handshake()
@@ -291,3 +312,4 @@ if __name__ == "__main__":
     config()
     proxy_header()
     redis_reply()
+    recording_line()

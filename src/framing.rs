@@ -224,6 +224,23 @@ impl ToBackend {
         self.ready = self.buf.len();
     }
 
+    /// Pieces go to the backend as they come (`raw`), not held until the message is complete.
+    pub fn streamed(&self) -> bool {
+        self.framing == Framing::Raw
+    }
+
+    /// The message just completed by [`end`](Self::end), as a session recording keeps it (valid
+    /// until the next [`consume`](Self::consume)): the line with its `\n`, or the envelope's
+    /// payload (the header is implied by the kind and the length). Not for `raw`, whose pieces
+    /// are recorded as they are pushed.
+    pub fn last_message(&self) -> &[u8] {
+        let header = match self.framing {
+            Framing::LengthPrefixed => ENVELOPE_HEADER_BYTES,
+            Framing::Raw | Framing::Lines => 0,
+        };
+        self.buf.get(self.msg_start + header..).unwrap_or_default()
+    }
+
     /// Complete bytes waiting to be written to the backend.
     pub fn ready(&self) -> &[u8] {
         &self.buf[..self.ready]
@@ -281,6 +298,18 @@ impl FromBackend {
             consume: 0,
             scanned: 0,
         }
+    }
+
+    /// The backend bytes of the message [`next`](Self::next) last returned, as a session
+    /// recording keeps them (`buf` is the buffer given to `next`, not changed since): the read
+    /// itself (`raw`), the line with its terminator (`lines`), or the envelope's payload
+    /// (`length-prefixed`: the header is implied by the kind and the length).
+    pub fn last_backend_bytes<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        let from = match self.framing {
+            Framing::LengthPrefixed => ENVELOPE_HEADER_BYTES,
+            Framing::Raw | Framing::Lines => 0,
+        };
+        buf.get(from..self.consume).unwrap_or_default()
     }
 
     /// The next complete message at the front of `buf`, if any. Bytes of the message returned by

@@ -22,12 +22,13 @@
 //! requests of `auth` and `target` (auth service, token service); `proxy_protocol` encodes the
 //! PROXY header for backends; `registry`, `metrics` and `admin` serve the operator's view (live
 //! sessions, readiness, Prometheus metrics); `websockify` turns websockify's command line into a
-//! configuration text.
+//! configuration text; `recording` writes a route's sessions to files (`record = "DIR"`) beside
+//! the pump and reads them back for `wsgate replay`.
 //!
 //! The library's public surface is what the binary, the benchmarks, the fuzz targets and the
 //! integration tests use: [`run`], [`run_from_file`], [`run_with_listeners`], `config`,
-//! `handshake`, `ws`, `proxy_protocol`, and the types they name (`auth`, `origin`); everything
-//! else is crate-private.
+//! `handshake`, `ws`, `proxy_protocol`, `recording`, and the types they name (`auth`,
+//! `origin`); everything else is crate-private.
 #![forbid(unsafe_code)]
 // Lengths and counts come from the network and the configuration: narrowing them is explicit
 // (the unit tests cut random numbers down to size on purpose).
@@ -53,6 +54,7 @@ pub mod origin;
 pub(crate) mod outbound;
 pub mod proxy_protocol;
 pub(crate) mod pump;
+pub mod recording;
 pub(crate) mod registry;
 pub(crate) mod server;
 pub(crate) mod static_files;

@@ -28,6 +28,24 @@ enum Command {
     Check,
     /// Run the gateway (the default).
     Run,
+    /// Print a session recording (a route's `record = "DIR"`), or one direction's raw bytes.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The recording (a `.jsonl` file).
+    file: PathBuf,
+    /// Write exactly the bytes of one direction (`in`: client to backend, `out`: backend to
+    /// client) to stdout, instead of the listing.
+    #[arg(long, value_name = "DIR", value_parser = ["in", "out"])]
+    raw: Option<String>,
+    /// Wait between entries as long as the session did.
+    #[arg(long)]
+    realtime: bool,
+    /// Keep reading a file still being written, until its end line.
+    #[arg(long)]
+    follow: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +57,9 @@ fn main() -> ExitCode {
         return websockify(&args);
     }
     let cli = Cli::parse();
+    if let Some(Command::Replay(args)) = &cli.command {
+        return replay(args);
+    }
     let Some(path) = cli.config else {
         eprintln!("wsgate: --config <PATH> is required (try `wsgate --help`)");
         return ExitCode::from(2);
@@ -110,6 +131,28 @@ fn serve(config: wsgate::Config, path: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsgate: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `wsgate replay`: exit 0 when the recording was read to its end, 1 when it cannot be read.
+fn replay(args: &ReplayArgs) -> ExitCode {
+    use wsgate::recording::{replay::ReplayOptions, Dir};
+    let opts = ReplayOptions {
+        raw: match args.raw.as_deref() {
+            Some("in") => Some(Dir::In),
+            Some(_) => Some(Dir::Out),
+            None => None,
+        },
+        realtime: args.realtime,
+        follow: args.follow,
+    };
+    let mut out = std::io::stdout().lock();
+    match wsgate::recording::replay::replay(&args.file, opts, &mut out, &mut std::io::stderr()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsgate replay: {e}");
             ExitCode::from(1)
         }
     }

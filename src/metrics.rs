@@ -92,6 +92,8 @@ pub struct Metrics {
     pub sessions_by_version: Family<VersionLabel, Counter>,
     pub http2_connections: Counter,
     pub http2_abuse: Family<AbuseLabel, Counter>,
+    pub recorded_bytes: Family<RouteLabel, Counter>,
+    pub recording_gaps: Family<RouteLabel, Counter>,
 }
 
 fn connect_histogram() -> Histogram {
@@ -125,6 +127,8 @@ impl Metrics {
             sessions_by_version: Family::default(),
             http2_connections: Counter::default(),
             http2_abuse: Family::default(),
+            recorded_bytes: Family::default(),
+            recording_gaps: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -204,6 +208,17 @@ impl Metrics {
             "Accepts and backend connects that failed because the gateway ran out of its own file \
              descriptors, memory, socket buffers or ephemeral ports",
             m.local_resource_errors.clone(),
+        );
+        registry.register(
+            "recorded_bytes",
+            "Message bytes written to session recordings (record = \"DIR\")",
+            m.recorded_bytes.clone(),
+        );
+        registry.register(
+            "recording_gaps",
+            "Gap lines in session recordings: bytes left out because the writer fell behind or \
+             the file reached record_max_bytes",
+            m.recording_gaps.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

@@ -11,7 +11,7 @@
 //!   `backend_tls`: `[route.backend_tls]` and `[route.target] tls`;
 //!   `auth`: `[route.auth]`;
 //!   `listeners`: `[[listener]]` and TLS; `services`: `[static]`, `[[demo_backend]]`, `[admin]`;
-//!   `process`: `[log]`, `[runtime]`
+//!   `process`: `[log]`, `[runtime]`; `recording`: a route's `record*` keys
 
 mod auth;
 mod backend_tls;
@@ -19,6 +19,7 @@ mod limits;
 mod listeners;
 mod process;
 mod raw;
+mod recording;
 mod routes;
 mod services;
 mod table;
@@ -44,6 +45,10 @@ pub use limits::{
 };
 pub use listeners::{ListenAddr, Listener};
 pub use process::{LogConfig, LogFormat, LogLevel, RuntimeConfig, MAX_WORKER_THREADS};
+pub use recording::{
+    RecordingSettings, DEFAULT_RECORD_MAX_BYTES, DEFAULT_RECORD_PREFIX, MAX_RECORD_PREFIX_BYTES,
+    MIN_RECORD_BYTES,
+};
 pub use routes::{
     AuthSettings, BackendAddr, Balance, Framing, Health, Route, TargetSettings,
     DEFAULT_HEALTH_COOLOFF_SECS, DEFAULT_HEALTH_FAILURES, MAX_ALLOW_ENTRIES, MAX_TOKEN_NAME_BYTES,

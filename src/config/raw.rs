@@ -108,6 +108,11 @@ pub struct RawRoute {
     pub auth: Option<Spanned<Table>>,
     pub target: Option<Spanned<RawTarget>>,
     pub backend_tls: Option<Spanned<RawBackendTls>>,
+    /// Session recording: a directory, and the keys that only apply with it.
+    pub record: Option<Spanned<String>>,
+    pub record_prefix: Option<Spanned<String>>,
+    pub record_max_bytes: Option<Spanned<RecordSize>>,
+    pub record_required: Option<Spanned<bool>>,
 }
 
 /// `[route.backend_tls]`: how `tls://` backends and TLS targets are spoken to.
@@ -120,6 +125,9 @@ pub struct RawBackendTls {
     pub key: Option<Spanned<String>>,
     pub verify: Option<Spanned<bool>>,
 }
+
+/// `record_max_bytes`: room for the start line, a few messages and the last lines.
+pub type RecordSize = ByteSize<{ super::recording::MIN_RECORD_BYTES }, { u64::MAX }>;
 
 /// `[route.target]`: a backend per session, named by a token. The keys are options so that a
 /// missing one is explained in validation.

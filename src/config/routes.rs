@@ -12,6 +12,7 @@ use toml::Spanned;
 
 use super::limits::SessionLimits;
 use super::raw::{RawRoute, RawTarget, TargetTokenFrom};
+pub use super::recording::RecordingSettings;
 use super::{ConfigError, Ctx};
 pub use crate::auth::AuthSettings;
 use crate::origin::OriginPattern;
@@ -131,6 +132,8 @@ pub struct Route {
     pub backend_tls: Option<Arc<BackendTls>>,
     /// `[route.target] tls = true`: per-session targets are connected with TLS.
     pub target_tls: bool,
+    /// `record = "DIR"`: each session is written to a file there.
+    pub record: Option<RecordingSettings>,
 }
 
 impl Route {
@@ -329,6 +332,7 @@ impl Ctx<'_> {
                 ),
             );
         }
+        let record = self.record(i, r)?;
         Ok(Route {
             index: i,
             path: path.clone(),
@@ -346,6 +350,7 @@ impl Ctx<'_> {
             limits,
             backend_tls: tls.backend_tls,
             target_tls: tls.target_tls,
+            record,
         })
     }
 

@@ -14,6 +14,7 @@ use super::{far_future, Shared, Traffic, BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES};
 use crate::config::Route;
 use crate::error::{Close, SessionEnd, Side};
 use crate::framing::FromBackend;
+use crate::recording::{Dir, Kind, Recorder};
 use crate::ws::{self, encode_frame, CloseCode, OpCode};
 
 pub(super) struct Downstream<'s, R, W> {
@@ -26,6 +27,8 @@ pub(super) struct Downstream<'s, R, W> {
     traffic: &'s Traffic,
     /// Why the connection was cut without a Close, if it was.
     cut: Option<&'static str>,
+    /// Where the bytes read from the backend are recorded, if the route records sessions.
+    rec: Option<&'s Recorder>,
 }
 
 /// How downstream's main loop ended, and so what its Close frame is.
@@ -66,6 +69,7 @@ where
         from: FromBackend,
         route: &'s Route,
         traffic: &'s Traffic,
+        rec: Option<&'s Recorder>,
     ) -> Self {
         Downstream {
             backend,
@@ -76,6 +80,7 @@ where
             route,
             traffic,
             cut: None,
+            rec,
         }
     }
 
@@ -296,10 +301,15 @@ where
         loop {
             match self.from.next(rbuf, eof)? {
                 Some(m) => {
-                    let opcode = if m.text { OpCode::Text } else { OpCode::Binary };
+                    let text = m.text;
+                    let opcode = if text { OpCode::Text } else { OpCode::Binary };
                     self.traffic.add_message();
                     self.traffic.add_bytes(m.payload.len());
                     encode_frame(&mut self.out.buf, opcode, m.payload);
+                    if let Some(rec) = self.rec {
+                        let kind = if text { Kind::Text } else { Kind::Binary };
+                        rec.record(Dir::Out, kind, self.from.last_backend_bytes(rbuf));
+                    }
                 }
                 None => return Ok(()),
             }

@@ -52,6 +52,7 @@ use upstream::Upstream;
 use crate::config::Route;
 use crate::error::{Close, SessionEnd};
 use crate::framing::{FromBackend, MessageBudget, ToBackend};
+use crate::recording::Recorder;
 use crate::ws::{CloseCode, DecoderLimits};
 
 pub use io::ReadReady;
@@ -86,6 +87,9 @@ pub struct SessionInfo {
     pub kill: CancellationToken,
     /// The gateway-wide bound on client messages held whole (`partial_message_budget`).
     pub budget: Arc<MessageBudget>,
+    /// The session's recording (`record = "DIR"` on the route): each half hands it the bytes
+    /// it writes to or reads from the backend.
+    pub recording: Option<Arc<Recorder>>,
 }
 
 /// Counters of one direction, updated as messages pass.
@@ -172,6 +176,7 @@ where
         ToBackend::new(route.framing, &info.budget),
         route,
         &info.stats.up,
+        info.recording.as_deref(),
     );
     let down = Downstream::new(
         br,
@@ -180,6 +185,7 @@ where
         FromBackend::new(route.framing, route.limits.max_message_size),
         route,
         &info.stats.down,
+        info.recording.as_deref(),
     );
     let limits = DecoderLimits {
         max_frame_size: route.limits.max_frame_size,

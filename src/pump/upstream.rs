@@ -17,6 +17,7 @@ use super::{
 use crate::config::Route;
 use crate::error::{Close, Side};
 use crate::framing::ToBackend;
+use crate::recording::{Dir, Kind, Recorder};
 use crate::ws::{encode_frame, CloseCode, Decoder, DecoderLimits, Frame, OpCode};
 
 /// Why upstream stopped decoding.
@@ -38,6 +39,8 @@ pub(super) struct Upstream<'s, R, W> {
     /// Bytes were written to the backend and not flushed since.
     unflushed: bool,
     control: ControlRate,
+    /// Where the bytes for the backend are recorded, if the route records sessions.
+    rec: Option<&'s Recorder>,
 }
 
 /// A token bucket for the control frames (Ping, Pong) a client sends: `per_second` of them a
@@ -95,6 +98,7 @@ where
         out: ToBackend,
         route: &Route,
         traffic: &'s Traffic,
+        rec: Option<&'s Recorder>,
     ) -> Self {
         Upstream {
             client,
@@ -107,6 +111,7 @@ where
             backend_shut: false,
             unflushed: false,
             control: ControlRate::new(route.limits.control_frames_per_second),
+            rec,
         }
     }
 
@@ -167,6 +172,9 @@ where
                         if let Err(close) = push_piece(&mut self.out, payload, text, first, last) {
                             stop = Some(UpStop::Fail(close));
                             break;
+                        }
+                        if let Some(rec) = self.rec {
+                            record_piece(rec, &self.out, payload, text, last);
                         }
                         if self.out.ready().len() >= FLUSH_THRESHOLD_BYTES
                             && !self.flush(&mut forward, &mut wake).await
@@ -341,6 +349,17 @@ fn push_piece(
         out.end();
     }
     Ok(())
+}
+
+/// Record what this piece adds to the backend stream: the piece itself on a raw route (bytes
+/// are streamed as they come), the whole message once it is complete otherwise.
+fn record_piece(rec: &Recorder, out: &ToBackend, payload: &[u8], text: bool, last: bool) {
+    let kind = if text { Kind::Text } else { Kind::Binary };
+    if out.streamed() {
+        rec.record(Dir::In, kind, payload);
+    } else if last {
+        rec.record(Dir::In, kind, out.last_message());
+    }
 }
 
 #[cfg(test)]

@@ -505,9 +505,8 @@ async fn tcp_connection(
     };
     // h2c with prior knowledge, on a plain listener (or a plain connection on an `accept_plain`
     // one) with `http2 = true`: the preface is peeked, not read.
-    let h2c = tls.is_none()
-        && http2
-        && h2::prior_knowledge(&tcp, accepted_at + handshake_timeout).await;
+    let h2c =
+        tls.is_none() && http2 && h2::prior_knowledge(&tcp, accepted_at + handshake_timeout).await;
     let conn = ConnStart {
         peer,
         local,

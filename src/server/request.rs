@@ -28,11 +28,13 @@ use super::router::{SessionSlot, State};
 use super::session::Claims;
 use super::{ConnGuard, Gateway};
 use crate::backend::ConnectError;
-use crate::config::BackendAddr;
+use crate::config::{BackendAddr, RecordingSettings, Route};
 use crate::error::Reject;
 use crate::handshake;
-use crate::metrics::AuthLabel;
+use crate::metrics::{AuthLabel, RouteLabel};
 use crate::pump::{SessionInfo, SessionStats};
+use crate::recording::format::rfc3339;
+use crate::recording::{Header, Recorder, RecordingCounters};
 use crate::target::{Target, TargetError};
 use crate::{auth, proxy_protocol, static_files};
 
@@ -403,6 +405,21 @@ pub(super) async fn upgrade(
         }
     };
 
+    let recording = match &route.record {
+        None => None,
+        Some(settings) => open_recording(
+            gw,
+            settings,
+            &route,
+            id,
+            peer,
+            &backend_name,
+            protocol.as_deref(),
+        )
+        .await?
+        .map(Arc::new),
+    };
+
     let on_upgrade = hyper::upgrade::on(req);
     let info = SessionInfo {
         id,
@@ -413,6 +430,7 @@ pub(super) async fn upgrade(
         stats: Arc::new(SessionStats::default()),
         kill: CancellationToken::new(),
         budget: gw.budget.clone(),
+        recording,
     };
     let claims = Claims {
         _lease: lease,
@@ -463,6 +481,48 @@ impl Opening {
         match self {
             Opening::Http1(a) => &a.offered_protocols,
             Opening::Http2(offered) => offered,
+        }
+    }
+}
+
+/// Create the session's recording file. A file that cannot be created refuses the session
+/// (503) when the route has `record_required`; otherwise the session runs unrecorded.
+async fn open_recording(
+    gw: &Gateway,
+    settings: &RecordingSettings,
+    route: &Route,
+    id: u64,
+    peer: SocketAddr,
+    backend: &str,
+    subprotocol: Option<&str>,
+) -> Result<Option<Recorder>, Reject> {
+    let label = RouteLabel {
+        route: route.path.clone(),
+    };
+    // One statement each: a family's read guard lives until the end of its statement.
+    let bytes = gw.metrics.recorded_bytes.get_or_create(&label).clone();
+    let gaps = gw.metrics.recording_gaps.get_or_create(&label).clone();
+    let header = Header {
+        session: id,
+        route: route.path.clone(),
+        client: peer.to_string(),
+        backend: backend.to_string(),
+        subprotocol: subprotocol.map(str::to_owned),
+        framing: route.framing.to_string(),
+        time: rfc3339(std::time::SystemTime::now()),
+    };
+    match Recorder::open(settings, header, RecordingCounters { bytes, gaps }).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if settings.required => {
+            error!(session = id, route = %route.path, client = %peer, error = %e, "session refused: its recording cannot be created (record_required)");
+            Err(Reject::gateway(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session recording unavailable (record_required)",
+            ))
+        }
+        Err(e) => {
+            warn!(session = id, route = %route.path, client = %peer, error = %e, "session not recorded: its recording cannot be created");
+            Ok(None)
         }
     }
 }

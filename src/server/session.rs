@@ -130,6 +130,10 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         Some(None) => CLOSE_CODE_EMPTY,
         Some(Some(c)) => c.get(),
     };
+    if let Some(rec) = &info.recording {
+        rec.finish(close_code, reason);
+    }
+    let record = info.recording.as_ref().map(|r| r.file_name());
     gw.metrics
         .closes
         .get_or_create(&CloseLabel {
@@ -155,6 +159,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         bytes_down = outcome.down.bytes,
         messages_down = outcome.down.messages,
         http_version,
+        record,
         "session closed"
     );
 }

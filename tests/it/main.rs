@@ -29,6 +29,7 @@ mod listeners;
 mod novnc;
 mod protocol_violations;
 mod proxy_protocol;
+mod recording;
 mod reload;
 mod static_files;
 mod targets;
