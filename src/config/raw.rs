@@ -98,6 +98,28 @@ pub struct RawRoute {
     /// `type` ([`AuthType`]) and the keys of that type: [`RawJwt`] or [`RawForward`].
     pub auth: Option<Spanned<Table>>,
     pub target: Option<Spanned<RawTarget>>,
+    pub compression: Option<Compression>,
+    pub deflate: Option<Spanned<RawDeflate>>,
+}
+
+/// `[route] compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    #[default]
+    Off,
+    PermessageDeflate,
+}
+
+/// `[route.deflate]`: permessage-deflate (RFC 7692) parameters of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeflate {
+    pub server_max_window_bits: Option<Bounded<8, 15>>,
+    pub client_max_window_bits: Option<Bounded<8, 15>>,
+    pub server_no_context_takeover: Option<bool>,
+    pub client_no_context_takeover: Option<bool>,
+    pub min_compress_bytes: Option<MessageSize>,
 }
 
 /// `[route.target]`: a backend per session, named by a token. The keys are options so that a
