@@ -14,7 +14,7 @@ use super::{far_future, Shared, Traffic, BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES};
 use crate::config::Route;
 use crate::error::{Close, SessionEnd, Side};
 use crate::framing::FromBackend;
-use crate::ws::{self, encode_frame, CloseCode, OpCode};
+use crate::ws::{self, encode_frame, CloseCode, DeflateParams, Deflater, OpCode};
 
 pub(super) struct Downstream<'s, R, W> {
     backend: R,
@@ -26,6 +26,8 @@ pub(super) struct Downstream<'s, R, W> {
     traffic: &'s Traffic,
     /// Why the connection was cut without a Close, if it was.
     cut: Option<&'static str>,
+    /// permessage-deflate: compresses messages of at least `min_compress_bytes`.
+    deflater: Option<(Deflater, usize)>,
 }
 
 /// How downstream's main loop ended, and so what its Close frame is.
@@ -66,6 +68,7 @@ where
         from: FromBackend,
         route: &'s Route,
         traffic: &'s Traffic,
+        deflate: Option<DeflateParams>,
     ) -> Self {
         Downstream {
             backend,
@@ -76,6 +79,9 @@ where
             route,
             traffic,
             cut: None,
+            deflater: deflate
+                .filter(DeflateParams::compress_to_client)
+                .map(|p| (Deflater::new(&p), p.min_compress_bytes)),
         }
     }
 
@@ -193,7 +199,11 @@ where
                         return DownEnd::Abort(CLIENT_GONE);
                     }
                 }
-                r = read_more(&mut self.backend, &mut rbuf, &mut release), if room => {
+                r = read_more(&mut self.backend, &mut rbuf, &mut release, || {
+                    if let Some((d, _)) = self.deflater.as_mut() {
+                        d.release();
+                    }
+                }), if room => {
                     let eof = !matches!(r, Ok(n) if n > 0);
                     if !eof {
                         self.shared.touch();
@@ -299,7 +309,14 @@ where
                     let opcode = if m.text { OpCode::Text } else { OpCode::Binary };
                     self.traffic.add_message();
                     self.traffic.add_bytes(m.payload.len());
-                    encode_frame(&mut self.out.buf, opcode, m.payload);
+                    match self.deflater.as_mut() {
+                        // Control frames are never compressed (RFC 7692 §6.1); they are not
+                        // queued here.
+                        Some((d, min)) if m.payload.len() >= *min => {
+                            d.encode_frame(&mut self.out.buf, opcode, m.payload);
+                        }
+                        _ => encode_frame(&mut self.out.buf, opcode, m.payload),
+                    }
                 }
                 None => return Ok(()),
             }

@@ -10,6 +10,13 @@
 //! - [`keepalive`]: when to ping and when a silent client is dead, as pure functions of time.
 //! - [`io`]: reading without holding a buffer while idle, and the client's output queue.
 //!
+//! With permessage-deflate, upstream inflates compressed messages in bounded chunks as their
+//! pieces arrive (forwarding, and waiting for the backend, between chunks) and downstream
+//! compresses messages of at least `min_compress_bytes`. Each half allocates its compression
+//! context at its first compressed message; without context takeover the context is freed
+//! together with the idle read buffer ([`BUFFER_RELEASE`]), with takeover it lives as long as
+//! the session (the window is part of the stream).
+//!
 //! The halves run concurrently in one task and share only a small control block ([`Ctl`]),
 //! never an unbounded queue: each side writes with `await`, so a peer that does not read stalls
 //! the other side (backpressure) and memory stays flat. Close semantics are the table in
@@ -86,6 +93,8 @@ pub struct SessionInfo {
     pub kill: CancellationToken,
     /// The gateway-wide bound on client messages held whole (`partial_message_budget`).
     pub budget: Arc<MessageBudget>,
+    /// permessage-deflate, when negotiated.
+    pub deflate: Option<crate::ws::DeflateParams>,
 }
 
 /// Counters of one direction, updated as messages pass.
@@ -172,6 +181,7 @@ where
         ToBackend::new(route.framing, &info.budget),
         route,
         &info.stats.up,
+        info.deflate,
     );
     let down = Downstream::new(
         br,
@@ -180,6 +190,7 @@ where
         FromBackend::new(route.framing, route.limits.max_message_size),
         route,
         &info.stats.down,
+        info.deflate,
     );
     let limits = DecoderLimits {
         max_frame_size: route.limits.max_frame_size,

@@ -263,6 +263,12 @@ pub(super) async fn upgrade(
     }
     let protocol =
         auth::select_subprotocol(&policy, &accepted.offered_protocols).map(str::to_owned);
+    // RFC 7692 §7: permessage-deflate when the route allows it and the client offers it
+    // acceptably; otherwise the session goes on uncompressed.
+    let deflate = route
+        .deflate
+        .as_ref()
+        .and_then(|d| handshake::negotiate_deflate(req.headers(), d));
     let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
     // The PROXY header is built before any backend is touched: one that cannot be encoded
     // refuses the handshake without a connection.
@@ -336,6 +342,7 @@ pub(super) async fn upgrade(
         stats: Arc::new(SessionStats::default()),
         kill: CancellationToken::new(),
         budget: gw.budget.clone(),
+        deflate: deflate.as_ref().map(|(params, _)| *params),
     };
     let claims = Claims {
         _lease: lease,
@@ -352,10 +359,13 @@ pub(super) async fn upgrade(
         shutdown: gw.shutdown.child_token(),
     });
 
-    Ok(handshake::switching_protocols(
-        &accepted,
-        protocol.as_deref(),
-    ))
+    let mut resp = handshake::switching_protocols(&accepted, protocol.as_deref());
+    // The answer is built from tokens and digits only, so always a valid header value.
+    if let Some(v) = deflate.and_then(|(_, answer)| HeaderValue::from_str(&answer).ok()) {
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+    }
+    Ok(resp)
 }
 
 /// The log line of a refused per-session target: the target and the token's hash, never the
