@@ -170,9 +170,8 @@ where
                         if !forward {
                             continue;
                         }
-                        if let Some(inf) = inflater
-                            .as_mut()
-                            .filter(|_| decoder.message_compressed())
+                        if let Some(inf) =
+                            inflater.as_mut().filter(|_| decoder.message_compressed())
                         {
                             let piece = Piece {
                                 payload,
@@ -181,7 +180,10 @@ where
                                 last,
                                 new_frame: decoder.piece_starts_frame(),
                             };
-                            match self.forward_compressed(inf, piece, &mut forward, &mut wake).await {
+                            match self
+                                .forward_compressed(inf, piece, &mut forward, &mut wake)
+                                .await
+                            {
                                 Ok(true) => continue,
                                 Ok(false) => return,
                                 Err(close) => {
