@@ -2,7 +2,8 @@
 //!
 //! Owns: deciding whether a request is a WebSocket upgrade attempt, validating it, computing
 //! `Sec-WebSocket-Accept`, parsing the offered subprotocols, and building the 101 answer
-//! ([`switching_protocols`]). It does not route, authorise, connect, or write anything: the
+//! ([`switching_protocols`]), and negotiating permessage-deflate (RFC 7692 §7,
+//! [`negotiate_deflate`]). It does not route, authorise, connect, or write anything: the
 //! server turns a [`Reject`] into exactly one HTTP answer.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -12,6 +13,8 @@ use http::{HeaderValue, Method, Response, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
 use crate::error::Reject;
+use crate::ws::deflate::{MAX_WINDOW_BITS, MIN_WINDOW_BITS};
+use crate::ws::{DeflateParams, DeflateSettings};
 
 /// RFC 6455 §1.3: the GUID appended to the key before hashing.
 pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -236,6 +239,224 @@ pub fn switching_protocols<B: Default>(accepted: &Accepted, protocol: Option<&st
     resp
 }
 
+/// One offered extension: its name and parameters (values unquoted), as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Offer {
+    name: String,
+    params: Vec<(String, Option<String>)>,
+}
+
+/// Parse every `Sec-WebSocket-Extensions` header (RFC 6455 §9.1):
+/// `extension *( ";" param [ "=" ( token | quoted-string ) ] )`, comma-separated, across
+/// several headers. `None` when any header is malformed: its offers cannot be told apart.
+fn extension_offers(headers: &HeaderMap) -> Option<Vec<Offer>> {
+    let mut offers = Vec::new();
+    for value in headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
+        parse_extension_list(value.as_bytes(), &mut offers)?;
+    }
+    Some(offers)
+}
+
+fn parse_extension_list(mut s: &[u8], offers: &mut Vec<Offer>) -> Option<()> {
+    fn skip_ows(s: &mut &[u8]) {
+        while let [b' ' | b'\t', rest @ ..] = *s {
+            *s = rest;
+        }
+    }
+    fn token(s: &mut &[u8]) -> Option<String> {
+        let n = s.iter().take_while(|&&b| is_token_byte(b)).count();
+        if n == 0 {
+            return None;
+        }
+        let (t, rest) = s.split_at(n);
+        *s = rest;
+        Some(String::from_utf8_lossy(t).into_owned())
+    }
+    fn quoted(s: &mut &[u8]) -> Option<String> {
+        let mut out = Vec::new();
+        let mut i = 1; // after the opening quote
+        loop {
+            match *s.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    out.push(*s.get(i + 1)?);
+                    i += 2;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        *s = &s[i + 1..];
+        // RFC 6455 §9.1: a quoted value must be a token once unescaped.
+        if out.is_empty() || !out.iter().all(|&b| is_token_byte(b)) {
+            return None;
+        }
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+    loop {
+        skip_ows(&mut s);
+        // Empty list elements (",,") are allowed by the list syntax (RFC 7230 §7).
+        if let [b',', rest @ ..] = s {
+            s = rest;
+            continue;
+        }
+        if s.is_empty() {
+            return Some(());
+        }
+        let name = token(&mut s)?;
+        let mut params = Vec::new();
+        loop {
+            skip_ows(&mut s);
+            match s {
+                [b';', rest @ ..] => {
+                    s = rest;
+                    skip_ows(&mut s);
+                    let key = token(&mut s)?;
+                    skip_ows(&mut s);
+                    let value = if let [b'=', rest @ ..] = s {
+                        s = rest;
+                        skip_ows(&mut s);
+                        Some(if s.first() == Some(&b'"') {
+                            quoted(&mut s)?
+                        } else {
+                            token(&mut s)?
+                        })
+                    } else {
+                        None
+                    };
+                    params.push((key, value));
+                }
+                [b',', ..] | [] => break,
+                _ => return None,
+            }
+        }
+        offers.push(Offer { name, params });
+    }
+}
+
+/// The permessage-deflate parameters of one offer, valid per RFC 7692 §7.1: no unknown or
+/// repeated parameter, flags without a value, window bits 8..15 written as plain decimal.
+/// `client_max_window_bits` is `Some(None)` when offered without a value.
+#[derive(Debug, Default)]
+struct DeflateOffer {
+    server_no_context_takeover: bool,
+    client_no_context_takeover: bool,
+    server_max_window_bits: Option<u8>,
+    client_max_window_bits: Option<Option<u8>>,
+}
+
+fn window_bits(v: &str) -> Option<u8> {
+    // RFC 7692 §7.1.2.1: 1*DIGIT without leading zeros, 8..15.
+    if v.starts_with('0') || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse::<u8>()
+        .ok()
+        .filter(|b| (MIN_WINDOW_BITS..=MAX_WINDOW_BITS).contains(b))
+}
+
+fn deflate_offer(offer: &Offer) -> Option<DeflateOffer> {
+    let mut d = DeflateOffer::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for (key, value) in &offer.params {
+        let key = key.to_ascii_lowercase();
+        // RFC 7692 §7: an offer with a parameter twice is declined.
+        if seen.contains(&key.as_str()) {
+            return None;
+        }
+        match (key.as_str(), value) {
+            ("server_no_context_takeover", None) => {
+                d.server_no_context_takeover = true;
+                seen.push("server_no_context_takeover");
+            }
+            ("client_no_context_takeover", None) => {
+                d.client_no_context_takeover = true;
+                seen.push("client_no_context_takeover");
+            }
+            ("server_max_window_bits", Some(v)) => {
+                d.server_max_window_bits = Some(window_bits(v)?);
+                seen.push("server_max_window_bits");
+            }
+            ("client_max_window_bits", None) => {
+                d.client_max_window_bits = Some(None);
+                seen.push("client_max_window_bits");
+            }
+            ("client_max_window_bits", Some(v)) => {
+                d.client_max_window_bits = Some(Some(window_bits(v)?));
+                seen.push("client_max_window_bits");
+            }
+            // Unknown parameters, flags with a value, server_max_window_bits without one.
+            _ => return None,
+        }
+    }
+    Some(d)
+}
+
+/// Negotiate permessage-deflate (RFC 7692 §7) for a route that allows it: the first offer
+/// this route can accept wins. Returns the session's parameters and the
+/// `Sec-WebSocket-Extensions` value of the 101, or `None` (no compression; the handshake goes
+/// on without the extension) when nothing acceptable was offered.
+///
+/// - Malformed headers, unknown or repeated parameters and out-of-range values decline the
+///   offer (a malformed header declines all of them).
+/// - `server_max_window_bits`: the smaller of the offer's and the route's; named in the answer
+///   when below 15 or offered.
+/// - `client_max_window_bits`: only answered when offered (with or without a value); the
+///   smaller of the offer's value (15 without one) and the route's. An offer without it is
+///   declined when the route asks for less than 15 (the client could not be told).
+/// - `*_no_context_takeover`: answered when offered or when the route sets it.
+pub fn negotiate_deflate(
+    headers: &HeaderMap,
+    route: &DeflateSettings,
+) -> Option<(DeflateParams, String)> {
+    for offer in extension_offers(headers)? {
+        if !offer.name.eq_ignore_ascii_case("permessage-deflate") {
+            continue;
+        }
+        let Some(d) = deflate_offer(&offer) else {
+            continue;
+        };
+        let client_bits = match d.client_max_window_bits {
+            None if route.client_max_window_bits < MAX_WINDOW_BITS => continue,
+            None => None,
+            Some(v) => Some(
+                v.unwrap_or(MAX_WINDOW_BITS)
+                    .min(route.client_max_window_bits),
+            ),
+        };
+        let server_bits = d
+            .server_max_window_bits
+            .unwrap_or(MAX_WINDOW_BITS)
+            .min(route.server_max_window_bits);
+        let params = DeflateParams {
+            server_max_window_bits: server_bits,
+            client_max_window_bits: client_bits.unwrap_or(MAX_WINDOW_BITS),
+            server_no_context_takeover: d.server_no_context_takeover
+                || route.server_no_context_takeover,
+            client_no_context_takeover: d.client_no_context_takeover
+                || route.client_no_context_takeover,
+            min_compress_bytes: route.min_compress_bytes,
+        };
+        let mut answer = String::from("permessage-deflate");
+        if params.server_no_context_takeover {
+            answer.push_str("; server_no_context_takeover");
+        }
+        if params.client_no_context_takeover {
+            answer.push_str("; client_no_context_takeover");
+        }
+        if d.server_max_window_bits.is_some() || server_bits < MAX_WINDOW_BITS {
+            answer.push_str(&format!("; server_max_window_bits={server_bits}"));
+        }
+        if let Some(bits) = client_bits {
+            answer.push_str(&format!("; client_max_window_bits={bits}"));
+        }
+        return Some((params, answer));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +661,159 @@ mod tests {
         assert!(!is_upgrade_attempt(&h));
         h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("x"));
         assert!(is_upgrade_attempt(&h));
+    }
+
+    fn ext(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn answer(values: &[&str], route: &DeflateSettings) -> Option<String> {
+        negotiate_deflate(&ext(values), route).map(|(_, a)| a)
+    }
+
+    #[test]
+    fn deflate_plain_offer_and_browser_offer() {
+        let r = DeflateSettings::default();
+        assert_eq!(
+            answer(&["permessage-deflate"], &r).as_deref(),
+            Some("permessage-deflate")
+        );
+        // Chrome's and Python websockets' offer: client_max_window_bits without a value.
+        let (p, a) =
+            negotiate_deflate(&ext(&["permessage-deflate; client_max_window_bits"]), &r).unwrap();
+        assert_eq!(a, "permessage-deflate; client_max_window_bits=15");
+        assert_eq!(p.client_max_window_bits, 15);
+        assert!(!p.client_no_context_takeover && !p.server_no_context_takeover);
+        // No offer, another extension only, or an empty header: no compression.
+        assert_eq!(answer(&[], &r), None);
+        assert_eq!(answer(&["x-webkit-deflate-frame"], &r), None);
+        assert_eq!(answer(&[""], &r), None);
+        // Case-insensitive names, whitespace, empty list elements.
+        assert_eq!(
+            answer(
+                &[" , PerMessage-Deflate ;\tServer_No_Context_Takeover ,"],
+                &r
+            )
+            .as_deref(),
+            Some("permessage-deflate; server_no_context_takeover")
+        );
+    }
+
+    #[test]
+    fn deflate_parameters_are_answered_per_route() {
+        let r = DeflateSettings {
+            server_max_window_bits: 10,
+            client_max_window_bits: 12,
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            min_compress_bytes: 64,
+        };
+        let (p, a) = negotiate_deflate(
+            &ext(&["permessage-deflate; client_max_window_bits; server_max_window_bits=14"]),
+            &r,
+        )
+        .unwrap();
+        assert_eq!(
+            a,
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=10; client_max_window_bits=12"
+        );
+        assert_eq!(
+            (p.server_max_window_bits, p.client_max_window_bits),
+            (10, 12)
+        );
+        // The client's smaller values win.
+        let (p, a) = negotiate_deflate(
+            &ext(&["permessage-deflate; client_max_window_bits=9; server_max_window_bits=8"]),
+            &r,
+        )
+        .unwrap();
+        assert_eq!((p.server_max_window_bits, p.client_max_window_bits), (8, 9));
+        assert!(!p.compress_to_client());
+        assert!(a.ends_with("server_max_window_bits=8; client_max_window_bits=9"));
+        // A route that limits the client's window declines offers that cannot be told so.
+        assert_eq!(answer(&["permessage-deflate"], &r), None);
+        // ... and takes the next acceptable one.
+        assert_eq!(
+            answer(
+                &["permessage-deflate, permessage-deflate; client_max_window_bits=\"11\""],
+                &r
+            )
+            .as_deref(),
+            Some(
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+                 server_max_window_bits=10; client_max_window_bits=11"
+            )
+        );
+    }
+
+    #[test]
+    fn deflate_first_acceptable_offer_across_headers() {
+        let r = DeflateSettings::default();
+        let (p, _) = negotiate_deflate(
+            &ext(&[
+                "foo; bar=1, permessage-deflate; unknown",
+                "permessage-deflate; client_no_context_takeover; client_max_window_bits=10",
+                "permessage-deflate",
+            ]),
+            &r,
+        )
+        .unwrap();
+        assert!(p.client_no_context_takeover);
+        assert_eq!(p.client_max_window_bits, 10);
+    }
+
+    #[test]
+    fn deflate_bad_offers_are_declined() {
+        let r = DeflateSettings::default();
+        for bad in [
+            // Unknown parameter.
+            "permessage-deflate; foo",
+            "permessage-deflate; foo=1",
+            // Duplicates (also in another case).
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; client_max_window_bits; Client_Max_Window_Bits=10",
+            "permessage-deflate; server_max_window_bits=10; server_max_window_bits=10",
+            // Flags with a value.
+            "permessage-deflate; server_no_context_takeover=1",
+            "permessage-deflate; client_no_context_takeover=\"x\"",
+            // server_max_window_bits needs a value.
+            "permessage-deflate; server_max_window_bits",
+            // Out of range, leading zeros, not a number, signs, empty quotes.
+            "permessage-deflate; server_max_window_bits=7",
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; client_max_window_bits=0",
+            "permessage-deflate; client_max_window_bits=015",
+            "permessage-deflate; client_max_window_bits=1a",
+            "permessage-deflate; client_max_window_bits=+9",
+            "permessage-deflate; client_max_window_bits=\"\"",
+            "permessage-deflate; client_max_window_bits=256",
+            "permessage-deflate; server_max_window_bits=99999999999999999999",
+            // Malformed syntax: the whole header is declined.
+            "permessage-deflate;",
+            "permessage-deflate; =10",
+            "permessage-deflate; server_max_window_bits=",
+            "permessage-deflate; client_max_window_bits=\"10",
+            "permessage-deflate; client_max_window_bits=\"1 0\"",
+            "permessage-deflate x",
+            "permessage-deflate; a b",
+            "\"permessage-deflate\"",
+            "permessage-deflate; client_max_window_bits=10=11",
+            "; permessage-deflate",
+        ] {
+            assert_eq!(answer(&[bad], &r), None, "{bad}");
+        }
+        // A malformed header declines every offer, in it and in the other headers.
+        assert_eq!(answer(&["permessage-deflate, foo;;"], &r), None);
+        assert!(answer(&["foo;;", "permessage-deflate"], &r).is_none());
+        // Quoted values that are tokens are fine, escapes included.
+        assert!(answer(&["permessage-deflate; server_max_window_bits=\"1\\2\""], &r).is_some());
     }
 }

@@ -12,6 +12,7 @@
 //! handshake   101 Switching Protocols, then the session task:
 //! pump        upstream (client -> backend) and downstream (backend -> client, control events)
 //! ws          frame codec: unmasking, limits, UTF-8, control frames      -> 1002 / 1007 / 1009
+//!             permessage-deflate: inflate in bounded chunks, bomb guard  -> 1008 / 1009
 //! framing     messages <-> backend bytes: raw, lines, length-prefixed    -> 1003 / 1007 / 1011 / 1013
 //! error       how a session ends: Closed with one close code, or Cut, and the side that caused it
 //! ```

@@ -435,6 +435,36 @@ backend = "127.0.0.1:9001"
 "#;
 
     #[test]
+    fn route_compression_and_deflate_keys() {
+        assert!(parse(MINIMAL).unwrap().routes[0].deflate.is_none());
+        let on = format!("{MINIMAL}compression = \"permessage-deflate\"\n");
+        assert_eq!(
+            parse(&on).unwrap().routes[0].deflate,
+            Some(crate::ws::DeflateSettings::default())
+        );
+        let tuned = format!(
+            "{on}[route.deflate]\nserver_max_window_bits = 9\nclient_max_window_bits = 8\n\
+             server_no_context_takeover = true\nclient_no_context_takeover = true\n\
+             min_compress_bytes = \"1KiB\"\n"
+        );
+        let d = parse(&tuned).unwrap().routes[0].deflate.unwrap();
+        assert_eq!((d.server_max_window_bits, d.client_max_window_bits), (9, 8));
+        assert!(d.server_no_context_takeover && d.client_no_context_takeover);
+        assert_eq!(d.min_compress_bytes, 1024);
+        // [route.deflate] without compression, out-of-range bits, unknown keys and values.
+        let e = parse(&format!("{MINIMAL}[route.deflate]\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("route[0].deflate"), "{e}");
+        for bad in [
+            format!("{on}[route.deflate]\nserver_max_window_bits = 16\n"),
+            format!("{on}[route.deflate]\nclient_max_window_bits = 7\n"),
+            format!("{on}[route.deflate]\nlevel = 9\n"),
+            format!("{MINIMAL}compression = \"gzip\"\n"),
+        ] {
+            assert!(parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.listeners.len(), 1);

@@ -113,6 +113,28 @@ pub struct RawRoute {
     pub record_prefix: Option<Spanned<String>>,
     pub record_max_bytes: Option<Spanned<RecordSize>>,
     pub record_required: Option<Spanned<bool>>,
+    pub compression: Option<Compression>,
+    pub deflate: Option<Spanned<RawDeflate>>,
+}
+
+/// `[route] compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    #[default]
+    Off,
+    PermessageDeflate,
+}
+
+/// `[route.deflate]`: permessage-deflate (RFC 7692) parameters of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeflate {
+    pub server_max_window_bits: Option<Bounded<8, 15>>,
+    pub client_max_window_bits: Option<Bounded<8, 15>>,
+    pub server_no_context_takeover: Option<bool>,
+    pub client_no_context_takeover: Option<bool>,
+    pub min_compress_bytes: Option<MessageSize>,
 }
 
 /// `[route.backend_tls]`: how `tls://` backends and TLS targets are spoken to.

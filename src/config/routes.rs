@@ -11,8 +11,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::limits::SessionLimits;
-use super::raw::{RawRoute, RawTarget, TargetTokenFrom};
+use super::raw::{Compression, RawRoute, RawTarget, TargetTokenFrom};
 pub use super::recording::RecordingSettings;
+use super::units::Bounded;
 use super::{ConfigError, Ctx};
 pub use crate::auth::AuthSettings;
 use crate::origin::OriginPattern;
@@ -23,6 +24,7 @@ use crate::target::service::{ServiceSettings, ServiceSettingsError, DEFAULT_SOUR
 pub use crate::target::TargetSettings;
 use crate::target::{SourceSettings, TokenFrom, DEFAULT_TOKEN_NAME};
 use crate::tls::BackendTls;
+pub use crate::ws::DeflateSettings;
 
 /// Longest `[route.target] token_name`.
 pub const MAX_TOKEN_NAME_BYTES: usize = 256;
@@ -134,6 +136,8 @@ pub struct Route {
     pub target_tls: bool,
     /// `record = "DIR"`: each session is written to a file there.
     pub record: Option<RecordingSettings>,
+    /// `compression = "permessage-deflate"` with its `[route.deflate]` settings; `None`: off.
+    pub deflate: Option<DeflateSettings>,
 }
 
 impl Route {
@@ -274,6 +278,7 @@ impl Ctx<'_> {
             subprotocols.push(name.clone());
         }
         let limits = self.route_limits(i, &mut r.limits, global)?;
+        let deflate = self.deflate(i, r)?;
         let auth = match &mut r.auth {
             None => None,
             Some(a) => Some(self.auth(i, a, &subprotocols)?),
@@ -351,7 +356,48 @@ impl Ctx<'_> {
             backend_tls: tls.backend_tls,
             target_tls: tls.target_tls,
             record,
+            deflate,
         })
+    }
+
+    /// `compression` and `[route.deflate]`.
+    fn deflate(&self, i: usize, r: &RawRoute) -> Result<Option<DeflateSettings>, ConfigError> {
+        match (r.compression.unwrap_or_default(), &r.deflate) {
+            (Compression::Off, None) => Ok(None),
+            (Compression::Off, Some(d)) => self.err(
+                d.span(),
+                format!("route[{i}].deflate"),
+                "needs compression = \"permessage-deflate\" on the route",
+            ),
+            (Compression::PermessageDeflate, d) => {
+                let d = d.as_ref().map(Spanned::get_ref);
+                let defaults = DeflateSettings::default();
+                let bits = |b: Option<Bounded<8, 15>>, default: u8| {
+                    b.map_or(default, |b| u8::try_from(b.0).unwrap_or(default))
+                };
+                Ok(Some(DeflateSettings {
+                    server_max_window_bits: bits(
+                        d.and_then(|d| d.server_max_window_bits),
+                        defaults.server_max_window_bits,
+                    ),
+                    client_max_window_bits: bits(
+                        d.and_then(|d| d.client_max_window_bits),
+                        defaults.client_max_window_bits,
+                    ),
+                    server_no_context_takeover: d
+                        .and_then(|d| d.server_no_context_takeover)
+                        .unwrap_or(defaults.server_no_context_takeover),
+                    client_no_context_takeover: d
+                        .and_then(|d| d.client_no_context_takeover)
+                        .unwrap_or(defaults.client_no_context_takeover),
+                    min_compress_bytes: d
+                        .and_then(|d| d.min_compress_bytes)
+                        .map_or(defaults.min_compress_bytes, |n| {
+                            usize::try_from(n.0).unwrap_or(usize::MAX)
+                        }),
+                }))
+            }
+        }
     }
 
     fn target(&self, i: usize, t: &Spanned<RawTarget>) -> Result<TargetSettings, ConfigError> {

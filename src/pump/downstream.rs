@@ -10,12 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::io::{read_more, Output, ReadReady};
 use super::keepalive::{Due, Keepalive};
+use super::Extras;
 use super::{far_future, Shared, Traffic, BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES};
 use crate::config::Route;
 use crate::error::{Close, SessionEnd, Side};
 use crate::framing::FromBackend;
 use crate::recording::{Dir, Kind, Recorder};
-use crate::ws::{self, encode_frame, CloseCode, OpCode};
+use crate::ws::{self, encode_frame, CloseCode, DeflateParams, Deflater, OpCode};
 
 pub(super) struct Downstream<'s, R, W> {
     backend: R,
@@ -29,6 +30,8 @@ pub(super) struct Downstream<'s, R, W> {
     cut: Option<&'static str>,
     /// Where the bytes read from the backend are recorded, if the route records sessions.
     rec: Option<&'s Recorder>,
+    /// permessage-deflate: compresses messages of at least `min_compress_bytes`.
+    deflater: Option<(Deflater, usize)>,
 }
 
 /// How downstream's main loop ended, and so what its Close frame is.
@@ -69,8 +72,9 @@ where
         from: FromBackend,
         route: &'s Route,
         traffic: &'s Traffic,
-        rec: Option<&'s Recorder>,
+        extras: Extras<'s>,
     ) -> Self {
+        let Extras { rec, deflate } = extras;
         Downstream {
             backend,
             client,
@@ -81,6 +85,9 @@ where
             traffic,
             cut: None,
             rec,
+            deflater: deflate
+                .filter(DeflateParams::compress_to_client)
+                .map(|p| (Deflater::new(&p), p.min_compress_bytes)),
         }
     }
 
@@ -198,7 +205,11 @@ where
                         return DownEnd::Abort(CLIENT_GONE);
                     }
                 }
-                r = read_more(&mut self.backend, &mut rbuf, &mut release), if room => {
+                r = read_more(&mut self.backend, &mut rbuf, &mut release, || {
+                    if let Some((d, _)) = self.deflater.as_mut() {
+                        d.release();
+                    }
+                }), if room => {
                     let eof = !matches!(r, Ok(n) if n > 0);
                     if !eof {
                         self.shared.touch();
@@ -305,7 +316,14 @@ where
                     let opcode = if text { OpCode::Text } else { OpCode::Binary };
                     self.traffic.add_message();
                     self.traffic.add_bytes(m.payload.len());
-                    encode_frame(&mut self.out.buf, opcode, m.payload);
+                    match self.deflater.as_mut() {
+                        // Control frames are never compressed (RFC 7692 §6.1); they are not
+                        // queued here.
+                        Some((d, min)) if m.payload.len() >= *min => {
+                            d.encode_frame(&mut self.out.buf, opcode, m.payload);
+                        }
+                        _ => encode_frame(&mut self.out.buf, opcode, m.payload),
+                    }
                     if let Some(rec) = self.rec {
                         let kind = if text { Kind::Text } else { Kind::Binary };
                         rec.record(Dir::Out, kind, self.from.last_backend_bytes(rbuf));

@@ -10,6 +10,13 @@
 //! - [`keepalive`]: when to ping and when a silent client is dead, as pure functions of time.
 //! - [`io`]: reading without holding a buffer while idle, and the client's output queue.
 //!
+//! With permessage-deflate, upstream inflates compressed messages in bounded chunks as their
+//! pieces arrive (forwarding, and waiting for the backend, between chunks) and downstream
+//! compresses messages of at least `min_compress_bytes`. Each half allocates its compression
+//! context at its first compressed message; without context takeover the context is freed
+//! together with the idle read buffer ([`BUFFER_RELEASE`]), with takeover it lives as long as
+//! the session (the window is part of the stream).
+//!
 //! The halves run concurrently in one task and share only a small control block ([`Ctl`]),
 //! never an unbounded queue: each side writes with `await`, so a peer that does not read stalls
 //! the other side (backpressure) and memory stays flat. Close semantics are the table in
@@ -90,6 +97,15 @@ pub struct SessionInfo {
     /// The session's recording (`record = "DIR"` on the route): each half hands it the bytes
     /// it writes to or reads from the backend.
     pub recording: Option<Arc<Recorder>>,
+    /// permessage-deflate, when negotiated.
+    pub deflate: Option<crate::ws::DeflateParams>,
+}
+
+/// What a session adds to the plain pipe, for each half: its recording and permessage-deflate.
+#[derive(Clone, Copy)]
+pub(super) struct Extras<'s> {
+    pub(super) rec: Option<&'s crate::recording::Recorder>,
+    pub(super) deflate: Option<crate::ws::DeflateParams>,
 }
 
 /// Counters of one direction, updated as messages pass.
@@ -169,6 +185,10 @@ where
     let (cr, cw) = client;
     let (br, bw) = backend;
     let route = &info.route;
+    let extras = Extras {
+        rec: info.recording.as_deref(),
+        deflate: info.deflate,
+    };
     let up = Upstream::new(
         cr,
         bw,
@@ -176,7 +196,7 @@ where
         ToBackend::new(route.framing, &info.budget),
         route,
         &info.stats.up,
-        info.recording.as_deref(),
+        extras,
     );
     let down = Downstream::new(
         br,
@@ -185,7 +205,7 @@ where
         FromBackend::new(route.framing, route.limits.max_message_size),
         route,
         &info.stats.down,
-        info.recording.as_deref(),
+        extras,
     );
     let limits = DecoderLimits {
         max_frame_size: route.limits.max_frame_size,

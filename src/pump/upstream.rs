@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::Notified;
 
 use super::io::{flush_now, read_more, write_now, write_or_flush, ReadReady};
+use super::Extras;
 use super::{
     Shared, Traffic, BUFFER_RELEASE, DISCARD_CHUNK_BYTES, FLUSH_THRESHOLD_BYTES,
     MAX_PENDING_PONG_BYTES,
@@ -18,7 +19,9 @@ use crate::config::Route;
 use crate::error::{Close, Side};
 use crate::framing::ToBackend;
 use crate::recording::{Dir, Kind, Recorder};
-use crate::ws::{encode_frame, CloseCode, Decoder, DecoderLimits, Frame, OpCode};
+use crate::ws::{
+    encode_frame, CloseCode, Decoder, DecoderLimits, DeflateParams, Frame, Inflater, OpCode,
+};
 
 /// Why upstream stopped decoding.
 enum UpStop {
@@ -41,6 +44,8 @@ pub(super) struct Upstream<'s, R, W> {
     control: ControlRate,
     /// Where the bytes for the backend are recorded, if the route records sessions.
     rec: Option<&'s Recorder>,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<DeflateParams>,
 }
 
 /// A token bucket for the control frames (Ping, Pong) a client sends: `per_second` of them a
@@ -98,8 +103,9 @@ where
         out: ToBackend,
         route: &Route,
         traffic: &'s Traffic,
-        rec: Option<&'s Recorder>,
+        extras: Extras<'s>,
     ) -> Self {
+        let Extras { rec, deflate } = extras;
         Upstream {
             client,
             backend,
@@ -112,6 +118,7 @@ where
             unflushed: false,
             control: ControlRate::new(route.limits.control_frames_per_second),
             rec,
+            deflate,
         }
     }
 
@@ -131,7 +138,11 @@ where
     }
 
     async fn pump(&mut self, limits: DecoderLimits, preread: &[u8]) {
-        let mut decoder = Decoder::new(limits);
+        let mut decoder = Decoder::new(limits).with_compression(self.deflate.is_some());
+        // Inflated sizes are held to the same limits as plain ones.
+        let mut inflater = self
+            .deflate
+            .map(|p| Inflater::new(&p, limits.max_message_size, limits.max_frame_size));
         let mut rbuf = BytesMut::from(preread);
         let mut forward = true;
         let release = tokio::time::sleep(BUFFER_RELEASE);
@@ -164,11 +175,33 @@ where
                         if last {
                             self.traffic.add_message();
                         }
-                        self.traffic.add_bytes(payload.len());
                         active = true;
                         if !forward {
                             continue;
                         }
+                        if let Some(inf) =
+                            inflater.as_mut().filter(|_| decoder.message_compressed())
+                        {
+                            let piece = Piece {
+                                payload,
+                                text,
+                                first,
+                                last,
+                                new_frame: decoder.piece_starts_frame(),
+                            };
+                            match self
+                                .forward_compressed(inf, piece, &mut forward, &mut wake)
+                                .await
+                            {
+                                Ok(true) => continue,
+                                Ok(false) => return,
+                                Err(close) => {
+                                    stop = Some(UpStop::Fail(close));
+                                    break;
+                                }
+                            }
+                        }
+                        self.traffic.add_bytes(payload.len());
                         if let Err(close) = push_piece(&mut self.out, payload, text, first, last) {
                             stop = Some(UpStop::Fail(close));
                             break;
@@ -227,7 +260,11 @@ where
                 None => {}
             }
             tokio::select! {
-                r = read_more(&mut self.client, &mut rbuf, &mut release) => match r {
+                r = read_more(&mut self.client, &mut rbuf, &mut release, || {
+                    if let Some(inf) = inflater.as_mut().filter(|_| !decoder.in_message()) {
+                        inf.release();
+                    }
+                }) => match r {
                     Ok(n) if n > 0 => self.shared.client_read(),
                     // EOF or error without a Close: the client is gone (1006 on its side).
                     _ => {
@@ -298,6 +335,59 @@ where
         true
     }
 
+    /// Inflate one piece of a compressed message and forward it, [`INFLATE_CHUNK_BYTES`] at a
+    /// time, writing to the backend whenever enough is ready (so a large message never sits
+    /// inflated in memory, and a slow backend slows the inflating). `Ok(false)`: upstream must
+    /// stop; `Err`: the client broke a rule (1007, 1008, 1009) or the framing refused.
+    ///
+    /// [`INFLATE_CHUNK_BYTES`]: crate::ws::deflate::INFLATE_CHUNK_BYTES
+    async fn forward_compressed(
+        &mut self,
+        inf: &mut Inflater,
+        piece: Piece<'_>,
+        forward: &mut bool,
+        wake: &mut Pin<&mut Notified<'s>>,
+    ) -> Result<bool, Close> {
+        if piece.first {
+            inf.begin(piece.text);
+            self.out.begin(piece.text)?;
+        }
+        if piece.new_frame {
+            inf.begin_frame();
+        }
+        let mut input = piece.payload;
+        loop {
+            let step = inf
+                .step(input, piece.last)
+                .map_err(|e| Close::new(e.code, e.reason, Side::Client))?;
+            input = &input[step.consumed.min(input.len())..];
+            self.traffic.add_bytes(step.output.len());
+            self.out.push(step.output)?;
+            let rec = self.rec;
+            if let Some(rec) = rec.filter(|_| self.out.streamed() && !step.output.is_empty()) {
+                record_piece(rec, &self.out, step.output, piece.text, false);
+            }
+            if step.done {
+                if piece.last {
+                    self.out.end();
+                    if let Some(rec) = rec.filter(|_| !self.out.streamed()) {
+                        record_piece(rec, &self.out, &[], piece.text, true);
+                    }
+                }
+                return Ok(true);
+            }
+            if self.out.ready().len() >= FLUSH_THRESHOLD_BYTES {
+                if !self.flush(forward, wake).await {
+                    return Ok(false);
+                }
+                if !*forward {
+                    // The backend failed: nothing more of this session is forwarded.
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
     /// Stop forwarding: the backend cannot take more. Downstream ends the session with `close`.
     fn backend_failed(&mut self, forward: &mut bool, close: Close) {
         *forward = false;
@@ -332,6 +422,16 @@ where
             }
         }
     }
+}
+
+/// A piece of a compressed message, as the decoder handed it out.
+struct Piece<'a> {
+    payload: &'a [u8],
+    text: bool,
+    first: bool,
+    last: bool,
+    /// The piece starts a frame (the inflated frame size is counted from here).
+    new_frame: bool,
 }
 
 fn push_piece(

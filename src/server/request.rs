@@ -319,6 +319,12 @@ pub(super) async fn upgrade(
         ));
     }
     let protocol = auth::select_subprotocol(&policy, accepted.offered()).map(str::to_owned);
+    // RFC 7692 §7: permessage-deflate when the route allows it and the client offers it
+    // acceptably; otherwise the session goes on uncompressed.
+    let deflate = route
+        .deflate
+        .as_ref()
+        .and_then(|d| handshake::negotiate_deflate(req.headers(), d));
     let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
     // The PROXY header is built before any backend is touched: one that cannot be encoded
     // refuses the handshake without a connection.
@@ -431,6 +437,7 @@ pub(super) async fn upgrade(
         kill: CancellationToken::new(),
         budget: gw.budget.clone(),
         recording,
+        deflate: deflate.as_ref().map(|(params, _)| *params),
     };
     let claims = Claims {
         _lease: lease,
@@ -448,13 +455,10 @@ pub(super) async fn upgrade(
         http_version: conn.http_version(),
         stream: conn.streams.as_ref().map(super::h2::Streams::open),
     };
-    match accepted {
+    let mut resp = match accepted {
         Opening::Http1(accepted) => {
             conn.handoff.put(pending);
-            Ok(handshake::switching_protocols(
-                &accepted,
-                protocol.as_deref(),
-            ))
+            handshake::switching_protocols(&accepted, protocol.as_deref())
         }
         Opening::Http2(_) => {
             // The stream stays open after the answer: its session runs beside the connection's
@@ -463,9 +467,15 @@ pub(super) async fn upgrade(
                 .sessions
                 .track_future(super::session::run_session(gw.clone(), pending));
             tokio::spawn(tracked);
-            Ok(handshake::connect_established(protocol.as_deref()))
+            handshake::connect_established(protocol.as_deref())
         }
+    };
+    // The answer is built from tokens and digits only, so always a valid header value.
+    if let Some(v) = deflate.and_then(|(_, answer)| HeaderValue::from_str(&answer).ok()) {
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
+    Ok(resp)
 }
 
 /// A validated opening handshake, by HTTP version.

@@ -7,7 +7,8 @@
 //! each violation to a close code (1002, 1007 or 1009).
 //! Does not own: I/O or buffering (the caller owns the `BytesMut` and reads into it), replying
 //! to Ping or Close, reassembling messages (data is handed out in pieces as it arrives), or
-//! extensions (none is ever negotiated, so every RSV bit must be 0).
+//! inflating compressed messages ([`super::deflate`]). RSV1 is accepted only when
+//! permessage-deflate was negotiated ([`Decoder::with_compression`]); RSV2 and RSV3 always fail.
 //!
 //! The decoder never allocates: it parses the header in place, unmasks the payload in place
 //! and hands out slices of the caller's buffer. Size limits are checked as soon as a header's
@@ -184,6 +185,8 @@ const fn too_big(reason: &'static str) -> ProtocolError {
 }
 
 const RSV_SET: ProtocolError = protocol_error("reserved bits set without a negotiated extension");
+const RSV1_ON_CONTROL: ProtocolError = protocol_error("RSV1 set on a control frame");
+const RSV1_ON_CONTINUATION: ProtocolError = protocol_error("RSV1 set on a continuation frame");
 const RESERVED_OPCODE: ProtocolError = protocol_error("reserved opcode");
 const UNMASKED: ProtocolError = protocol_error("client frame is not masked");
 const CONTROL_FRAGMENTED: ProtocolError = protocol_error("fragmented control frame");
@@ -232,6 +235,8 @@ pub enum Frame<'a> {
 #[derive(Debug, Clone, Copy)]
 struct Header {
     fin: bool,
+    /// RSV1: the message is compressed (permessage-deflate).
+    compressed: bool,
     opcode: OpCode,
     payload_len: u64,
     mask: [u8; 4],
@@ -281,7 +286,15 @@ pub struct Decoder {
     message_frames: u64,
     /// The next Data piece is the first of its message.
     first_piece_pending: bool,
+    /// The next Data piece is the first of its frame.
+    frame_start_pending: bool,
+    /// The piece returned last was the first of its frame.
+    piece_starts_frame: bool,
     utf8: Utf8Validator,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    compression: bool,
+    /// The message in progress (or the last one) is compressed.
+    message_compressed: bool,
 }
 
 impl Decoder {
@@ -295,8 +308,33 @@ impl Decoder {
             message_len: 0,
             message_frames: 0,
             first_piece_pending: false,
+            frame_start_pending: false,
+            piece_starts_frame: false,
             utf8: Utf8Validator::new(),
+            compression: false,
+            message_compressed: false,
         }
+    }
+
+    /// Accept RSV1 on the first frame of a data message (permessage-deflate, RFC 7692 §6).
+    /// The payload of such a message is handed out compressed and not checked as UTF-8 (the
+    /// inflater does it); its size limits are checked on the inflated size by the inflater,
+    /// and here only against the work guard's bound on compressed input
+    /// ([`super::deflate::WORK_RATIO`] times the limit plus [`super::deflate::WORK_ALLOWANCE_BYTES`]).
+    pub fn with_compression(mut self, on: bool) -> Self {
+        self.compression = on;
+        self
+    }
+
+    /// The message in progress (or, after its last piece, the message just ended) was sent
+    /// compressed (RSV1 on its first frame).
+    pub fn message_compressed(&self) -> bool {
+        self.message_compressed
+    }
+
+    /// The piece returned last was the first piece of its frame.
+    pub fn piece_starts_frame(&self) -> bool {
+        self.piece_starts_frame
     }
 
     /// True while a data message is in progress: from its first frame until its last piece
@@ -384,7 +422,7 @@ impl Decoder {
 
         let remaining = remaining - take as u64;
         let last = remaining == 0 && fin;
-        if self.message_text {
+        if self.message_text && !self.message_compressed {
             // RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection (1007), as
             // soon as it is seen, even before the rest of the frame has arrived.
             if self.utf8.feed(piece).is_err() {
@@ -409,6 +447,7 @@ impl Decoder {
             self.in_message = false;
         }
         let first = std::mem::replace(&mut self.first_piece_pending, false);
+        self.piece_starts_frame = std::mem::replace(&mut self.frame_start_pending, false);
         self.consumed = start + take;
         Ok(Some(Frame::Data {
             payload: piece,
@@ -432,14 +471,23 @@ impl Decoder {
         };
         let fin = b0 & 0x80 != 0;
         // RFC 6455 §5.2: RSV1-3 MUST be 0 unless an extension defining them was negotiated;
-        // wsgate never negotiates one.
-        if b0 & 0x70 != 0 {
+        // the only one wsgate negotiates is permessage-deflate, which defines RSV1 alone.
+        if b0 & 0x30 != 0 || (b0 & 0x40 != 0 && !self.compression) {
             return Err(RSV_SET);
         }
+        let compressed = b0 & 0x40 != 0;
         // RFC 6455 §5.2: opcodes 0x3-0x7 and 0xB-0xF are reserved; an unknown opcode fails
         // the connection.
         let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(RESERVED_OPCODE)?;
         let control = opcode.is_control();
+        // RFC 7692 §6.1: RSV1 only on the first frame of a data message; control frames and
+        // continuation frames never carry it.
+        if compressed && control {
+            return Err(RSV1_ON_CONTROL);
+        }
+        if compressed && opcode == OpCode::Continuation {
+            return Err(RSV1_ON_CONTINUATION);
+        }
         if control {
             // RFC 6455 §5.5: control frames MUST NOT be fragmented.
             if !fin {
@@ -501,7 +549,12 @@ impl Decoder {
         };
         if !control {
             // Limits are enforced from the declared length, before any payload is read.
-            self.check_limits(opcode, payload_len)?;
+            let message_compressed = if opcode == OpCode::Continuation {
+                self.message_compressed
+            } else {
+                compressed
+            };
+            self.check_limits(opcode, payload_len, message_compressed)?;
         }
         let Some(mask) = b
             .get(key_at..key_at + 4)
@@ -511,6 +564,7 @@ impl Decoder {
         };
         Ok(Some(Header {
             fin,
+            compressed,
             opcode,
             payload_len,
             mask,
@@ -520,16 +574,32 @@ impl Decoder {
 
     /// RFC 6455 §10.4: an implementation SHOULD limit frame and message sizes; §7.4.1: 1009
     /// is the code for a message too big to process.
-    fn check_limits(&self, opcode: OpCode, payload_len: u64) -> Result<(), ProtocolError> {
+    /// A compressed message's wire size is bounded by what the work guard allows for the
+    /// limit's worth of output; its inflated size is checked by the inflater.
+    fn check_limits(
+        &self,
+        opcode: OpCode,
+        payload_len: u64,
+        compressed: bool,
+    ) -> Result<(), ProtocolError> {
         let (len_so_far, frames_so_far) = if opcode == OpCode::Continuation {
             (self.message_len, self.message_frames)
         } else {
             (0, 0)
         };
-        if payload_len > self.limits.max_frame_size {
+        let wire = |limit: u64| {
+            if compressed {
+                limit
+                    .saturating_mul(super::deflate::WORK_RATIO)
+                    .saturating_add(super::deflate::WORK_ALLOWANCE_BYTES)
+            } else {
+                limit
+            }
+        };
+        if payload_len > wire(self.limits.max_frame_size) {
             return Err(FRAME_TOO_BIG);
         }
-        if len_so_far.saturating_add(payload_len) > self.limits.max_message_size {
+        if len_so_far.saturating_add(payload_len) > wire(self.limits.max_message_size) {
             return Err(MESSAGE_TOO_BIG);
         }
         if frames_so_far.saturating_add(1) > self.limits.max_fragments {
@@ -546,8 +616,10 @@ impl Decoder {
             self.message_len = 0;
             self.message_frames = 0;
             self.first_piece_pending = true;
+            self.message_compressed = header.compressed;
             self.utf8.reset();
         }
+        self.frame_start_pending = true;
         // No overflow: check_limits bounded both by the limits.
         self.message_len = self.message_len.saturating_add(header.payload_len);
         self.message_frames = self.message_frames.saturating_add(1);
@@ -872,6 +944,71 @@ mod tests {
                 assert_eq!(error_code(&f), Some(1002));
             }
         }
+    }
+
+    fn compressing() -> Decoder {
+        Decoder::new(limits()).with_compression(true)
+    }
+
+    #[test]
+    fn rsv1_with_compression_only_on_the_first_data_frame() {
+        // RSV1 on a text frame: a compressed message, handed out as is (no UTF-8 check).
+        let mut f = client_frame(false, 0x1, b"\xff\xfe", KEY);
+        f[0] |= 0x40;
+        let mut cont = client_frame(true, 0x0, b"\xfd", KEY);
+        let mut input = f.clone();
+        input.extend_from_slice(&cont);
+        let mut dec = compressing();
+        let (items, end) = run(&mut dec, &input, || 1000);
+        assert_eq!(end, Ok(()));
+        assert_eq!(merge(&items), vec![data(b"\xff\xfe\xfd", true, true, true)]);
+        assert!(dec.message_compressed());
+        // RSV1 on the continuation: 1002.
+        cont[0] |= 0x40;
+        let mut input = f.clone();
+        input.extend_from_slice(&cont);
+        let (_, end) = run(&mut compressing(), &input, || 1000);
+        assert_eq!(end.unwrap_err().reason, "RSV1 set on a continuation frame");
+        // RSV1 on control frames: 1002; RSV2/RSV3 still fail.
+        for op in [0x8u8, 0x9, 0xA] {
+            let mut f = client_frame(true, op, b"", KEY);
+            f[0] |= 0x40;
+            let (_, end) = run(&mut compressing(), &f, || 100);
+            assert_eq!(end.unwrap_err(), RSV1_ON_CONTROL);
+        }
+        for rsv in [0x20u8, 0x10, 0x60] {
+            let mut f = client_frame(true, 0x2, b"", KEY);
+            f[0] |= rsv;
+            let (_, end) = run(&mut compressing(), &f, || 100);
+            assert_eq!(end.unwrap_err(), RSV_SET);
+        }
+        // An uncompressed message on a compressing session is checked as before.
+        let (_, end) = run(
+            &mut compressing(),
+            &client_frame(true, 0x1, b"\xff", KEY),
+            || 9,
+        );
+        assert_eq!(end.unwrap_err().code, 1007);
+    }
+
+    #[test]
+    fn compressed_frames_are_bounded_by_the_work_guard_on_the_wire() {
+        let lim = DecoderLimits {
+            max_frame_size: 1000,
+            max_message_size: 1000,
+            max_fragments: 10,
+        };
+        let bound =
+            1000 * super::super::deflate::WORK_RATIO + super::super::deflate::WORK_ALLOWANCE_BYTES;
+        let ok = vec![0u8; usize::try_from(bound).unwrap()];
+        let mut f = client_frame(true, 0x2, &ok, KEY);
+        f[0] |= 0x40;
+        let mut dec = Decoder::new(lim).with_compression(true);
+        assert_eq!(run(&mut dec, &f, || 100_000).1, Ok(()));
+        let mut f = client_frame(true, 0x2, &[ok.as_slice(), b"x"].concat(), KEY);
+        f[0] |= 0x40;
+        let mut dec = Decoder::new(lim).with_compression(true);
+        assert_eq!(run(&mut dec, &f, || 100_000).1.unwrap_err().code, 1009);
     }
 
     #[test]
@@ -1391,6 +1528,8 @@ mod tests {
     fn error_reasons_fit_a_close_frame() {
         for e in [
             RSV_SET,
+            RSV1_ON_CONTROL,
+            RSV1_ON_CONTINUATION,
             RESERVED_OPCODE,
             UNMASKED,
             CONTROL_FRAGMENTED,

@@ -20,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Case groups to run. There is no group 8; groups 12 and 13 (permessage-deflate) are not
-/// supported by the gateway, which negotiates no extension.
+/// Case groups to run. There is no group 8. Groups 12 and 13 (permessage-deflate) are left out:
+/// on a debug build 36 of their ~360 cases (12.1.*, 13.1.*) took 111 s on 2 cores, 34 OK; the
+/// other two (12.1.1, 13.1.1) end in an error inside kosoku 0.1.0 itself ("Strings must be
+/// encoded before hashing"). tests/it/deflate.rs covers compression with Python websockets.
 const GROUPS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "9", "10"];
 /// 301 cases today; a smaller number means the case selection went wrong.
 const MIN_CASES: usize = 290;

@@ -18,6 +18,7 @@ mod browser_auth;
 mod cli_config;
 mod close_semantics;
 mod control_under_load;
+mod deflate;
 mod drain;
 mod framing_modes;
 mod handshake;

@@ -1082,7 +1082,6 @@ async fn ssl_only_takes_wss_and_refuses_plain() {
 }
 
 #[tokio::test]
-#[ignore = "needs accept_plain"]
 async fn cert_takes_ws_and_wss_on_one_port() {
     let echo = backends::echo().await;
     let dir = tempfile::tempdir().unwrap();
