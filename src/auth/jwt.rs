@@ -311,7 +311,8 @@ impl JwtAuth {
             }
             found = Some(
                 crate::target::percent_decode(v)
-                    .ok_or(JwtError::Invalid("malformed token parameter"))?,
+                    .ok_or(JwtError::Invalid("malformed token parameter"))?
+                    .into_owned(),
             );
         }
         found.filter(|t| !t.is_empty()).ok_or(JwtError::Missing)

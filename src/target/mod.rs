@@ -20,6 +20,7 @@ pub mod redis;
 pub mod service;
 pub mod source;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -140,16 +141,27 @@ pub fn token_hash(token: &str) -> String {
 
 /// The log form of a token's SHA-1: its first 4 bytes in hex.
 fn hash_hex(digest: &[u8; 20]) -> String {
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(8);
+    for b in &digest[..4] {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
 }
 
-/// The token of a request, if it carries one (pure).
-pub fn extract_token(from: &TokenFrom, headers: &HeaderMap, uri: &Uri) -> Option<String> {
-    let token = match from {
+/// The token of a request, if it carries one (pure). Borrowed from the request unless it had to
+/// be decoded.
+pub fn extract_token<'r>(
+    from: &TokenFrom,
+    headers: &'r HeaderMap,
+    uri: &'r Uri,
+) -> Option<Cow<'r, str>> {
+    let token: Cow<'r, str> = match from {
         TokenFrom::Query(name) => uri.query().and_then(|q| {
             q.split('&').find_map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (percent_decode(k)? == *name).then(|| percent_decode(v))?
+                (percent_decode(k)? == name.as_str()).then(|| percent_decode(v))?
             })
         }),
         TokenFrom::Cookie(name) => headers
@@ -159,17 +171,17 @@ pub fn extract_token(from: &TokenFrom, headers: &HeaderMap, uri: &Uri) -> Option
             .flat_map(|v| v.split(';'))
             .find_map(|c| {
                 let (k, v) = c.trim().split_once('=')?;
-                (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
+                (k.trim() == name).then(|| Cow::Borrowed(v.trim().trim_matches('"')))
             }),
         TokenFrom::Header(name) => headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_string()),
+            .map(|v| Cow::Borrowed(v.trim())),
         TokenFrom::Host => headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| uri.host())
-            .map(|h| strip_port(h.trim()).to_string()),
+            .map(|h| Cow::Borrowed(strip_port(h.trim()))),
         TokenFrom::Credential => None,
     }?;
     (!token.is_empty()).then_some(token)
@@ -185,8 +197,12 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-/// `%XX` and `+` (a space) decoded; `None` for a bad escape or bytes that are not UTF-8.
-pub(crate) fn percent_decode(s: &str) -> Option<String> {
+/// `%XX` and `+` (a space) decoded; `None` for a bad escape or bytes that are not UTF-8. Borrowed
+/// when there is nothing to decode.
+pub(crate) fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(s));
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -207,7 +223,7 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// Why a request has no target.
