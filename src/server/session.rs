@@ -89,8 +89,13 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         },
     );
     let subject = info.subject.as_deref().unwrap_or("-");
+    let compression = if info.deflate.is_some() {
+        "permessage-deflate"
+    } else {
+        "-"
+    };
     let token_hash = token_hash.as_deref().unwrap_or("-");
-    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, "session open");
+    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, compression, "session open");
 
     let (client, preread) = ClientIo::from_upgraded(upgraded);
     // The pump future is built in place inside the select (never bound to a local first and
@@ -159,6 +164,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         bytes_down = outcome.down.bytes,
         messages_down = outcome.down.messages,
         http_version,
+        compression,
         record,
         "session closed"
     );

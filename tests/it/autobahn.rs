@@ -1,4 +1,5 @@
-//! Autobahn TestSuite conformance (groups 1-7, 9, 10) of the real gateway, driven by `kosoku`
+//! Autobahn TestSuite conformance (groups 1-7, 9, 10, and 12, 13 with permessage-deflate) of the
+//! real gateway, driven by `kosoku`
 //! (PyPI), which plays the Autobahn fuzzingclient case files against a server.
 //!
 //! The gateway routes `/` to its built-in byte-echo backend with length-prefixed framing: every
@@ -20,14 +21,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Case groups to run. There is no group 8. Groups 12 and 13 (permessage-deflate) are left out:
-/// on a debug build 36 of their ~360 cases (12.1.*, 13.1.*) took 111 s on 2 cores, 34 OK; the
-/// other two (12.1.1, 13.1.1) end in an error inside kosoku 0.1.0 itself ("Strings must be
-/// encoded before hashing"). tests/it/deflate.rs covers compression with Python websockets.
-const GROUPS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "9", "10"];
-/// 301 cases today; a smaller number means the case selection went wrong.
-const MIN_CASES: usize = 290;
-const KOSOKU_TIMEOUT: Duration = Duration::from_secs(300);
+/// Case groups to run. There is no group 8. Groups 12 and 13 are permessage-deflate: the route
+/// has `compression = "permessage-deflate"` (cases of the other groups offer no extension).
+const GROUPS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "9", "10", "12", "13"];
+/// Cases left out because kosoku 0.1.0 itself cannot run them: the first case of each
+/// compression subgroup sends an empty message and hashes it as a `str`, which ends in
+/// "Strings must be encoded before hashing" inside the test driver (its case 12/13 code hashes
+/// the empty payload without encoding it), whatever the server does.
+const EXCLUDED: &[&str] = &[
+    "12.1.1", "12.2.1", "12.3.1", "12.4.1", "12.5.1", "13.1.1", "13.2.1", "13.3.1", "13.4.1",
+    "13.5.1", "13.6.1", "13.7.1",
+];
+/// 505 cases today (301 without compression, 204 with); a smaller number means the case
+/// selection went wrong.
+const MIN_CASES: usize = 500;
+const KOSOKU_TIMEOUT: Duration = Duration::from_secs(600);
 
 const BEHAVIOR_OK: &[&str] = &["OK", "NON-STRICT", "INFORMATIONAL"];
 const BEHAVIOR_CLOSE_OK: &[&str] = &["OK", "INFORMATIONAL"];
@@ -167,6 +175,7 @@ kind = "echo"
 path = "/"
 backend = "127.0.0.1:{echo_port}"
 framing = "length-prefixed"
+compression = "permessage-deflate"
 
 [limits]
 max_message_size = "20MiB"
@@ -190,6 +199,9 @@ close_timeout = "2s"
     cmd.arg(format!("ws://{}/", gw.addr()));
     for g in GROUPS {
         cmd.arg("-i").arg(format!("{g}.*"));
+    }
+    for case in EXCLUDED {
+        cmd.arg("-x").arg(case);
     }
     cmd.arg("-p")
         .arg("2")

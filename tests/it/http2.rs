@@ -1,7 +1,8 @@
 //! WebSockets over HTTP/2 (RFC 8441): the `h2` crate as an independent HTTP/2 client over TLS
 //! (ALPN `h2`) and over h2c with prior knowledge; raw HTTP/2 frames for the frame-level attacks
 //! (rapid reset, SETTINGS, PING and CONTINUATION floods); headless Chromium loading the demo page
-//! over HTTPS with HTTP/2 and opening its WebSocket on the same connection.
+//! over HTTPS with HTTP/2 and opening its WebSocket on the same connection, with
+//! permessage-deflate negotiated.
 
 use crate::support;
 use crate::support::chromium::{Cdp, Chromium};
@@ -646,6 +647,7 @@ path = "/demo"
 backend = "127.0.0.1:{greeter_port}"
 framing = "lines"
 allowed_origins = ["https://localhost:{gw_port}"]
+compression = "permessage-deflate"
 "#,
         demo = demo_dir.to_str().unwrap()
     );
@@ -683,6 +685,11 @@ allowed_origins = ["https://localhost:{gw_port}"]
     assert!(
         open.contains("http_version=\"2\"") || open.contains("http_version=2"),
         "Chromium's WebSocket did not use HTTP/2: {open}\n{logs}"
+    );
+    assert!(
+        open.contains("compression=\"permessage-deflate\"")
+            || open.contains("compression=permessage-deflate"),
+        "Chromium did not negotiate permessage-deflate: {open}"
     );
     // The page came over HTTP/2 as well: one connection carried both.
     assert!(
