@@ -9,11 +9,12 @@
 #   /raw     raw route, no compression
 #   /z       compression = "permessage-deflate", context takeover both ways (the defaults)
 #   /znc     the same with server_no_context_takeover and client_no_context_takeover
+#   /zs      context takeover, with 10-bit windows both ways (server_ and client_max_window_bits)
 #
 # (a) 64 B binary echo, 50 sessions: HTTP/1.1 (50 connections) and HTTP/2 (50 streams on one
 #     h2c connection), to /raw.
-# (c) 1 KiB JSON-like text echo (wsload --text-json), 10 sessions over HTTP/1.1: /raw, /z with
-#     --deflate, and /z with --deflate over HTTP/2.
+# (c) 1 KiB JSON-like text echo (wsload --text-json), 10 sessions over HTTP/1.1: /raw, and /z,
+#     /znc and /zs with --deflate; /z with --deflate over HTTP/2.
 #     For both, the gateway runs under valgrind's callgrind (user-space instructions of the whole
 #     process) twice per row, serving N1 and then N2 messages (one message = client -> gateway
 #     -> echo -> gateway -> client); instructions per message = (I(N2) - I(N1)) / (N2 - N1), so
@@ -23,7 +24,8 @@
 #     mode reads the gateway's VmRSS from /proc before and after opening them (--server-pid):
 #     HTTP/1.1 vs HTTP/2 (all streams on one h2c connection, http2_max_streams = 10000), and
 #     sessions that each sent one compressed 1 KiB message (--idle-send, so both compression
-#     contexts exist) with and without context takeover. A fresh gateway for every row.
+#     contexts exist) with and without context takeover, and with 10-bit windows. A fresh
+#     gateway for every row.
 #
 # Environment overrides: N1 (2000), N2 (12000), SESSIONS (2000), BUILD=0 (skip cargo build).
 # Loopback only, ports 28250-28259; every process started here is stopped by its PID. Output:
@@ -91,6 +93,14 @@ compression = "permessage-deflate"
 [route.deflate]
 server_no_context_takeover = true
 client_no_context_takeover = true
+
+[[route]]
+path = "/zs"
+backend = "127.0.0.1:$ECHO_PORT"
+compression = "permessage-deflate"
+[route.deflate]
+server_max_window_bits = 10
+client_max_window_bits = 10
 
 [limits]
 http2_max_streams = 10000
@@ -170,10 +180,12 @@ echo "|---|---|"
 c_raw=$(per_message c-raw "$URL/raw" -c 10 -s 1KiB --text-json)
 c_z=$(per_message c-z "$URL/z" -c 10 -s 1KiB --text-json --deflate)
 c_znc=$(per_message c-znc "$URL/znc" -c 10 -s 1KiB --text-json --deflate)
+c_zs=$(per_message c-zs "$URL/zs" -c 10 -s 1KiB --text-json --deflate)
 c_z2=$(per_message c-z-h2 "$URL/z" -c 10 -s 1KiB --text-json --deflate --http2)
 echo "| /raw, no compression, HTTP/1.1 | $c_raw |"
 echo "| /z, permessage-deflate (context takeover), HTTP/1.1 | $c_z |"
 echo "| /znc, permessage-deflate, no context takeover, HTTP/1.1 | $c_znc |"
+echo "| /zs, permessage-deflate (context takeover), 10-bit windows, HTTP/1.1 | $c_zs |"
 echo "| /z, permessage-deflate (context takeover), HTTP/2 | $c_z2 |"
 echo
 
@@ -194,6 +206,7 @@ row "HTTP/1.1, /raw" b-h1 "$URL/raw"
 row "HTTP/2, /raw, one connection" b-h2 "$URL/raw" --http2
 row "HTTP/1.1, /z, one 1 KiB message each, context takeover" b-z "$URL/z" --deflate --idle-send -s 1KiB --text-json
 row "HTTP/1.1, /znc, one 1 KiB message each, no context takeover" b-znc "$URL/znc" --deflate --idle-send -s 1KiB --text-json
+row "HTTP/1.1, /zs, one 1 KiB message each, context takeover, 10-bit windows" b-zs "$URL/zs" --deflate --idle-send -s 1KiB --text-json
 row "HTTP/2, /z, one 1 KiB message each, context takeover" b-z-h2 "$URL/z" --deflate --idle-send -s 1KiB --text-json --http2
 echo
 echo "raw files: $OUT"
