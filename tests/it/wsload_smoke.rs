@@ -142,3 +142,92 @@ async fn wsload_drives_wsgate_and_reports_json() {
     assert!(!logs.contains("code=1002"), "{logs}");
     drop(gw);
 }
+
+/// `--http2` carries every session as a stream of one h2c connection, and `--deflate` compresses
+/// what it sends and inflates what it receives: a fixed message count comes back whole.
+#[tokio::test]
+async fn wsload_speaks_http2_and_permessage_deflate() {
+    let echo_port = support::free_port();
+    let gw = Gateway::start(&format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+http2 = true
+
+[[demo_backend]]
+bind = "127.0.0.1:{echo_port}"
+kind = "echo"
+
+[[route]]
+path = "/raw"
+backend = "127.0.0.1:{echo_port}"
+
+[[route]]
+path = "/z"
+backend = "127.0.0.1:{echo_port}"
+compression = "permessage-deflate"
+"#
+    ))
+    .await;
+    let raw = gw.url("/raw");
+    let z = gw.url("/z");
+
+    let r = wsload(&[&raw, "--http2", "-c", "5", "-k", "2", "-n", "300"]);
+    assert_eq!(
+        (r["errors"].as_u64(), r["http2"].as_bool()),
+        (Some(0), Some(true)),
+        "{r}"
+    );
+    assert!(
+        (300..=310).contains(&r["messages"].as_u64().unwrap()),
+        "{r}"
+    );
+
+    for extra in [&[][..], &["--http2"][..]] {
+        let mut args = vec![
+            z.as_str(),
+            "--deflate",
+            "--text-json",
+            "-s",
+            "1KiB",
+            "-c",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-n", "200"]);
+        let r = wsload(&args);
+        assert_eq!(r["errors"], 0, "{r}");
+        assert_eq!(r["deflate_sessions"], 3, "{r}");
+        assert!(
+            (200..=203).contains(&r["messages"].as_u64().unwrap()),
+            "{r}"
+        );
+    }
+
+    let r = wsload(&[
+        &z,
+        "--mode",
+        "idle",
+        "--http2",
+        "--deflate",
+        "--idle-send",
+        "-c",
+        "20",
+        "-d",
+        "0.3",
+        "--settle",
+        "0.1",
+    ]);
+    assert_eq!(
+        (r["opened"].as_u64(), r["failed"].as_u64()),
+        (Some(20), Some(0)),
+        "{r}"
+    );
+
+    let logs = gw.logs();
+    assert!(
+        !logs.contains("code=1002") && !logs.contains("code=1007"),
+        "{logs}"
+    );
+    drop(gw);
+}

@@ -1,14 +1,18 @@
 //! Connecting: the target URL, TCP, TLS (rustls) and the WebSocket opening handshake (RFC 6455
-//! §4.1), written by hand so that the client stays cheap.
+//! §4.1), written by hand so that the client stays cheap; or, with `--http2`, extended CONNECT
+//! streams (RFC 8441) on shared HTTP/2 connections with prior knowledge (h2c). Offers
+//! permessage-deflate (RFC 7692) when asked and reports what the server answered.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::{Buf, Bytes};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -129,7 +133,51 @@ pub struct Connector {
     subprotocols: Vec<String>,
     headers: Vec<String>,
     pub connect_timeout: Duration,
+    /// `--http2`: the shared HTTP/2 connections, opened on first use; streams go round-robin.
+    h2: Vec<tokio::sync::OnceCell<h2::client::SendRequest<Bytes>>>,
+    h2_next: AtomicUsize,
+    /// Offer permessage-deflate.
+    deflate: bool,
 }
+
+/// What the server answered to a permessage-deflate offer.
+#[derive(Debug, Clone, Copy)]
+pub struct Deflate {
+    /// The client must start each message's compression afresh.
+    pub client_no_context_takeover: bool,
+    /// The client's compression window (8..15).
+    pub client_max_window_bits: u8,
+}
+
+impl Deflate {
+    /// Parse a `Sec-WebSocket-Extensions` answer: `None` unless it accepted permessage-deflate.
+    fn parse(value: &str) -> Option<Deflate> {
+        let mut params = value.split(',').next()?.split(';').map(str::trim);
+        if !params.next()?.eq_ignore_ascii_case("permessage-deflate") {
+            return None;
+        }
+        let mut d = Deflate {
+            client_no_context_takeover: false,
+            client_max_window_bits: 15,
+        };
+        for p in params {
+            let (name, v) = p.split_once('=').unwrap_or((p, ""));
+            match name.trim() {
+                "client_no_context_takeover" => d.client_no_context_takeover = true,
+                "client_max_window_bits" => {
+                    if let Ok(b) = v.trim().trim_matches('"').parse::<u8>() {
+                        d.client_max_window_bits = b.clamp(8, 15);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(d)
+    }
+}
+
+/// The extension offer sent with `--deflate`.
+const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
 pub struct ConnectorOptions {
     pub insecure: bool,
@@ -138,6 +186,9 @@ pub struct ConnectorOptions {
     pub subprotocols: Vec<String>,
     pub headers: Vec<String>,
     pub connect_timeout: Duration,
+    /// HTTP/2 connections to spread streams over (0: HTTP/1.1, one connection per session).
+    pub http2_connections: usize,
+    pub deflate: bool,
 }
 
 impl Connector {
@@ -185,20 +236,130 @@ impl Connector {
             subprotocols: opts.subprotocols,
             headers: opts.headers,
             connect_timeout: opts.connect_timeout,
+            h2: (0..opts.http2_connections)
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
+            h2_next: AtomicUsize::new(0),
+            deflate: opts.deflate,
         })
+    }
+
+    pub fn is_http2(&self) -> bool {
+        !self.h2.is_empty()
     }
 
     /// TCP connect, TLS handshake and WebSocket upgrade (as the scheme asks), within the connect
     /// timeout. Returns the stream and any bytes the server sent right behind its 101 (they are
     /// frames), placed at the front of `rbuf`, with their count.
     pub async fn open(&self, rbuf: &mut [u8], seed: u64) -> Result<(Stream, usize), String> {
-        match tokio::time::timeout(self.connect_timeout, self.open_inner(rbuf, seed)).await {
+        self.open_ext(rbuf, seed).await.map(|(s, n, _)| (s, n))
+    }
+
+    /// As `open`, with the permessage-deflate parameters if the server accepted the offer.
+    pub async fn open_ext(
+        &self,
+        rbuf: &mut [u8],
+        seed: u64,
+    ) -> Result<(Stream, usize, Option<Deflate>), String> {
+        let opening = async {
+            if self.is_http2() {
+                self.open_h2().await
+            } else {
+                self.open_inner(rbuf, seed).await
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, opening).await {
             Ok(r) => r,
             Err(_) => Err("connect timeout".into()),
         }
     }
 
-    async fn open_inner(&self, rbuf: &mut [u8], seed: u64) -> Result<(Stream, usize), String> {
+    /// One HTTP/2 connection (h2c, prior knowledge) with large windows, once the server's
+    /// SETTINGS have enabled extended CONNECT (RFC 8441 §3).
+    async fn h2_connect(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+        let tcp = TcpStream::connect(self.target.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(256 * 1024)
+            .initial_connection_window_size(64 << 20)
+            .handshake(tcp)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        while !client.is_extended_connect_protocol_enabled() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err("HTTP/2: the server did not enable extended CONNECT".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            client = client.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
+        }
+        Ok(client)
+    }
+
+    async fn open_h2(&self) -> Result<(Stream, usize, Option<Deflate>), String> {
+        let i = self.h2_next.fetch_add(1, Ordering::Relaxed) % self.h2.len();
+        let client = self.h2[i]
+            .get_or_try_init(|| self.h2_connect())
+            .await?
+            .clone();
+        let mut client = client.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!(
+                "http://{}{}",
+                self.target.host_header(),
+                self.target.path
+            ))
+            .header("sec-websocket-version", "13");
+        if !self.subprotocols.is_empty() {
+            req = req.header("sec-websocket-protocol", self.subprotocols.join(", "));
+        }
+        if self.deflate {
+            req = req.header("sec-websocket-extensions", DEFLATE_OFFER);
+        }
+        for h in &self.headers {
+            if let Some((name, value)) = h.split_once(':') {
+                req = req.header(name.trim().to_ascii_lowercase(), value.trim());
+            }
+        }
+        let mut req = req.body(()).map_err(|e| format!("request: {e}"))?;
+        req.extensions_mut()
+            .insert(h2::ext::Protocol::from_static("websocket"));
+        let (resp, send) = client
+            .send_request(req, false)
+            .map_err(|e| format!("HTTP/2 CONNECT: {e}"))?;
+        let resp = resp.await.map_err(|e| format!("HTTP/2 CONNECT: {e}"))?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(format!("handshake: HTTP/2 status {}", resp.status()));
+        }
+        let deflate = resp
+            .headers()
+            .get("sec-websocket-extensions")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Deflate::parse);
+        let recv = resp.into_body();
+        Ok((
+            Stream::H2(Box::new(H2Stream {
+                send,
+                recv,
+                pending: Bytes::new(),
+            })),
+            0,
+            deflate,
+        ))
+    }
+
+    async fn open_inner(
+        &self,
+        rbuf: &mut [u8],
+        seed: u64,
+    ) -> Result<(Stream, usize, Option<Deflate>), String> {
         let tcp = TcpStream::connect(self.target.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
@@ -213,10 +374,10 @@ impl Connector {
             None => Stream::Plain(tcp),
         };
         if !self.target.is_ws() {
-            return Ok((stream, 0));
+            return Ok((stream, 0, None));
         }
-        let n = self.upgrade(&mut stream, rbuf, seed).await?;
-        Ok((stream, n))
+        let (n, deflate) = self.upgrade(&mut stream, rbuf, seed).await?;
+        Ok((stream, n, deflate))
     }
 
     async fn upgrade(
@@ -224,7 +385,7 @@ impl Connector {
         stream: &mut Stream,
         rbuf: &mut [u8],
         seed: u64,
-    ) -> Result<usize, String> {
+    ) -> Result<(usize, Option<Deflate>), String> {
         let mut rng = seed ^ 0x9E37_79B9_7F4A_7C15;
         let mut raw_key = [0u8; 16];
         for chunk in raw_key.chunks_mut(8) {
@@ -244,6 +405,9 @@ impl Connector {
                 "Sec-WebSocket-Protocol: {}\r\n",
                 self.subprotocols.join(", ")
             ));
+        }
+        if self.deflate {
+            req.push_str(&format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n"));
         }
         for h in &self.headers {
             req.push_str(h);
@@ -280,17 +444,22 @@ impl Connector {
             return Err(format!("handshake: {status:?}"));
         }
         let expected = b64.encode(Sha1::digest(format!("{key}{WS_GUID}").as_bytes()));
-        let accept = lines
-            .filter_map(|l| l.split_once(':'))
+        let fields: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+        let accept = fields
+            .iter()
             .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-accept"))
             .map(|(_, v)| v.trim().to_string());
+        let deflate = fields
+            .iter()
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-extensions"))
+            .and_then(|(_, v)| Deflate::parse(v.trim()));
         match accept {
             Some(a) if a == expected => {}
             Some(a) => return Err(format!("handshake: wrong Sec-WebSocket-Accept {a:?}")),
             None => return Err("handshake: no Sec-WebSocket-Accept".into()),
         }
         rbuf.copy_within(head_end..len, 0);
-        Ok(len - head_end)
+        Ok((len - head_end, deflate))
     }
 }
 
@@ -357,10 +526,83 @@ impl ServerCertVerifier for AcceptAnyCert {
     }
 }
 
-/// A plain or TLS connection.
+/// A plain or TLS connection, or one stream of an HTTP/2 connection.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    H2(Box<H2Stream>),
+}
+
+/// A WebSocket carried on an HTTP/2 stream (RFC 8441): its frames are the DATA of the stream.
+pub struct H2Stream {
+    send: h2::SendStream<Bytes>,
+    recv: h2::RecvStream,
+    /// Received bytes not yet read.
+    pending: Bytes,
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(this.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    this.pending = data;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        this.send.reserve_capacity(buf.len());
+        loop {
+            let cap = this.send.capacity();
+            if cap > 0 {
+                let n = cap.min(buf.len());
+                this.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(io::Error::other)?;
+                return Poll::Ready(Ok(n));
+            }
+            match std::task::ready!(this.send.poll_capacity(cx)) {
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = self.get_mut().send.send_data(Bytes::new(), true);
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for Stream {
@@ -372,6 +614,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::H2(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -385,6 +628,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::H2(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -392,6 +636,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::H2(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -399,6 +644,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::H2(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -1,5 +1,9 @@
 //! The client side of RFC 6455 framing, as little of it as a load generator needs: masked
 //! frames out (built once, sent many times), unmasked server frames in (counted, not copied).
+//! With permessage-deflate (RFC 7692): each message compressed as it is sent, and compressed
+//! messages from the server inflated to count their bytes.
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// Bytes of a masked client frame header for a payload of `len` bytes.
 fn header_len(len: usize) -> usize {
@@ -43,6 +47,128 @@ pub fn payload(size: usize) -> Vec<u8> {
     (0..size).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
+/// A text payload that reads like JSON records, so that compression has real work to do.
+pub fn json_payload(size: usize) -> Vec<u8> {
+    const USERS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
+    let mut out = Vec::with_capacity(size + 128);
+    out.push(b'[');
+    let mut n = 0usize;
+    while out.len() < size {
+        out.extend_from_slice(
+            format!(
+                "{{\"id\":{},\"user\":\"{}\",\"status\":\"active\",\"score\":{},\"tags\":[\"t{}\",\"web\"]}},",
+                1000 + n,
+                USERS[n % USERS.len()],
+                (n * 37) % 1000,
+                n % 7
+            )
+            .as_bytes(),
+        );
+        n += 1;
+    }
+    out.truncate(size);
+    out
+}
+
+/// The sending side of permessage-deflate.
+pub struct Deflater {
+    compress: Compress,
+    /// `client_no_context_takeover`: every message starts with a fresh window.
+    no_context: bool,
+}
+
+impl Deflater {
+    pub fn new(window_bits: u8, no_context: bool) -> Deflater {
+        Deflater {
+            compress: Compress::new_with_window_bits(Compression::default(), false, window_bits),
+            no_context,
+        }
+    }
+
+    /// Append one masked frame (FIN, RSV1) holding `payload` compressed (RFC 7692 §7.2.1:
+    /// raw deflate, sync flush, the trailing 00 00 ff ff removed).
+    pub fn push_frame(&mut self, out: &mut Vec<u8>, opcode: u8, payload: &[u8], key: [u8; 4]) {
+        let mut comp: Vec<u8> = Vec::with_capacity(payload.len() / 2 + 64);
+        let start_in = self.compress.total_in();
+        loop {
+            if comp.capacity() - comp.len() < 64 {
+                comp.reserve(comp.capacity().max(256));
+            }
+            let done = (self.compress.total_in() - start_in) as usize;
+            // Compressing into a Vec cannot fail (no stream error is possible here).
+            let _ = self
+                .compress
+                .compress_vec(&payload[done..], &mut comp, FlushCompress::Sync);
+            let done = (self.compress.total_in() - start_in) as usize;
+            if done == payload.len() && comp.len() < comp.capacity() {
+                break;
+            }
+        }
+        if comp.ends_with(&[0, 0, 0xff, 0xff]) {
+            comp.truncate(comp.len() - 4);
+        }
+        if self.no_context {
+            self.compress.reset();
+        }
+        let at = out.len();
+        push_frame(out, opcode, &comp, key);
+        out[at] |= 0x40;
+    }
+}
+
+/// The receiving side of permessage-deflate: compressed messages are gathered and inflated.
+pub struct Inflater {
+    decompress: Decompress,
+    /// The current message is compressed (RSV1 on its first frame).
+    compressed: bool,
+    /// The current frame is the message's last.
+    fin: bool,
+    message: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl Default for Inflater {
+    fn default() -> Inflater {
+        Inflater {
+            decompress: Decompress::new(false),
+            compressed: false,
+            fin: false,
+            message: Vec::new(),
+            scratch: vec![0; 64 * 1024],
+        }
+    }
+}
+
+impl Inflater {
+    /// Inflate the gathered message; returns its inflated length.
+    fn finish(&mut self) -> Result<u64, ReadError> {
+        self.message.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let start_in = self.decompress.total_in();
+        let start_out = self.decompress.total_out();
+        loop {
+            let done = (self.decompress.total_in() - start_in) as usize;
+            let before = self.decompress.total_out();
+            let status = self
+                .decompress
+                .decompress(
+                    &self.message[done..],
+                    &mut self.scratch,
+                    FlushDecompress::Sync,
+                )
+                .map_err(|_| ReadError::Protocol("invalid deflate data"))?;
+            let done = (self.decompress.total_in() - start_in) as usize;
+            let produced = (self.decompress.total_out() - before) as usize;
+            if matches!(status, Status::StreamEnd)
+                || (done == self.message.len() && produced < self.scratch.len())
+            {
+                break;
+            }
+        }
+        self.message.clear();
+        Ok(self.decompress.total_out() - start_out)
+    }
+}
+
 /// A Close frame (code 1000) from the client.
 pub fn close_frame(key: [u8; 4]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8);
@@ -71,13 +197,31 @@ impl std::fmt::Display for ReadError {
 
 /// Streaming parser of the frames a server sends. Data payloads are only counted; control
 /// frames are handled (Ping -> a Pong queued for sending, Close -> an error).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Reader {
     /// Payload bytes of the current data frame still to come.
     remaining: u64,
+    /// permessage-deflate was negotiated.
+    inflate: Option<Box<Inflater>>,
 }
 
 impl Reader {
+    /// A reader that inflates compressed messages (RSV1) to count their bytes.
+    pub fn inflating() -> Reader {
+        Reader {
+            remaining: 0,
+            inflate: Some(Box::default()),
+        }
+    }
+
+    /// The current data frame is complete: with a compressed message's last frame, inflate it.
+    fn frame_done(&mut self) -> Result<u64, ReadError> {
+        match &mut self.inflate {
+            Some(inf) if inf.compressed && inf.fin => inf.finish(),
+            _ => Ok(0),
+        }
+    }
+
     /// Consume the bytes `buf[..*len]`: returns how many data payload bytes they held (data
     /// frames of any type, continuation frames included). Bytes of an incomplete header or
     /// control frame are moved to the front of `buf` and `*len` is set to their count. Pongs
@@ -95,12 +239,18 @@ impl Reader {
         loop {
             if self.remaining > 0 {
                 let take = self.remaining.min((end - pos) as u64);
-                data += take;
+                match &mut self.inflate {
+                    Some(inf) if inf.compressed => inf
+                        .message
+                        .extend_from_slice(&buf[pos..pos + take as usize]),
+                    _ => data += take,
+                }
                 self.remaining -= take;
                 pos += take as usize;
                 if self.remaining > 0 {
                     break;
                 }
+                data += self.frame_done()?;
             }
             let avail = &buf[pos..end];
             if avail.len() < 2 {
@@ -128,9 +278,18 @@ impl Reader {
                 n => (2, u64::from(n)),
             };
             match b0 & 0x0f {
-                0..=2 => {
+                op @ 0..=2 => {
                     pos += hl;
                     self.remaining = plen;
+                    if let Some(inf) = &mut self.inflate {
+                        if op != 0 {
+                            inf.compressed = b0 & 0x40 != 0;
+                        }
+                        inf.fin = b0 & 0x80 != 0;
+                    }
+                    if plen == 0 {
+                        data += self.frame_done()?;
+                    }
                 }
                 op @ (0x8..=0xA) => {
                     if plen > 125 {
@@ -218,6 +377,38 @@ mod tests {
         let mut len = buf.len();
         let e = Reader::default().feed(&mut buf, &mut len, &mut Vec::new(), [0; 4]);
         assert!(matches!(e, Err(ReadError::Protocol(_))));
+    }
+
+    #[test]
+    fn compressed_messages_inflate_to_their_size() {
+        for no_context in [false, true] {
+            let mut d = Deflater::new(15, no_context);
+            let mut stream = Vec::new();
+            let msg = json_payload(1024);
+            for _ in 0..3 {
+                let mut f = Vec::new();
+                d.push_frame(&mut f, 0x1, &msg, [0; 4]);
+                assert_eq!(f[0], 0xC1);
+                assert!(f.len() < 600, "compressed to {}", f.len());
+                // As a server frame: no mask bit, no key.
+                f[1] &= 0x7f;
+                let hl = if f[1] == 126 { 4 } else { 2 };
+                f.drain(hl..hl + 4);
+                stream.extend(f);
+            }
+            for chunk in [1usize, 7, 100, 100_000] {
+                let mut r = Reader::inflating();
+                let mut buf = vec![0u8; 8192];
+                let mut len = 0;
+                let mut total = 0;
+                for piece in stream.chunks(chunk) {
+                    buf[len..len + piece.len()].copy_from_slice(piece);
+                    len += piece.len();
+                    total += r.feed(&mut buf, &mut len, &mut Vec::new(), [0; 4]).unwrap();
+                }
+                assert_eq!((total, len), (3 * 1024, 0), "chunk {chunk}");
+            }
+        }
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //! The WebSocket client is written by hand (RFC 6455 §4.1 upgrade, masked frames with a zero
 //! key by default, which is legal and makes masking free; server frames are counted, not copied;
 //! Pings are answered) so that the client costs little next to the servers it measures.
+//!
+//! `--http2` (ws:// only, modes echo and idle) carries every session as an extended CONNECT
+//! stream (RFC 8441) on one HTTP/2 connection with prior knowledge (h2c), or on
+//! `--http2-connections` of them. `--deflate` offers permessage-deflate (RFC 7692): when the
+//! server accepts, each message is compressed as it is sent and compressed messages received are
+//! inflated to count them. `--text-json` sends JSON-like text, which compresses as real traffic.
 
 mod client;
 mod frames;
@@ -85,6 +91,22 @@ struct Args {
     /// Send binary messages (the default)
     #[arg(long)]
     binary: bool,
+    /// Send text messages of JSON-like records (compressible) instead of the letter sequence
+    #[arg(long, conflicts_with = "binary")]
+    text_json: bool,
+    /// ws:// over HTTP/2 with prior knowledge (h2c): every session is an extended CONNECT stream
+    /// on one shared connection (echo and idle modes)
+    #[arg(long)]
+    http2: bool,
+    /// With --http2: spread the sessions over this many HTTP/2 connections
+    #[arg(long, default_value_t = 1)]
+    http2_connections: usize,
+    /// Offer permessage-deflate; when accepted, compress every message sent
+    #[arg(long)]
+    deflate: bool,
+    /// Idle mode: each session sends one message (compressed with --deflate) after opening
+    #[arg(long)]
+    idle_send: bool,
     /// Messages outstanding per connection (echo)
     #[arg(short = 'k', long, default_value_t = 1)]
     in_flight: usize,
@@ -263,8 +285,14 @@ struct Shared {
     size: usize,
     in_flight: usize,
     text: bool,
+    /// `--text-json`: the payload is JSON-like records.
+    json_payload: bool,
+    /// `--idle-send`: idle sessions send one message first.
+    idle_send: bool,
     random_mask: bool,
     seed: u64,
+    /// Sessions on which permessage-deflate was negotiated.
+    deflated: AtomicUsize,
 }
 
 impl Shared {
@@ -279,11 +307,45 @@ impl Shared {
     }
 
     /// `in_flight` copies of the message as it goes on the wire, and the length of one.
+    fn payload(&self) -> Vec<u8> {
+        if self.json_payload {
+            frames::json_payload(self.size)
+        } else {
+            frames::payload(self.size)
+        }
+    }
+
+    fn opcode(&self) -> u8 {
+        if self.text {
+            0x1
+        } else {
+            0x2
+        }
+    }
+
+    /// How the sessions were carried, for the reports.
+    fn transport_line(&self, args: &Args) -> String {
+        let mut s = String::new();
+        if args.http2 {
+            s.push_str(&format!(
+                "  transport    HTTP/2 (h2c, extended CONNECT), {} connection(s)\n",
+                args.http2_connections
+            ));
+        }
+        if args.deflate {
+            s.push_str(&format!(
+                "  deflate      offered; negotiated on {} session(s)\n",
+                self.deflated.load(Ordering::Relaxed)
+            ));
+        }
+        s
+    }
+
     fn batch(&self, key: [u8; 4]) -> (Vec<u8>, usize) {
-        let payload = frames::payload(self.size);
+        let payload = self.payload();
         let one = if self.connector.target.is_ws() {
             let mut v = Vec::new();
-            frames::push_frame(&mut v, if self.text { 0x1 } else { 0x2 }, &payload, key);
+            frames::push_frame(&mut v, self.opcode(), &payload, key);
             v
         } else {
             payload
@@ -317,6 +379,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if args.http2 && (target.scheme != client::Scheme::Ws || args.mode == Mode::Handshake) {
+        eprintln!("wsload: --http2 supports ws:// URLs in modes echo and idle");
+        return ExitCode::from(2);
+    }
+    if args.http2 && args.http2_connections == 0 {
+        eprintln!("wsload: --http2-connections must be at least 1");
+        return ExitCode::from(2);
+    }
     let mut headers = args.headers.clone();
     if let Some(o) = &args.origin {
         headers.push(format!("Origin: {o}"));
@@ -330,6 +400,12 @@ fn main() -> ExitCode {
             subprotocols: args.subprotocols.clone(),
             headers,
             connect_timeout: secs(args.connect_timeout),
+            http2_connections: if args.http2 {
+                args.http2_connections
+            } else {
+                0
+            },
+            deflate: args.deflate,
         },
     ) {
         Ok(c) => c,
@@ -363,9 +439,12 @@ fn main() -> ExitCode {
         connector,
         size: args.size,
         in_flight: args.in_flight,
-        text: args.text,
+        text: args.text || args.text_json,
+        json_payload: args.text_json,
+        idle_send: args.idle_send,
         random_mask: args.random_mask,
         seed,
+        deflated: AtomicUsize::new(0),
     });
     let report = runtime.block_on(async {
         match args.mode {
@@ -549,6 +628,11 @@ fn common_json(args: &Args, shared: &Shared) -> serde_json::Value {
         "text": shared.text,
         "threads": args.threads,
         "warmup_s": args.warmup,
+        "http2": args.http2,
+        "http2_connections": if args.http2 { args.http2_connections } else { 0 },
+        "deflate_offered": args.deflate,
+        "deflate_sessions": shared.deflated.load(Ordering::Relaxed),
+        "text_json": shared.json_payload,
     })
 }
 
@@ -679,6 +763,7 @@ async fn run_echo(args: &Args, shared: Arc<Shared>) -> Report {
         if shared.text { "text" } else { "binary" },
         args.threads
     );
+    human.push_str(&shared.transport_line(args));
     human.push_str(&format!(
         "  messages     {} in {:.2} s = {:.0} msg/s, {:.2} MB/s payload (each way)\n",
         totals.messages, elapsed, rate, mbps
@@ -731,10 +816,10 @@ async fn echo_conn(
 ) -> ConnResult {
     let mut res = ConnResult::new(true);
     let mut rbuf = vec![0u8; READ_BUF];
-    let opened = sh.connector.open(&mut rbuf, sh.seed ^ id as u64).await;
+    let opened = sh.connector.open_ext(&mut rbuf, sh.seed ^ id as u64).await;
     let _ = ready.send(opened.is_ok()).await;
     drop(ready);
-    let (stream, rlen) = match opened {
+    let (stream, rlen, deflate) = match opened {
         Ok(x) => x,
         Err(e) => {
             res.errors.push(e);
@@ -747,12 +832,22 @@ async fn echo_conn(
     };
     let key = sh.mask_key(id);
     let (batch, frame_len) = sh.batch(key);
+    if deflate.is_some() {
+        sh.deflated.fetch_add(1, Ordering::Relaxed);
+    }
+    let payload = sh.payload();
     let mut conn = EchoConn {
         sh: &sh,
         plan: &plan,
         key,
         batch: &batch,
         frame_len,
+        deflate: deflate.map(|d| {
+            (
+                frames::Deflater::new(d.client_max_window_bits, d.client_no_context_takeover),
+                payload,
+            )
+        }),
         res: &mut res,
     };
     match stream {
@@ -761,6 +856,10 @@ async fn echo_conn(
             conn.run(r, w, rbuf, rlen).await;
         }
         Stream::Tls(s) => {
+            let (r, w) = tokio::io::split(*s);
+            conn.run(r, w, rbuf, rlen).await;
+        }
+        Stream::H2(s) => {
             let (r, w) = tokio::io::split(*s);
             conn.run(r, w, rbuf, rlen).await;
         }
@@ -774,6 +873,8 @@ struct EchoConn<'a> {
     key: [u8; 4],
     batch: &'a [u8],
     frame_len: usize,
+    /// permessage-deflate negotiated: the compressor and the message it compresses each time.
+    deflate: Option<(frames::Deflater, Vec<u8>)>,
     res: &'a mut ConnResult,
 }
 
@@ -797,7 +898,9 @@ impl EchoConn<'_> {
             let close = frames::close_frame(self.key);
             let _ = tokio::time::timeout(Duration::from_millis(200), async {
                 wr.write_all(&close).await?;
-                wr.shutdown().await
+                wr.shutdown().await?;
+                // Until the server's end: an HTTP/2 stream dropped before it would be reset.
+                drain(&mut rd).await
             })
             .await;
         }
@@ -825,7 +928,15 @@ impl EchoConn<'_> {
         let mut partial = 0usize;
         // Pongs (and the final Close) to write at the next frame boundary.
         let mut control: Vec<u8> = Vec::new();
-        let mut reader = frames::Reader::default();
+        let mut reader = if self.deflate.is_some() {
+            frames::Reader::inflating()
+        } else {
+            frames::Reader::default()
+        };
+        // With deflate, frames differ from message to message: they are built into `out` as
+        // they are queued, and `partial` counts the bytes of `out` already written.
+        let mut out: Vec<u8> = Vec::new();
+        let opcode = self.sh.opcode();
         // Payload bytes received towards the oldest outstanding message.
         let mut acc = 0u64;
         let mut sending = true;
@@ -848,6 +959,9 @@ impl EchoConn<'_> {
                     }
                     sent.push_back(now);
                     queued += 1;
+                    if let Some((d, payload)) = &mut self.deflate {
+                        d.push_frame(&mut out, opcode, payload, self.key);
+                    }
                 }
             }
             if !sending && sent.is_empty() {
@@ -857,6 +971,8 @@ impl EchoConn<'_> {
             let want_write = write_control || queued > 0;
             let wslice: &[u8] = if write_control {
                 &control
+            } else if self.deflate.is_some() {
+                &out[partial..]
             } else {
                 &self.batch[partial..queued * frame_len]
             };
@@ -869,6 +985,14 @@ impl EchoConn<'_> {
                     }
                     Ok(n) if write_control => {
                         control.drain(..n);
+                    }
+                    Ok(n) if self.deflate.is_some() => {
+                        partial += n;
+                        if partial == out.len() {
+                            out.clear();
+                            partial = 0;
+                            queued = 0;
+                        }
                     }
                     Ok(n) => {
                         partial += n;
@@ -1155,6 +1279,7 @@ async fn run_idle(args: &Args, shared: Arc<Shared>) -> Report {
         open_time,
         failures.len()
     );
+    human.push_str(&shared.transport_line(args));
     for (e, n) in &kinds {
         human.push_str(&format!("               {n} x {e}\n"));
     }
@@ -1190,15 +1315,33 @@ async fn idle_conn(
         p = gate.acquire() => p,
         _ = token.cancelled() => return res,
     };
-    let opened = sh.connector.open(&mut rbuf, sh.seed ^ id as u64).await;
+    let opened = sh.connector.open_ext(&mut rbuf, sh.seed ^ id as u64).await;
     drop(permit);
-    let (mut stream, rlen) = match opened {
+    let (mut stream, rlen, deflate) = match opened {
         Ok(x) => x,
         Err(e) => {
             let _ = opened_tx.send(Err(e)).await;
             return res;
         }
     };
+    if deflate.is_some() {
+        sh.deflated.fetch_add(1, Ordering::Relaxed);
+    }
+    if sh.idle_send && sh.connector.target.is_ws() {
+        let key = sh.mask_key(id);
+        let mut frame = Vec::new();
+        match deflate {
+            Some(d) => {
+                frames::Deflater::new(d.client_max_window_bits, d.client_no_context_takeover)
+                    .push_frame(&mut frame, sh.opcode(), &sh.payload(), key)
+            }
+            None => frames::push_frame(&mut frame, sh.opcode(), &sh.payload(), key),
+        }
+        if let Err(e) = stream.write_all(&frame).await {
+            let _ = opened_tx.send(Err(format!("write: {e}"))).await;
+            return res;
+        }
+    }
     let _ = opened_tx.send(Ok(())).await;
     drop(opened_tx);
     let key = sh.mask_key(id);
@@ -1215,10 +1358,18 @@ async fn idle_conn(
         if is_ws {
             stream.write_all(&frames::close_frame(key)).await?;
         }
-        stream.shutdown().await
+        stream.shutdown().await?;
+        drain(&mut stream).await
     })
     .await;
     res
+}
+
+/// Read and discard until the peer's end of stream.
+async fn drain<R: AsyncRead + Unpin>(mut rd: R) -> std::io::Result<()> {
+    let mut buf = [0u8; 512];
+    while rd.read(&mut buf).await? > 0 {}
+    Ok(())
 }
 
 /// Keep an idle connection alive: answer Pings. Returns when the server ends it.
