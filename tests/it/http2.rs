@@ -433,7 +433,7 @@ async fn http2_false_offers_http_1_1_only() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_every_stream_with_1001_and_sends_goaway() {
+async fn shutdown_closes_every_stream_with_1001() {
     let backend = backends::echo().await;
     let (gw, cert) = gateway(&backend, "").await;
     let io = tls(gw.addrs[0], &cert, &[b"h2"]).await.unwrap();
