@@ -1,0 +1,1 @@
+// wsgate.js: the browser client (WebSocket first, then the fallback transports).
