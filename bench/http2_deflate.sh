@@ -26,8 +26,15 @@
 #     sessions that each sent one compressed 1 KiB message (--idle-send, so both compression
 #     contexts exist) with and without context takeover, and with 10-bit windows. A fresh
 #     gateway for every row.
+# (d) Compressed 1 KiB JSON-like text echo, 10 sessions, against nginx: nginx (one worker, no
+#     master, both under callgrind the same way as the gateway) passes permessage-deflate
+#     through to a compressing echo server (bench/ws_echo_deflate.py: Python websockets, zlib),
+#     so the proxy itself never inflates; wsgate inflates every message for its plain TCP
+#     backend and compresses every answer. Rows: wsgate /z in front of the TCP echo, nginx in
+#     front of the compressing echo, and nginx without compression (the client offers none).
 #
-# Environment overrides: N1 (2000), N2 (12000), SESSIONS (2000), BUILD=0 (skip cargo build).
+# Environment overrides: N1 (2000), N2 (12000), SESSIONS (2000), BUILD=0 (skip cargo build),
+# PARTS ("a c d b": which parts to run).
 # Loopback only, ports 28250-28259; every process started here is stopped by its PID. Output:
 # Markdown tables on stdout; raw callgrind files and wsload JSON in
 # bench/results/http2-deflate-TIMESTAMP/.
@@ -37,13 +44,34 @@ cd "$(dirname "$0")/.."
 N1=${N1:-2000}
 N2=${N2:-12000}
 SESSIONS=${SESSIONS:-2000}
+PARTS=${PARTS:-"a c d b"}
 BASE=28250
 ECHO_PORT=$BASE
 GW_PORT=$((BASE + 1))
+NGINX_PORT=$((BASE + 2))
+PYECHO_PORT=$((BASE + 3))
 OUT=bench/results/http2-deflate-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 
-if ! command -v valgrind >/dev/null; then
+need_apt=()
+command -v valgrind >/dev/null || need_apt+=(valgrind)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need_apt+=(nginx)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    # Installed as programs only: no service is started by the package.
+    had_policy=0
+    [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+    [ "$had_policy" = 1 ] || printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    [ "$had_policy" = 1 ] || rm -f /usr/sbin/policy-rc.d
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+PYTHON=.venv/bin/python
+if ! "$PYTHON" -c 'import websockets' 2>/dev/null; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q websockets==15.0.1
+fi
+if false; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 fi
 if [ "${BUILD:-1}" != 0 ]; then
@@ -163,6 +191,9 @@ print(f'{j["opened"]} {j["failed"]} {s["before"]["rss_kib"]} {s["after_open"]["r
 PY
 }
 
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if part a; then
 echo "## (a) 64 B echo, 50 sessions, /raw: gateway instructions per message (callgrind, N = $N2 - $N1)"
 echo
 echo "| transport | instructions per message |"
@@ -172,6 +203,9 @@ h2=$(per_message a-h2 "$URL/raw" -c 50 -s 64 --http2)
 echo "| HTTP/1.1, 50 connections | $h1 |"
 echo "| HTTP/2, 50 streams on one h2c connection | $h2 |"
 echo
+fi
+
+if part c; then
 
 echo "## (c) 1 KiB JSON-like text echo, 10 sessions: gateway instructions per message (callgrind)"
 echo
@@ -188,6 +222,87 @@ echo "| /znc, permessage-deflate, no context takeover, HTTP/1.1 | $c_znc |"
 echo "| /zs, permessage-deflate (context takeover), 10-bit windows, HTTP/1.1 | $c_zs |"
 echo "| /z, permessage-deflate (context takeover), HTTP/2 | $c_z2 |"
 echo
+fi
+
+if part d; then
+# nginx as a single process (no master, one worker) so that callgrind sees all of its work.
+mkdir -p "$OUT/nginx-tmp"
+cat >"$OUT/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $PWD/$OUT/nginx.pid;
+error_log $PWD/$OUT/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $PWD/$OUT/nginx-tmp/body;
+    proxy_temp_path $PWD/$OUT/nginx-tmp/proxy;
+    fastcgi_temp_path $PWD/$OUT/nginx-tmp/fastcgi;
+    uwsgi_temp_path $PWD/$OUT/nginx-tmp/uwsgi;
+    scgi_temp_path $PWD/$OUT/nginx-tmp/scgi;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://127.0.0.1:$PYECHO_PORT;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_buffer_size 64k;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }
+    }
+}
+EOF
+"$PYTHON" bench/ws_echo_deflate.py "$PYECHO_PORT" >"$OUT/ws_echo_deflate.out" 2>&1 &
+pids+=($!)
+wait_port "$PYECHO_PORT"
+
+# As callgrind_run, for nginx.
+nginx_run() {
+    local name=$1 n=$2
+    shift 2
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$name" \
+        "$NGINX" -e "$PWD/$OUT/nginx-error.log" -c "$PWD/$OUT/nginx.conf" >"$OUT/nginx.$name.out" 2>"$OUT/valgrind.$name.log" &
+    local pid=$!
+    pids+=("$pid")
+    wait_port "$NGINX_PORT"
+    sleep 1
+    "$BIN/wsload" "$@" -n "$n" --timeout 600 --json >"$OUT/wsload.$name.json" ||
+        echo "http2_deflate.sh: wsload failed for $name (see $OUT/wsload.$name.json)" >&2
+    # nginx stops at once on SIGTERM; callgrind writes its counts as the process exits.
+    kill -TERM "$pid"
+    wait "$pid" || true
+    awk '/^summary:/ { print $2 }' "$OUT/callgrind.$name"
+}
+nginx_per_message() {
+    local name=$1
+    shift
+    local a b
+    a=$(nginx_run "$name.n1" "$N1" "$@")
+    b=$(nginx_run "$name.n2" "$N2" "$@")
+    echo $(((b - a) / (N2 - N1)))
+}
+# How many of the row's sessions had permessage-deflate accepted (its larger run).
+negotiated() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("deflate_sessions", "?"))' "$OUT/wsload.$1.n2.json"
+}
+
+echo "## (d) compressed 1 KiB JSON-like text echo, 10 sessions: proxy instructions per message (callgrind)"
+echo
+echo "| proxy, backend | client offers | sessions compressed | proxy instructions per message |"
+echo "|---|---|---|---|"
+d_gw=$(per_message d-wsgate "$URL/z" -c 10 -s 1KiB --text-json --deflate)
+echo "| wsgate /z (inflates and compresses), TCP echo | permessage-deflate | $(negotiated d-wsgate) | $d_gw |"
+d_ng=$(nginx_per_message d-nginx "ws://127.0.0.1:$NGINX_PORT/" -c 10 -s 1KiB --text-json --deflate)
+echo "| nginx (passes the extension through), compressing echo | permessage-deflate | $(negotiated d-nginx) | $d_ng |"
+d_ng0=$(nginx_per_message d-nginx-plain "ws://127.0.0.1:$NGINX_PORT/" -c 10 -s 1KiB --text-json)
+echo "| nginx, the same echo without compression | nothing | $(negotiated d-nginx-plain) | $d_ng0 |"
+echo
+fi
+
+if part b; then
 
 echo "## (b) $SESSIONS idle sessions: gateway RSS growth per session (VmRSS before/after)"
 echo
@@ -209,4 +324,5 @@ row "HTTP/1.1, /znc, one 1 KiB message each, no context takeover" b-znc "$URL/zn
 row "HTTP/1.1, /zs, one 1 KiB message each, context takeover, 10-bit windows" b-zs "$URL/zs" --deflate --idle-send -s 1KiB --text-json
 row "HTTP/2, /z, one 1 KiB message each, context takeover" b-z-h2 "$URL/z" --deflate --idle-send -s 1KiB --text-json --http2
 echo
+fi
 echo "raw files: $OUT"

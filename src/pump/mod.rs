@@ -13,9 +13,10 @@
 //! With permessage-deflate, upstream inflates compressed messages in bounded chunks as their
 //! pieces arrive (forwarding, and waiting for the backend, between chunks) and downstream
 //! compresses messages of at least `min_compress_bytes`. Each half allocates its compression
-//! context at its first compressed message; without context takeover the context is freed
-//! together with the idle read buffer ([`BUFFER_RELEASE`]), with takeover it lives as long as
-//! the session (the window is part of the stream).
+//! context at its first compressed message and frees it together with the idle read buffer
+//! ([`BUFFER_RELEASE`]): the compressor always (the next message starts a fresh deflate stream
+//! the client reads as a continuation), the inflater only without client context takeover
+//! (with takeover the client's window is part of the stream and lives as long as the session).
 //!
 //! The halves run concurrently in one task and share only a small control block ([`Ctl`]),
 //! never an unbounded queue: each side writes with `await`, so a peer that does not read stalls

@@ -369,12 +369,16 @@ impl Deflater {
         self.ctx.is_some()
     }
 
-    /// Free the context (see [`Inflater::release`]): only without context takeover.
+    /// Free the context while the session idles, with or without context takeover (it is the
+    /// largest per-session allocation a gateway makes, about 300 KiB at 15 window bits). Unlike
+    /// the inflater's, the compressor's history is only an opportunity: each message ends on a
+    /// byte boundary after a sync flush and never with a final block, so the next message can
+    /// start a new deflate stream that simply refers to nothing before it, and the client's
+    /// inflater, window kept, reads it as the continuation of its stream (RFC 7692 §7.2.3.1
+    /// allows a compressor to use less than the negotiated history).
     pub fn release(&mut self) {
-        if self.reset_per_message {
-            self.ctx = None;
-            self.scratch = Vec::new();
-        }
+        self.ctx = None;
+        self.scratch = Vec::new();
     }
 
     /// Append one unfragmented frame holding `payload` compressed (RSV1 set), RFC 7692 §7.2.1:
@@ -601,9 +605,42 @@ mod tests {
             }
             def.release();
             inf.release();
-            assert_eq!(def.is_allocated(), !reset);
+            assert!(!def.is_allocated());
             assert_eq!(inf.is_allocated(), !reset);
         }
+    }
+
+    #[test]
+    fn a_released_compressor_continues_a_takeover_stream() {
+        let p = DeflateParams {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            min_compress_bytes: 0,
+        };
+        let mut def = Deflater::new(&p);
+        // The client's side: one inflater for the whole session, its window kept.
+        let mut inf = Inflater::new(&p, 1 << 20, 1 << 20);
+        let msg = b"the same line, compressed against itself and then again. ".repeat(40);
+        let mut sizes = Vec::new();
+        for release_before in [false, false, true, false] {
+            if release_before {
+                def.release();
+                assert!(!def.is_allocated());
+            }
+            let mut out = BytesMut::new();
+            def.encode_frame(&mut out, OpCode::Text, &msg);
+            let payload = payload_len(&out);
+            let got = inflate(&mut inf, true, &[&out[out.len() - payload..]]).unwrap();
+            assert_eq!(got, msg);
+            sizes.push(payload);
+        }
+        // With history the repeat is smaller; after the release the compressor starts afresh
+        // (the first message's bytes exactly), then history helps again.
+        assert!(sizes[1] < sizes[0], "{sizes:?}");
+        assert_eq!(sizes[2], sizes[0], "{sizes:?}");
+        assert_eq!(sizes[3], sizes[1], "{sizes:?}");
     }
 
     fn payload_len(frame: &[u8]) -> usize {

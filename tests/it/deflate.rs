@@ -174,6 +174,10 @@ async fn python_client_echo_compressed_both_ways() {
         "/eight",
         "/off",
         "/deflate:off",
+        // Idle between messages: the gateway frees its compressor and starts a new deflate
+        // stream that the client's inflater (context kept) must read as a continuation.
+        "/deflate:idle",
+        "/server-nct:idle",
     ];
     let results = python_cases(&gw, &cases).await;
     let expected = [
@@ -187,6 +191,8 @@ async fn python_client_echo_compressed_both_ways() {
         Some("permessage-deflate; server_max_window_bits=8; client_max_window_bits=15"),
         None,
         None,
+        Some("permessage-deflate; client_max_window_bits=15"),
+        Some("permessage-deflate; server_no_context_takeover; client_max_window_bits=15"),
     ];
     // Ten messages per case (deflate_client.py): two below min_compress_bytes (64).
     for ((case, r), want) in cases.iter().zip(&results).zip(expected) {

@@ -3,7 +3,8 @@
 
 Usage: deflate_client.py BASE_URL CASE... where CASE is PATH or PATH:OPTIONS, OPTIONS being
 comma-separated client offer settings (cnct = client_no_context_takeover, snct =
-server_no_context_takeover, sbits=N, cbits=N, off = no compression offered).
+server_no_context_takeover, sbits=N, cbits=N, off = no compression offered) or `idle`: pause
+1.5 s before the last two messages, long enough for the gateway to free its idle compressor.
 
 For each case it prints one JSON line: the path, the Sec-WebSocket-Extensions answer, how many
 data frames came back compressed (RSV1) and uncompressed, and whether every echo matched.
@@ -11,6 +12,7 @@ data frames came back compressed (RSV1) and uncompressed, and whether every echo
 
 import json
 import sys
+import time
 
 from websockets.extensions import permessage_deflate
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
@@ -37,6 +39,7 @@ def messages():
     for n in (100, 3000, 200_000):
         yield (unit * (n // len(unit) + 1))[:n]
         yield bytes((i * 7) % 13 for i in range(n))
+    yield "pause"
     # The same text again: with context takeover it refers back to the earlier one.
     yield unit * 40
     yield unit * 40
@@ -46,7 +49,10 @@ def run_case(base, case):
     path, _, opts = case.partition(":")
     opts = [o for o in opts.split(",") if o]
     kwargs = {}
+    idle = "idle" in opts
     for o in opts:
+        if o == "idle":
+            continue
         if o == "cnct":
             kwargs["client_no_context_takeover"] = True
         elif o == "snct":
@@ -66,6 +72,10 @@ def run_case(base, case):
     with connect(base + path, max_size=2**24, open_timeout=10, close_timeout=5, **extra) as ws:
         answer = ws.response.headers.get("Sec-WebSocket-Extensions")
         for m in messages():
+            if m == "pause":
+                if idle:
+                    time.sleep(1.5)
+                continue
             ws.send(m)
             got = ws.recv(timeout=10)
             if got != m or type(got) is not type(m):
