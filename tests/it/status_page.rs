@@ -262,6 +262,30 @@ async fn status_page_lists_sessions_and_closes_one_with_1008() {
         "{backends}"
     );
 
+    // Refreshes update the rows in place (a button under the pointer stays the same element):
+    // a marked row keeps its mark while its byte counts move.
+    let mark = format!(
+        "(() => {{ const r = document.querySelector('#sessions tr[data-id=\"{}\"]'); \
+         r.__kept = true; return 'ok'; }})()",
+        clients[0].0
+    );
+    assert_eq!(cdp.eval_string(&tab, &mark).await.as_deref(), Some("ok"));
+    ops::echo(&mut clients[0].1, &"y".repeat(2000)).await;
+    let kept = format!(
+        "(() => {{ const r = document.querySelector('#sessions tr[data-id=\"{}\"]'); \
+         return [r.__kept === true, r.cells[6].textContent, r.cells[7].textContent].join('|'); }})()",
+        clients[0].0
+    );
+    wait_page(
+        &mut cdp,
+        &tab,
+        &kept,
+        "the new byte counts in the same row",
+        &browser,
+        |v| v == "true|2.0 kB|2.0 kB",
+    )
+    .await;
+
     // The filter box narrows the table to what matches (here one client's port).
     let (victim, mut victim_ws) = clients.remove(1);
     let port = ops::local_addr(&victim_ws).port();
@@ -364,6 +388,28 @@ async fn status_page_prints_a_hostile_subject_as_text() {
         .await
         .unwrap_or_default();
     assert!(!html.contains(&token), "the session's token is in the page");
+
+    // A page left open polls, no faster than every 2 s: over 6 s, at most 4 requests for each
+    // endpoint (3 expected), and at least 1.
+    cdp.call("Network.enable", json!({}), Some(&tab)).await;
+    cdp.events.clear();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cdp.call("Browser.getVersion", json!({}), None).await;
+    let polls = cdp
+        .events
+        .iter()
+        .filter(|e| {
+            e["method"] == "Network.requestWillBeSent"
+                && e["sessionId"] == tab.as_str()
+                && e["params"]["request"]["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("/sessions"))
+        })
+        .count();
+    assert!(
+        (1..=4).contains(&polls),
+        "{polls} polls of /sessions in 6 s"
+    );
     ops::close(ws).await;
     browser.close(&mut cdp).await;
 }
