@@ -1,13 +1,16 @@
-//! The admin listener: metrics, health, readiness, and the live session list.
+//! The admin listener: metrics, health, readiness, the live session list, and the status page.
 //!
 //! Owns the admin HTTP/1.1 endpoints (`GET /metrics`, `GET /healthz`, `GET /readyz`,
-//! `GET /sessions`, `DELETE /sessions/{id}`) and their optional bearer token. It reads the
-//! gateway's state and never touches the WebSocket listeners. Bind it to loopback or a private
-//! network: it shows client addresses and subjects.
+//! `GET /sessions`, `DELETE /sessions/{id}`, `GET /status`) and their optional bearer token, and
+//! serves the status page ([`page`], `GET /`, the one answer that needs no token: it holds no
+//! data). It reads the gateway's state and never touches the WebSocket listeners. Bind it to
+//! loopback or a private network: it shows client addresses and subjects.
+
+mod page;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -77,6 +80,14 @@ pub async fn serve(
 }
 
 fn handle(gw: &View, token: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    // The page shell carries no data (it fetches everything with the token typed into it), so
+    // it is served without one.
+    if req.uri().path() == "/" {
+        return match *req.method() {
+            Method::GET => page::response(),
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        };
+    }
     if let Some(expected) = token {
         let given = req
             .headers()
@@ -112,14 +123,8 @@ fn handle(gw: &View, token: Option<&str>, req: Request<Incoming>) -> Response<Fu
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (&Method::GET, "/sessions") => {
-            let mut r = text(StatusCode::OK, sessions_json(gw));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
-        }
+        (&Method::GET, "/sessions") => json(sessions_json(gw)),
+        (&Method::GET, "/status") => json(status_json(gw)),
         (&Method::DELETE, p) if p.starts_with("/sessions/") => {
             let Ok(id) = p["/sessions/".len()..].parse::<u64>() else {
                 return text(StatusCode::BAD_REQUEST, "session ids are numbers\n");
@@ -132,11 +137,57 @@ fn handle(gw: &View, token: Option<&str>, req: Request<Incoming>) -> Response<Fu
                 None => text(StatusCode::NOT_FOUND, "no such session\n"),
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/sessions") => {
+        (_, "/metrics" | "/healthz" | "/readyz" | "/sessions" | "/status") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Milliseconds since the Unix epoch (0 for a time before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What `/metrics` and `/sessions` do not say: the version, uptime, the configuration
+/// generation in force and the limits the live counts run against.
+fn status_json(gw: &View) -> String {
+    let now = SystemTime::now();
+    let config = gw.registry.config();
+    let mut out = match config {
+        None => serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "now_unix_ms": unix_ms(now),
+            "ready": gw.registry.is_ready(),
+            "started_unix_ms": null,
+            "uptime_secs": null,
+            "config_generation": null,
+            "config_loaded_unix_ms": null,
+            "max_connections": null,
+            "max_connections_per_ip": null,
+            "routes": [],
+        }),
+        Some(c) => serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "now_unix_ms": unix_ms(now),
+            "ready": gw.registry.is_ready(),
+            "started_unix_ms": unix_ms(c.started),
+            "uptime_secs": now.duration_since(c.started).map(|d| d.as_secs()).unwrap_or(0),
+            "config_generation": c.generation,
+            "config_loaded_unix_ms": unix_ms(c.loaded),
+            "max_connections": c.max_connections,
+            "max_connections_per_ip": c.max_connections_per_ip,
+            "routes": c.routes.iter().map(|(path, max)| serde_json::json!({
+                "path": path,
+                "max_sessions": max,
+            })).collect::<Vec<_>>(),
+        }),
+    }
+    .to_string();
+    out.push('\n');
+    out
 }
 
 fn sessions_json(gw: &View) -> String {
@@ -152,7 +203,7 @@ fn sessions_json(gw: &View) -> String {
                 "client": s.client.to_string(),
                 "subject": s.subject,
                 "backend": s.backend,
-                "started_unix_ms": s.started.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0),
+                "started_unix_ms": unix_ms(s.started),
                 "bytes_up": up.bytes,
                 "messages_up": up.messages,
                 "bytes_down": down.bytes,
@@ -164,6 +215,18 @@ fn sessions_json(gw: &View) -> String {
     let mut out = serde_json::Value::Array(list).to_string();
     out.push('\n');
     out
+}
+
+/// A 200 with a JSON body, never cached.
+fn json(body: String) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -22,7 +22,7 @@
 //! certificates during config validation (the listeners' and the backend TLS client's); `origin` parses origins; `outbound` makes the HTTP(S)
 //! requests of `auth` and `target` (auth service, token service); `proxy_protocol` encodes the
 //! PROXY header for backends; `registry`, `metrics` and `admin` serve the operator's view (live
-//! sessions, readiness, Prometheus metrics); `websockify` turns websockify's command line into a
+//! sessions, readiness, Prometheus metrics, the status page); `websockify` turns websockify's command line into a
 //! configuration text; `recording` writes a route's sessions to files (`record = "DIR"`) beside
 //! the pump and reads them back for `wsgate replay`.
 //!

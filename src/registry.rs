@@ -1,6 +1,7 @@
-//! The live view operators get: the open sessions (with the switch that closes each) and whether
-//! the gateway takes new connections. Session bookkeeping writes it; the admin endpoint reads it.
-//! It depends on nothing of the server, so the admin endpoint does not either.
+//! The live view operators get: the open sessions (with the switch that closes each), whether
+//! the gateway takes new connections, and which configuration generation is in force (with its
+//! limits). Session bookkeeping and the configuration's one writer write it; the admin endpoint
+//! reads it. It depends on nothing of the server, so the admin endpoint does not either.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::pump::SessionStats;
 
 /// A session as the admin endpoint shows it.
@@ -26,12 +28,30 @@ pub struct LiveSession {
     pub kill: CancellationToken,
 }
 
-/// Open sessions by id, and readiness.
+/// The configuration generation in force, as the admin endpoint shows it: when it was applied
+/// and the limits the status page sets the live counts against.
+#[derive(Debug, Clone)]
+pub struct ConfigInfo {
+    /// 1 for the configuration the gateway started with, one more for each applied since.
+    pub generation: u64,
+    /// When the gateway started (the first generation was applied).
+    pub started: SystemTime,
+    /// When this generation was applied.
+    pub loaded: SystemTime,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Route paths with their `max_sessions`, in configuration order.
+    pub routes: Vec<(String, Option<usize>)>,
+}
+
+/// Open sessions by id, readiness, and the configuration generation in force.
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<u64, LiveSession>>,
     /// False before the listeners are bound and while draining.
     ready: AtomicBool,
+    /// `None` until the first configuration is applied.
+    config: Mutex<Option<ConfigInfo>>,
 }
 
 impl Registry {
@@ -62,6 +82,36 @@ impl Registry {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Record that `config` is now the configuration in force (a new generation).
+    pub fn config_applied(&self, config: &Config) {
+        let now = SystemTime::now();
+        let mut info = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let (generation, started) = match info.as_ref() {
+            Some(i) => (i.generation.saturating_add(1), i.started),
+            None => (1, now),
+        };
+        *info = Some(ConfigInfo {
+            generation,
+            started,
+            loaded: now,
+            max_connections: config.http.max_connections,
+            max_connections_per_ip: config.http.max_connections_per_ip,
+            routes: config
+                .routes
+                .iter()
+                .map(|r| (r.path.clone(), r.max_sessions))
+                .collect(),
+        });
+    }
+
+    /// The configuration generation in force; `None` before the first is applied.
+    pub fn config(&self) -> Option<ConfigInfo> {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, LiveSession>> {

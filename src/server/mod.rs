@@ -122,6 +122,7 @@ impl Gateway {
     }
 
     fn set_state(&self, s: State) {
+        self.registry.config_applied(&s.config);
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
     }
 
@@ -276,6 +277,7 @@ pub async fn run(
         per_ip: Mutex::new(HashMap::new()),
         budget,
     });
+    gw.registry.config_applied(&gw.state().config);
 
     let stop_accepting = CancellationToken::new();
     for (listener, index) in bound {

@@ -33,6 +33,7 @@ mod proxy_protocol;
 mod recording;
 mod reload;
 mod static_files;
+mod status_page;
 mod targets;
 mod targets_sources;
 mod tls;
