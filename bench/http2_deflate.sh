@@ -21,7 +21,8 @@
 #     start-up, handshakes and shutdown cancel out. Callgrind counts do not depend on how busy
 #     the machine is, where seconds do.
 # (b) Idle memory: SESSIONS (2000) idle sessions held by a gateway running natively; wsload idle
-#     mode reads the gateway's VmRSS from /proc before and after opening them (--server-pid):
+#     mode reads the gateway's VmRSS from /proc before and 3 s after opening them (--server-pid;
+#     long enough for the gateway to free idle compression contexts, one to two seconds):
 #     HTTP/1.1 vs HTTP/2 (all streams on one h2c connection, http2_max_streams = 10000), and
 #     sessions that each sent one compressed 1 KiB message (--idle-send, so both compression
 #     contexts exist) with and without context takeover, and with 10-bit windows. A fresh
@@ -177,7 +178,7 @@ idle_row() {
     pids+=("$pid")
     wait_port "$GW_PORT"
     sleep 0.5
-    "$BIN/wsload" "$@" --mode idle -c "$SESSIONS" -d 3 --settle 1.5 --server-pid "$pid" \
+    "$BIN/wsload" "$@" --mode idle -c "$SESSIONS" -d 4 --settle 3 --server-pid "$pid" \
         --json >"$OUT/wsload.$name.json" ||
         echo "http2_deflate.sh: wsload failed for $name (see $OUT/wsload.$name.json)" >&2
     kill -INT "$pid"
@@ -249,6 +250,9 @@ http {
             proxy_set_header Upgrade \$http_upgrade;
             proxy_set_header Connection "upgrade";
             proxy_buffer_size 64k;
+            # Required by nginx alongside a 64k proxy_buffer_size (busy < all buffers - one).
+            proxy_buffers 4 64k;
+            proxy_busy_buffers_size 128k;
             proxy_read_timeout 1h;
             proxy_send_timeout 1h;
         }

@@ -206,9 +206,7 @@ where
                     }
                 }
                 r = read_more(&mut self.backend, &mut rbuf, &mut release, || {
-                    if let Some((d, _)) = self.deflater.as_mut() {
-                        d.release();
-                    }
+                    self.deflater.as_mut().is_some_and(|(d, _)| d.idle_tick())
                 }), if room => {
                     let eof = !matches!(r, Ok(n) if n > 0);
                     if !eof {

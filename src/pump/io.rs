@@ -43,15 +43,18 @@ impl<T: AsyncRead + Send> ReadReady for tokio::io::ReadHalf<T> {}
 /// Read more bytes into `buf`. An empty buffer is freed when `release` fires while waiting, and
 /// allocated again when data is there, so idle sessions hold no read buffers. `release` is one
 /// long-lived timer per half, re-armed only when it fires (at most once per [`BUFFER_RELEASE`]),
-/// never per message. `on_release` runs when the buffer is freed (the half frees its other idle
-/// state with it: a compression context). Cancel-safe (usable in `select!`).
+/// never per message. `on_release` runs at each firing while waiting (the half frees its other
+/// idle state with it: a compression context) and returns whether it still holds something a
+/// later tick may free; the timer keeps ticking while it does, and stops when it does not (an
+/// idle session then waits with no timer at all). Cancel-safe (usable in `select!`).
 pub(super) async fn read_more<R: ReadReady>(
     r: &mut R,
     buf: &mut BytesMut,
     release: &mut Pin<&mut tokio::time::Sleep>,
-    mut on_release: impl FnMut(),
+    mut on_release: impl FnMut() -> bool,
 ) -> io::Result<usize> {
-    while buf.is_empty() && buf.capacity() > 0 {
+    let mut ticking = true;
+    while buf.is_empty() && (ticking || buf.capacity() > 0) {
         tokio::select! {
             biased;
             ready = r.ready() => {
@@ -60,7 +63,7 @@ pub(super) async fn read_more<R: ReadReady>(
             }
             _ = release.as_mut() => {
                 *buf = BytesMut::new();
-                on_release();
+                ticking = on_release();
                 release.as_mut().reset(tokio::time::Instant::now() + BUFFER_RELEASE);
             }
         }

@@ -13,10 +13,12 @@
 //! With permessage-deflate, upstream inflates compressed messages in bounded chunks as their
 //! pieces arrive (forwarding, and waiting for the backend, between chunks) and downstream
 //! compresses messages of at least `min_compress_bytes`. Each half allocates its compression
-//! context at its first compressed message and frees it together with the idle read buffer
-//! ([`BUFFER_RELEASE`]): the compressor always (the next message starts a fresh deflate stream
-//! the client reads as a continuation), the inflater only without client context takeover
-//! (with takeover the client's window is part of the stream and lives as long as the session).
+//! context at its first compressed message and frees it when a tick of the idle timer
+//! ([`BUFFER_RELEASE`]) finds that no message used it since the previous tick (so after one to
+//! two idle seconds; a busy session keeps it): the compressor always (the next message starts a
+//! fresh deflate stream the client reads as a continuation), the inflater only without client
+//! context takeover (with takeover the client's window is part of the stream and lives as long
+//! as the session).
 //!
 //! The halves run concurrently in one task and share only a small control block ([`Ctl`]),
 //! never an unbounded queue: each side writes with `await`, so a peer that does not read stalls

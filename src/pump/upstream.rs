@@ -261,9 +261,10 @@ where
             }
             tokio::select! {
                 r = read_more(&mut self.client, &mut rbuf, &mut release, || {
-                    if let Some(inf) = inflater.as_mut().filter(|_| !decoder.in_message()) {
-                        inf.release();
-                    }
+                    inflater
+                        .as_mut()
+                        .filter(|_| !decoder.in_message())
+                        .is_some_and(|inf| inf.idle_tick())
                 }) => match r {
                     Ok(n) if n > 0 => self.shared.client_read(),
                     // EOF or error without a Close: the client is gone (1006 on its side).

@@ -6,7 +6,8 @@
 //! inflating, a work guard against input that inflates to nothing, and UTF-8 validation of
 //! inflated text; compressing one message to the client into a frame.
 //! Does not own: the negotiation (`handshake`), RSV1 rules (`frame`), or when contexts are
-//! dropped (the session decides; see [`Inflater::release`]).
+//! dropped (the session calls [`Inflater::idle_tick`] and [`Deflater::idle_tick`] from its idle
+//! timer; they decide what may go).
 //!
 //! Window bits: zlib (and so flate2) cannot make a raw deflate stream with a 256-byte window
 //! (8 bits): asked for 8 it uses 512 (9) without saying so, which a peer holding only 256
@@ -136,7 +137,7 @@ pub struct Step<'a> {
 /// Streaming inflater of the client's compressed messages.
 ///
 /// The zlib context and the output chunk are allocated at the first compressed message and
-/// freed by [`Inflater::release`] between messages, unless context takeover requires keeping
+/// freed by [`Inflater::idle_tick`] between messages, unless context takeover requires keeping
 /// them.
 pub struct Inflater {
     window_bits: u8,
@@ -157,6 +158,8 @@ pub struct Inflater {
     /// The client's deflate stream ended (BFINAL) and nothing followed in this message: the
     /// tail is not fed (it would start a block of the next stream).
     stream_ended: bool,
+    /// A message began since the last [`Inflater::idle_tick`].
+    used: bool,
 }
 
 impl std::fmt::Debug for Inflater {
@@ -187,6 +190,7 @@ impl Inflater {
             frame_out: 0,
             tail_fed: 0,
             stream_ended: false,
+            used: false,
         }
     }
 
@@ -195,18 +199,26 @@ impl Inflater {
         self.ctx.is_some()
     }
 
-    /// Free the context between messages when no context is carried from one message to the
-    /// next (`client_no_context_takeover`). With context takeover the window is part of the
-    /// stream and must be kept for the life of the session.
-    pub fn release(&mut self) {
-        if self.reset_per_message {
-            self.ctx = None;
-            self.chunk = Vec::new();
+    /// The pump's idle timer (about once a second while this direction waits for data): free
+    /// the context if no message began since the previous tick and no context is carried from
+    /// one message to the next (`client_no_context_takeover`). With context takeover the window
+    /// is part of the stream and must be kept for the life of the session. Returns whether a
+    /// later tick may still free something.
+    pub fn idle_tick(&mut self) -> bool {
+        if !self.reset_per_message {
+            return false;
         }
+        if std::mem::take(&mut self.used) {
+            return self.ctx.is_some();
+        }
+        self.ctx = None;
+        self.chunk = Vec::new();
+        false
     }
 
     /// Start a compressed message.
     pub fn begin(&mut self, text: bool) {
+        self.used = true;
         self.text = text;
         self.utf8.reset();
         self.message_in = 0;
@@ -342,6 +354,8 @@ pub struct Deflater {
     reset_per_message: bool,
     ctx: Option<Box<Compress>>,
     scratch: Vec<u8>,
+    /// A message was compressed since the last [`Deflater::idle_tick`].
+    used: bool,
 }
 
 impl std::fmt::Debug for Deflater {
@@ -362,6 +376,7 @@ impl Deflater {
             reset_per_message: params.server_no_context_takeover,
             ctx: None,
             scratch: Vec::new(),
+            used: false,
         }
     }
 
@@ -369,21 +384,30 @@ impl Deflater {
         self.ctx.is_some()
     }
 
-    /// Free the context while the session idles, with or without context takeover (it is the
+    /// The pump's idle timer (about once a second while this direction waits for data): free
+    /// the context if no message was compressed since the previous tick, so after one to two
+    /// idle seconds; a busy session keeps it. Freed with or without context takeover (it is the
     /// largest per-session allocation a gateway makes, about 300 KiB at 15 window bits). Unlike
     /// the inflater's, the compressor's history is only an opportunity: each message ends on a
     /// byte boundary after a sync flush and never with a final block, so the next message can
     /// start a new deflate stream that simply refers to nothing before it, and the client's
     /// inflater, window kept, reads it as the continuation of its stream (RFC 7692 §7.2.3.1
     /// allows a compressor to use less than the negotiated history).
-    pub fn release(&mut self) {
+    ///
+    /// Returns whether a later tick may still free something.
+    pub fn idle_tick(&mut self) -> bool {
+        if std::mem::take(&mut self.used) {
+            return self.ctx.is_some();
+        }
         self.ctx = None;
         self.scratch = Vec::new();
+        false
     }
 
     /// Append one unfragmented frame holding `payload` compressed (RSV1 set), RFC 7692 §7.2.1:
     /// a sync flush, without the trailing `00 00 ff ff`.
     pub fn encode_frame(&mut self, out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+        self.used = true;
         let ctx = self.ctx.get_or_insert_with(|| {
             Box::new(Compress::new_with_window_bits(
                 Compression::new(COMPRESSION_LEVEL),
@@ -603,8 +627,14 @@ mod tests {
                 let got = inflate(&mut inf, false, &[&out[hlen..]]).unwrap();
                 assert_eq!(got, msg);
             }
-            def.release();
-            inf.release();
+            // The first tick after use keeps the contexts (the session is busy); the second
+            // frees what may be freed.
+            def.idle_tick();
+            inf.idle_tick();
+            assert!(def.is_allocated());
+            assert!(inf.is_allocated());
+            def.idle_tick();
+            inf.idle_tick();
             assert!(!def.is_allocated());
             assert_eq!(inf.is_allocated(), !reset);
         }
@@ -626,7 +656,8 @@ mod tests {
         let mut sizes = Vec::new();
         for release_before in [false, false, true, false] {
             if release_before {
-                def.release();
+                def.idle_tick();
+                def.idle_tick();
                 assert!(!def.is_allocated());
             }
             let mut out = BytesMut::new();

@@ -107,7 +107,7 @@ impl Target {
     }
 
     /// The `Host:` header value.
-    fn host_header(&self) -> String {
+    pub fn host_header(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -192,6 +192,11 @@ pub struct ConnectorOptions {
 }
 
 impl Connector {
+    /// The `--header` lines, as given ("Name: value").
+    pub fn extra_headers(&self) -> impl Iterator<Item = &str> {
+        self.headers.iter().map(String::as_str)
+    }
+
     pub fn new(target: Target, opts: ConnectorOptions) -> Result<Connector, String> {
         let tls = if target.scheme == Scheme::Wss {
             let provider = Arc::new(rustls::crypto::ring::default_provider());

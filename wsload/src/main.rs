@@ -25,6 +25,7 @@
 //! inflated to count them. `--text-json` sends JSON-like text, which compresses as real traffic.
 
 mod client;
+mod fallback;
 mod frames;
 mod procfs;
 
@@ -107,6 +108,10 @@ struct Args {
     /// Idle mode: each session sends one message (compressed with --deflate) after opening
     #[arg(long)]
     idle_send: bool,
+    /// Idle mode: open wsgate fallback sessions (HTTP streaming or long-polling) instead of
+    /// WebSocket ones, and hold them as a browser without WebSocket does
+    #[arg(long, value_enum, conflicts_with_all = ["http2", "deflate", "idle_send"])]
+    fallback: Option<fallback::Transport>,
     /// Messages outstanding per connection (echo)
     #[arg(short = 'k', long, default_value_t = 1)]
     in_flight: usize,
@@ -289,6 +294,8 @@ struct Shared {
     json_payload: bool,
     /// `--idle-send`: idle sessions send one message first.
     idle_send: bool,
+    /// `--fallback`: idle sessions use wsgate's fallback transport.
+    fallback: Option<fallback::Transport>,
     random_mask: bool,
     seed: u64,
     /// Sessions on which permessage-deflate was negotiated.
@@ -383,6 +390,10 @@ fn main() -> ExitCode {
         eprintln!("wsload: --http2 supports ws:// URLs in modes echo and idle");
         return ExitCode::from(2);
     }
+    if args.fallback.is_some() && (target.scheme != client::Scheme::Ws || args.mode != Mode::Idle) {
+        eprintln!("wsload: --fallback supports ws:// URLs in idle mode");
+        return ExitCode::from(2);
+    }
     if args.http2 && args.http2_connections == 0 {
         eprintln!("wsload: --http2-connections must be at least 1");
         return ExitCode::from(2);
@@ -442,6 +453,7 @@ fn main() -> ExitCode {
         text: args.text || args.text_json,
         json_payload: args.text_json,
         idle_send: args.idle_send,
+        fallback: args.fallback,
         random_mask: args.random_mask,
         seed,
         deflated: AtomicUsize::new(0),
@@ -1310,11 +1322,31 @@ async fn idle_conn(
     dropped: Arc<AtomicU64>,
 ) -> ConnResult {
     let res = ConnResult::new(false);
-    let mut rbuf = vec![0u8; SMALL_BUF];
     let permit = tokio::select! {
         p = gate.acquire() => p,
         _ = token.cancelled() => return res,
     };
+    if let Some(transport) = sh.fallback {
+        let opened = fallback::open(&sh.connector, transport).await;
+        drop(permit);
+        let session = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = opened_tx.send(Err(e)).await;
+                return res;
+            }
+        };
+        let _ = opened_tx.send(Ok(())).await;
+        drop(opened_tx);
+        tokio::select! {
+            _ = token.cancelled() => {}
+            _ = fallback::hold(&sh.connector, &session, transport) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        return res;
+    }
+    let mut rbuf = vec![0u8; SMALL_BUF];
     let opened = sh.connector.open_ext(&mut rbuf, sh.seed ^ id as u64).await;
     drop(permit);
     let (mut stream, rlen, deflate) = match opened {

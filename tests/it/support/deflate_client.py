@@ -4,7 +4,7 @@
 Usage: deflate_client.py BASE_URL CASE... where CASE is PATH or PATH:OPTIONS, OPTIONS being
 comma-separated client offer settings (cnct = client_no_context_takeover, snct =
 server_no_context_takeover, sbits=N, cbits=N, off = no compression offered) or `idle`: pause
-1.5 s before the last two messages, long enough for the gateway to free its idle compressor.
+2.5 s before the last two messages, long enough for the gateway to free its idle compressor.
 
 For each case it prints one JSON line: the path, the Sec-WebSocket-Extensions answer, how many
 data frames came back compressed (RSV1) and uncompressed, and whether every echo matched.
@@ -74,7 +74,7 @@ def run_case(base, case):
         for m in messages():
             if m == "pause":
                 if idle:
-                    time.sleep(1.5)
+                    time.sleep(2.5)
                 continue
             ws.send(m)
             got = ws.recv(timeout=10)
