@@ -96,8 +96,10 @@ struct Nginx {
 
 impl Nginx {
     /// nginx on `127.0.0.1:port` (chosen by the caller, who needs it first: it is the page's
-    /// origin) in front of `upstream`.
-    async fn start_on(port: u16, upstream: std::net::SocketAddr) -> Nginx {
+    /// origin) in front of `upstream`. With `buffering`, it holds a stream back as some proxies
+    /// do: it ignores `X-Accel-Buffering` and gzips the fallback's responses, and gzip keeps small
+    /// writes (heartbeats, short messages) until its buffer fills or the response ends.
+    async fn start_on(port: u16, upstream: std::net::SocketAddr, buffering: bool) -> Nginx {
         let exe = Path::new("/usr/sbin/nginx");
         assert!(
             exe.is_file(),
@@ -116,6 +118,17 @@ impl Nginx {
                 .expect("chmod");
         }
         let d = dir.path().display();
+        let buffering = if buffering {
+            concat!(
+                "proxy_buffering on;\n",
+                "            proxy_ignore_headers X-Accel-Buffering;\n",
+                "            gzip on;\n",
+                "            gzip_min_length 0;\n",
+                "            gzip_types application/x-wsgate-stream;"
+            )
+        } else {
+            ""
+        };
         let conf = format!(
             r#"daemon off;
 worker_processes 1;
@@ -135,6 +148,7 @@ http {{
             proxy_pass http://{upstream};
             proxy_http_version 1.1;
             proxy_set_header Host $http_host;
+            {buffering}
         }}
     }}
 }}
@@ -278,6 +292,7 @@ async fn poll_demo(
 /// A new tab that runs `script` before any script of every page it loads, navigated to `url`.
 async fn open_with_script(cdp: &mut Cdp, url: &str, script: &str) -> String {
     let session = cdp.new_tab().await;
+    cdp.call("Page.enable", json!({}), Some(&session)).await;
     cdp.call(
         "Page.addScriptToEvaluateOnNewDocument",
         json!({ "source": script }),
@@ -364,7 +379,7 @@ fn names_transport(line: &str, name: &str) -> bool {
 
 /// (a) A page without `WebSocket`: the demo's exchange goes through the fallback (streaming).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server"]
+#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
 async fn demo_page_without_websocket_uses_the_fallback() {
     let gw = start_demo_gateway(true, &[]).await;
     let browser = Chromium::launch().await;
@@ -388,16 +403,16 @@ async fn demo_page_without_websocket_uses_the_fallback() {
 /// (b) Through nginx as a plain HTTP/1.1 proxy (no Upgrade passed): the WebSocket attempt fails
 /// and the client falls back by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server"]
+#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
 async fn demo_page_through_a_proxy_without_upgrade_falls_back() {
     // The page's origin is nginx's, which the gateway allows: nginx's port is chosen first.
     let nginx_port = support::free_port();
     let gw = start_demo_gateway(true, &[format!("http://127.0.0.1:{nginx_port}")]).await;
-    let nginx = Nginx::start_on(nginx_port, gw.addr()).await;
+    let nginx = Nginx::start_on(nginx_port, gw.addr(), false).await;
     let browser = Chromium::launch().await;
     let mut cdp = Cdp::connect(&browser.ws_url).await;
     let url = format!("http://127.0.0.1:{}/", nginx.port);
-    let session = cdp.open(&url).await;
+    let session = open_with_script(&mut cdp, &url, "").await;
 
     let page = demo_exchange(&mut cdp, &session, &gw, &browser, "through nginx").await;
     println!("page: {page:?}");
@@ -416,6 +431,44 @@ async fn demo_page_through_a_proxy_without_upgrade_falls_back() {
     // The requests went through nginx: its access log has the fallback's POSTs.
     let access = nginx.access_log();
     assert!(access.contains("POST /demo"), "nginx access log:\n{access}");
+    browser.close(&mut cdp).await;
+}
+
+/// (b') Through a proxy that holds the stream back (gzip, `X-Accel-Buffering` ignored): no
+/// heartbeat arrives within `streamTimeout`, and the client moves to polling by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
+async fn demo_page_through_a_buffering_proxy_falls_back_to_polling() {
+    let nginx_port = support::free_port();
+    let gw = start_demo_gateway(true, &[format!("http://127.0.0.1:{nginx_port}")]).await;
+    let nginx = Nginx::start_on(nginx_port, gw.addr(), true).await;
+    let browser = Chromium::launch().await;
+    let mut cdp = Cdp::connect(&browser.ws_url).await;
+    let url = format!("http://127.0.0.1:{}/", nginx.port);
+    let session = open_with_script(&mut cdp, &url, "").await;
+
+    let page = demo_exchange(
+        &mut cdp,
+        &session,
+        &gw,
+        &browser,
+        "through a buffering nginx",
+    )
+    .await;
+    println!("page: {page:?}");
+    assert_eq!(
+        page.transport,
+        "polling",
+        "{page:?}\nnginx error log:\n{}",
+        nginx.error_log()
+    );
+
+    let (page, line) = close_and_access_line(&mut cdp, &session, &gw).await;
+    println!("access line: {line}");
+    assert!(page.status.starts_with("closed (code 1000"), "{page:?}");
+    assert!(names_transport(&line, "polling"), "{line}");
+    let access = nginx.access_log();
+    assert!(access.contains("GET /demo"), "nginx access log:\n{access}");
     browser.close(&mut cdp).await;
 }
 
@@ -602,7 +655,7 @@ const ROUND_TRIP_JS: &str = r#"(() => {
 /// (e) Text and binary messages make the round trip through the fallback (streaming and
 /// polling) to a TCP echo backend, exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server"]
+#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
 async fn fallback_round_trips_text_and_binary() {
     let echo = support::backends::echo().await;
     let dir = tempfile::tempdir().unwrap();
@@ -644,7 +697,7 @@ fallback_poll_timeout = "2s"
     let port = gw.addr().port();
     let browser = Chromium::launch().await;
     let mut cdp = Cdp::connect(&browser.ws_url).await;
-    let session = cdp.open(&format!("http://127.0.0.1:{port}/")).await;
+    let session = open_with_script(&mut cdp, &format!("http://127.0.0.1:{port}/"), "").await;
 
     let deadline = Instant::now() + PAGE_TIMEOUT;
     while cdp.eval_string(&session, ROUND_TRIP_JS).await.as_deref() != Some("started") {
