@@ -35,8 +35,8 @@ pub fn client_frame(out: &mut BytesMut, fin: bool, opcode: u8, payload: &[u8]) {
     out.reserve(14 + payload.len());
     out.extend_from_slice(&[(u8::from(fin) << 7) | opcode]);
     let len = payload.len();
-    if len < 126 {
-        out.extend_from_slice(&[0x80 | len as u8]);
+    if let Some(l) = u8::try_from(len).ok().filter(|&l| l < 126) {
+        out.extend_from_slice(&[0x80 | l]);
     } else if let Ok(l) = u16::try_from(len) {
         out.extend_from_slice(&[0x80 | 126]);
         out.extend_from_slice(&l.to_be_bytes());

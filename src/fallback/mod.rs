@@ -187,18 +187,6 @@ pub struct Limits {
     pub max_frame_size: u64,
 }
 
-impl Limits {
-    pub fn of(l: &crate::config::SessionLimits) -> Limits {
-        Limits {
-            session_timeout: l.fallback_session_timeout,
-            poll_timeout: l.fallback_poll_timeout,
-            buffer: l.fallback_buffer,
-            max_message_size: l.max_message_size,
-            max_frame_size: l.max_frame_size,
-        }
-    }
-}
-
 /// Why an acknowledgement was refused (`409`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckOutOfRange;

@@ -552,7 +552,13 @@ pub(super) async fn upgrade(
                 id,
                 route.path.clone(),
                 binding,
-                crate::fallback::Limits::of(&route.limits),
+                crate::fallback::Limits {
+                    session_timeout: route.limits.fallback_session_timeout,
+                    poll_timeout: route.limits.fallback_poll_timeout,
+                    buffer: route.limits.fallback_buffer,
+                    max_message_size: route.limits.max_message_size,
+                    max_frame_size: route.limits.max_frame_size,
+                },
                 *transport,
             );
             (ClientSide::Fallback(pipe, session.clone()), Some(session))
