@@ -568,6 +568,8 @@
         }
         if (this._stopped || outcome === 'over') return;
         if (outcome === 'ok') {
+          // A poll answered, or a stream that ended cleanly after delivering messages (the
+          // gateway ends a stream that carried half its buffer, to be acknowledged): again.
           failures = 0;
           continue;
         }
@@ -590,11 +592,12 @@
       }
     }
 
-    // One streaming request. Returns 'over' (the session ended), 'cut' (it worked, then ended),
-    // 'failed' (no heartbeat in time, no answer, or a proxy's error); throws Failure on a
-    // refusal.
+    // One streaming request. Returns 'over' (the session ended), 'ok' (it ended cleanly, between
+    // records, after delivering messages), 'cut' (it worked, then broke or went silent), 'failed'
+    // (no heartbeat in time, no answer, or a proxy's error); throws Failure on a refusal.
     async _stream() {
       const records = new RecordReader(this._maxMessage + 64);
+      const ackBefore = this._ack;
       let heard = false;
       let f;
       try {
@@ -612,7 +615,10 @@
         for (;;) {
           const { value, done } = await reader.read();
           if (this._stopped) return 'over';
-          if (done) return heard ? 'cut' : 'failed';
+          if (done) {
+            if (this._ack > ackBefore && records.pending === 0) return 'ok';
+            return heard ? 'cut' : 'failed';
+          }
           records.push(value);
           let rec;
           while ((rec = records.next()) !== null) {

@@ -687,8 +687,11 @@ backend = "{backend}"
 framing = "length-prefixed"
 fallback = true
 
+# A stream ends once it carried half of fallback_buffer (64 KiB here): the 100 KiB message
+# ends one, and the client opens the next.
 [limits]
-max_message_size = "1MiB"
+max_message_size = "128KiB"
+fallback_buffer = "128KiB"
 fallback_poll_timeout = "2s"
 "#
         ),
