@@ -691,6 +691,7 @@ fallback = true
 # ends one, and the client opens the next.
 [limits]
 max_message_size = "128KiB"
+max_frame_size = "128KiB"
 fallback_buffer = "128KiB"
 fallback_poll_timeout = "2s"
 "#
