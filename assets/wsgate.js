@@ -513,6 +513,8 @@
           body: body,
           cache: 'no-store',
           credentials: 'same-origin',
+          // Keeps the Origin header of a POST even on a page whose policy is no-referrer.
+          referrerPolicy: 'origin',
           redirect: 'error',
           signal: controller.signal,
         });
