@@ -3,7 +3,13 @@
 //! page has no `WebSocket` at all, and through a real nginx that does not pass `Upgrade` (the
 //! client's WebSocket attempt fails and it falls back by itself); a line typed into the page's
 //! input box reaching the greeter; text and binary messages (a 100 KiB one, non-ASCII text)
-//! making the round trip through the fallback to a TCP echo backend.
+//! making the round trip through the fallback to a TCP echo backend; a fallback page closed with
+//! 1001 when the gateway shuts down, and failing with 1006 after bounded retries when it is gone.
+//!
+//! The tests that use the fallback are ignored while the gateway refuses the browser's
+//! same-origin `GET` requests (stream, poll): browsers send no `Origin` header on those (Fetch
+//! standard: only cross-origin requests and non-GET/HEAD methods carry one), and the gateway asks
+//! for the open request's `Origin` on every request of a session.
 //!
 //! Chromium is `$CHROMIUM`, else `/usr/bin/chromium`; nginx is `/usr/sbin/nginx` (Debian package
 //! `nginx`). Both are installed by `./scripts/test.sh`; the tests fail, never skip, without them.
@@ -564,6 +570,59 @@ async fn demo_page_uses_websocket_when_it_can() {
     assert!(!names_transport(&line, "streaming"), "{line}");
     assert!(!names_transport(&line, "polling"), "{line}");
     browser.close(&mut cdp).await;
+}
+
+/// A fallback session, then the gateway ends: by SIGTERM (it closes sessions with 1001, which
+/// reaches the page as a clean close) or SIGKILL (nothing answers any more: the client retries a
+/// bounded number of times, then fires `error` and `close` 1006).
+async fn gateway_ends_under_a_fallback_page(signal: &str) -> (DemoPage, String) {
+    let mut gw = start_demo_gateway(true, &[]).await;
+    let browser = Chromium::launch().await;
+    let mut cdp = Cdp::connect(&browser.ws_url).await;
+    let url = format!("http://127.0.0.1:{}/", gw.addr().port());
+    let session = open_with_script(&mut cdp, &url, NO_WEBSOCKET).await;
+    let page = demo_exchange(&mut cdp, &session, &gw, &browser, signal).await;
+    assert_eq!(page.transport, "streaming", "{page:?}");
+    // Record the page's events from now on.
+    cdp.eval_string(
+        &session,
+        "(() => { window.__events = []; \
+         for (const t of ['error', 'close']) demoSocket.addEventListener(t, (e) => \
+           window.__events.push(t + (t === 'close' ? ':' + e.code + ':' + e.wasClean : ''))); \
+         return 'ok'; })()",
+    )
+    .await;
+    gw.signal(signal);
+    gw.wait_exit(Duration::from_secs(20)).await;
+    let (page, ok) = poll_demo(&mut cdp, &session, |p| p.status.starts_with("closed")).await;
+    assert!(
+        ok,
+        "{signal}: the page never reported its socket closed: {page:?}"
+    );
+    let events = cdp
+        .eval_string(&session, "window.__events.join(' ')")
+        .await
+        .unwrap_or_default();
+    browser.close(&mut cdp).await;
+    (page, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
+async fn fallback_page_is_closed_with_1001_when_the_gateway_shuts_down() {
+    let (page, events) = gateway_ends_under_a_fallback_page("TERM").await;
+    assert!(page.status.starts_with("closed (code 1001"), "{page:?}");
+    assert_eq!(events, "close:1001:true", "{page:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
+async fn fallback_page_fails_with_1006_when_the_gateway_is_gone() {
+    let (page, events) = gateway_ends_under_a_fallback_page("KILL").await;
+    assert_eq!(page.status, "closed (code 1006)", "{page:?}");
+    assert_eq!(events, "error close:1006:false", "{page:?}");
+    // It moved to polling when the stream broke, and retried that until it gave up.
+    assert_eq!(page.transport, "polling", "{page:?}");
 }
 
 /// The in-page round trips of (e): for each case, a `WsgateSocket` restricted to the given
