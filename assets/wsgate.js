@@ -426,6 +426,7 @@
           return;
         }
         this._ws = ws;
+        ws.binaryType = this._binaryType; // as set while it was connecting
         this._protocol = ws.protocol;
         this._extensions = ws.extensions;
         ws.onmessage = (e) => this._emit(new MessageEvent('message', { data: e.data, origin: e.origin }));
