@@ -625,8 +625,9 @@ async fn fallback_page_fails_with_1006_when_the_gateway_is_gone() {
     assert_eq!(page.transport, "polling", "{page:?}");
 }
 
-/// The in-page round trips of (e): for each case, a `WsgateSocket` restricted to the given
-/// transports (no WebSocket) sends a 100 KiB ArrayBuffer, a non-ASCII text, and a small Blob,
+/// The in-page round trips of (e) (`RUNS` and `TEXT` are defined at its top by
+/// [`round_trips`]): for each case of `RUNS` (`[path, transports, kind]`), a
+/// `WsgateSocket` restricted to the given transports sends a 100 KiB ArrayBuffer, a non-ASCII text, and a small Blob,
 /// with `binaryType = "arraybuffer"`, and checks what comes back. `raw` routes give bytes back
 /// in TCP's pieces (compared as one byte string); `lp` (length-prefixed) routes give each
 /// message back whole, with its type.
@@ -636,7 +637,6 @@ const ROUND_TRIP_JS: &str = r#"(() => {
   window.__e = 'pending';
   const BIN = new Uint8Array(100 * 1024);
   for (let i = 0; i < BIN.length; i++) BIN[i] = (i * 7 + 3) % 251;
-  const TEXT = '\uFEFFhéllo wörld ✓ 日本語 🚀 \u0000 end';
   const TEXT_BYTES = new TextEncoder().encode(TEXT);
   const BLOB = new Uint8Array([0, 255, 128]);
   const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
@@ -699,10 +699,7 @@ const ROUND_TRIP_JS: &str = r#"(() => {
   (async () => {
     try {
       const out = [];
-      out.push(await run('/raw', ['streaming', 'polling'], 'raw'));
-      out.push(await run('/lp', ['streaming', 'polling'], 'lp'));
-      out.push(await run('/lp', ['polling'], 'lp'));
-      out.push(await run('/raw', ['polling'], 'raw'));
+      for (const [path, transports, kind] of RUNS) out.push(await run(path, transports, kind));
       window.__e = JSON.stringify(out);
     } catch (err) {
       window.__e = 'error: ' + err;
@@ -711,11 +708,14 @@ const ROUND_TRIP_JS: &str = r#"(() => {
   return 'started';
 })()"#;
 
-/// (e) Text and binary messages make the round trip through the fallback (streaming and
-/// polling) to a TCP echo backend, exactly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
-async fn fallback_round_trips_text_and_binary() {
+/// The non-ASCII text of [`ROUND_TRIP_JS`].
+const ROUND_TRIP_TEXT: &str = "\u{FEFF}héllo wörld ✓ 日本語 🚀 \u{0000} end";
+
+/// Run [`ROUND_TRIP_JS`] with `runs` (path, transports, kind) in Chromium against a gateway with
+/// a raw route `/raw` and a length-prefixed route `/lp` to one TCP echo backend, both with
+/// `fallback = true`; the result of each run, and the gateway's log once every session's access
+/// line is written.
+async fn round_trips(runs: &[(&str, &[&str], &str)]) -> (Vec<Value>, String) {
     let echo = support::backends::echo().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("www")).unwrap();
@@ -762,8 +762,16 @@ fallback_poll_timeout = "2s"
     let mut cdp = Cdp::connect(&browser.ws_url).await;
     let session = open_with_script(&mut cdp, &format!("http://127.0.0.1:{port}/"), "").await;
 
+    let js = ROUND_TRIP_JS.replace(
+        "(() => {",
+        &format!(
+            "(() => {{\n  const RUNS = {};\n  const TEXT = {};",
+            json!(runs),
+            json!(ROUND_TRIP_TEXT)
+        ),
+    );
     let deadline = Instant::now() + PAGE_TIMEOUT;
-    while cdp.eval_string(&session, ROUND_TRIP_JS).await.as_deref() != Some("started") {
+    while cdp.eval_string(&session, &js).await.as_deref() != Some("started") {
         assert!(
             Instant::now() < deadline,
             "the page never started (is /wsgate.js served?)\n{}",
@@ -771,7 +779,7 @@ fallback_poll_timeout = "2s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(30 * runs.len() as u64);
     let result = loop {
         let state = cdp
             .eval_string(&session, "window.__e")
@@ -788,71 +796,90 @@ fallback_poll_timeout = "2s"
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!("{result}");
-    let runs: Vec<Value> = serde_json::from_str(&result).unwrap_or_else(|e| {
+    let results: Vec<Value> = serde_json::from_str(&result).unwrap_or_else(|e| {
         panic!(
             "{e}: {result}\ngateway log:\n{}\nchromium stderr (tail):\n{}",
             gw.logs(),
             browser.stderr_tail()
         )
     });
-    assert_eq!(runs.len(), 4, "{result}");
-    let text_bytes = "\u{FEFF}héllo wörld ✓ 日本語 🚀 \u{0000} end".len() as u64;
-    let sent = 100 * 1024 + text_bytes + 3;
+    assert_eq!(results.len(), runs.len(), "{result}");
+    let logs = gw
+        .wait_for_count("session closed", runs.len(), Duration::from_secs(10))
+        .await;
+    browser.close(&mut cdp).await;
+    (results, logs)
+}
+
+/// Checks common to every run of [`ROUND_TRIP_JS`]: the bytes came back exactly, the socket
+/// used `transport`, refused an early send, and closed cleanly with 1000.
+fn check_run(run: &Value, transport: &str, logs: &str) {
+    let what = format!("{run}\ngateway log:\n{logs}");
+    assert_eq!(run["ok"], json!(true), "{what}");
+    assert_eq!(run["openTransport"], json!(transport), "{what}");
+    assert_eq!(run["transport"], json!(transport), "{what}");
+    assert_eq!(run["sendBeforeOpen"], json!("InvalidStateError"), "{what}");
+    assert_eq!(run["bufferedAfter"], json!(0), "{what}");
+    assert_eq!(run["closeCode"], json!(1000), "{what}");
+    assert_eq!(run["wasClean"], json!(true), "{what}");
+    assert_eq!(run["readyState"], json!(3), "{what}");
+    if run["path"] == json!("/lp") {
+        // The length-prefixed route gave each message back whole, with its type.
+        assert_eq!(
+            run["received"],
+            json!([
+                "binary:102400",
+                format!("text:{}", ROUND_TRIP_TEXT.encode_utf16().count()),
+                "binary:3"
+            ]),
+            "{what}"
+        );
+    }
+}
+
+/// Access lines naming `transport`.
+fn count_transport(logs: &str, transport: &str) -> usize {
+    logs.lines()
+        .filter(|l| l.contains("session closed") && names_transport(l, transport))
+        .count()
+}
+
+/// (e) Text and binary messages make the round trip through the fallback (streaming and
+/// polling) to a TCP echo backend, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
+async fn fallback_round_trips_text_and_binary() {
+    let both: &[&str] = &["streaming", "polling"];
+    let (runs, logs) = round_trips(&[
+        ("/raw", both, "raw"),
+        ("/lp", both, "lp"),
+        ("/lp", &["polling"], "lp"),
+        ("/raw", &["polling"], "raw"),
+    ])
+    .await;
+    let sent = (100 * 1024 + ROUND_TRIP_TEXT.len() + 3) as u64;
     for (run, transport) in runs
         .iter()
         .zip(["streaming", "streaming", "polling", "polling"])
     {
-        let what = format!("{run}\ngateway log:\n{}", gw.logs());
-        assert_eq!(run["ok"], json!(true), "{what}");
-        assert_eq!(run["openTransport"], json!(transport), "{what}");
-        assert_eq!(run["transport"], json!(transport), "{what}");
-        assert_eq!(run["sendBeforeOpen"], json!("InvalidStateError"), "{what}");
+        check_run(run, transport, &logs);
         // Queued while the first request was on its way: all of it counted.
-        assert_eq!(run["bufferedAtSend"], json!(sent), "{what}");
-        assert_eq!(run["bufferedAfter"], json!(0), "{what}");
-        assert_eq!(run["closeCode"], json!(1000), "{what}");
-        assert_eq!(run["wasClean"], json!(true), "{what}");
-        assert_eq!(run["readyState"], json!(3), "{what}");
+        assert_eq!(run["bufferedAtSend"], json!(sent), "{run}");
+        assert_eq!(run["transportEvents"], json!([]), "{run}");
     }
-    // The length-prefixed route gave each message back whole, with its type.
-    assert_eq!(
-        runs[1]["received"],
-        json!([
-            "binary:102400",
-            format!(
-                "text:{}",
-                "\u{FEFF}héllo wörld ✓ 日本語 🚀 \u{0000} end"
-                    .encode_utf16()
-                    .count()
-            ),
-            "binary:3"
-        ]),
-        "{result}"
-    );
+    assert_eq!(count_transport(&logs, "streaming"), 2, "{logs}");
+    assert_eq!(count_transport(&logs, "polling"), 2, "{logs}");
+}
 
-    // Four sessions, each access line naming its transport.
-    let logs = gw
-        .wait_for_count("session closed", 4, Duration::from_secs(10))
-        .await;
-    let closed: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("session closed"))
-        .collect();
-    assert_eq!(
-        closed
-            .iter()
-            .filter(|l| names_transport(l, "streaming"))
-            .count(),
-        2,
-        "{closed:#?}"
-    );
-    assert_eq!(
-        closed
-            .iter()
-            .filter(|l| names_transport(l, "polling"))
-            .count(),
-        2,
-        "{closed:#?}"
-    );
-    browser.close(&mut cdp).await;
+/// The same round trips over the WebSocket transport (the client hands the messages to the
+/// browser's WebSocket and passes its events on, `binaryType` included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_transport_round_trips_text_and_binary() {
+    let ws: &[&str] = &["websocket"];
+    let (runs, logs) = round_trips(&[("/raw", ws, "raw"), ("/lp", ws, "lp")]).await;
+    for run in &runs {
+        check_run(run, "websocket", &logs);
+    }
+    assert_eq!(count_transport(&logs, "streaming"), 0, "{logs}");
+    assert_eq!(count_transport(&logs, "polling"), 0, "{logs}");
 }
