@@ -442,3 +442,76 @@ async fn the_client_script_is_served_and_its_path_is_reserved() {
     .to_string();
     assert!(e.contains("route[0].path"), "{e}");
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_poll_stalls_the_backend_and_loses_nothing() {
+    const TOTAL: u64 = 24 * 1024 * 1024;
+    const CHUNK: usize = 16 * 1024;
+    let (stall_tx, stall_rx) = tokio::sync::oneshot::channel();
+    let stall_tx = Arc::new(std::sync::Mutex::new(Some(stall_tx)));
+    let backend = Backend::spawn(move |mut s: TcpStream| {
+        let stall_tx = stall_tx.clone();
+        async move {
+            let mut written = 0u64;
+            while written < TOTAL {
+                let chunk: Vec<u8> = (written..written + CHUNK as u64)
+                    .map(|i| (i % 251) as u8)
+                    .collect();
+                let mut fut = std::pin::pin!(s.write_all(&chunk));
+                let r = match tokio::time::timeout(Duration::from_millis(500), &mut fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        if let Some(tx) = stall_tx.lock().unwrap().take() {
+                            let _ = tx.send(written);
+                        }
+                        fut.await
+                    }
+                };
+                if r.is_err() {
+                    return;
+                }
+                written += CHUNK as u64;
+            }
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&config(
+        &backend.config_addr(),
+        "",
+        "max_message_size = \"64KiB\"\nmax_frame_size = \"64KiB\"\nfallback_buffer = \"256KiB\"\nfallback_poll_timeout = \"2s\"",
+    ))
+    .await;
+    let mut c = client(&gw);
+    assert_eq!(c.open("polling").await.0, 200);
+    let at_stall = tokio::time::timeout(WAIT, stall_rx)
+        .await
+        .expect("the backend's writes stalled while the client did not poll")
+        .unwrap();
+    // The buffer (256 KiB), the pipe, the pump's buffers and the loopback socket buffers: far
+    // less than what the backend had to send.
+    assert!(
+        at_stall < 16 * 1024 * 1024,
+        "the gateway read {at_stall} bytes"
+    );
+    let mut ack = 0;
+    let mut got = 0u64;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while got < TOTAL {
+            let (status, mut bytes, cut) = c.poll(ack).await.unwrap();
+            assert_eq!((status, cut), (200, false));
+            for (kind, payload) in fb::take_records(&mut bytes) {
+                assert_eq!(kind, fb::BINARY);
+                for b in payload {
+                    assert_eq!(b, (got % 251) as u8, "byte {got}");
+                    got += 1;
+                }
+                ack += 1;
+            }
+        }
+    })
+    .await
+    .expect("everything arrived in time");
+    assert_eq!(got, TOTAL);
+}
