@@ -5,7 +5,9 @@
 //! `max_frame_size` are fragmented). Server -> client: frames become records in the session's
 //! buffer; while the buffer is full the adapter stops reading the pipe, so the pump stops
 //! reading the backend (backpressure, as with a WebSocket client that does not read). Pings are
-//! answered here; a Close is queued as the last record and answered.
+//! answered here, by a writer of their own ([`control_writer`]) so that a send blocked by a
+//! backend that does not read never stops the reader side; a Close is queued as the last record
+//! and answered the same way.
 
 use std::sync::Arc;
 
@@ -13,7 +15,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf};
 
 use super::records::{self, Kind};
-use super::Session;
+use super::{Session, Up};
 
 /// Bytes the duplex pipe holds in each direction.
 pub const PIPE_BYTES: usize = 64 * 1024;
@@ -112,6 +114,8 @@ pub async fn run(session: Arc<Session>, reader: ReadHalf<DuplexStream>) {
     session.up.lock().await.writer = None;
     session.down().ended = true;
     session.notify();
+    // The control writer sees the pipe gone and ends.
+    session.control_ready.notify_one();
 }
 
 async fn read_frames(session: &Session, mut reader: ReadHalf<DuplexStream>) {
@@ -131,23 +135,21 @@ async fn read_frames(session: &Session, mut reader: ReadHalf<DuplexStream>) {
             let payload = buf.split_to(f.len);
             match f.opcode {
                 OP_PING => {
+                    // Never written from here: a send blocked by a backend that does not read
+                    // holds the pipe, and this side must keep reading the session meanwhile.
                     let mut pong = BytesMut::new();
                     client_frame(&mut pong, true, OP_PONG, &payload);
-                    if write_frames(session, &pong).await.is_err() {
-                        return;
-                    }
+                    session.control().pong = Some(pong);
+                    session.control_ready.notify_one();
                 }
                 OP_PONG => {}
                 OP_CLOSE => {
                     queue(session, Kind::Close, &payload).await;
-                    let answered = session.up.lock().await.closed;
-                    if !answered {
-                        // RFC 6455 §5.5.1: echo the status code.
-                        let mut close = BytesMut::new();
-                        client_frame(&mut close, true, OP_CLOSE, payload.get(..2).unwrap_or(&[]));
-                        let _ = write_frames(session, &close).await;
-                        session.up.lock().await.closed = true;
-                    }
+                    // RFC 6455 §5.5.1: echo the status code (unless the client closed first).
+                    let mut close = BytesMut::new();
+                    client_frame(&mut close, true, OP_CLOSE, payload.get(..2).unwrap_or(&[]));
+                    session.control().close = Some(close);
+                    session.control_ready.notify_one();
                 }
                 op => {
                     let kind = match op {
@@ -180,14 +182,46 @@ async fn read_frames(session: &Session, mut reader: ReadHalf<DuplexStream>) {
     }
 }
 
-/// Write frames to the session (client -> server).
-pub async fn write_frames(session: &Session, frames: &[u8]) -> std::io::Result<()> {
-    let mut up = session.up.lock().await;
+/// Write the control frames the reader side owes the session, whenever no send holds the
+/// pipe. Ends when the adapter let go of the pipe.
+pub async fn control_writer(session: Arc<Session>) {
+    loop {
+        session.control_ready.notified().await;
+        let mut up = session.up.lock().await;
+        if up.writer.is_none() {
+            return;
+        }
+        if write_control(&session, &mut up).await.is_err() {
+            up.writer = None;
+            up.closed = true;
+            return;
+        }
+    }
+}
+
+/// Write the pending control frames (the caller holds the pipe): a Pong unless the client has
+/// closed, the answer to the session's Close unless the client closed first.
+pub async fn write_control(session: &Session, up: &mut Up) -> std::io::Result<()> {
+    let frames = {
+        let mut c = session.control();
+        let mut frames = BytesMut::new();
+        if let Some(pong) = c.pong.take().filter(|_| !up.closed) {
+            frames.extend_from_slice(&pong);
+        }
+        if let Some(close) = c.close.take().filter(|_| !up.closed) {
+            frames.extend_from_slice(&close);
+            up.closed = true;
+        }
+        frames
+    };
+    if frames.is_empty() {
+        return Ok(());
+    }
     let w = up
         .writer
         .as_mut()
         .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-    w.write_all(frames).await?;
+    w.write_all(&frames).await?;
     w.flush().await
 }
 
@@ -201,15 +235,21 @@ async fn queue(session: &Session, kind: Kind, payload: &[u8]) {
         rx.borrow_and_update();
         {
             let mut d = session.down();
-            if kind == Kind::Close || d.has_room(record.len(), session.limits.buffer) {
+            // While the gateway drains, the messages before the Close record are bounded by
+            // what the pump had in flight (it reads no more from the backend).
+            if kind == Kind::Close
+                || session.draining.is_cancelled()
+                || d.has_room(record.len(), session.limits.buffer)
+            {
                 d.push(record, kind == Kind::Close);
                 drop(d);
                 session.notify();
                 return;
             }
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            () = session.draining.cancelled() => {}
         }
     }
 }

@@ -16,6 +16,12 @@ pub enum Body {
     Full(Full<Bytes>),
     /// Chunks as they come; the body ends when the sender is dropped.
     Stream(mpsc::Receiver<Bytes>),
+    /// A body, and what lives until the connection is done with it (a fallback request's place
+    /// among its session's requests in flight).
+    Held {
+        body: Box<Body>,
+        _hold: Box<dyn std::any::Any + Send>,
+    },
 }
 
 impl From<Full<Bytes>> for Body {
@@ -35,6 +41,7 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Full(b) => Pin::new(b).poll_frame(cx),
             Body::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c)))),
+            Body::Held { body: b, .. } => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -42,6 +49,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(b) => b.is_end_stream(),
             Body::Stream(_) => false,
+            Body::Held { body: b, .. } => b.is_end_stream(),
         }
     }
 
@@ -49,6 +57,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(b) => b.size_hint(),
             Body::Stream(_) => SizeHint::default(),
+            Body::Held { body: b, .. } => b.size_hint(),
         }
     }
 }

@@ -104,12 +104,14 @@ pub fn start(
     binding: Binding,
     limits: Limits,
     transport: Transport,
+    ties: super::Ties,
 ) -> (Arc<Session>, tokio::io::DuplexStream) {
     let (client, server) = tokio::io::duplex(adapter::PIPE_BYTES);
     let (r, w) = tokio::io::split(client);
-    let session = Arc::new(Session::new(id, route, binding, limits, transport, w));
+    let session = Arc::new(Session::new(id, route, binding, limits, transport, w, ties));
     table.insert(session.clone());
     tokio::spawn(adapter::run(session.clone(), r));
+    tokio::spawn(adapter::control_writer(session.clone()));
     tokio::spawn(session.clone().janitor(table.clone()));
     (session, server)
 }
@@ -123,7 +125,8 @@ fn header_u64(headers: &HeaderMap, name: &str, missing: &'static str) -> Result<
 }
 
 /// Answer a `stream`, `poll` or `send` of a session on route `route` (whose Origin check the
-/// request passed). `hold` lives as long as the answer (an HTTP/2 stream's place).
+/// request passed). `hold` lives as long as the answer (an HTTP/2 stream's place): until the
+/// connection is done with its body.
 pub async fn serve(
     table: &Table,
     route: &str,
@@ -230,11 +233,14 @@ async fn down(
     let poll_timeout = session.limits.poll_timeout;
     if streaming {
         let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(stream(session, generation, ack, tx, hold));
+        tokio::spawn(stream(session, generation, ack, tx));
         return Ok(answer(
             StatusCode::OK,
             STREAM_CONTENT_TYPE,
-            Body::Stream(rx),
+            Body::Held {
+                body: Box::new(Body::Stream(rx)),
+                _hold: hold,
+            },
         ));
     }
     let deadline = Instant::now() + poll_timeout;
@@ -254,7 +260,10 @@ async fn down(
                 return Ok(answer(
                     StatusCode::OK,
                     STREAM_CONTENT_TYPE,
-                    Body::Full(Full::new(bytes.freeze())),
+                    Body::Held {
+                        body: Box::new(Body::Full(Full::new(bytes.freeze()))),
+                        _hold: hold,
+                    },
                 ));
             }
             if d.ended() {
@@ -269,11 +278,13 @@ async fn down(
             () = tokio::time::sleep_until(deadline) => break,
         }
     }
-    drop(hold);
     Ok(answer(
         StatusCode::OK,
         STREAM_CONTENT_TYPE,
-        Body::Full(Full::default()),
+        Body::Held {
+            body: Box::new(Body::Full(Full::default())),
+            _hold: hold,
+        },
     ))
 }
 
@@ -282,14 +293,7 @@ async fn down(
 /// arrives, when the client goes away, or after carrying half of `fallback_buffer` (the
 /// messages it carried are still unacknowledged: the client opens the next down request with
 /// its acknowledgement, which frees them).
-async fn stream(
-    session: Arc<Session>,
-    generation: u64,
-    mut next: u64,
-    tx: mpsc::Sender<Bytes>,
-    hold: Box<dyn Any + Send>,
-) {
-    let _hold = hold;
+async fn stream(session: Arc<Session>, generation: u64, mut next: u64, tx: mpsc::Sender<Bytes>) {
     let poll_timeout = session.limits.poll_timeout;
     let budget = (session.limits.buffer / 2).max(1);
     let mut carried = 0u64;
@@ -321,7 +325,9 @@ async fn stream(
                 }
                 next += count;
                 carried += bytes.len() as u64;
-                let last = close || carried >= budget;
+                // While the gateway drains, the client cannot open the next request: this one
+                // carries everything up to the Close record.
+                let last = close || (carried >= budget && !session.draining.is_cancelled());
                 tokio::select! {
                     r = tx.send(bytes.freeze()) => if r.is_err() { return },
                     () = newer(&session, generation) => return,
@@ -390,10 +396,16 @@ async fn send(
             let Some(op) = opcode_of(r.kind) else {
                 continue;
             };
+            // A Pong owed meanwhile goes first (between messages, never inside one).
+            let mut failed = adapter::write_control(&session, &mut up).await.is_err();
+            if up.closed {
+                // The session's Close was just answered: nothing more is passed on.
+                continue;
+            }
             let mut frames = BytesMut::new();
             client_message(&mut frames, op, &r.payload, max_frame);
             up.closed |= r.kind == Kind::Close;
-            let failed = match up.writer.as_mut() {
+            failed |= match up.writer.as_mut() {
                 None => true,
                 Some(w) => {
                     use tokio::io::AsyncWriteExt;

@@ -315,6 +315,33 @@ pub struct Session {
     /// Cancelled when the client stopped polling: the adapter lets go of the pipe.
     pub(crate) stop: CancellationToken,
     timed_out: AtomicBool,
+    /// Cancelled when the gateway drains: what is left goes out in the responses in flight
+    /// (the client cannot make new requests), so a stream no longer ends at its budget and the
+    /// last messages before the Close record no longer wait for room.
+    pub(crate) draining: CancellationToken,
+    /// What the session holds until it leaves the table (its place in the connection counts),
+    /// so that ended sessions waiting for their client are bounded like open ones.
+    claim: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// Frames the adapter's reader side owes the session (a Pong, the answer to a Close), written
+    /// by the adapter's writer; never more than one Pong and one Close.
+    pub(crate) control: Mutex<Control>,
+    pub(crate) control_ready: tokio::sync::Notify,
+}
+
+/// What ties a session to the gateway: its drain signal, and what it holds until it leaves the
+/// table (see [`Session`]).
+pub struct Ties {
+    pub draining: CancellationToken,
+    pub claim: Box<dyn std::any::Any + Send>,
+}
+
+/// Control frames waiting to be written to the session (client -> server).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// The Pong for the latest Ping (RFC 6455 §5.5.3: answering only the latest is allowed).
+    pub(crate) pong: Option<BytesMut>,
+    /// The Close that answers the session's Close.
+    pub(crate) close: Option<BytesMut>,
 }
 
 impl Session {
@@ -325,6 +352,7 @@ impl Session {
         limits: Limits,
         transport: Transport,
         writer: WriteHalf<DuplexStream>,
+        ties: Ties,
     ) -> Session {
         Session {
             id,
@@ -346,7 +374,15 @@ impl Session {
             }),
             stop: CancellationToken::new(),
             timed_out: AtomicBool::new(false),
+            draining: ties.draining,
+            claim: Mutex::new(Some(ties.claim)),
+            control: Mutex::new(Control::default()),
+            control_ready: tokio::sync::Notify::new(),
         }
+    }
+
+    pub(crate) fn control(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn binding(&self) -> &Binding {
@@ -388,13 +424,14 @@ impl Session {
     }
 
     /// Resolves once the close record went out in a response (or the session ended without
-    /// one).
+    /// one) and the connections are done with every response of the session.
     pub async fn delivered(&self) {
         let mut rx = self.watch();
         loop {
+            rx.borrow_and_update();
             {
                 let d = self.down();
-                if d.delivered || (d.ended && !d.closed) {
+                if (d.delivered || (d.ended && !d.closed)) && self.activity().in_flight == 0 {
                     return;
                 }
             }
@@ -422,6 +459,7 @@ impl Session {
             let expired = idle && Instant::now() >= deadline;
             if ended && (acked || expired) {
                 table.remove(&self.id);
+                self.claim.lock().unwrap_or_else(|e| e.into_inner()).take();
                 return;
             }
             if expired && !self.timed_out() {

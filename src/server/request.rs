@@ -560,6 +560,12 @@ pub(super) async fn upgrade(
                     max_frame_size: route.limits.max_frame_size,
                 },
                 *transport,
+                crate::fallback::Ties {
+                    draining: gw.shutdown.child_token(),
+                    // Its place in the connection counts lasts until the session leaves the
+                    // table: ended sessions waiting for their client are bounded like open ones.
+                    claim: Box::new(conn.guard.clone()),
+                },
             );
             (ClientSide::Fallback(pipe, session.clone()), Some(session))
         }
@@ -591,7 +597,12 @@ pub(super) async fn upgrade(
         claims,
         shutdown: gw.shutdown.child_token(),
         http_version: conn.http_version(),
-        stream: conn.streams.as_ref().map(super::h2::Streams::open),
+        // A fallback session does not live on the stream that opened it.
+        stream: conn
+            .streams
+            .as_ref()
+            .filter(|_| fallback.is_none())
+            .map(super::h2::Streams::open),
     };
     let mut resp = match accepted {
         Opening::Fallback(..) => {

@@ -442,3 +442,497 @@ async fn the_client_script_is_served_and_its_path_is_reserved() {
     .to_string();
     assert!(e.contains("route[0].path"), "{e}");
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_poll_stalls_the_backend_and_loses_nothing() {
+    const TOTAL: u64 = 24 * 1024 * 1024;
+    const CHUNK: usize = 16 * 1024;
+    let (stall_tx, stall_rx) = tokio::sync::oneshot::channel();
+    let stall_tx = Arc::new(std::sync::Mutex::new(Some(stall_tx)));
+    let backend = Backend::spawn(move |mut s: TcpStream| {
+        let stall_tx = stall_tx.clone();
+        async move {
+            let mut written = 0u64;
+            while written < TOTAL {
+                let chunk: Vec<u8> = (written..written + CHUNK as u64)
+                    .map(|i| (i % 251) as u8)
+                    .collect();
+                let mut fut = std::pin::pin!(s.write_all(&chunk));
+                let r = match tokio::time::timeout(Duration::from_millis(500), &mut fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        if let Some(tx) = stall_tx.lock().unwrap().take() {
+                            let _ = tx.send(written);
+                        }
+                        fut.await
+                    }
+                };
+                if r.is_err() {
+                    return;
+                }
+                written += CHUNK as u64;
+            }
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&config(
+        &backend.config_addr(),
+        "",
+        "max_message_size = \"64KiB\"\nmax_frame_size = \"64KiB\"\nfallback_buffer = \"256KiB\"\nfallback_poll_timeout = \"2s\"",
+    ))
+    .await;
+    let mut c = client(&gw);
+    assert_eq!(c.open("polling").await.0, 200);
+    let at_stall = tokio::time::timeout(WAIT, stall_rx)
+        .await
+        .expect("the backend's writes stalled while the client did not poll")
+        .unwrap();
+    // The buffer (256 KiB), the pipe, the pump's buffers and the loopback socket buffers: far
+    // less than what the backend had to send.
+    assert!(
+        at_stall < 16 * 1024 * 1024,
+        "the gateway read {at_stall} bytes"
+    );
+    let mut ack = 0;
+    let mut got = 0u64;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while got < TOTAL {
+            let (status, mut bytes, cut) = c.poll(ack).await.unwrap();
+            assert_eq!((status, cut), (200, false));
+            for (kind, payload) in fb::take_records(&mut bytes) {
+                assert_eq!(kind, fb::BINARY);
+                for b in payload {
+                    assert_eq!(b, (got % 251) as u8, "byte {got}");
+                    got += 1;
+                }
+                ack += 1;
+            }
+        }
+    })
+    .await
+    .expect("everything arrived in time");
+    assert_eq!(got, TOTAL);
+}
+
+/// One fallback request over an HTTP/2 connection: the status and the body stream.
+async fn h2_request(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    method: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (u16, h2::RecvStream) {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri("https://localhost/f")
+        .header("origin", ORIGIN);
+    for (k, v) in headers {
+        b = b.header(*k, v.as_str());
+    }
+    let mut c = client.clone().ready().await.expect("a stream slot");
+    let (resp, mut send) = c
+        .send_request(b.body(()).unwrap(), body.is_empty())
+        .expect("request sent");
+    if !body.is_empty() {
+        send.reserve_capacity(body.len());
+        send.send_data(bytes::Bytes::from(body), true).unwrap();
+    }
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    (resp.status().as_u16(), resp.into_body())
+}
+
+/// Read an HTTP/2 body's records until `want` messages arrived or it ends.
+async fn h2_records(body: &mut h2::RecvStream, want: usize) -> Vec<(u8, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < want {
+        let Some(Ok(d)) = tokio::time::timeout(WAIT, body.data())
+            .await
+            .expect("records in time")
+        else {
+            break;
+        };
+        let _ = body.flow_control().release_capacity(d.len());
+        buf.extend_from_slice(&d);
+        out.extend(
+            fb::take_records(&mut buf)
+                .into_iter()
+                .filter(|r| r.0 != fb::HEARTBEAT),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn open_stream_send_and_poll_share_one_http2_connection_over_tls_and_h2c() {
+    let echo = backends::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = crate::support::write_cert(dir.path());
+    let gw = TestGateway::start_in(
+        dir,
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\n\n[[listener]]\nbind = \"127.0.0.1:0\"\nhttp2 = true\n\n[[route]]\npath = \"/f\"\nbackend = \"{}\"\nfallback = true\nallowed_origins = [\"{ORIGIN}\"]\n",
+            echo.config_addr()
+        ),
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    const SESSIONS: usize = 3;
+    for (n, over_tls) in [true, false].into_iter().enumerate() {
+        let tcp = TcpStream::connect(gw.addrs[usize::from(!over_tls)])
+            .await
+            .unwrap();
+        let client = if over_tls {
+            let io = tls
+                .connect(
+                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                    tcp,
+                )
+                .await
+                .unwrap();
+            assert_eq!(io.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            let (client, conn) = h2::client::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            client
+        } else {
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            client
+        };
+        // Several sessions at once on the one connection: even ones stream, odd ones poll.
+        let mut sessions = Vec::new();
+        for i in 0..SESSIONS {
+            let transport = if i % 2 == 0 { "streaming" } else { "polling" };
+            let h = [
+                ("wsgate-fallback", "open".to_string()),
+                ("wsgate-transport", transport.to_string()),
+            ];
+            let (status, mut body) = h2_request(&client, "POST", &h, Vec::new()).await;
+            assert_eq!(status, 200);
+            let mut json = Vec::new();
+            while let Some(Ok(d)) = body.data().await {
+                json.extend_from_slice(&d);
+            }
+            let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            sessions.push(v["session"].as_str().unwrap().to_string());
+        }
+        let mut streams = Vec::new();
+        for (i, id) in sessions.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            let h = [
+                ("wsgate-fallback", "stream".to_string()),
+                ("wsgate-session", id.clone()),
+                ("wsgate-ack", "0".to_string()),
+            ];
+            let (status, body) = h2_request(&client, "GET", &h, Vec::new()).await;
+            assert_eq!(status, 200);
+            streams.push((i, body));
+        }
+        let send = |id: String, seq: u64, kind: u8, payload: Vec<u8>| {
+            let client = client.clone();
+            async move {
+                let mut rec = Vec::new();
+                fb::record(&mut rec, kind, &payload);
+                let h = [
+                    ("wsgate-fallback", "send".to_string()),
+                    ("wsgate-session", id),
+                    ("wsgate-seq", seq.to_string()),
+                ];
+                let (status, _) = h2_request(&client, "POST", &h, rec).await;
+                assert_eq!(status, 200);
+            }
+        };
+        for (i, id) in sessions.iter().enumerate() {
+            send(id.clone(), 0, fb::TEXT, format!("hello {i}").into_bytes()).await;
+        }
+        for (i, body) in &mut streams {
+            let got = h2_records(body, 1).await;
+            assert_eq!(got, vec![(fb::BINARY, format!("hello {i}").into_bytes())]);
+        }
+        for (i, id) in sessions.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+            let h = [
+                ("wsgate-fallback", "poll".to_string()),
+                ("wsgate-session", id.clone()),
+                ("wsgate-ack", "0".to_string()),
+            ];
+            let (status, mut body) = h2_request(&client, "GET", &h, Vec::new()).await;
+            assert_eq!(status, 200);
+            let got = h2_records(&mut body, 1).await;
+            assert_eq!(got, vec![(fb::BINARY, format!("hello {i}").into_bytes())]);
+        }
+        // Each client closes; the streams carry the gateway's close record.
+        for id in &sessions {
+            send(id.clone(), 1, fb::CLOSE, 1000u16.to_be_bytes().to_vec()).await;
+        }
+        for (_, body) in &mut streams {
+            let got = h2_records(body, 1).await;
+            assert_eq!(got[0].0, fb::CLOSE);
+            assert_eq!(fb::close_code(&got[0].1), Some(1000));
+        }
+        let logs = gw
+            .wait_for_count("session closed", SESSIONS * (n + 1), WAIT)
+            .await;
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("session closed"))
+            .skip(SESSIONS * n)
+            .collect();
+        assert_eq!(lines.len(), SESSIONS, "{logs}");
+        for transport in ["streaming", "polling"] {
+            assert!(
+                lines.iter().any(|l| l.contains("http_version=\"2\"")
+                    && l.contains(&format!("transport=\"{transport}\""))),
+                "{lines:?}"
+            );
+        }
+        assert!(lines.iter().all(|l| l.contains("http_version=\"2\"")));
+    }
+}
+
+/// A backend that writes a line every 10 ms and counts the lines it reads.
+async fn ticking_backend(read: Arc<AtomicU64>) -> Backend {
+    Backend::spawn(move |s: TcpStream| {
+        let read = read.clone();
+        async move {
+            let (r, mut w) = s.into_split();
+            let ticker = async {
+                for i in 0u64.. {
+                    if w.write_all(format!("tick {i}\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            let reader = async {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(_)) = lines.next_line().await {
+                    read.fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            tokio::select! { () = ticker => {}, () = reader => {} }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn shutdown_under_traffic_delivers_the_close_record_1001_and_exits_within_the_grace() {
+    const GRACE: Duration = Duration::from_secs(5);
+    let read = Arc::new(AtomicU64::new(0));
+    let backend = ticking_backend(read.clone()).await;
+    let mut gw = crate::support::Gateway::start(&config(
+        &backend.config_addr(),
+        "framing = \"lines\"",
+        "shutdown_grace = \"5s\"",
+    ))
+    .await;
+    let mut c = Client::new(gw.addr(), "/f").with("origin", ORIGIN);
+    assert_eq!(c.open("streaming").await.0, 200);
+    let mut stream = c.stream(0).await;
+    let sender = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut seq = 0;
+            loop {
+                let mut body = Vec::new();
+                fb::record(&mut body, fb::TEXT, format!("up {seq}").as_bytes());
+                match c.send(seq, body).await {
+                    Ok((200, ack)) => seq = ack,
+                    // Refused once the gateway drains.
+                    _ => return seq,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    while got.len() < 20 {
+        got.extend(next_records(stream.body_mut(), &mut buf).await);
+    }
+    assert!(got
+        .iter()
+        .all(|(k, p)| *k == fb::TEXT && p.starts_with(b"tick ")));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while read.load(Ordering::Relaxed) < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backend got no messages"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    gw.signal("TERM");
+    // Ticks still flow until the close record, which ends the stream.
+    let last = loop {
+        let recs = next_records(stream.body_mut(), &mut buf).await;
+        assert!(
+            !recs.is_empty(),
+            "the stream ended without a close record\n{}",
+            gw.logs()
+        );
+        if let Some((_, p)) = recs.iter().find(|r| r.0 == fb::CLOSE) {
+            break fb::close_code(p);
+        }
+    };
+    assert_eq!(last, Some(1001));
+    let status = gw.wait_exit(GRACE + Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{}", gw.logs());
+    assert!(started.elapsed() < GRACE + Duration::from_secs(5));
+    assert!(sender.await.unwrap() > 0);
+    let logs = gw.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("session closed"))
+        .unwrap_or_else(|| panic!("no access line:\n{logs}"));
+    assert!(line.contains("transport=\"streaming\""), "{line}");
+    assert!(line.contains("close_code=1001"), "{line}");
+    assert!(!logs.contains("still open after shutdown_grace"), "{logs}");
+}
+
+/// The records of the next chunks of a stream (heartbeats left out; an incomplete record stays
+/// in `buf`); none when the stream ended.
+async fn next_records(body: &mut hyper::body::Incoming, buf: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    loop {
+        let f = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("stream data in time");
+        let Some(Ok(f)) = f else { return Vec::new() };
+        if let Some(d) = f.data_ref() {
+            buf.extend_from_slice(d);
+        }
+        let recs: Vec<_> = fb::take_records(buf)
+            .into_iter()
+            .filter(|r| r.0 != fb::HEARTBEAT)
+            .collect();
+        if !recs.is_empty() {
+            return recs;
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_timeout_and_token_expiry_close_fallback_sessions_like_websocket_ones() {
+    let quiet = Backend::spawn(|mut s: TcpStream| async move {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+    })
+    .await;
+    let gw = TestGateway::start(&config(
+        &quiet.config_addr(),
+        "",
+        "idle_timeout = \"1s\"\nfallback_poll_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut ws = ops::ws_with(&gw.url("/f"), &[("origin", ORIGIN)]).await;
+    let ws_code = ops::close_code(&mut ws).await;
+    let mut c = client(&gw);
+    assert_eq!(c.open("polling").await.0, 200);
+    // The client keeps polling (empty answers) and sends nothing.
+    let mut polls = 0;
+    let close = loop {
+        let (status, mut bytes, _) = c.poll(0).await.unwrap();
+        assert_eq!(status, 200);
+        polls += 1;
+        if let Some((fb::CLOSE, p)) = fb::take_records(&mut bytes).into_iter().next() {
+            break p;
+        }
+        assert!(polls < 40, "no idle close");
+    };
+    assert!(polls > 1);
+    assert_eq!(fb::close_code(&close), Some(ws_code));
+    assert_eq!(&close[2..], b"idle timeout");
+
+    // A JWT that expires while messages flow: the close code a WebSocket client gets (1008).
+    let echo = backends::echo().await;
+    let secret = "fallback-secret-of-at-least-32-bytes";
+    let signer = crate::support::auth::hs256(secret.as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwt-secret"), secret).unwrap();
+    let gw = TestGateway::start_in(dir, &config(
+        &echo.config_addr(),
+        "[route.auth]\ntype = \"jwt\"\ntoken_from = \"bearer\"\nalgorithms = [\"HS256\"]\nsecret_file = \"jwt-secret\"\nleeway = \"0s\"",
+        "",
+    ))
+    .await;
+    let exp = crate::support::auth::now() + 2;
+    let token = signer.sign(&crate::support::auth::claims_with(
+        "alice",
+        "exp",
+        serde_json::json!(exp),
+    ));
+    let mut c = client(&gw).with("authorization", &format!("Bearer {token}"));
+    assert_eq!(c.open("streaming").await.0, 200);
+    let mut stream = c.stream(0).await;
+    let sent = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (c, sent) = (c.clone(), sent.clone());
+        tokio::spawn(async move {
+            for seq in 0u64.. {
+                let mut body = Vec::new();
+                fb::record(&mut body, fb::TEXT, b"ping");
+                if !matches!(c.send(seq, body).await, Ok((200, _))) {
+                    return;
+                }
+                sent.store(seq + 1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let mut buf = Vec::new();
+    let (code, payload) = loop {
+        let recs = next_records(stream.body_mut(), &mut buf).await;
+        assert!(!recs.is_empty(), "the stream ended without a close record");
+        if let Some((_, p)) = recs.into_iter().find(|r| r.0 == fb::CLOSE) {
+            break (fb::close_code(&p), p);
+        }
+    };
+    sender.abort();
+    assert_eq!(code, Some(1008), "{payload:?}");
+    assert_eq!(&payload[2..], b"credential expired");
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent > 10, "{sent} messages before the expiry");
+}
+
+#[tokio::test]
+async fn a_refused_open_writes_a_handshake_refused_line_with_route_status_and_transport() {
+    let gw = TestGateway::start(&config("127.0.0.1:1", "", "connect_timeout = \"2s\"")).await;
+    let mut evil = Client::new(gw.addr(), "/f").with("origin", "https://evil.example");
+    assert_eq!(evil.open("polling").await.0, 403);
+    let mut c = client(&gw);
+    assert_eq!(c.open("streaming").await.0, 502);
+    let logs = gw.wait_for_count("handshake refused", 2, WAIT).await;
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("handshake refused"))
+        .collect();
+    assert!(
+        lines[0].contains("path=/f")
+            && lines[0].contains("status=403")
+            && lines[0].contains("transport=\"polling\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("path=/f")
+            && lines[1].contains("status=502")
+            && lines[1].contains("transport=\"streaming\""),
+        "{}",
+        lines[1]
+    );
+}
