@@ -455,7 +455,6 @@
       this._down = down;
       this._mode = down[0];
       const headers = { 'Wsgate-Fallback': 'open', 'Wsgate-Transport': this._mode };
-      if (this._protocols.length > 0) headers['Wsgate-Protocol'] = this._protocols.join(', ');
       let info;
       try {
         // Only an unanswered request is retried: any answer but 200 is a refusal, as it would
@@ -487,6 +486,8 @@
     _headers(extra) {
       const h = Object.assign({}, extra);
       if (this._session) h['Wsgate-Session'] = this._session;
+      // On every request: a route may read its credential from the offered subprotocols.
+      if (this._protocols.length > 0) h['Wsgate-Protocol'] = this._protocols.join(', ');
       return h;
     }
 
@@ -711,11 +712,33 @@
             reason = new TextDecoder('utf-8', { ignoreBOM: true }).decode(payload.subarray(2));
           }
           this._finish(code, reason, true);
+          this._acknowledgeClose();
           return true;
         }
         default:
           throw new Failure('unknown record type ' + rec.type);
       }
+    }
+
+    // Tell the gateway that its close record arrived (one more down request acknowledging it),
+    // so that it forgets the session at once instead of after fallback_session_timeout. Only
+    // the answer's head is awaited; nothing depends on it.
+    _acknowledgeClose() {
+      const controller = new AbortController();
+      const timer = setTimeout(() => controller.abort(), this._pollTimeout + 5000);
+      const kind = this._mode === 'streaming' ? 'stream' : 'poll';
+      fetch(this._httpUrl, {
+        method: 'GET',
+        headers: this._headers({ 'Wsgate-Fallback': kind, 'Wsgate-Ack': String(this._ack) }),
+        cache: 'no-store',
+        credentials: 'same-origin',
+        referrerPolicy: 'origin',
+        redirect: 'error',
+        signal: controller.signal,
+      }).catch(() => {}).finally(() => {
+        clearTimeout(timer);
+        controller.abort();
+      });
     }
 
     // -------------------------------------------------------------------------------------------

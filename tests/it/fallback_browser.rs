@@ -397,12 +397,43 @@ async fn demo_page_without_websocket_uses_the_fallback() {
     println!("page: {page:?}");
     assert_eq!(page.websocket, "undefined", "WebSocket was not removed");
     assert_eq!(page.transport, "streaming", "{page:?}");
+    // The session's id and acknowledgement count (the client's own state, for the check below).
+    let id = cdp
+        .eval_string(&session, "demoSocket._session")
+        .await
+        .expect("session id");
 
     let (page, line) = close_and_access_line(&mut cdp, &session, &gw).await;
     println!("access line: {line}");
     assert!(page.status.starts_with("closed (code 1000"), "{page:?}");
     assert!(names_transport(&line, "streaming"), "{line}");
     assert!(!gw.logs().contains("handshake refused"), "{}", gw.logs());
+
+    // The client acknowledged the gateway's close record, so the gateway forgot the session at
+    // once: asking again for the close record (`world` acknowledged, the close record not) is a
+    // 404, not the record kept for `fallback_session_timeout`.
+    let origin = format!("http://127.0.0.1:{}", gw.addr().port());
+    let headers = [
+        ("Origin", origin),
+        ("Wsgate-Fallback", "poll".to_string()),
+        ("Wsgate-Session", id),
+        ("Wsgate-Ack", "1".to_string()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) =
+            support::fallback::full(gw.addr(), "GET", "/demo", &headers, Vec::new())
+                .await
+                .expect("poll");
+        if status == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session is still there: {status} {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     browser.close(&mut cdp).await;
 }
 
