@@ -2,9 +2,9 @@
 # The one test command of wsgate: ./scripts/test.sh
 #
 # On a fresh Debian 12 machine with only the Rust toolchain it installs what the tests need
-# (Debian packages chromium for tests/it/browser.rs and redis-server for
-# tests/it/targets_sources.rs, Python venv .venv with kosoku for
-# tests/it/autobahn.rs and websockets for scripts/check_readme_demo.py), then runs the format
+# (Debian packages chromium for tests/it/browser.rs, redis-server for
+# tests/it/targets_sources.rs, nginx for tests/it/fallback_browser.rs, Python venv .venv with
+# kosoku for tests/it/autobahn.rs and websockets for scripts/check_readme_demo.py), then runs the format
 # check, clippy, every test, and README's first command (the demo). Exits non-zero if anything
 # fails.
 set -euo pipefail
@@ -61,6 +61,10 @@ fi
 if [ ! -x /usr/bin/Xvnc ]; then
     apt_packages+=(tigervnc-standalone-server)
 fi
+# nginx: a reverse proxy that does not pass Upgrade (tests/it/fallback_browser.rs starts its own).
+if [ ! -x /usr/sbin/nginx ]; then
+    apt_packages+=(nginx)
+fi
 # Python packages in .venv: kosoku (Autobahn runner) and websockets (the README check's client).
 KOSOKU_PIN=kosoku==0.1.0
 WEBSOCKETS_VERSION=15.0.1
@@ -84,7 +88,22 @@ fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     step "installing Debian packages: ${apt_packages[*]}"
     quiet as_root apt-get update
-    quiet as_root apt-get install -y --no-install-recommends "${apt_packages[@]}"
+    # No package starts a system service (nginx would take port 80): a policy-rc.d that refuses,
+    # for the time of the install, unless the machine already has one.
+    policy_rc_d=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy_rc_d=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy_rc_d" >/dev/null
+        as_root chmod 755 "$policy_rc_d"
+    fi
+    install_status=0
+    quiet as_root apt-get install -y --no-install-recommends "${apt_packages[@]}" || install_status=$?
+    if [ -n "$policy_rc_d" ]; then
+        as_root rm -f "$policy_rc_d"
+    fi
+    if [ "$install_status" -ne 0 ]; then
+        exit "$install_status"
+    fi
 fi
 if [ "${#venv_packages[@]}" -gt 0 ]; then
     if [ ! -x .venv/bin/pip ]; then

@@ -21,8 +21,10 @@
 //! demo page for plain HTTP requests; `demo` runs the built-in demo backends; `tls` loads
 //! certificates during config validation (the listeners' and the backend TLS client's); `origin` parses origins; `outbound` makes the HTTP(S)
 //! requests of `auth` and `target` (auth service, token service); `proxy_protocol` encodes the
-//! PROXY header for backends; `registry`, `metrics` and `admin` serve the operator's view (live
-//! sessions, readiness, Prometheus metrics, the status page); `websockify` turns websockify's command line into a
+//! PROXY header for backends; `fallback` carries sessions over plain HTTP requests (streaming or
+//! long-polling) for clients without WebSocket, as an in-process WebSocket client of the usual
+//! pump; `registry`, `metrics` and `admin` serve the operator's view (live sessions, readiness,
+//! Prometheus metrics, the status page); `websockify` turns websockify's command line into a
 //! configuration text; `recording` writes a route's sessions to files (`record = "DIR"`) beside
 //! the pump and reads them back for `wsgate replay`.
 //!
@@ -48,6 +50,7 @@ pub(crate) mod backend;
 pub mod config;
 pub(crate) mod demo;
 pub(crate) mod error;
+pub(crate) mod fallback;
 pub(crate) mod framing;
 pub mod handshake;
 pub(crate) mod metrics;

@@ -67,6 +67,13 @@ pub struct VersionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub route: String,
+    /// "websocket", "streaming" or "polling" (a fallback session's last down transport).
+    pub transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AbuseLabel {
     /// What the client overdid: "settings", "ping", "reset", "protocol".
     pub kind: &'static str,
@@ -90,6 +97,7 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub local_resource_errors: Family<ResourceLabel, Counter>,
     pub sessions_by_version: Family<VersionLabel, Counter>,
+    pub sessions_by_transport: Family<TransportLabel, Counter>,
     pub http2_connections: Counter,
     pub http2_abuse: Family<AbuseLabel, Counter>,
     pub recorded_bytes: Family<RouteLabel, Counter>,
@@ -125,6 +133,7 @@ impl Metrics {
             connections_refused: Counter::default(),
             local_resource_errors: Family::default(),
             sessions_by_version: Family::default(),
+            sessions_by_transport: Family::default(),
             http2_connections: Counter::default(),
             http2_abuse: Family::default(),
             recorded_bytes: Family::default(),
@@ -145,6 +154,11 @@ impl Metrics {
             "sessions_by_http_version",
             "WebSocket sessions opened, by the HTTP version of their handshake (1.1: Upgrade, 2: extended CONNECT)",
             m.sessions_by_version.clone(),
+        );
+        registry.register(
+            "sessions_by_transport",
+            "Sessions ended, by client transport (websocket; streaming or polling: the fallback transport, the last one the session used)",
+            m.sessions_by_transport.clone(),
         );
         registry.register(
             "http2_connections",

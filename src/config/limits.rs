@@ -53,6 +53,13 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 5;
 /// Default time sessions get to close after SIGTERM before they are cut.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 
+/// Default time a fallback session lives without a request (`fallback_session_timeout`).
+pub const DEFAULT_FALLBACK_SESSION_TIMEOUT_SECS: u64 = 30;
+/// Default wait of an empty long-poll, and the stream heartbeat interval (`fallback_poll_timeout`).
+pub const DEFAULT_FALLBACK_POLL_TIMEOUT_SECS: u64 = 25;
+/// Default server->client bytes a fallback session holds until acknowledged (`fallback_buffer`).
+pub const DEFAULT_FALLBACK_BUFFER_BYTES: u64 = 1024 * 1024;
+
 /// Smallest request head bound we accept, in bytes; below this even ordinary browsers fail.
 pub const MIN_HEADER_BYTES: u64 = 1024;
 /// Largest request head bound we accept, in bytes.
@@ -80,6 +87,12 @@ pub struct SessionLimits {
     pub write_timeout: Duration,
     /// Control frames (Ping, Pong) the client may send per second (and in one burst).
     pub control_frames_per_second: u32,
+    /// Fallback transport: a session without a request for this long ends.
+    pub fallback_session_timeout: Duration,
+    /// Fallback transport: an empty long-poll answers after this long; a stream's heartbeat.
+    pub fallback_poll_timeout: Duration,
+    /// Fallback transport: server->client bytes held per session until acknowledged.
+    pub fallback_buffer: u64,
 }
 
 impl SessionLimits {
@@ -95,6 +108,9 @@ impl SessionLimits {
         pong_timeout: Duration::from_secs(DEFAULT_PONG_TIMEOUT_SECS),
         write_timeout: Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
         control_frames_per_second: DEFAULT_CONTROL_FRAMES_PER_SECOND,
+        fallback_session_timeout: Duration::from_secs(DEFAULT_FALLBACK_SESSION_TIMEOUT_SECS),
+        fallback_poll_timeout: Duration::from_secs(DEFAULT_FALLBACK_POLL_TIMEOUT_SECS),
+        fallback_buffer: DEFAULT_FALLBACK_BUFFER_BYTES,
     };
 }
 
@@ -135,6 +151,13 @@ impl RawSessionLimits {
             control_frames_per_second: self
                 .control_frames_per_second
                 .map_or(base.control_frames_per_second, |v| v.u32()),
+            fallback_session_timeout: self
+                .fallback_session_timeout
+                .map_or(base.fallback_session_timeout, |v| v.0),
+            fallback_poll_timeout: self
+                .fallback_poll_timeout
+                .map_or(base.fallback_poll_timeout, |v| v.0),
+            fallback_buffer: self.fallback_buffer.map_or(base.fallback_buffer, |v| v.0),
         }
     }
 }
@@ -214,6 +237,15 @@ impl Ctx<'_> {
                 format!(
                     "max_frame_size ({}) is larger than max_message_size ({}); a frame can never exceed its message",
                     limits.max_frame_size, limits.max_message_size
+                ),
+            );
+        }
+        if limits.fallback_buffer < limits.max_message_size {
+            return self.err_nospan(
+                format!("{prefix}.fallback_buffer"),
+                format!(
+                    "fallback_buffer ({}) is smaller than max_message_size ({}); a fallback session must hold one whole message",
+                    limits.fallback_buffer, limits.max_message_size
                 ),
             );
         }

@@ -115,6 +115,8 @@ pub struct RawRoute {
     pub record_required: Option<Spanned<bool>>,
     pub compression: Option<Compression>,
     pub deflate: Option<Spanned<RawDeflate>>,
+    /// Also serve the fallback transport (streaming and long-polling over plain HTTP).
+    pub fallback: Option<bool>,
 }
 
 /// `[route] compression`.
@@ -207,6 +209,9 @@ pub struct RawSessionLimits {
     pub pong_timeout: Option<Timeout>,
     pub write_timeout: Option<Timeout>,
     pub control_frames_per_second: Option<Bounded<1, MAX_CONTROL_FRAMES_PER_SECOND>>,
+    pub fallback_session_timeout: Option<Timeout>,
+    pub fallback_poll_timeout: Option<Timeout>,
+    pub fallback_buffer: Option<MessageSize>,
 }
 
 /// The keys only `[limits]` has: they apply before routing, or to the whole gateway.

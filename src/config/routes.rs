@@ -138,6 +138,9 @@ pub struct Route {
     pub record: Option<RecordingSettings>,
     /// `compression = "permessage-deflate"` with its `[route.deflate]` settings; `None`: off.
     pub deflate: Option<DeflateSettings>,
+    /// `fallback = true`: the route also serves the fallback transport (streaming and
+    /// long-polling over plain HTTP, for clients without WebSocket).
+    pub fallback: bool,
 }
 
 impl Route {
@@ -179,6 +182,13 @@ impl Ctx<'_> {
                 r.path.span(),
                 format!("route[{i}].path"),
                 format!("{path:?} must be a plain path (no query, fragment, spaces or control characters)"),
+            );
+        }
+        if path == crate::fallback::SCRIPT_PATH {
+            return self.err(
+                r.path.span(),
+                format!("route[{i}].path"),
+                format!("{path:?} is served by the gateway itself (the fallback client script)"),
             );
         }
         if let Some(star) = path.find('*') {
@@ -357,6 +367,7 @@ impl Ctx<'_> {
             target_tls: tls.target_tls,
             record,
             deflate,
+            fallback: r.fallback.unwrap_or(false),
         })
     }
 

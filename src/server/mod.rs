@@ -112,6 +112,8 @@ pub struct Gateway {
     registry: Arc<Registry>,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open fallback-transport sessions by id.
+    fallback: Arc<crate::fallback::Table>,
     /// Client message bytes held whole by all sessions (`partial_message_budget`).
     budget: Arc<MessageBudget>,
 }
@@ -275,6 +277,7 @@ pub async fn run(
         registry: Arc::new(Registry::default()),
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        fallback: Arc::default(),
         budget,
     });
     gw.registry.config_applied(&gw.state().config);
@@ -539,6 +542,7 @@ where
         http2: false,
         h2c: start.h2c,
         streams: None,
+        lasting: Arc::default(),
     };
     // The HTTP phase is boxed: its state (hyper's connection, the TLS handshake) is large and
     // short-lived, and is freed here instead of sizing the task that then holds the session.

@@ -30,6 +30,9 @@ use super::{ConnGuard, Gateway};
 use crate::backend::ConnectError;
 use crate::config::{BackendAddr, RecordingSettings, Route};
 use crate::error::Reject;
+use crate::fallback::body::Body;
+use crate::fallback::http::RequestKind;
+use crate::fallback::Transport;
 use crate::handshake;
 use crate::metrics::{AuthLabel, RouteLabel};
 use crate::pump::{SessionInfo, SessionStats};
@@ -66,6 +69,9 @@ pub(super) struct Conn {
     pub(super) h2c: bool,
     /// HTTP/2: the streams open on this connection (requests and sessions).
     pub(super) streams: Option<Arc<super::h2::Streams>>,
+    /// HTTP/1.1: the request is a fallback session's, whose answer may outlast the phase limit
+    /// (a stream, a long-poll); its own deadlines bound it.
+    pub(super) lasting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Conn {
@@ -107,7 +113,7 @@ impl UpgradeSlot {
 /// left behind (a finished task's memory lives on while the socket still holds its waker).
 pub(super) struct PendingSession {
     pub(super) info: SessionInfo,
-    pub(super) on_upgrade: hyper::upgrade::OnUpgrade,
+    pub(super) client: ClientSide,
     pub(super) backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
     /// The backend's address, for the logs and `/sessions`.
     pub(super) backend_name: String,
@@ -119,6 +125,13 @@ pub(super) struct PendingSession {
     pub(super) http_version: &'static str,
     /// An HTTP/2 session's place among its connection's open streams.
     pub(super) stream: Option<super::h2::StreamGuard>,
+}
+
+/// Where a session's client is: behind hyper's upgrade (WebSocket), or the fallback adapter on
+/// the other end of an in-process pipe.
+pub(super) enum ClientSide {
+    Upgrade(hyper::upgrade::OnUpgrade),
+    Fallback(tokio::io::DuplexStream, Arc<crate::fallback::Session>),
 }
 
 /// TLS handshake (when `tls` is given), then HTTP/1.1 until the one request is answered, all
@@ -187,6 +200,7 @@ pub(super) async fn serve_http<I>(
         .max_buf_size(limits.max_header_bytes.max(8192));
     let phase_limit = state.http_phase_limit;
     let peer = conn.peer;
+    let lasting = conn.lasting.clone();
     let service = service_fn(move |req| {
         let gw = gw.clone();
         let state = state.clone();
@@ -194,7 +208,13 @@ pub(super) async fn serve_http<I>(
         async move { Ok::<_, Infallible>(handle(&gw, &state, req, conn).await) }
     });
     let http = builder.serve_connection(io, service).with_upgrades();
-    match tokio::time::timeout(phase_limit, http).await {
+    tokio::pin!(http);
+    let result = match tokio::time::timeout(phase_limit, http.as_mut()).await {
+        // A fallback answer (a stream, a long-poll) ends by its own deadlines.
+        Err(_) if lasting.load(Ordering::Relaxed) => Ok(http.await),
+        r => r,
+    };
+    match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(client = %peer, error = %e, "HTTP connection ended with an error"),
         Err(_) => {
@@ -209,10 +229,14 @@ pub(super) async fn handle(
     state: &Arc<State>,
     mut req: Request<Incoming>,
     conn: Conn,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     if let Some(reason) = conn.refused {
         info!(target: "wsgate::access", client = %conn.peer, path = %req.uri().path(), status = 503, reason, "connection refused");
-        return reject_response(&Reject::busy(reason));
+        return reject_response(&Reject::busy(reason)).map(Body::from);
+    }
+    if let Some(kind) = req.headers().get(crate::fallback::HEADER) {
+        let kind = RequestKind::of(kind);
+        return fallback_request(gw, state, req, conn, kind).await;
     }
     let attempt = if conn.http2 {
         req.method() == Method::CONNECT
@@ -220,22 +244,102 @@ pub(super) async fn handle(
         handshake::is_upgrade_attempt(req.headers())
     };
     if !attempt {
-        return plain_http(state, &req, conn.peer).await;
+        return plain_http(state, &req, conn.peer).await.map(Body::from);
     }
     let path = req.uri().path().to_string();
     // Metrics carry the route's own path (a prefix route's `/prefix/*`), never the request's.
     let label = state.route(&path).map_or("-", |rt| rt.route.path.as_str());
-    match upgrade(gw, state, &mut req, &conn).await {
+    match upgrade(gw, state, &mut req, &conn, None).await {
         Ok(resp) => {
             gw.metrics.handshake(label, 101);
             resp
         }
         Err(reject) => {
             gw.metrics.handshake(label, reject.status.as_u16());
-            info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, by = %reject.by, http_version = conn.http_version(), "handshake refused");
-            reject_response(&reject)
+            info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, by = %reject.by, http_version = conn.http_version(), transport = "websocket", "handshake refused");
+            reject_response(&reject).map(Body::from)
         }
     }
+}
+
+/// A request of the fallback transport (`Wsgate-Fallback`): `open` goes through the same
+/// checks as a WebSocket handshake (and is counted and logged like one); the others must pass
+/// the route's Origin check before their session is looked up.
+async fn fallback_request(
+    gw: &Arc<Gateway>,
+    state: &Arc<State>,
+    mut req: Request<Incoming>,
+    conn: Conn,
+    kind: Option<RequestKind>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let label = state.route(&path).map_or("-", |rt| rt.route.path.as_str());
+    let result = match kind {
+        None => Err(Reject::client(
+            StatusCode::BAD_REQUEST,
+            "invalid Wsgate-Fallback header",
+        )),
+        Some(RequestKind::Open) => {
+            let transport = crate::fallback::http::requested_transport(req.headers());
+            let r = if req.method() == Method::POST {
+                upgrade(gw, state, &mut req, &conn, Some(transport)).await
+            } else {
+                Err(Reject::client(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "stream and poll are GET, open and send are POST",
+                ))
+            };
+            match &r {
+                Ok(_) => gw.metrics.handshake(label, 200),
+                Err(reject) => {
+                    gw.metrics.handshake(label, reject.status.as_u16());
+                    info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, by = %reject.by, http_version = conn.http_version(), transport = transport.label(), "handshake refused");
+                }
+            }
+            r
+        }
+        Some(kind) => match state.route(&path) {
+            None => Err(Reject::client(
+                StatusCode::NOT_FOUND,
+                "no WebSocket route at this path",
+            )),
+            Some(rt) if !rt.route.fallback => Err(Reject::client(
+                StatusCode::NOT_FOUND,
+                "fallback transport not enabled on this route",
+            )),
+            Some(rt) => match auth::check_origin(&rt.route.policy(), req.headers()) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    conn.lasting.store(true, Ordering::Relaxed);
+                    let hold: Box<dyn std::any::Any + Send> =
+                        Box::new(conn.streams.as_ref().map(super::h2::Streams::open));
+                    let rt = rt.clone();
+                    crate::fallback::http::serve(
+                        &gw.fallback,
+                        &rt.route.path,
+                        rt.auth.as_ref(),
+                        req,
+                        kind,
+                        hold,
+                    )
+                    .await
+                }
+            },
+        },
+    };
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(reject) => {
+            debug!(client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, "fallback request refused");
+            reject_response(&reject).map(Body::from)
+        }
+    };
+    crate::fallback::http::add_headers(resp.headers_mut());
+    if !conn.http2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Validate, route, authorise, resolve a per-session target, connect the backend, then answer
@@ -245,9 +349,12 @@ pub(super) async fn upgrade(
     state: &Arc<State>,
     req: &mut Request<Incoming>,
     conn: &Conn,
-) -> Result<Response<Full<Bytes>>, Reject> {
+    fallback: Option<Transport>,
+) -> Result<Response<Body>, Reject> {
     let peer = conn.peer;
-    let accepted = if conn.http2 {
+    let accepted = if let Some(transport) = fallback {
+        Opening::Fallback(crate::fallback::offered_protocols(req.headers()), transport)
+    } else if conn.http2 {
         let protocol = req
             .extensions()
             .get::<hyper::ext::Protocol>()
@@ -272,6 +379,12 @@ pub(super) async fn upgrade(
         ))?
         .clone();
     let route = rt.route.clone();
+    if fallback.is_some() && !route.fallback {
+        return Err(Reject::client(
+            StatusCode::NOT_FOUND,
+            "fallback transport not enabled on this route",
+        ));
+    }
     let policy = route.policy();
     auth::check_origin(&policy, req.headers())?;
     let identity = auth::authenticate(
@@ -324,6 +437,7 @@ pub(super) async fn upgrade(
     let deflate = route
         .deflate
         .as_ref()
+        .filter(|_| fallback.is_none())
         .and_then(|d| handshake::negotiate_deflate(req.headers(), d));
     let id = gw.next_session.fetch_add(1, Ordering::Relaxed);
     // The PROXY header is built before any backend is touched: one that cannot be encoded
@@ -426,7 +540,37 @@ pub(super) async fn upgrade(
         .map(Arc::new),
     };
 
-    let on_upgrade = hyper::upgrade::on(req);
+    let (client, fallback_session) = match &accepted {
+        Opening::Fallback(_, transport) => {
+            let id = crate::fallback::new_id().map_err(|_| {
+                error!(client = %peer, route = %route.path, "no OS randomness for a fallback session id");
+                Reject::gateway(StatusCode::SERVICE_UNAVAILABLE, "session id unavailable")
+            })?;
+            let binding = crate::fallback::Binding::of(req.headers(), req.uri(), rt.auth.as_ref());
+            let (session, pipe) = crate::fallback::http::start(
+                &gw.fallback,
+                id,
+                route.path.clone(),
+                binding,
+                crate::fallback::Limits {
+                    session_timeout: route.limits.fallback_session_timeout,
+                    poll_timeout: route.limits.fallback_poll_timeout,
+                    buffer: route.limits.fallback_buffer,
+                    max_message_size: route.limits.max_message_size,
+                    max_frame_size: route.limits.max_frame_size,
+                },
+                *transport,
+                crate::fallback::Ties {
+                    draining: gw.shutdown.child_token(),
+                    // Its place in the connection counts lasts until the session leaves the
+                    // table: ended sessions waiting for their client are bounded like open ones.
+                    claim: Box::new(conn.guard.clone()),
+                },
+            );
+            (ClientSide::Fallback(pipe, session.clone()), Some(session))
+        }
+        _ => (ClientSide::Upgrade(hyper::upgrade::on(req)), None),
+    };
     let info = SessionInfo {
         id,
         route: route.clone(),
@@ -446,19 +590,40 @@ pub(super) async fn upgrade(
     };
     let pending = PendingSession {
         info,
-        on_upgrade,
+        client,
         backend,
         backend_name,
         token_hash,
         claims,
         shutdown: gw.shutdown.child_token(),
         http_version: conn.http_version(),
-        stream: conn.streams.as_ref().map(super::h2::Streams::open),
+        // A fallback session does not live on the stream that opened it.
+        stream: conn
+            .streams
+            .as_ref()
+            .filter(|_| fallback.is_none())
+            .map(super::h2::Streams::open),
     };
     let mut resp = match accepted {
+        Opening::Fallback(..) => {
+            let tracked = gw
+                .sessions
+                .track_future(super::session::run_session(gw.clone(), pending));
+            tokio::spawn(tracked);
+            let session = fallback_session.as_ref().ok_or(Reject::gateway(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "fallback session missing",
+            ))?;
+            return Ok(crate::fallback::http::opened(
+                &session.id,
+                protocol.as_deref(),
+                &session.limits,
+            ));
+        }
         Opening::Http1(accepted) => {
             conn.handoff.put(pending);
-            handshake::switching_protocols(&accepted, protocol.as_deref())
+            handshake::switching_protocols::<Full<Bytes>>(&accepted, protocol.as_deref())
+                .map(Body::from)
         }
         Opening::Http2(_) => {
             // The stream stays open after the answer: its session runs beside the connection's
@@ -467,7 +632,7 @@ pub(super) async fn upgrade(
                 .sessions
                 .track_future(super::session::run_session(gw.clone(), pending));
             tokio::spawn(tracked);
-            handshake::connect_established(protocol.as_deref())
+            handshake::connect_established::<Full<Bytes>>(protocol.as_deref()).map(Body::from)
         }
     };
     // The answer is built from tokens and digits only, so always a valid header value.
@@ -484,13 +649,16 @@ enum Opening {
     Http1(handshake::Accepted),
     /// RFC 8441: extended `CONNECT` with the offered subprotocols; answered with 200.
     Http2(Vec<String>),
+    /// The fallback transport's `open` (`Wsgate-Protocol` offers the subprotocols); answered
+    /// with 200 and the session's id.
+    Fallback(Vec<String>, Transport),
 }
 
 impl Opening {
     fn offered(&self) -> &[String] {
         match self {
             Opening::Http1(a) => &a.offered_protocols,
-            Opening::Http2(offered) => offered,
+            Opening::Http2(offered) | Opening::Fallback(offered, _) => offered,
         }
     }
 }
@@ -746,6 +914,11 @@ pub(super) async fn plain_answer(
     req: &Request<Incoming>,
 ) -> (Response<Full<Bytes>>, PlainAnswer) {
     let path = req.uri().path();
+    if path == crate::fallback::SCRIPT_PATH
+        && (req.method() == Method::GET || req.method() == Method::HEAD)
+    {
+        return (script_response(req), PlainAnswer::Other);
+    }
     // An exact route path serves WebSocket only; under a prefix route, plain requests go to the
     // `[static]` files when there are some (websockify's `--web` next to its proxy).
     if state.exact_route(path).is_some()
@@ -783,6 +956,41 @@ pub(super) async fn plain_answer(
         None => reject_response(&Reject::client(StatusCode::NOT_FOUND, "not found")),
     };
     (resp, PlainAnswer::Static)
+}
+
+/// `/wsgate.js`, the fallback client, compiled in. Its `ETag` is a digest of the content, so
+/// a revalidation after an upgrade gets the new file.
+fn script_response(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, crate::fallback::SCRIPT.as_bytes());
+    let tag: String = digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let etag = format!("\"{tag}\"");
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let body = if fresh || req.method() == Method::HEAD {
+        Bytes::new()
+    } else {
+        Bytes::from_static(crate::fallback::SCRIPT.as_bytes())
+    };
+    let mut resp = Response::new(Full::new(body));
+    if fresh {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    }
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// The one answer to a refused request: status, short plain-text reason, `Connection: close`.

@@ -6,16 +6,17 @@ use std::time::{Instant, SystemTime};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::request::{PendingSession, PlainIo};
+use super::request::{ClientSide, PendingSession, PlainIo};
 use super::router::SessionSlot;
 use super::{ConnGuard, Gateway};
 use crate::error::{SessionEnd, Side};
+use crate::fallback::Transport;
 use crate::metrics::{CloseLabel, RouteLabel};
 use crate::pump::{self, SessionInfo};
 use crate::registry::LiveSession;
@@ -47,7 +48,7 @@ pub(super) const CUT_AT_GRACE: &str = "cut at shutdown_grace";
 pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     let PendingSession {
         info,
-        on_upgrade,
+        client,
         backend,
         backend_name,
         token_hash,
@@ -56,11 +57,20 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         http_version,
         stream,
     } = pending;
-    let upgraded = match on_upgrade.await {
-        Ok(u) => u,
-        Err(e) => {
-            debug!(session = info.id, error = %e, "upgrade did not complete");
-            return;
+    let (client, preread, fallback) = match client {
+        ClientSide::Upgrade(on_upgrade) => match on_upgrade.await {
+            Ok(upgraded) => {
+                let (client, preread) = ClientIo::from_upgraded(upgraded);
+                (client, preread, None)
+            }
+            Err(e) => {
+                debug!(session = info.id, error = %e, "upgrade did not complete");
+                return;
+            }
+        },
+        ClientSide::Fallback(pipe, session) => {
+            let (r, w) = tokio::io::split(pipe);
+            (ClientIo::Fallback(r, w), Vec::new(), Some(session))
         }
     };
     let started = Instant::now();
@@ -95,9 +105,9 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         "-"
     };
     let token_hash = token_hash.as_deref().unwrap_or("-");
-    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, compression, "session open");
+    let fallback_id = fallback.as_ref().map(|s| s.id.as_str());
+    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, compression, fallback_id, "session open");
 
-    let (client, preread) = ClientIo::from_upgraded(upgraded);
     // The pump future is built in place inside the select (never bound to a local first and
     // moved): a moved future would take its size twice in this one.
     let outcome = tokio::select! {
@@ -112,6 +122,23 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     };
     drop(claims);
     drop(stream);
+    let mut outcome = outcome;
+    if fallback.as_ref().is_some_and(|s| s.timed_out()) {
+        outcome.end = SessionEnd::Cut {
+            reason: FALLBACK_TIMED_OUT,
+            by: Side::Client,
+        };
+    }
+    let transport = fallback
+        .as_ref()
+        .map_or(Transport::WebSocket, |s| s.transport());
+    gw.metrics
+        .sessions_by_transport
+        .get_or_create(&crate::metrics::TransportLabel {
+            route: info.route.path.clone(),
+            transport: transport.label(),
+        })
+        .inc();
 
     gw.registry.remove(info.id);
     gw.metrics.sessions_open.get_or_create(&route_label).dec();
@@ -166,9 +193,24 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         http_version,
         compression,
         record,
+        transport = transport.label(),
         "session closed"
     );
+    // A fallback session's close record reaches its client in a later response: the task
+    // (which shutdown waits for) lasts until it went out, at most `fallback_session_timeout`.
+    if let Some(s) = fallback {
+        let _ = tokio::time::timeout(s.limits.session_timeout, async {
+            tokio::select! {
+                () = s.delivered() => {}
+                () = gw.cut.cancelled() => {}
+            }
+        })
+        .await;
+    }
 }
+
+/// The access-line reason of a fallback session whose client stopped making requests.
+pub(super) const FALLBACK_TIMED_OUT: &str = "fallback client stopped polling";
 
 pub(super) type TlsClient = tokio_rustls::server::TlsStream<TcpStream>;
 
@@ -180,6 +222,8 @@ pub(super) enum ClientIo {
     Tls(ReadHalf<TlsClient>, WriteHalf<TlsClient>),
     /// Any other transport hyper hands back.
     Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
+    /// The fallback transport's adapter, on the other end of an in-process pipe.
+    Fallback(ReadHalf<DuplexStream>, WriteHalf<DuplexStream>),
 }
 
 impl ClientIo {
@@ -220,6 +264,7 @@ impl ClientIo {
             ClientIo::Tcp(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
             ClientIo::Tls(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
             ClientIo::Other(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
+            ClientIo::Fallback(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
         }
     }
 }

@@ -20,6 +20,8 @@ mod close_semantics;
 mod control_under_load;
 mod deflate;
 mod drain;
+mod fallback;
+mod fallback_browser;
 mod framing_modes;
 mod handshake;
 mod hostile_clients;

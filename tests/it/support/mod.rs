@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backends;
 pub mod chromium;
 pub mod cli;
+pub mod fallback;
 pub mod frames;
 pub mod inproc;
 pub mod ops;
