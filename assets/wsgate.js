@@ -605,7 +605,7 @@
       let heard = false;
       let f;
       try {
-        f = await this._fetch('GET', { 'Wsgate-Fallback': 'stream', 'Wsgate-Ack': String(this._ack) },
+        f = await this._fetch('POST', { 'Wsgate-Fallback': 'stream', 'Wsgate-Ack': String(this._ack) },
           undefined, this._streamTimeout);
       } catch (e) {
         return 'failed';
@@ -646,7 +646,7 @@
       const records = new RecordReader(this._maxMessage + 64);
       let f;
       try {
-        f = await this._fetch('GET', { 'Wsgate-Fallback': 'poll', 'Wsgate-Ack': String(this._ack) },
+        f = await this._fetch('POST', { 'Wsgate-Fallback': 'poll', 'Wsgate-Ack': String(this._ack) },
           undefined, this._pollTimeout + 15000);
       } catch (e) {
         return 'failed';
@@ -728,7 +728,7 @@
       const timer = setTimeout(() => controller.abort(), this._pollTimeout + 5000);
       const kind = this._mode === 'streaming' ? 'stream' : 'poll';
       fetch(this._httpUrl, {
-        method: 'GET',
+        method: 'POST',
         headers: this._headers({ 'Wsgate-Fallback': kind, 'Wsgate-Ack': String(this._ack) }),
         cache: 'no-store',
         credentials: 'same-origin',

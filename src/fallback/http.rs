@@ -162,9 +162,9 @@ pub async fn serve(
     let guard = session.request();
     let method = req.method().clone();
     match kind {
-        RequestKind::Stream | RequestKind::Poll
-            if method == Method::GET || method == Method::HEAD =>
-        {
+        // POST, like every fallback request: browsers send Origin with every POST, and with no
+        // same-origin GET, so the Origin binding holds for browsers too.
+        RequestKind::Stream | RequestKind::Poll if method == Method::POST => {
             let ack = header_u64(
                 req.headers(),
                 super::HEADER_ACK,
@@ -190,7 +190,7 @@ pub async fn serve(
         }
         _ => Err(Reject::client(
             StatusCode::METHOD_NOT_ALLOWED,
-            "stream and poll are GET, open and send are POST",
+            "fallback requests are POST",
         )),
     }
 }

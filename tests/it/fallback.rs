@@ -637,7 +637,7 @@ async fn open_stream_send_and_poll_share_one_http2_connection_over_tls_and_h2c()
                 ("wsgate-session", id.clone()),
                 ("wsgate-ack", "0".to_string()),
             ];
-            let (status, body) = h2_request(&client, "GET", &h, Vec::new()).await;
+            let (status, body) = h2_request(&client, "POST", &h, Vec::new()).await;
             assert_eq!(status, 200);
             streams.push((i, body));
         }
@@ -668,7 +668,7 @@ async fn open_stream_send_and_poll_share_one_http2_connection_over_tls_and_h2c()
                 ("wsgate-session", id.clone()),
                 ("wsgate-ack", "0".to_string()),
             ];
-            let (status, mut body) = h2_request(&client, "GET", &h, Vec::new()).await;
+            let (status, mut body) = h2_request(&client, "POST", &h, Vec::new()).await;
             assert_eq!(status, 200);
             let got = h2_records(&mut body, 1).await;
             assert_eq!(got, vec![(fb::BINARY, format!("hello {i}").into_bytes())]);

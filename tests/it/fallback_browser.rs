@@ -6,11 +6,6 @@
 //! making the round trip through the fallback to a TCP echo backend; a fallback page closed with
 //! 1001 when the gateway shuts down, and failing with 1006 after bounded retries when it is gone.
 //!
-//! The tests that use the fallback are ignored while the gateway refuses the browser's
-//! same-origin `GET` requests (stream, poll): browsers send no `Origin` header on those (Fetch
-//! standard: only cross-origin requests and non-GET/HEAD methods carry one), and the gateway asks
-//! for the open request's `Origin` on every request of a session.
-//!
 //! Chromium is `$CHROMIUM`, else `/usr/bin/chromium`; nginx is `/usr/sbin/nginx` (Debian package
 //! `nginx`). Both are installed by `./scripts/test.sh`; the tests fail, never skip, without them.
 
@@ -385,7 +380,6 @@ fn names_transport(line: &str, name: &str) -> bool {
 
 /// (a) A page without `WebSocket`: the demo's exchange goes through the fallback (streaming).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
 async fn demo_page_without_websocket_uses_the_fallback() {
     let gw = start_demo_gateway(true, &[]).await;
     let browser = Chromium::launch().await;
@@ -440,7 +434,6 @@ async fn demo_page_without_websocket_uses_the_fallback() {
 /// (b) Through nginx as a plain HTTP/1.1 proxy (no Upgrade passed): the WebSocket attempt fails
 /// and the client falls back by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
 async fn demo_page_through_a_proxy_without_upgrade_falls_back() {
     // The page's origin is nginx's, which the gateway allows: nginx's port is chosen first.
     let nginx_port = support::free_port();
@@ -474,7 +467,6 @@ async fn demo_page_through_a_proxy_without_upgrade_falls_back() {
 /// (b') Through a proxy that holds the stream back (gzip, `X-Accel-Buffering` ignored): no
 /// heartbeat arrives within `streamTimeout`, and the client moves to polling by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
 async fn demo_page_through_a_buffering_proxy_falls_back_to_polling() {
     let nginx_port = support::free_port();
     let gw = start_demo_gateway(true, &[format!("http://127.0.0.1:{nginx_port}")]).await;
@@ -639,7 +631,6 @@ async fn gateway_ends_under_a_fallback_page(signal: &str) -> (DemoPage, String) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
 async fn fallback_page_is_closed_with_1001_when_the_gateway_shuts_down() {
     let (page, events) = gateway_ends_under_a_fallback_page("TERM").await;
     assert!(page.status.starts_with("closed (code 1001"), "{page:?}");
@@ -647,7 +638,6 @@ async fn fallback_page_is_closed_with_1001_when_the_gateway_shuts_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
 async fn fallback_page_fails_with_1006_when_the_gateway_is_gone() {
     let (page, events) = gateway_ends_under_a_fallback_page("KILL").await;
     assert_eq!(page.status, "closed (code 1006)", "{page:?}");
@@ -878,7 +868,6 @@ fn count_transport(logs: &str, transport: &str) -> usize {
 /// (e) Text and binary messages make the round trip through the fallback (streaming and
 /// polling) to a TCP echo backend, exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the fallback server to accept a browser's same-origin GET requests (no Origin header)"]
 async fn fallback_round_trips_text_and_binary() {
     let both: &[&str] = &["streaming", "polling"];
     let (runs, logs) = round_trips(&[

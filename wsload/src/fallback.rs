@@ -1,6 +1,6 @@
 //! wsgate's fallback transport (README "Fallback transport"), for idle mode: a session is opened
 //! with `POST` + `Wsgate-Fallback: open` and then held the way a browser without WebSocket holds
-//! it: one streaming `GET` kept open (`streaming`), or long-polls one after the other
+//! it: one streaming `POST` kept open (`streaming`), or long-polls one after the other
 //! (`polling`). Plain `ws://` targets only (the requests go to the same host, port, path and
 //! query over HTTP/1.1, one request per connection as the gateway answers them).
 //!
@@ -123,7 +123,7 @@ pub async fn hold(c: &Connector, session: &str, transport: Transport) -> String 
     let extra = format!("Wsgate-Session: {session}\r\nWsgate-Ack: 0\r\n");
     let mut chunk = vec![0u8; 4096];
     loop {
-        let (mut stream, status, _) = match request(c, "GET", verb, &extra).await {
+        let (mut stream, status, _) = match request(c, "POST", verb, &extra).await {
             Ok(x) => x,
             Err(e) => return e,
         };

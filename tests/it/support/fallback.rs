@@ -168,7 +168,7 @@ impl Client {
             ("wsgate-ack", ack.to_string()),
         ]);
         let fut = async {
-            let resp = send_request(self.addr, "GET", &self.path, &h, Vec::new()).await?;
+            let resp = send_request(self.addr, "POST", &self.path, &h, Vec::new()).await?;
             let status = resp.status().as_u16();
             let mut body = resp.into_body();
             let mut got = Vec::new();
@@ -200,7 +200,7 @@ impl Client {
             ("wsgate-session", self.session.clone()),
             ("wsgate-ack", ack.to_string()),
         ]);
-        send_request(self.addr, "GET", &self.path, &h, Vec::new())
+        send_request(self.addr, "POST", &self.path, &h, Vec::new())
             .await
             .expect("stream")
     }
