@@ -359,7 +359,7 @@ pub async fn run(
         ));
     }
     gw.registry.set_ready(true);
-    gw.notify.ready(&gw.status_text());
+    gw.notify.ready(&gw.status_text("ready"));
     let status_stop = CancellationToken::new();
     if gw.notify.is_on() {
         tokio::spawn(status_updates(gw.clone(), status_stop.clone()));
@@ -369,10 +369,7 @@ pub async fn run(
     info!("shutting down: no new connections, closing sessions with 1001");
     gw.registry.set_ready(false);
     status_stop.cancel();
-    gw.notify.stopping(&format!(
-        "draining: {} sessions open, closing them with 1001",
-        gw.registry.sessions().len()
-    ));
+    gw.notify.stopping(&gw.status_text("draining"));
     stop_accepting.cancel();
     // New clients of a unix listener now find no socket file instead of a silent one.
     drop(socket_files);
@@ -393,13 +390,13 @@ const NOTIFY_STATUS_INTERVAL_MS: u64 = 1000;
 
 /// Keep systemd's status line current (`systemctl status wsgate`): sessions and connections open.
 async fn status_updates(gw: Arc<Gateway>, stop: CancellationToken) {
-    let mut last = gw.status_text();
+    let mut last = gw.status_text("ready");
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(NOTIFY_STATUS_INTERVAL_MS)) => {}
         }
-        let now = gw.status_text();
+        let now = gw.status_text("ready");
         if now != last {
             gw.notify.status(&now);
             last = now;
@@ -408,13 +405,14 @@ async fn status_updates(gw: Arc<Gateway>, stop: CancellationToken) {
 }
 
 impl Gateway {
-    /// The `STATUS=` text: what `systemctl status` shows.
-    fn status_text(&self) -> String {
+    /// The `STATUS=` text (`state`, then sessions and connections open): what `systemctl status`
+    /// shows.
+    fn status_text(&self, state: &str) -> String {
         let sessions = self.registry.sessions().len();
         let connections = self.connections.load(Ordering::Relaxed);
         let plural = |n: usize| if n == 1 { "" } else { "s" };
         format!(
-            "ready; {sessions} session{} open, {connections} connection{} open",
+            "{state}; {sessions} session{} open, {connections} connection{} open",
             plural(sessions),
             plural(connections)
         )

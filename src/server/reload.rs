@@ -85,7 +85,7 @@ pub(super) async fn reconfigure(
                         certs = watch;
                     }
                     // Also after a refused reload: the configuration in force still serves.
-                    gw.notify.ready(&gw.status_text());
+                    gw.notify.ready(&gw.status_text("ready"));
                 }
             },
             _ = poll.tick() => certs.check(&gw, &files).await,

@@ -34,6 +34,7 @@ mod recording;
 mod reload;
 mod static_files;
 mod status_page;
+mod systemd;
 mod targets;
 mod targets_sources;
 mod tls;
