@@ -241,7 +241,7 @@ async fn a_wrong_or_missing_socket_stops_the_start_with_a_clear_error() {
     let mut gw = Activated::start(
         tempfile::tempdir().unwrap(),
         &config,
-        &[tcp.clone()],
+        std::slice::from_ref(&tcp),
         "admin",
         &[],
         &[],
@@ -341,7 +341,7 @@ async fn readiness_reload_and_stop_are_told_to_systemd() {
     let mut gw = Activated::start(
         dir,
         &config,
-        &[tcp.clone()],
+        std::slice::from_ref(&tcp),
         "web",
         &[],
         &[("NOTIFY_SOCKET", notify.path.display().to_string())],
@@ -423,7 +423,7 @@ async fn notify_false_sends_nothing() {
     let gw = Activated::start(
         dir,
         &config,
-        &[tcp.clone()],
+        std::slice::from_ref(&tcp),
         "web",
         &[],
         &[("NOTIFY_SOCKET", notify.path.display().to_string())],
