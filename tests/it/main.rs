@@ -19,6 +19,7 @@ mod cli_config;
 mod close_semantics;
 mod control_under_load;
 mod deflate;
+mod deploy;
 mod drain;
 mod framing_modes;
 mod handshake;
