@@ -40,27 +40,27 @@ pub enum NotifyError {
 pub fn parse_address(value: &str) -> Result<SocketAddr, NotifyError> {
     let bad = || NotifyError::BadAddress(value.to_string());
     if let Some(name) = value.strip_prefix('@') {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
-            #[cfg(target_os = "android")]
-            use std::os::android::net::SocketAddrExt;
-            #[cfg(target_os = "linux")]
-            use std::os::linux::net::SocketAddrExt;
-            if name.is_empty() {
-                return Err(bad());
-            }
-            return SocketAddr::from_abstract_name(name.as_bytes()).map_err(|_| bad());
-        }
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        {
-            let _ = name;
+        if name.is_empty() {
             return Err(bad());
         }
+        return abstract_address(name).ok_or_else(bad);
     }
     if !value.starts_with('/') {
         return Err(bad());
     }
     SocketAddr::from_pathname(value).map_err(|_| bad())
+}
+
+/// An address in Linux's abstract socket namespace.
+#[cfg(target_os = "linux")]
+fn abstract_address(name: &str) -> Option<SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    SocketAddr::from_abstract_name(name.as_bytes()).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn abstract_address(_name: &str) -> Option<SocketAddr> {
+    None
 }
 
 /// A message's `STATUS=` line: one line of text, cut to [`MAX_STATUS_BYTES`] on a character

@@ -162,7 +162,9 @@ pub(super) fn take(listeners: &[Listener]) -> Result<Vec<Inherited>, RunError> {
         var(LISTEN_FDNAMES_ENV).as_deref(),
         std::process::id(),
     )?;
-    // listenfd reads LISTEN_FDS (and LISTEN_PID, already checked above) and removes both.
+    // listenfd reads LISTEN_FDS (and LISTEN_PID, already checked above) and removes both. This
+    // runs at startup, before any task that could read the environment (DNS lookups, health
+    // checks, connections) exists.
     let mut fds = listenfd::ListenFd::from_env();
     std::env::remove_var(LISTEN_FDNAMES_ENV);
     let Assigned { taken, unused } = assign(listeners, &names)?;

@@ -255,6 +255,27 @@ async fn a_wrong_or_missing_socket_stops_the_start_with_a_clear_error() {
         "{logs}"
     );
 
+    // With Accept=yes systemd passes each connection, not the listening socket.
+    let port = support::free_port();
+    let tcp = format!("127.0.0.1:{port}");
+    let gw = Activated::start(
+        tempfile::tempdir().unwrap(),
+        &config,
+        std::slice::from_ref(&tcp),
+        "web",
+        &["--accept"],
+        &[],
+    );
+    let _connection = connect_tcp(&tcp).await;
+    let logs = gw
+        .wait_for_log("is not a listening TCP or unix stream socket")
+        .await;
+    assert!(
+        logs.contains("the socket \"web\" (file descriptor 3) is not a listening TCP or unix stream socket: not listening"),
+        "{logs}"
+    );
+    drop(gw);
+
     // A datagram socket is not a listener.
     let dir = tempfile::tempdir().unwrap();
     let dgram = dir.path().join("dgram.sock");
