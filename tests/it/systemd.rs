@@ -178,33 +178,66 @@ where
     assert_eq!(got, b"through systemd");
 }
 
+/// A TLS client trusting `cert`, over a fresh connection to `addr`.
+async fn tls_to(
+    addr: &str,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(WAIT, connector.connect(name, connect_tcp(addr).await))
+        .await
+        .expect("TLS handshake in time")
+        .expect("TLS handshake")
+}
+
 #[tokio::test]
 async fn sessions_run_on_sockets_passed_by_systemd() {
     let backend = backends::echo().await;
     let dir = tempfile::tempdir().unwrap();
+    let cert = support::write_cert(dir.path());
     let sock = dir.path().join("ws.sock");
-    let port = support::free_port();
-    let tcp = format!("127.0.0.1:{port}");
+    let tcp = format!("127.0.0.1:{}", support::free_port());
+    let tls = format!("127.0.0.1:{}", support::free_port());
     let config = format!(
-        "[[listener]]\nbind = \"systemd:web\"\n\n[[listener]]\nbind = \"systemd:local\"\n\n{}",
+        "[[listener]]\nbind = \"systemd:web\"\n\n[[listener]]\nbind = \"systemd:local\"\n\n\
+         [[listener]]\nbind = \"systemd:web-tls\"\ntls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\n\n{}",
         route(&backend)
     );
     let gw = Activated::start(
         dir,
         &config,
-        &[tcp.clone(), sock.display().to_string()],
-        "web:local",
+        &[tcp.clone(), sock.display().to_string(), tls.clone()],
+        "web:local:web-tls",
         &[],
         &[],
     );
     // The first connection starts wsgate; the kernel holds it until wsgate accepts.
     echo_over(connect_tcp(&tcp).await, &tcp).await;
-    let logs = gw.wait_for_log("systemd=local").await;
+    let logs = gw.wait_for_log("systemd=web-tls").await;
     assert!(
-        logs.contains(&format!("listening addr={tcp}")) && logs.contains("systemd=web fd=3"),
+        logs.contains(&format!("listening addr={tcp} tls=false systemd=web fd=3")),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!(
+            "listening addr={tls} tls=true systemd=web-tls fd=5"
+        )),
         "{logs}"
     );
     echo_over(connect_unix(&sock).await, "localhost").await;
+    // The certificate and the rest of the listener's settings apply to a passed socket too.
+    let port = tls.rsplit(':').next().unwrap();
+    echo_over(tls_to(&tls, &cert).await, &format!("localhost:{port}")).await;
     // The passed socket file is systemd's: wsgate leaves it in place at shutdown.
     let mut gw = gw;
     gw.signal("TERM");
