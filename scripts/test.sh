@@ -3,8 +3,10 @@
 #
 # On a fresh Debian 12 machine with only the Rust toolchain it installs what the tests need
 # (Debian packages chromium for tests/it/browser.rs, redis-server for
-# tests/it/targets_sources.rs, nginx for tests/it/fallback_browser.rs, Python venv .venv with
-# kosoku for tests/it/autobahn.rs and websockets for scripts/check_readme_demo.py), then runs the format
+# tests/it/targets_sources.rs, nginx for tests/it/fallback_browser.rs, systemd and prometheus for
+# tests/it/systemd.rs and tests/it/deploy.rs; Python venv .venv with kosoku for
+# tests/it/autobahn.rs, websockets for scripts/check_readme_demo.py and kubernetes-validate for
+# tests/it/deploy.rs), then runs the format
 # check, clippy, every test, and README's first command (the demo). Exits non-zero if anything
 # fails.
 set -euo pipefail
@@ -65,6 +67,14 @@ fi
 if [ ! -x /usr/sbin/nginx ]; then
     apt_packages+=(nginx)
 fi
+# systemd-socket-activate and systemd-analyze (tests/it/systemd.rs, tests/it/deploy.rs).
+if ! command -v systemd-socket-activate >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1; then
+    apt_packages+=(systemd)
+fi
+# promtool and the Prometheus server (tests/it/deploy.rs); installed without starting its service.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    apt_packages+=(prometheus)
+fi
 # Python packages in .venv: kosoku (Autobahn runner) and websockets (the README check's client).
 KOSOKU_PIN=kosoku==0.1.0
 WEBSOCKETS_VERSION=15.0.1
@@ -78,6 +88,11 @@ if ! .venv/bin/python -c "import sys, websockets; sys.exit(websockets.__version_
     >/dev/null 2>&1; then
     venv_packages+=("websockets==$WEBSOCKETS_VERSION")
 fi
+# kubernetes-validate: deploy/kubernetes against the Kubernetes schemas it ships (offline).
+KUBERNETES_VALIDATE_PIN=kubernetes-validate==1.37.0
+if [ ! -x .venv/bin/kubernetes-validate ]; then
+    venv_packages+=("$KUBERNETES_VALIDATE_PIN")
+fi
 if [ "${#venv_packages[@]}" -gt 0 ]; then
     if ! command -v python3 >/dev/null 2>&1; then
         apt_packages+=(python3 python3-venv)
@@ -88,7 +103,7 @@ fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     step "installing Debian packages: ${apt_packages[*]}"
     quiet as_root apt-get update
-    # No package starts a system service (nginx would take port 80): a policy-rc.d that refuses,
+    # No package starts a system service (nginx would take port 80, prometheus 9090): a policy-rc.d that refuses,
     # for the time of the install, unless the machine already has one.
     policy_rc_d=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -110,7 +125,7 @@ if [ "${#venv_packages[@]}" -gt 0 ]; then
         rm -rf .venv
         quiet python3 -m venv .venv
         # A new venv has neither package.
-        venv_packages=("websockets==$WEBSOCKETS_VERSION")
+        venv_packages=("websockets==$WEBSOCKETS_VERSION" "$KUBERNETES_VALIDATE_PIN")
         if [ -z "${KOSOKU:-}" ] || [ ! -x "$KOSOKU" ]; then
             venv_packages+=("$KOSOKU_PIN")
         fi

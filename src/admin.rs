@@ -106,13 +106,31 @@ fn handle(gw: &View, token: Option<&str>, req: Request<Incoming>) -> Response<Fu
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/metrics") => {
-            let mut r = text(StatusCode::OK, gw.metrics.encode());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
+            // OpenMetrics, unless the client asks for the Prometheus text format and not for
+            // OpenMetrics (Prometheus asks for both, OpenMetrics first).
+            let accept = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
+            let (body, content_type) = if accept.contains("text/plain")
+                && !accept.contains("application/openmetrics-text")
+            {
+                (
+                    gw.metrics.encode_prometheus_text(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            } else {
+                (
+                    gw.metrics.encode(),
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
+                )
+            };
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             r
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),

@@ -25,7 +25,8 @@
 //! long-polling) for clients without WebSocket, as an in-process WebSocket client of the usual
 //! pump; `registry`, `metrics` and `admin` serve the operator's view (live sessions, readiness,
 //! Prometheus metrics, the status page); `websockify` turns websockify's command line into a
-//! configuration text; `recording` writes a route's sessions to files (`record = "DIR"`) beside
+//! configuration text; `notify` sends systemd's readiness messages (`Type=notify`); `recording`
+//! writes a route's sessions to files (`record = "DIR"`) beside
 //! the pump and reads them back for `wsgate replay`.
 //!
 //! The library's public surface is what the binary, the benchmarks, the fuzz targets and the
@@ -54,6 +55,7 @@ pub(crate) mod fallback;
 pub(crate) mod framing;
 pub mod handshake;
 pub(crate) mod metrics;
+pub(crate) mod notify;
 pub mod origin;
 pub(crate) mod outbound;
 pub mod proxy_protocol;

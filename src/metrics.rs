@@ -1,4 +1,5 @@
-//! Prometheus metrics: what the gateway counts, and their exposition text for `/metrics`.
+//! Prometheus metrics: what the gateway counts, and their exposition text for `/metrics`
+//! (OpenMetrics, or the Prometheus text format 0.0.4 for clients that ask for it).
 //!
 //! Owns the registry and every metric family. Hot-path updates are single atomic operations on
 //! handles resolved once per session ([`RouteCounters`]); label sets are small and bounded (route
@@ -245,6 +246,11 @@ impl Metrics {
         out
     }
 
+    /// The same samples in the Prometheus text format 0.0.4, for clients that ask for it.
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
+    }
+
     pub fn handshake(&self, route: &str, status: u16) {
         self.handshakes
             .get_or_create(&HandshakeLabel {
@@ -291,9 +297,90 @@ pub struct RouteCounters {
     pub messages_down: Counter,
 }
 
+/// OpenMetrics text -> Prometheus text format 0.0.4. The two differ, for what this registry
+/// writes, in three things: a counter family is named with its `_total` suffix in `# HELP` and
+/// `# TYPE`; there are no `# UNIT` lines, `_created` samples or `# EOF`. `# HELP` comes before
+/// `# TYPE` in both, so a family's HELP line is held until its TYPE line says what it is.
+pub(crate) fn openmetrics_to_prometheus_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<(&str, &str)> = None;
+    let mut counter: Option<&str> = None;
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => {
+                    counter = Some(name);
+                    (format!("{name}_total"), "counter")
+                }
+                "gauge" | "histogram" | "summary" => {
+                    counter = None;
+                    (name.to_string(), kind)
+                }
+                _ => {
+                    counter = None;
+                    (name.to_string(), "untyped")
+                }
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if let Some(c) = counter {
+            if line
+                .strip_prefix(c)
+                .is_some_and(|rest| rest.starts_with("_created"))
+            {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let om = "# HELP wsgate_sessions Sessions opened.\n# TYPE wsgate_sessions counter\n\
+                  wsgate_sessions_total{route=\"/a\"} 2\nwsgate_sessions_created{route=\"/a\"} 1.5\n\
+                  # HELP wsgate_open Open now.\n# TYPE wsgate_open gauge\n# UNIT wsgate_open x\n\
+                  wsgate_open 1\n# HELP wsgate_s Durations.\n# TYPE wsgate_s histogram\n\
+                  wsgate_s_bucket{le=\"+Inf\"} 1\nwsgate_s_sum 0.5\nwsgate_s_count 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus_text(om),
+            "# HELP wsgate_sessions_total Sessions opened.\n# TYPE wsgate_sessions_total counter\n\
+             wsgate_sessions_total{route=\"/a\"} 2\n\
+             # HELP wsgate_open Open now.\n# TYPE wsgate_open gauge\nwsgate_open 1\n\
+             # HELP wsgate_s Durations.\n# TYPE wsgate_s histogram\n\
+             wsgate_s_bucket{le=\"+Inf\"} 1\nwsgate_s_sum 0.5\nwsgate_s_count 1\n"
+        );
+        // The registry's own text: every sample kept, no OpenMetrics-only line left.
+        let m = Metrics::new();
+        m.handshake("/echo", 101);
+        let om = m.encode();
+        let text = m.encode_prometheus_text();
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples(&om), samples(&text));
+        assert!(!text.contains("# EOF"));
+        assert!(
+            text.contains("# TYPE wsgate_handshakes_total counter"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn exposition_contains_updates() {

@@ -1,9 +1,10 @@
-//! `[[listener]]`: the address (`IP:port`, or `unix:PATH` for a unix-domain socket with its
-//! optional `mode`) and, for `wss://`, the certificate and key, loaded here (through
-//! [`crate::tls`]) so that a bad file is a configuration error naming its path.
+//! `[[listener]]`: the address (`IP:port`, `unix:PATH` for a unix-domain socket with its
+//! optional `mode`, or `systemd:NAME` for sockets passed by systemd socket activation) and, for
+//! `wss://`, the certificate and key, loaded here (through [`crate::tls`]) so that a bad file is
+//! a configuration error naming its path.
 //!
-//! Binding, the stale-socket check and the socket file's removal at shutdown belong to the
-//! server; this module only says what to bind.
+//! Binding, taking the sockets systemd passed, the stale-socket check and the socket file's
+//! removal at shutdown belong to the server; this module only says what to bind.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,6 +16,14 @@ use super::{ConfigError, Ctx};
 
 /// The prefix of a unix-domain socket bind: `bind = "unix:/run/wsgate.sock"`.
 pub const UNIX_PREFIX: &str = "unix:";
+
+/// The prefix of a listener on sockets passed by systemd: `bind = "systemd:NAME"` takes every
+/// inherited socket whose name (the `.socket` unit's `FileDescriptorName=`, in `LISTEN_FDNAMES`)
+/// is NAME.
+pub const SYSTEMD_PREFIX: &str = "systemd:";
+
+/// Longest file descriptor name systemd accepts (`FileDescriptorName=`).
+pub const MAX_FDNAME_BYTES: usize = 255;
 
 /// Longest socket path, in bytes: `sun_path` holds 108 bytes including the terminating NUL.
 pub const MAX_UNIX_PATH_BYTES: usize = 107;
@@ -29,6 +38,8 @@ pub enum ListenAddr {
     /// A unix-domain stream socket at this path (relative paths resolved against the
     /// configuration file's directory).
     Unix(PathBuf),
+    /// The sockets systemd passed under this name (`LISTEN_FDNAMES`), TCP or unix-domain.
+    Systemd(String),
 }
 
 impl fmt::Display for ListenAddr {
@@ -36,6 +47,7 @@ impl fmt::Display for ListenAddr {
         match self {
             ListenAddr::Tcp(a) => write!(f, "{a}"),
             ListenAddr::Unix(p) => write!(f, "{UNIX_PREFIX}{}", p.display()),
+            ListenAddr::Systemd(name) => write!(f, "{SYSTEMD_PREFIX}{name}"),
         }
     }
 }
@@ -79,6 +91,16 @@ pub(super) fn summary(l: &Listener) -> String {
             format!("wss://{a} and ws://{a}  (certificate {cert}; plain accepted on the same port)")
         }
         (ListenAddr::Tcp(a), Some(cert)) => format!("wss://{a}  (certificate {cert})"),
+        (systemd @ ListenAddr::Systemd(_), cert) => {
+            let scheme = match cert {
+                None => "ws".to_string(),
+                Some(cert) if l.accept_plain => {
+                    format!("wss and ws, certificate {cert}")
+                }
+                Some(cert) => format!("wss, certificate {cert}"),
+            };
+            format!("{systemd}  ({scheme}; sockets passed by systemd)")
+        }
         (unix, cert) => {
             let scheme = match cert {
                 None => "ws".to_string(),
@@ -91,6 +113,14 @@ pub(super) fn summary(l: &Listener) -> String {
             format!("{unix}  ({scheme}; {mode})")
         }
     }
+}
+
+/// A systemd file descriptor name: 1 to [`MAX_FDNAME_BYTES`] printable ASCII characters other
+/// than `:` (systemd's own rule for `FileDescriptorName=`).
+fn valid_fdname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FDNAME_BYTES
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
 /// An octal mode string ("0660", "660", "0o660"), at most [`MAX_MODE`].
@@ -108,7 +138,21 @@ fn parse_mode(text: &str) -> Option<u32> {
 impl Ctx<'_> {
     pub(super) fn listener(&self, i: usize, l: &RawListener) -> Result<Listener, ConfigError> {
         let key = format!("listener[{i}].bind");
-        let bind = match l.bind.get_ref().strip_prefix(UNIX_PREFIX) {
+        let text = l.bind.get_ref();
+        let bind = match text.strip_prefix(UNIX_PREFIX) {
+            None if text == "systemd" || text.starts_with(SYSTEMD_PREFIX) => {
+                let name = text.strip_prefix(SYSTEMD_PREFIX).unwrap_or_default();
+                if !valid_fdname(name) {
+                    return self.err(
+                        l.bind.span(),
+                        key,
+                        format!(
+                            "a systemd: bind names the sockets to take, as the .socket unit's FileDescriptorName= sets them (e.g. \"systemd:wsgate\"): 1 to {MAX_FDNAME_BYTES} printable ASCII characters, no ':' or spaces"
+                        ),
+                    );
+                }
+                ListenAddr::Systemd(name.to_string())
+            }
             Some(path) => {
                 if path.is_empty() {
                     return self.err(
@@ -253,6 +297,35 @@ mod tests {
         );
         let twice = "bind = \"unix:/a\"\n[[listener]]\nbind = \"unix:/a\"";
         assert_eq!(key_of(twice), "listener[1].bind");
+    }
+
+    #[test]
+    fn systemd_binds() {
+        let c = with_listener("bind = \"systemd:wsgate\"").unwrap();
+        assert_eq!(
+            c.listeners[0].bind,
+            ListenAddr::Systemd("wsgate".to_string())
+        );
+        assert!(c
+            .summary()
+            .contains("systemd:wsgate  (ws; sockets passed by systemd)"));
+        for bad in ["systemd", "systemd:", "systemd:a:b", "systemd:a b"] {
+            assert_eq!(
+                key_of(&format!("bind = \"{bad}\"")),
+                "listener[0].bind",
+                "{bad}"
+            );
+        }
+        let long = format!("bind = \"systemd:{}\"", "n".repeat(MAX_FDNAME_BYTES + 1));
+        assert_eq!(key_of(&long), "listener[0].bind");
+        assert_eq!(
+            key_of("bind = \"systemd:web\"\nmode = \"0660\""),
+            "listener[0].mode"
+        );
+        let twice = "bind = \"systemd:web\"\n[[listener]]\nbind = \"systemd:web\"";
+        assert_eq!(key_of(twice), "listener[1].bind");
+        let two = "bind = \"systemd:web\"\n[[listener]]\nbind = \"systemd:web-tls\"";
+        assert_eq!(with_listener(two).unwrap().listeners.len(), 2);
     }
 
     #[test]

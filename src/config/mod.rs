@@ -198,6 +198,11 @@ impl Config {
             Some(n) => writeln!(s, "runtime: {n} worker threads"),
             None => writeln!(s, "runtime: one worker thread per CPU"),
         };
+        let _ = match self.runtime.notify {
+            Some(true) => writeln!(s, "systemd notify: on"),
+            Some(false) => writeln!(s, "systemd notify: off"),
+            None => writeln!(s, "systemd notify: when NOTIFY_SOCKET is set"),
+        };
         if let Some(a) = &self.admin {
             let _ = writeln!(
                 s,
@@ -318,11 +323,13 @@ impl Ctx<'_> {
         }
         let mut listeners = Vec::new();
         let mut socket_paths = HashSet::new();
+        let mut fdnames = HashSet::new();
         for (i, l) in raw.listener.iter().enumerate() {
             let listener = self.listener(i, l)?;
             let taken = match &listener.bind {
                 ListenAddr::Tcp(a) => a.port() != 0 && !binds.insert(*a),
                 ListenAddr::Unix(p) => !socket_paths.insert(p.clone()),
+                ListenAddr::Systemd(name) => !fdnames.insert(name.clone()),
             };
             if taken {
                 return self.err(

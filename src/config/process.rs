@@ -61,6 +61,8 @@ pub struct LogConfig {
 pub struct RuntimeConfig {
     /// Threads that run connections; `None`: one per CPU the process may use.
     pub worker_threads: Option<usize>,
+    /// `notify`: send systemd's readiness messages to `NOTIFY_SOCKET`; `None`: when it is set.
+    pub notify: Option<bool>,
 }
 
 impl Ctx<'_> {
@@ -84,5 +86,6 @@ impl Ctx<'_> {
 pub(super) fn runtime(r: &RawRuntime) -> RuntimeConfig {
     RuntimeConfig {
         worker_threads: r.worker_threads.map(|n| n.usize()),
+        notify: r.notify,
     }
 }

@@ -45,6 +45,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub worker_threads: Option<Bounded<1, MAX_WORKER_THREADS>>,
+    /// systemd readiness notification (`Type=notify`); absent: on when `NOTIFY_SOCKET` is set.
+    pub notify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@
 //! accepting, Close 1001 to every session, wait at most `shutdown_grace`).
 //!
 //! Listeners are TCP or unix-domain sockets ([`unix`]: the socket file's life from the stale
-//! check to its removal). A TLS listener with `accept_plain` tells TLS from plain clients by the
+//! check to its removal), bound here or passed by systemd ([`systemd`]: socket activation). A TLS listener with `accept_plain` tells TLS from plain clients by the
 //! first byte, peeked before anything is read.
 //!
 //! The other jobs have files of their own:
@@ -21,7 +21,10 @@ mod reload;
 mod request;
 mod router;
 mod session;
+mod systemd;
 mod unix;
+
+pub use systemd::ActivationError;
 
 use reload::{forward_sighup, reconfigure};
 use request::{http_phase, Conn, UpgradeSlot};
@@ -48,6 +51,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, ListenAddr};
 use crate::framing::MessageBudget;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::registry::Registry;
 use crate::{admin, demo};
 
@@ -82,6 +86,8 @@ pub enum RunError {
     NotASocket { path: PathBuf },
     #[error("cannot start demo backend on {addr}: {source}")]
     Demo { addr: SocketAddr, source: io::Error },
+    #[error("systemd socket activation: {0}")]
+    Activation(#[from] ActivationError),
 }
 
 /// Where the gateway listens, reported once everything is bound.
@@ -116,6 +122,8 @@ pub struct Gateway {
     fallback: Arc<crate::fallback::Table>,
     /// Client message bytes held whole by all sessions (`partial_message_budget`).
     budget: Arc<MessageBudget>,
+    /// systemd's readiness messages (`Type=notify`).
+    notify: Notifier,
 }
 
 impl Gateway {
@@ -215,8 +223,11 @@ pub async fn run(
     let mut unix_paths = Vec::new();
     // Removed at shutdown (or when a later bind fails), each only if it is still our file.
     let mut socket_files = Vec::new();
+    // Taken before anything is bound here: a missing or wrong socket stops the start early.
+    let inherited = systemd::take(&config.listeners)?;
     for (index, l) in config.listeners.iter().enumerate() {
         match &l.bind {
+            ListenAddr::Systemd(_) => {}
             ListenAddr::Tcp(bind) => {
                 let bind = *bind;
                 let listener =
@@ -236,6 +247,39 @@ pub async fn run(
                 bound.push((Listening::Unix(listener), index));
             }
         }
+    }
+    for s in inherited {
+        let tls = config
+            .listeners
+            .get(s.index)
+            .is_some_and(|l| l.tls.is_some());
+        match &s.listening {
+            Listening::Tcp(l) => {
+                let addr = l.local_addr().map_err(|e| ActivationError::NotAListener {
+                    name: s.name.clone(),
+                    fd: s.fd,
+                    reason: e.to_string(),
+                })?;
+                info!(addr = %addr, tls, systemd = %s.name, fd = s.fd, "listening");
+                listening.push(addr);
+            }
+            Listening::Unix(l) => {
+                let path = l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(PathBuf::from));
+                match &path {
+                    Some(p) => {
+                        info!(path = %p.display(), tls, systemd = %s.name, fd = s.fd, "listening on unix socket")
+                    }
+                    None => {
+                        info!(tls, systemd = %s.name, fd = s.fd, "listening on unix socket")
+                    }
+                }
+                unix_paths.extend(path);
+            }
+        }
+        bound.push((s.listening, s.index));
     }
     let admin_listener = match &config.admin {
         None => None,
@@ -263,6 +307,7 @@ pub async fn run(
     }
     let metrics = Metrics::new();
     let grace = config.http.shutdown_grace;
+    let notify = Notifier::from_env(config.runtime.notify);
     let budget = MessageBudget::new(config.http.partial_message_budget);
     let route_sessions = SessionCounts::default();
     let state = State::build(config, &metrics, &route_sessions, None);
@@ -279,6 +324,7 @@ pub async fn run(
         per_ip: Mutex::new(HashMap::new()),
         fallback: Arc::default(),
         budget,
+        notify,
     });
     gw.registry.config_applied(&gw.state().config);
 
@@ -316,10 +362,17 @@ pub async fn run(
         ));
     }
     gw.registry.set_ready(true);
+    gw.notify.ready(&gw.status_text("ready"));
+    let status_stop = CancellationToken::new();
+    if gw.notify.is_on() {
+        tokio::spawn(status_updates(gw.clone(), status_stop.clone()));
+    }
 
     shutdown.await;
     info!("shutting down: no new connections, closing sessions with 1001");
     gw.registry.set_ready(false);
+    status_stop.cancel();
+    gw.notify.stopping(&gw.status_text("draining"));
     stop_accepting.cancel();
     // New clients of a unix listener now find no socket file instead of a silent one.
     drop(socket_files);
@@ -333,6 +386,40 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), gw.sessions.wait()).await;
     }
     Ok(())
+}
+
+/// How often the `STATUS=` line is refreshed (sent only when its text changed).
+const NOTIFY_STATUS_INTERVAL_MS: u64 = 1000;
+
+/// Keep systemd's status line current (`systemctl status wsgate`): sessions and connections open.
+async fn status_updates(gw: Arc<Gateway>, stop: CancellationToken) {
+    let mut last = gw.status_text("ready");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(NOTIFY_STATUS_INTERVAL_MS)) => {}
+        }
+        let now = gw.status_text("ready");
+        if now != last {
+            gw.notify.status(&now);
+            last = now;
+        }
+    }
+}
+
+impl Gateway {
+    /// The `STATUS=` text (`state`, then sessions and connections open): what `systemctl status`
+    /// shows.
+    fn status_text(&self, state: &str) -> String {
+        let sessions = self.registry.sessions().len();
+        let connections = self.connections.load(Ordering::Relaxed);
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        format!(
+            "{state}; {sessions} session{} open, {connections} connection{} open",
+            plural(sessions),
+            plural(connections)
+        )
+    }
 }
 
 /// A bound client listener.

@@ -80,9 +80,12 @@ pub(super) async fn reconfigure(
             event = events.recv(), if hangups => match event {
                 None => hangups = false,
                 Some(Reconfigure::Hangup) => {
+                    gw.notify.reloading();
                     if let Some(watch) = reload(&gw, &files, &path).await {
                         certs = watch;
                     }
+                    // Also after a refused reload: the configuration in force still serves.
+                    gw.notify.ready(&gw.status_text("ready"));
                 }
             },
             _ = poll.tick() => certs.check(&gw, &files).await,
