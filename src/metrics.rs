@@ -72,6 +72,14 @@ pub struct AbuseLabel {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyRefusedLabel {
+    /// The listener's bound address.
+    pub listener: String,
+    /// "untrusted", "missing", "malformed", "too_long", "timeout", "closed".
+    pub reason: &'static str,
+}
+
 /// Every metric of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -88,6 +96,8 @@ pub struct Metrics {
     pub auth: Family<AuthLabel, Counter>,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    /// Connections closed on a `proxy_protocol` listener before any HTTP.
+    pub proxy_header_refused: Family<ProxyRefusedLabel, Counter>,
     pub local_resource_errors: Family<ResourceLabel, Counter>,
     pub sessions_by_version: Family<VersionLabel, Counter>,
     pub http2_connections: Counter,
@@ -123,6 +133,7 @@ impl Metrics {
             auth: Family::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            proxy_header_refused: Family::default(),
             local_resource_errors: Family::default(),
             sessions_by_version: Family::default(),
             http2_connections: Counter::default(),
@@ -202,6 +213,12 @@ impl Metrics {
             "connections_refused",
             "Client connections refused by max_connections or max_connections_per_ip",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "proxy_header_refused",
+            "Connections closed on a proxy_protocol listener before any HTTP: a peer not in \
+             trusted, or a missing, malformed or late PROXY header",
+            m.proxy_header_refused.clone(),
         );
         registry.register(
             "local_resource_errors",

@@ -26,10 +26,11 @@ use tracing::{debug, error, info, warn};
 
 use super::router::{SessionSlot, State};
 use super::session::Claims;
-use super::{ConnGuard, Gateway};
+use super::{ConnGuard, Gateway, IpClaim, PER_IP_REFUSAL};
 use crate::backend::ConnectError;
 use crate::config::{BackendAddr, RecordingSettings, Route};
 use crate::error::Reject;
+use crate::forwarded::{self, ForwardedHeader, Trusted};
 use crate::handshake;
 use crate::metrics::{AuthLabel, RouteLabel};
 use crate::pump::{SessionInfo, SessionStats};
@@ -66,6 +67,12 @@ pub(super) struct Conn {
     pub(super) h2c: bool,
     /// HTTP/2: the streams open on this connection (requests and sessions).
     pub(super) streams: Option<Arc<super::h2::Streams>>,
+    /// A trusted proxy on a `forwarded` listener: each request's header names its client
+    /// ([`resolve_client`]). `None` elsewhere: such a header is ignored.
+    pub(super) forwarded: Option<(ForwardedHeader, Arc<Trusted>)>,
+    /// The request's place in the per-address count, taken by [`resolve_client`] and kept by its
+    /// session.
+    pub(super) client_claim: Option<Arc<IpClaim>>,
 }
 
 impl Conn {
@@ -210,6 +217,13 @@ pub(super) async fn handle(
     mut req: Request<Incoming>,
     conn: Conn,
 ) -> Response<Full<Bytes>> {
+    let conn = match resolve_client(gw, &req, conn) {
+        Ok(conn) => conn,
+        Err((peer, reject)) => {
+            info!(target: "wsgate::access", client = %peer, path = %req.uri().path(), status = reject.status.as_u16(), reason = reject.reason, "request refused");
+            return reject_response(&reject);
+        }
+    };
     if let Some(reason) = conn.refused {
         info!(target: "wsgate::access", client = %conn.peer, path = %req.uri().path(), status = 503, reason, "connection refused");
         return reject_response(&Reject::busy(reason));
@@ -236,6 +250,44 @@ pub(super) async fn handle(
             reject_response(&reject)
         }
     }
+}
+
+/// On a `forwarded` listener, from a trusted proxy: the client named by the request's header
+/// becomes the connection's peer for this request (access lines, `/sessions`, auth, the PROXY
+/// header to the backend), and is counted against `max_connections_per_ip`. A header that
+/// cannot be read is refused (400), as is a client over its count (503); the error carries the
+/// address to log.
+fn resolve_client(
+    gw: &Arc<Gateway>,
+    req: &Request<Incoming>,
+    mut conn: Conn,
+) -> Result<Conn, (SocketAddr, Reject)> {
+    let Some((which, trusted)) = conn.forwarded.clone() else {
+        return Ok(conn);
+    };
+    match forwarded::client_from_headers(which, req.headers(), &trusted) {
+        Ok(Some(client)) => conn.peer = client,
+        Ok(None) => {}
+        Err(e) => {
+            debug!(client = %conn.peer, "{e}");
+            let reason = match which {
+                ForwardedHeader::XForwardedFor => {
+                    "malformed X-Forwarded-For header from a trusted proxy"
+                }
+                ForwardedHeader::Forwarded => "malformed Forwarded header from a trusted proxy",
+            };
+            return Err((conn.peer, Reject::client(StatusCode::BAD_REQUEST, reason)));
+        }
+    }
+    // A unix-socket client whose proxy named no client has no address to count.
+    if conn.peer != super::UNIX_PEER {
+        let (claim, over) = gw.claim_ip(conn.peer.ip());
+        if over && conn.refused.is_none() {
+            conn.refused = Some(PER_IP_REFUSAL);
+        }
+        conn.client_claim = Some(Arc::new(claim));
+    }
+    Ok(conn)
 }
 
 /// Validate, route, authorise, resolve a per-session target, connect the backend, then answer
@@ -443,6 +495,7 @@ pub(super) async fn upgrade(
         _lease: lease,
         _slot: slot,
         _conn: conn.guard.clone(),
+        _client: conn.client_claim.clone(),
     };
     let pending = PendingSession {
         info,
