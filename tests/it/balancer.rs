@@ -389,6 +389,21 @@ backend = "{backend}"
     assert_eq!(read_all(s).await, b"");
     ops::wait_metric(gw.admin(), REFUSED, &lab(&v, "too_long"), 1.0, WAIT).await;
 
+    // A v2 LOCAL header (a balancer's health check): the connection's own address stands, and
+    // HTTP follows as usual.
+    let mut s = connect_from("127.0.0.1", proxied).await;
+    let mut local = wsgate::proxy_protocol::V2_SIGNATURE.to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    s.write_all(&local).await.unwrap();
+    s.write_all(format!("GET /echo HTTP/1.1\r\nHost: {proxied}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&read_all(s).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 426"), "{answer:?}");
+    let logs = gw.wait_for_log("plain request", WAIT).await;
+    let line = logs.lines().find(|l| l.contains("plain request")).unwrap();
+    assert!(line.contains("client=127.0.0.1:"), "{line}");
+
     // A good v1 header from the trusted 127.0.0.5, then the upgrade: believed.
     let mut s = connect_from(CLIENT_A, v1).await;
     s.write_all(b"PROXY TCP4 198.51.100.4 127.0.0.1 4242 80\r\n")
@@ -584,4 +599,112 @@ proxy_protocol = "v1"
         answer.contains("malformed X-Forwarded-For header"),
         "{answer}"
     );
+}
+
+/// A TLS listener behind HAProxy in TCP mode: the PROXY header comes before the TLS handshake,
+/// which then goes on between the client and the gateway as if HAProxy were not there.
+#[tokio::test]
+async fn proxy_header_before_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    let backend = backends::echo().await;
+    let backend = backend.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = crate::support::write_cert(dir.path());
+    let gw = TestGateway::start_in(
+        dir,
+        &format!(
+            r#"
+[[listener]]
+bind = "127.0.0.1:0"
+tls = {{ cert = "cert.pem", key = "key.pem" }}
+proxy_protocol = "v2"
+trusted = ["127.0.0.1/32"]
+
+[admin]
+bind = "{ADMIN_BIND}"
+
+[[route]]
+path = "/echo"
+backend = "{backend}"
+"#
+        ),
+    )
+    .await;
+    let (_haproxy, fronts) = haproxy(&[(gw.addr(), "send-proxy-v2")]).await;
+    let tcp = connect_from(CLIENT_A, fronts[0]).await;
+    let me = tcp.local_addr().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake timed out")
+        .expect("TLS handshake through HAProxy");
+    let url = format!("wss://localhost:{}/echo", fronts[0].port());
+    let (mut ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, tls))
+        .await
+        .expect("upgrade timed out")
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("over tls")).await.unwrap();
+    let got = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.into_data(), "over tls".as_bytes());
+    assert_eq!(session_clients(gw.admin()).await, vec![me.to_string()]);
+    ws.close(None).await.unwrap();
+}
+
+/// Forward auth behind HAProxy: the auth service's `X-Forwarded-For` names the client HAProxy
+/// carried, not HAProxy.
+#[tokio::test]
+async fn forward_auth_is_told_the_carried_client() {
+    use crate::support::auth::{AuthReply, AuthServer, ALLOWED_ORIGIN};
+    let mut svc = AuthServer::start(AuthReply::Allow(Some("alice"))).await;
+    let backend = backends::echo().await;
+    let backend = backend.addr;
+    let url = svc.url("/verify");
+    let gw = TestGateway::start(&format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+proxy_protocol = "v2"
+trusted = ["127.0.0.1/32"]
+
+[[route]]
+path = "/echo"
+backend = "{backend}"
+allowed_origins = ["{ALLOWED_ORIGIN}"]
+[route.auth]
+type = "forward"
+url = "{url}"
+"#
+    ))
+    .await;
+    let (_haproxy, fronts) = haproxy(&[(gw.addr(), "send-proxy-v2")]).await;
+    let mut ws = ws_from(
+        CLIENT_B,
+        fronts[0],
+        "/echo",
+        &[
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("Origin", ALLOWED_ORIGIN),
+        ],
+    )
+    .await
+    .unwrap_or_else(|s| panic!("got {s}:\n{}", gw.logs()));
+    let req = svc.next_request().await;
+    assert_eq!(req.header("x-forwarded-for"), Some(CLIENT_B), "{req:?}");
+    ops::echo(&mut ws, "authorised").await;
+    ops::close(ws).await;
 }
