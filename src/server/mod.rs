@@ -645,7 +645,12 @@ async fn read_proxy_header(
     deadline: tokio::time::Instant,
 ) -> Option<(SocketAddr, SocketAddr)> {
     let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
-        info!(client = %peer, listener, reason, "connection refused before HTTP: {detail}");
+        if reason == "closed" {
+            // A TCP health check that connects and leaves, or a peer gone mid-header.
+            debug!(client = %peer, listener, reason, "connection ended before its PROXY header: {detail}");
+        } else {
+            info!(client = %peer, listener, reason, "connection refused before HTTP: {detail}");
+        }
         gw.metrics
             .proxy_header_refused
             .get_or_create(&ProxyRefusedLabel {

@@ -266,7 +266,12 @@ fn resolve_client(
         return Ok(conn);
     };
     match forwarded::client_from_headers(which, req.headers(), &trusted) {
-        Ok(Some(client)) => conn.peer = client,
+        Ok(Some(client)) => {
+            conn.peer = client;
+            // A unix-socket client named by its proxy has an address now: the backend's PROXY
+            // header carries it (the destination stays unknown, 0.0.0.0:0).
+            conn.unix = false;
+        }
         Ok(None) => {}
         Err(e) => {
             debug!(client = %conn.peer, "{e}");

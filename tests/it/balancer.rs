@@ -92,8 +92,9 @@ async fn haproxy(pairs: &[(SocketAddr, &str)]) -> (Balancer, Vec<SocketAddr>) {
     (b, fronts)
 }
 
-/// nginx as an L7 WebSocket proxy to `gw`, adding the client to `X-Forwarded-For`.
-async fn nginx(gw: SocketAddr) -> (Balancer, SocketAddr) {
+/// nginx as an L7 WebSocket proxy to `gw` (`IP:port`, or `unix:PATH:`), adding the client to
+/// `X-Forwarded-For`.
+async fn nginx(gw: &str) -> (Balancer, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -538,7 +539,7 @@ proxy_protocol = "v1"
 "#
     ))
     .await;
-    let (_nginx, front) = nginx(gw.addr()).await;
+    let (_nginx, front) = nginx(&gw.addr().to_string()).await;
 
     let mut ws = ws_from(
         CLIENT_A,
@@ -706,5 +707,44 @@ url = "{url}"
     let req = svc.next_request().await;
     assert_eq!(req.header("x-forwarded-for"), Some(CLIENT_B), "{req:?}");
     ops::echo(&mut ws, "authorised").await;
+    ops::close(ws).await;
+}
+
+/// A unix-socket listener behind nginx (`proxy_pass http://unix:...`): whoever may connect to the
+/// socket is trusted, so the client nginx names is the client, also in the backend's PROXY
+/// header.
+#[tokio::test]
+async fn nginx_to_a_unix_socket_listener() {
+    let mut rec = backends::recording_echo().await;
+    let backend = rec.backend.addr;
+    let gw = TestGateway::start(&format!(
+        r#"
+[[listener]]
+bind = "unix:gw.sock"
+forwarded = "x-forwarded-for"
+trusted = ["127.0.0.1/32"]
+
+[admin]
+bind = "{ADMIN_BIND}"
+
+[[route]]
+path = "/echo"
+backend = "{backend}"
+proxy_protocol = "v1"
+"#
+    ))
+    .await;
+    let (_nginx, front) = nginx(&format!("unix:{}:", gw.unix[0].display())).await;
+    let mut ws = ws_from(CLIENT_B, front, "/echo", &[])
+        .await
+        .unwrap_or_else(|s| panic!("got {s} through nginx:\n{}", gw.logs()));
+    ops::send(&mut ws, Message::text("over unix")).await;
+    let mut conn = rec.accept().await;
+    let (header, _) = auth::read_proxy(&mut conn, "over unix".len()).await;
+    assert_eq!(header.addrs().0.ip().to_string(), CLIENT_B, "{header:?}");
+    assert_eq!(
+        session_clients(gw.admin()).await,
+        vec![format!("{CLIENT_B}:0")]
+    );
     ops::close(ws).await;
 }
