@@ -317,6 +317,9 @@ trusted = ["127.0.0.5/32"]
 [admin]
 bind = "{ADMIN_BIND}"
 
+[limits]
+handshake_timeout = "1s"
+
 [[route]]
 path = "/echo"
 backend = "{backend}"
@@ -365,6 +368,12 @@ backend = "{backend}"
     s.write_all(&bad).await.unwrap();
     assert_eq!(read_all(s).await, b"");
     ops::wait_metric(gw.admin(), REFUSED, &lab(&p, "malformed"), 1.0, WAIT).await;
+
+    // Half a header, then nothing: closed when handshake_timeout passes.
+    let mut s = connect_from("127.0.0.1", proxied).await;
+    s.write_all(&spoof_v2[..20]).await.unwrap();
+    assert_eq!(read_all(s).await, b"");
+    ops::wait_metric(gw.admin(), REFUSED, &lab(&p, "timeout"), 1.0, WAIT).await;
 
     // The wrong version: a v1 line on the v2 listener, and bad v1 lines on the v1 listener.
     let mut s = connect_from("127.0.0.1", proxied).await;
@@ -439,16 +448,17 @@ backend = "{backend}"
     let total: f64 = [&p, &v]
         .iter()
         .flat_map(|l| {
-            ["untrusted", "missing", "malformed", "too_long"].map(|r| m.value(REFUSED, &lab(l, r)))
+            ["untrusted", "missing", "malformed", "too_long", "timeout"]
+                .map(|r| m.value(REFUSED, &lab(l, r)))
         })
         .sum();
     let samples = m.text.lines().filter(|l| l.starts_with(REFUSED)).count();
     assert_eq!(
-        samples, 5,
+        samples, 6,
         "only the two proxy_protocol listeners:\n{}",
         m.text
     );
-    assert_eq!(total, 7.0, "{}", m.text);
+    assert_eq!(total, 8.0, "{}", m.text);
 }
 
 /// `max_connections_per_ip` counts the address HAProxy carries, not HAProxy's own: a third
