@@ -303,13 +303,28 @@ def recording_line():
     write(t, "cut_short", whole + '{"t":7,"dir":"in"')
 
 
+def proxy_decode():
+    t = "proxy_decode"
+    sig = bytes([0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A])
+    write(t, "v1_tcp4", b"\x00PROXY TCP4 192.0.2.7 198.51.100.1 56324 443\r\nGET / HTTP/1.1\r\n")
+    write(t, "v1_tcp6", b"\x00PROXY TCP6 2001:db8::7 ::1 1 2\r\n")
+    write(t, "v1_unknown", b"\x00PROXY UNKNOWN\r\n")
+    v4 = bytes([192, 0, 2, 7, 198, 51, 100, 1]) + struct.pack(">HH", 56324, 443)
+    tlv = b"\x01\x00\x02h2"
+    write(t, "v2_inet", b"\x01" + sig + b"\x21\x11" + struct.pack(">H", len(v4 + tlv)) + v4 + tlv)
+    v6 = bytes(15) + b"\x07" + bytes(15) + b"\x01" + struct.pack(">HH", 1, 2)
+    write(t, "v2_inet6", b"\x01" + sig + b"\x21\x21" + struct.pack(">H", len(v6)) + v6)
+    write(t, "v2_local", b"\x01" + sig + b"\x20\x00\x00\x00")
+
+
 if __name__ == "__main__":
-    for target in ["frame_decoder", "handshake", "config", "proxy_header", "redis_reply", "recording_line"]:
+    for target in ["frame_decoder", "handshake", "config", "proxy_header", "proxy_decode", "redis_reply", "recording_line"]:
         shutil.rmtree(os.path.join(SEEDS, target), ignore_errors=True)
     frame_decoder()
     handshake()
     os.makedirs(os.path.join(SEEDS, "config"), exist_ok=True)
     config()
     proxy_header()
+    proxy_decode()
     redis_reply()
     recording_line()

@@ -2,7 +2,7 @@
 # Fuzz wsgate's parsers for a bounded time: ./scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # Runs each cargo-fuzz target in fuzz/ (all of them by default: frame_decoder, handshake, config,
-# proxy_header) for SECONDS seconds (default 60) with the nightly toolchain, installing
+# proxy_header, proxy_decode) for SECONDS seconds (default 60) with the nightly toolchain, installing
 # cargo-fuzz if it is missing. Each target starts from its seeds (fuzz/seeds/<target>/, copied
 # into the working corpus fuzz/corpus/<target>/, which is kept between runs). Exits non-zero if
 # any target found a failure, and prints the path of the input that triggers it
@@ -15,7 +15,7 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
-all_targets=(frame_decoder handshake config proxy_header)
+all_targets=(frame_decoder handshake config proxy_header proxy_decode)
 seconds=60
 if [ "$#" -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
     seconds=$1

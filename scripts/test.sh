@@ -120,6 +120,36 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
         exit "$install_status"
     fi
 fi
+# haproxy and nginx: real load balancers in front of the gateway (tests/it/balancer.rs). The
+# tests start them with their own configuration; the packages' services are never started: a
+# temporary policy-rc.d refuses every start during the installation (only if there was none).
+service_packages=()
+if [ ! -x /usr/sbin/haproxy ]; then
+    service_packages+=(haproxy)
+fi
+if [ ! -x /usr/sbin/nginx ]; then
+    service_packages+=(nginx)
+fi
+if [ "${#service_packages[@]}" -gt 0 ]; then
+    step "installing Debian packages without starting their services: ${service_packages[*]}"
+    placed_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        placed_policy=1
+    fi
+    status=0
+    quiet as_root apt-get update || status=$?
+    if [ "$status" -eq 0 ]; then
+        quiet as_root apt-get install -y --no-install-recommends "${service_packages[@]}" || status=$?
+    fi
+    if [ -n "$placed_policy" ]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
+    if [ "$status" -ne 0 ]; then
+        exit "$status"
+    fi
+fi
 if [ "${#venv_packages[@]}" -gt 0 ]; then
     if [ ! -x .venv/bin/pip ]; then
         rm -rf .venv

@@ -21,7 +21,9 @@
 //! demo page for plain HTTP requests; `demo` runs the built-in demo backends; `tls` loads
 //! certificates during config validation (the listeners' and the backend TLS client's); `origin` parses origins; `outbound` makes the HTTP(S)
 //! requests of `auth` and `target` (auth service, token service); `proxy_protocol` encodes the
-//! PROXY header for backends; `fallback` carries sessions over plain HTTP requests (streaming or
+//! PROXY header for backends and decodes the one a load balancer sends to a listener;
+//! `forwarded` finds the real client address behind a trusted proxy (`trusted` ranges,
+//! `X-Forwarded-For`, RFC 7239 `Forwarded`); `fallback` carries sessions over plain HTTP requests (streaming or
 //! long-polling) for clients without WebSocket, as an in-process WebSocket client of the usual
 //! pump; `registry`, `metrics` and `admin` serve the operator's view (live sessions, readiness,
 //! Prometheus metrics, the status page); `websockify` turns websockify's command line into a
@@ -31,7 +33,7 @@
 //!
 //! The library's public surface is what the binary, the benchmarks, the fuzz targets and the
 //! integration tests use: [`run`], [`run_from_file`], [`run_with_listeners`], `config`,
-//! `handshake`, `ws`, `proxy_protocol`, `recording`, and the types they name (`auth`,
+//! `handshake`, `ws`, `proxy_protocol`, `forwarded`, `recording`, and the types they name (`auth`,
 //! `origin`); everything else is crate-private.
 #![forbid(unsafe_code)]
 // Lengths and counts come from the network and the configuration: narrowing them is explicit
@@ -52,6 +54,7 @@ pub mod config;
 pub(crate) mod demo;
 pub(crate) mod error;
 pub(crate) mod fallback;
+pub mod forwarded;
 pub(crate) mod framing;
 pub mod handshake;
 pub(crate) mod metrics;

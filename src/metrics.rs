@@ -80,6 +80,14 @@ pub struct AbuseLabel {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyRefusedLabel {
+    /// The listener's bound address.
+    pub listener: String,
+    /// "untrusted", "missing", "malformed", "too_long", "timeout", "closed".
+    pub reason: &'static str,
+}
+
 /// Every metric of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -96,6 +104,8 @@ pub struct Metrics {
     pub auth: Family<AuthLabel, Counter>,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    /// Connections closed on a `proxy_protocol` listener before any HTTP.
+    pub proxy_header_refused: Family<ProxyRefusedLabel, Counter>,
     pub local_resource_errors: Family<ResourceLabel, Counter>,
     pub sessions_by_version: Family<VersionLabel, Counter>,
     pub sessions_by_transport: Family<TransportLabel, Counter>,
@@ -132,6 +142,7 @@ impl Metrics {
             auth: Family::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
+            proxy_header_refused: Family::default(),
             local_resource_errors: Family::default(),
             sessions_by_version: Family::default(),
             sessions_by_transport: Family::default(),
@@ -217,6 +228,12 @@ impl Metrics {
             "connections_refused",
             "Client connections refused by max_connections or max_connections_per_ip",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "proxy_header_refused",
+            "Connections closed on a proxy_protocol listener before any HTTP: a peer not in \
+             trusted, or a missing, malformed or late PROXY header",
+            m.proxy_header_refused.clone(),
         );
         registry.register(
             "local_resource_errors",

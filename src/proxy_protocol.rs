@@ -1,12 +1,23 @@
-//! The PROXY protocol header (HAProxy's spec, versions 1 and 2) written to a backend connection
-//! before any payload, so that backends learn the real client address.
+//! The PROXY protocol header (HAProxy's spec, versions 1 and 2): written to a backend connection
+//! before any payload, so that backends learn the real client address, and read from a client
+//! connection on a listener behind a load balancer (`[[listener]] proxy_protocol`), so that the
+//! gateway learns it.
 //!
-//! Owns encoding only (pure). Version 2 carries wsgate's own TLVs in the custom range:
-//! the authenticated subject, the route path and the session id (see [`TLV_SUBJECT`] etc. and
-//! README.md). Cookie and token values are never put in a header. A header whose length does not
-//! fit its 16-bit length field is refused ([`EncodeError`]), never written cut or wrapped; the
+//! Owns the format, both ways, pure over bytes; the sockets belong to the server.
+//!
+//! Encoding ([`encode`], [`encode_unknown`]): version 2 carries wsgate's own TLVs in the custom
+//! range: the authenticated subject, the route path and the session id (see [`TLV_SUBJECT`] etc.
+//! and README.md). Cookie and token values are never put in a header. A header whose length does
+//! not fit its 16-bit length field is refused ([`EncodeError`]), never written cut or wrapped; the
 //! subject bound ([`MAX_SUBJECT_BYTES`], checked with the credential) and the route path bound
 //! ([`MAX_ROUTE_BYTES`], checked in the configuration) keep every real header far below it.
+//!
+//! Decoding ([`decode`]): over the bytes received so far, the answer is "need more"
+//! (`Ok(None)`, nothing consumed), a header with the number of bytes it took
+//! (`Ok(Some((Proxied, len)))`), or a [`DecodeError`]. Parsing is strict: a v1 line of at most
+//! [`V1_MAX_BYTES`] with single spaces, canonical addresses and ports; a v2 header with the exact
+//! signature, version 2, command LOCAL or PROXY, families INET / INET6 over STREAM (UNSPEC only
+//! with LOCAL), and at most [`V2_MAX_TLV_BYTES`] after the addresses. TLVs are skipped, not read.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -170,6 +181,210 @@ fn v2_with_tlvs(
     Ok(out)
 }
 
+/// Longest v1 line, CRLF included (spec §2.1).
+pub const V1_MAX_BYTES: usize = 107;
+/// Most bytes a received v2 header may carry after its addresses (TLVs, which are skipped). A
+/// balancer's TLVs (ALPN, authority, unique id, SSL details) take a few hundred.
+pub const V2_MAX_TLV_BYTES: usize = 4096;
+/// The fixed part of a v2 header: signature, version/command, family, length.
+const V2_FIXED_BYTES: usize = 16;
+
+/// What a received header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxied {
+    /// The client's address and the address it connected to, as the balancer saw them.
+    Proxy {
+        source: SocketAddr,
+        destination: SocketAddr,
+    },
+    /// No address to tell: v2 LOCAL (the balancer's own connection, e.g. a health check) or v1
+    /// `UNKNOWN`. The connection's own peer address stands.
+    Local,
+}
+
+/// Why a received header is refused. The label ([`DecodeError::label`]) is the metric's `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("no PROXY {0} header at the start of the connection")]
+    Missing(Version),
+    #[error("PROXY v1 line longer than {V1_MAX_BYTES} bytes")]
+    V1TooLong,
+    #[error("malformed PROXY v1 line: {0}")]
+    V1Malformed(&'static str),
+    #[error("PROXY v2 version/command byte {0:#04x} (only version 2, LOCAL or PROXY)")]
+    V2VersionCommand(u8),
+    #[error("PROXY v2 family/protocol byte {0:#04x} not supported")]
+    V2Family(u8),
+    #[error("PROXY v2 length {0} too short for its addresses")]
+    V2Short(u16),
+    #[error("PROXY v2 header carries {0} bytes of TLVs; at most {V2_MAX_TLV_BYTES}")]
+    V2TooLong(usize),
+}
+
+impl DecodeError {
+    /// A short fixed label for the refusal metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::Missing(_) => "missing",
+            DecodeError::V1TooLong | DecodeError::V2TooLong(_) => "too_long",
+            DecodeError::V1Malformed(_)
+            | DecodeError::V2VersionCommand(_)
+            | DecodeError::V2Family(_)
+            | DecodeError::V2Short(_) => "malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        })
+    }
+}
+
+/// Decode the header of `version` at the start of `buf`: `Ok(None)` while `buf` is a proper
+/// prefix of a possible header, `Ok(Some((header, consumed)))` once it is whole.
+pub fn decode(version: Version, buf: &[u8]) -> Result<Option<(Proxied, usize)>, DecodeError> {
+    match version {
+        Version::V1 => decode_v1(buf),
+        Version::V2 => decode_v2(buf),
+    }
+}
+
+/// Spec §2.1: `PROXY TCP4|TCP6 SRC DST SPORT DPORT\r\n` or `PROXY UNKNOWN...\r\n`.
+fn decode_v1(buf: &[u8]) -> Result<Option<(Proxied, usize)>, DecodeError> {
+    const PREFIX: &[u8] = b"PROXY ";
+    let n = buf.len().min(PREFIX.len());
+    if buf[..n] != PREFIX[..n] {
+        return Err(DecodeError::Missing(Version::V1));
+    }
+    let Some(lf) = buf.iter().take(V1_MAX_BYTES).position(|b| *b == b'\n') else {
+        return if buf.len() >= V1_MAX_BYTES {
+            Err(DecodeError::V1TooLong)
+        } else {
+            Ok(None)
+        };
+    };
+    let consumed = lf + 1;
+    let Some(line) = buf[..lf].strip_suffix(b"\r") else {
+        return Err(DecodeError::V1Malformed("the line does not end with CRLF"));
+    };
+    let line = std::str::from_utf8(&line[PREFIX.len()..])
+        .map_err(|_| DecodeError::V1Malformed("not ASCII"))?;
+    if line == "UNKNOWN" || line.starts_with("UNKNOWN ") {
+        // Spec §2.1: the rest of an UNKNOWN line is ignored.
+        return Ok(Some((Proxied::Local, consumed)));
+    }
+    let fields: Vec<&str> = line.split(' ').collect();
+    let [proto, src, dst, sport, dport] = fields[..] else {
+        return Err(DecodeError::V1Malformed(
+            "expected protocol, two addresses and two ports separated by single spaces",
+        ));
+    };
+    let ip = |s: &str| -> Result<IpAddr, DecodeError> {
+        let parsed = match proto {
+            "TCP4" => s.parse::<std::net::Ipv4Addr>().map(IpAddr::V4),
+            "TCP6" => s.parse::<std::net::Ipv6Addr>().map(IpAddr::V6),
+            _ => {
+                return Err(DecodeError::V1Malformed(
+                    "protocol is not TCP4, TCP6 or UNKNOWN",
+                ))
+            }
+        };
+        parsed.map_err(|_| DecodeError::V1Malformed("bad address"))
+    };
+    let port = |s: &str| -> Result<u16, DecodeError> {
+        // Decimal without sign or leading zeros (spec §2.1), 0..=65535.
+        let ok = !s.is_empty()
+            && s.len() <= 5
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && (s == "0" || !s.starts_with('0'));
+        ok.then(|| s.parse::<u16>().ok())
+            .flatten()
+            .ok_or(DecodeError::V1Malformed("bad port"))
+    };
+    let source = SocketAddr::new(ip(src)?, port(sport)?);
+    let destination = SocketAddr::new(ip(dst)?, port(dport)?);
+    Ok(Some((
+        Proxied::Proxy {
+            source,
+            destination,
+        },
+        consumed,
+    )))
+}
+
+/// Spec §2.2: signature, version and command, family and protocol, length, addresses, TLVs.
+fn decode_v2(buf: &[u8]) -> Result<Option<(Proxied, usize)>, DecodeError> {
+    let n = buf.len().min(V2_SIGNATURE.len());
+    if buf[..n] != V2_SIGNATURE[..n] {
+        return Err(DecodeError::Missing(Version::V2));
+    }
+    if buf.len() < V2_FIXED_BYTES {
+        return Ok(None);
+    }
+    let ver_cmd = buf[12];
+    let local = match ver_cmd {
+        0x20 => true,
+        0x21 => false,
+        other => return Err(DecodeError::V2VersionCommand(other)),
+    };
+    let family = buf[13];
+    let len16 = u16::from_be_bytes([buf[14], buf[15]]);
+    let len = usize::from(len16);
+    // The address block's size by family; LOCAL may carry any family (or UNSPEC) and its
+    // addresses are ignored.
+    let addr_len = match (family, local) {
+        (0x11, _) => 12, // AF_INET, STREAM
+        (0x21, _) => 36, // AF_INET6, STREAM
+        (_, true) => 0,
+        (other, false) => return Err(DecodeError::V2Family(other)),
+    };
+    if len < addr_len {
+        return Err(DecodeError::V2Short(len16));
+    }
+    // Refused before waiting for (or keeping) the bytes.
+    if len - addr_len > V2_MAX_TLV_BYTES {
+        return Err(DecodeError::V2TooLong(len - addr_len));
+    }
+    let total = V2_FIXED_BYTES + len;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    if local {
+        return Ok(Some((Proxied::Local, total)));
+    }
+    let a = &buf[V2_FIXED_BYTES..V2_FIXED_BYTES + addr_len];
+    let (source, destination) = if addr_len == 12 {
+        let ip = |o: usize| IpAddr::from([a[o], a[o + 1], a[o + 2], a[o + 3]]);
+        let port = |o: usize| u16::from_be_bytes([a[o], a[o + 1]]);
+        (
+            SocketAddr::new(ip(0), port(8)),
+            SocketAddr::new(ip(4), port(10)),
+        )
+    } else {
+        let ip = |o: usize| {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&a[o..o + 16]);
+            IpAddr::from(b)
+        };
+        let port = |o: usize| u16::from_be_bytes([a[o], a[o + 1]]);
+        (
+            SocketAddr::new(ip(0), port(32)),
+            SocketAddr::new(ip(16), port(34)),
+        )
+    };
+    Ok(Some((
+        Proxied::Proxy {
+            source,
+            destination,
+        },
+        total,
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +488,245 @@ mod tests {
             &v2[16..],
             b"\xE0\x00\x05alice\xE1\x00\x05/chat\xE2\x00\x0242"
         );
+    }
+
+    fn proxied(src: &str, dst: &str) -> Proxied {
+        Proxied::Proxy {
+            source: src.parse().unwrap(),
+            destination: dst.parse().unwrap(),
+        }
+    }
+
+    /// Every proper prefix of a whole header needs more; the whole one decodes to `want`, with
+    /// the bytes after it left unconsumed.
+    fn whole(version: Version, bytes: &[u8], want: Proxied) {
+        for n in 0..bytes.len() {
+            assert_eq!(
+                decode(version, &bytes[..n]),
+                Ok(None),
+                "prefix of {n} bytes"
+            );
+        }
+        let mut more = bytes.to_vec();
+        more.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        assert_eq!(decode(version, &more), Ok(Some((want, bytes.len()))));
+    }
+
+    #[test]
+    fn decode_v1_fields() {
+        whole(
+            Version::V1,
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 443\r\n",
+            proxied("192.0.2.7:56324", "198.51.100.1:443"),
+        );
+        whole(
+            Version::V1,
+            b"PROXY TCP6 2001:db8::7 ::1 0 65535\r\n",
+            proxied("[2001:db8::7]:0", "[::1]:65535"),
+        );
+        whole(Version::V1, b"PROXY UNKNOWN\r\n", Proxied::Local);
+        whole(
+            Version::V1,
+            b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n",
+            Proxied::Local,
+        );
+        // The longest lines the spec allows fit (107 bytes: UNKNOWN with IPv6 addresses).
+        let a = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        let tcp6 = format!("PROXY TCP6 {a} {a} 65535 65535\r\n");
+        assert!(matches!(
+            decode(Version::V1, tcp6.as_bytes()),
+            Ok(Some((Proxied::Proxy { .. }, 104)))
+        ));
+        let unknown = format!("PROXY UNKNOWN {a} {a} 65535 65535\r\n");
+        assert_eq!(unknown.len(), V1_MAX_BYTES);
+        assert_eq!(
+            decode(Version::V1, unknown.as_bytes()),
+            Ok(Some((Proxied::Local, 107)))
+        );
+    }
+
+    #[test]
+    fn decode_v1_refusals() {
+        let malformed = [
+            "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",       // no CR
+            "PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n",    // two spaces
+            "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n",    // trailing space
+            "PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",       // a port missing
+            "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n",   // one field too many
+            "PROXY TCP4 1.2.3.256 5.6.7.8 1 2\r\n",   // bad address
+            "PROXY TCP4 ::1 5.6.7.8 1 2\r\n",         // IPv6 in TCP4
+            "PROXY TCP6 1.2.3.4 ::1 1 2\r\n",         // IPv4 in TCP6
+            "PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n", // port too big
+            "PROXY TCP4 1.2.3.4 5.6.7.8 080 2\r\n",   // leading zero
+            "PROXY TCP4 1.2.3.4 5.6.7.8 +80 2\r\n",   // sign
+            "PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n",
+            "PROXY TCP4 1.2.3.4 5.6.7.8 1 x\r\n",
+            "PROXY TCP4 1.2.3.4 5.6.7.8 1 \r\n",  // empty port
+            "PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n", // protocol
+            "PROXY tcp4 1.2.3.4 5.6.7.8 1 2\r\n",
+            "PROXY TCP4 1.2.3.4\t5.6.7.8 1 2\r\n",
+            "PROXY \r\n",
+            "PROXY UNKNOWNX\r\n",
+        ];
+        for line in malformed {
+            assert!(
+                matches!(
+                    decode(Version::V1, line.as_bytes()),
+                    Err(DecodeError::V1Malformed(_))
+                ),
+                "{line:?}: {:?}",
+                decode(Version::V1, line.as_bytes())
+            );
+        }
+        assert!(matches!(
+            decode(Version::V1, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\xff\n"),
+            Err(DecodeError::V1Malformed(_))
+        ));
+        for missing in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"proxy ",
+            b"\x16\x03\x01",
+            b"P ROXY",
+        ] {
+            assert_eq!(
+                decode(Version::V1, missing),
+                Err(DecodeError::Missing(Version::V1))
+            );
+        }
+        // A v2 header on a v1 listener, and the other way round.
+        assert_eq!(
+            decode(Version::V1, &V2_SIGNATURE),
+            Err(DecodeError::Missing(Version::V1))
+        );
+        assert_eq!(
+            decode(Version::V2, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"),
+            Err(DecodeError::Missing(Version::V2))
+        );
+        // No line end within 107 bytes: refused as soon as the 107th byte is in, not before.
+        let long = format!("PROXY TCP4 {}", "1".repeat(200));
+        assert_eq!(decode(Version::V1, &long.as_bytes()[..106]), Ok(None));
+        assert_eq!(
+            decode(Version::V1, &long.as_bytes()[..107]),
+            Err(DecodeError::V1TooLong)
+        );
+        assert_eq!(
+            decode(Version::V1, long.as_bytes()),
+            Err(DecodeError::V1TooLong)
+        );
+    }
+
+    fn v2(ver_cmd: u8, family: u8, body: &[u8]) -> Vec<u8> {
+        let mut b = V2_SIGNATURE.to_vec();
+        b.push(ver_cmd);
+        b.push(family);
+        b.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        b.extend_from_slice(body);
+        b
+    }
+
+    #[test]
+    fn decode_v2_fields() {
+        let mut body = vec![192, 0, 2, 7, 198, 51, 100, 1];
+        body.extend_from_slice(&56324u16.to_be_bytes());
+        body.extend_from_slice(&443u16.to_be_bytes());
+        whole(
+            Version::V2,
+            &v2(0x21, 0x11, &body),
+            proxied("192.0.2.7:56324", "198.51.100.1:443"),
+        );
+        // TLVs are skipped.
+        body.extend_from_slice(b"\x01\x00\x02h2\x04\x00\x00");
+        whole(
+            Version::V2,
+            &v2(0x21, 0x11, &body),
+            proxied("192.0.2.7:56324", "198.51.100.1:443"),
+        );
+        let src: std::net::Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let dst: std::net::Ipv6Addr = "::1".parse().unwrap();
+        let mut body = src.octets().to_vec();
+        body.extend_from_slice(&dst.octets());
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(&2u16.to_be_bytes());
+        whole(
+            Version::V2,
+            &v2(0x21, 0x21, &body),
+            proxied("[2001:db8::7]:1", "[::1]:2"),
+        );
+        // LOCAL: a health check, UNSPEC without addresses, or with addresses that are ignored.
+        whole(Version::V2, &v2(0x20, 0x00, b""), Proxied::Local);
+        whole(Version::V2, &v2(0x20, 0x11, &[0; 12]), Proxied::Local);
+        whole(
+            Version::V2,
+            &v2(0x20, 0x00, b"\x04\x00\x00"),
+            Proxied::Local,
+        );
+        // What the encoder writes reads back.
+        let h = header("[::ffff:10.1.2.3]:5", "10.0.0.1:6");
+        let b = encode(Version::V2, &h).unwrap();
+        assert_eq!(
+            decode(Version::V2, &b),
+            Ok(Some((proxied("10.1.2.3:5", "10.0.0.1:6"), b.len())))
+        );
+        let b = encode(Version::V1, &h).unwrap();
+        assert_eq!(
+            decode(Version::V1, &b),
+            Ok(Some((proxied("10.1.2.3:5", "10.0.0.1:6"), b.len())))
+        );
+    }
+
+    #[test]
+    fn decode_v2_refusals() {
+        let mut bad_sig = v2(0x21, 0x11, &[0; 12]);
+        bad_sig[11] = 0x0B;
+        assert_eq!(
+            decode(Version::V2, &bad_sig),
+            Err(DecodeError::Missing(Version::V2))
+        );
+        // Refused on the first wrong byte, without waiting for more.
+        assert_eq!(
+            decode(Version::V2, &bad_sig[..12]),
+            Err(DecodeError::Missing(Version::V2))
+        );
+        assert_eq!(
+            decode(Version::V2, b"GET"),
+            Err(DecodeError::Missing(Version::V2))
+        );
+        for vc in [0x11, 0x22, 0x2F, 0x31, 0x00] {
+            assert_eq!(
+                decode(Version::V2, &v2(vc, 0x11, &[0; 12])),
+                Err(DecodeError::V2VersionCommand(vc))
+            );
+        }
+        // PROXY over UNSPEC, UDP or unix sockets is not a TCP client address.
+        for fam in [0x00, 0x12, 0x22, 0x31, 0x32, 0x10, 0xFF] {
+            assert_eq!(
+                decode(Version::V2, &v2(0x21, fam, &[0; 216])),
+                Err(DecodeError::V2Family(fam))
+            );
+        }
+        assert_eq!(
+            decode(Version::V2, &v2(0x21, 0x11, &[0; 11])),
+            Err(DecodeError::V2Short(11))
+        );
+        assert_eq!(
+            decode(Version::V2, &v2(0x21, 0x21, &[0; 35])),
+            Err(DecodeError::V2Short(35))
+        );
+        // Oversize: refused from the fixed part alone, before the TLVs arrive.
+        let big = v2(0x21, 0x11, &vec![0; 12 + V2_MAX_TLV_BYTES + 1]);
+        assert_eq!(
+            decode(Version::V2, &big[..16]),
+            Err(DecodeError::V2TooLong(V2_MAX_TLV_BYTES + 1))
+        );
+        let mut fixed = v2(0x21, 0x11, b"");
+        fixed[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(
+            decode(Version::V2, &fixed),
+            Err(DecodeError::V2TooLong(_))
+        ));
+        // Exactly at the bound: accepted.
+        let at = v2(0x21, 0x11, &vec![0; 12 + V2_MAX_TLV_BYTES]);
+        assert!(matches!(decode(Version::V2, &at), Ok(Some((_, n))) if n == at.len()));
     }
 
     use proptest::prelude::*;

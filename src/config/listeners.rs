@@ -3,8 +3,12 @@
 //! `wss://`, the certificate and key, loaded here (through [`crate::tls`]) so that a bad file is
 //! a configuration error naming its path.
 //!
-//! Binding, taking the sockets systemd passed, the stale-socket check and the socket file's
-//! removal at shutdown belong to the server; this module only says what to bind.
+//! Behind a load balancer: `proxy_protocol` (a PROXY header starts every connection),
+//! `forwarded` (the client address from an HTTP header) and the `trusted` address ranges they
+//! need, parsed here ([`crate::forwarded::Cidr`]).
+//!
+//! Binding, taking the sockets systemd passed, the stale-socket check and the socket file's removal at shutdown belong to the
+//! server; this module only says what to bind.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -13,6 +17,8 @@ use std::sync::Arc;
 
 use super::raw::RawListener;
 use super::{ConfigError, Ctx};
+use crate::forwarded::{Cidr, ForwardedHeader, Trusted};
+use crate::proxy_protocol;
 
 /// The prefix of a unix-domain socket bind: `bind = "unix:/run/wsgate.sock"`.
 pub const UNIX_PREFIX: &str = "unix:";
@@ -68,6 +74,12 @@ pub struct Listener {
     pub accept_plain: bool,
     /// `mode`: the permission bits set on a unix socket file after it is bound.
     pub mode: Option<u32>,
+    /// `proxy_protocol`: every connection starts with a PROXY header of this version.
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+    /// `forwarded`: the header that names the client when the peer is trusted.
+    pub forwarded: Option<ForwardedHeader>,
+    /// `trusted`: the balancers' address ranges (empty when neither of the above is set).
+    pub trusted: Arc<Trusted>,
 }
 
 impl fmt::Debug for Listener {
@@ -78,12 +90,30 @@ impl fmt::Debug for Listener {
             .field("http2", &self.http2)
             .field("accept_plain", &self.accept_plain)
             .field("mode", &self.mode.map(|m| format!("{m:04o}")))
+            .field("proxy_protocol", &self.proxy_protocol)
+            .field("forwarded", &self.forwarded)
+            .field("trusted", &self.trusted)
             .finish()
     }
 }
 
 /// One line of `wsgate check`'s summary.
 pub(super) fn summary(l: &Listener) -> String {
+    let mut line = transport_summary(l);
+    if let Some(v) = l.proxy_protocol {
+        line.push_str(&format!("; PROXY {v} header required"));
+    }
+    if let Some(h) = l.forwarded {
+        line.push_str(&format!("; client from {}", h.name()));
+    }
+    if !l.trusted.0.is_empty() {
+        let ranges: Vec<String> = l.trusted.0.iter().map(ToString::to_string).collect();
+        line.push_str(&format!(" (trusted {})", ranges.join(", ")));
+    }
+    line
+}
+
+fn transport_summary(l: &Listener) -> String {
     let cert = l.tls_cert.as_ref().map(|c| c.display());
     match (&l.bind, cert) {
         (ListenAddr::Tcp(a), None) => format!("ws://{a}"),
@@ -231,6 +261,16 @@ impl Ctx<'_> {
                 }
             }
         };
+        let proxy_protocol = l.proxy_protocol.as_ref().map(|v| *v.get_ref());
+        let forwarded = l.forwarded.as_ref().map(|v| *v.get_ref());
+        if let (Some(p), ListenAddr::Unix(_)) = (&l.proxy_protocol, &bind) {
+            return self.err(
+                p.span(),
+                format!("listener[{i}].proxy_protocol"),
+                "proxy_protocol applies only to a TCP listener",
+            );
+        }
+        let trusted = self.trusted(i, l, proxy_protocol.is_some() || forwarded.is_some())?;
         Ok(Listener {
             bind,
             tls,
@@ -239,7 +279,49 @@ impl Ctx<'_> {
             http2,
             accept_plain,
             mode,
+            proxy_protocol,
+            forwarded,
+            trusted: Arc::new(trusted),
         })
+    }
+
+    /// `trusted`: required with `proxy_protocol` or `forwarded`, meaningless without them.
+    fn trusted(&self, i: usize, l: &RawListener, needed: bool) -> Result<Trusted, ConfigError> {
+        let key = format!("listener[{i}].trusted");
+        let Some(list) = &l.trusted else {
+            if needed {
+                return self.err(
+                    l.bind.span(),
+                    key,
+                    "proxy_protocol and forwarded need the balancers' address ranges, e.g. trusted = [\"10.0.0.0/8\"]",
+                );
+            }
+            return Ok(Trusted::default());
+        };
+        if !needed {
+            return self.err(
+                list.span(),
+                key,
+                "trusted applies only with proxy_protocol or forwarded",
+            );
+        }
+        if list.get_ref().is_empty() {
+            return self.err(list.span(), key, "at least one address range is needed");
+        }
+        let mut out = Vec::with_capacity(list.get_ref().len());
+        for (j, entry) in list.get_ref().iter().enumerate() {
+            match Cidr::parse(entry.get_ref()) {
+                Ok(c) => out.push(c),
+                Err(reason) => {
+                    return self.err(
+                        entry.span(),
+                        format!("listener[{i}].trusted[{j}]"),
+                        format!("{:?}: {reason}", entry.get_ref()),
+                    )
+                }
+            }
+        }
+        Ok(Trusted(out))
     }
 }
 
@@ -334,6 +416,73 @@ mod tests {
         let unix =
             "bind = \"unix:/a\"\ntls = { cert = \"c.pem\", key = \"k.pem\", accept_plain = true }";
         assert_eq!(key_of(unix), "listener[0].tls.accept_plain");
+    }
+
+    #[test]
+    fn behind_a_balancer() {
+        let c = with_listener(
+            "bind = \"127.0.0.1:0\"\nproxy_protocol = \"v2\"\nforwarded = \"forwarded\"\ntrusted = [\"10.0.0.0/8\", \"::1\"]",
+        )
+        .unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.proxy_protocol, Some(proxy_protocol::Version::V2));
+        assert_eq!(l.forwarded, Some(ForwardedHeader::Forwarded));
+        assert!(l.trusted.contains("10.9.8.7".parse().unwrap()));
+        assert!(l.trusted.contains("::1".parse().unwrap()));
+        assert!(!l.trusted.contains("127.0.0.1".parse().unwrap()));
+        assert!(c.summary().contains(
+            "ws://127.0.0.1:0; PROXY v2 header required; client from forwarded (trusted 10.0.0.0/8, ::1/128)"
+        ));
+        let c = with_listener(
+            "bind = \"127.0.0.1:0\"\nforwarded = \"x-forwarded-for\"\ntrusted = [\"127.0.0.1/32\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            c.listeners[0].forwarded,
+            Some(ForwardedHeader::XForwardedFor)
+        );
+        assert_eq!(c.listeners[0].proxy_protocol, None);
+        let c = with_listener("bind = \"127.0.0.1:0\"").unwrap();
+        assert!(c.listeners[0].trusted.0.is_empty());
+
+        // trusted is required with either, and only with them.
+        for lines in [
+            "bind = \"127.0.0.1:0\"\nproxy_protocol = \"v1\"",
+            "bind = \"127.0.0.1:0\"\nforwarded = \"forwarded\"",
+            "bind = \"127.0.0.1:0\"\ntrusted = [\"10.0.0.0/8\"]",
+            "bind = \"127.0.0.1:0\"\nproxy_protocol = \"v1\"\ntrusted = []",
+        ] {
+            assert_eq!(key_of(lines), "listener[0].trusted", "{lines}");
+        }
+        // Bad ranges name their entry and say what is wrong.
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "::/129",
+            "example.com",
+            "10.0.0.0/08",
+            "",
+        ] {
+            let lines = format!(
+                "bind = \"127.0.0.1:0\"\nproxy_protocol = \"v2\"\ntrusted = [\"::1\", \"{bad}\"]"
+            );
+            let e = with_listener(&lines).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("listener[0].trusted[1]"), "{bad}");
+            assert!(e.message.contains(&format!("{bad:?}")), "{e}");
+        }
+        // Unknown values are refused while the TOML is read.
+        assert!(with_listener(
+            "bind = \"127.0.0.1:0\"\nproxy_protocol = \"v3\"\ntrusted = [\"::1\"]"
+        )
+        .is_err());
+        assert!(with_listener(
+            "bind = \"127.0.0.1:0\"\nforwarded = \"x-real-ip\"\ntrusted = [\"::1\"]"
+        )
+        .is_err());
+        assert_eq!(
+            key_of("bind = \"unix:/a\"\nproxy_protocol = \"v2\"\ntrusted = [\"::1\"]"),
+            "listener[0].proxy_protocol"
+        );
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub struct RawListener {
     pub http2: Option<Spanned<bool>>,
     /// Only with a `unix:` bind: the socket file's permission bits, an octal string.
     pub mode: Option<Spanned<String>>,
+    /// Behind a load balancer: every connection starts with a PROXY header of this version.
+    pub proxy_protocol: Option<Spanned<proxy_protocol::Version>>,
+    /// The client address is taken from this header when the peer is `trusted`.
+    pub forwarded: Option<Spanned<crate::forwarded::ForwardedHeader>>,
+    /// The balancers' and proxies' address ranges (CIDRs).
+    pub trusted: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

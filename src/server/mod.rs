@@ -4,7 +4,14 @@
 //! accepting, Close 1001 to every session, wait at most `shutdown_grace`).
 //!
 //! Listeners are TCP or unix-domain sockets ([`unix`]: the socket file's life from the stale
-//! check to its removal), bound here or passed by systemd ([`systemd`]: socket activation). A TLS listener with `accept_plain` tells TLS from plain clients by the
+//! check to its removal), bound here or passed by systemd ([`systemd`]: socket activation).
+//! Behind a load balancer, a `proxy_protocol` listener reads the PROXY
+//! header ([`crate::proxy_protocol::decode`]) from a `trusted` peer before TLS and HTTP, within
+//! `handshake_timeout`, and takes the client address from it; a connection from elsewhere, or
+//! without a good header, is closed unanswered (logged, counted in
+//! `proxy_header_refused_total`). Its per-address count (`max_connections_per_ip`) is taken once
+//! the header is read, on the carried address; on a `forwarded` listener, a trusted peer's
+//! connection is counted per request, on the address its header names (see [`request`]). A TLS listener with `accept_plain` tells TLS from plain clients by the
 //! first byte, peeked before anything is read.
 //!
 //! The other jobs have files of their own:
@@ -41,7 +48,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -49,9 +56,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ListenAddr};
+use crate::forwarded::{ForwardedHeader, Trusted};
 use crate::framing::MessageBudget;
 use crate::metrics::Metrics;
+use crate::metrics::ProxyRefusedLabel;
 use crate::notify::Notifier;
+use crate::proxy_protocol;
 use crate::registry::Registry;
 use crate::{admin, demo};
 
@@ -137,55 +147,90 @@ impl Gateway {
     }
 
     /// Count a new client connection; the reason when a limit refuses it. A client of a
-    /// unix-socket listener (`ip` is `None`) counts against `max_connections` only.
+    /// unix-socket listener (`ip` is `None`) counts against `max_connections` only; so does one
+    /// whose address is not known yet (a PROXY header to read) or comes per request.
     fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> (ConnGuard, Option<&'static str>) {
         let limits = self.state().config.http;
         let total = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let from_ip = match ip {
-            None => 0,
-            Some(ip) => {
-                let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-                let n = map.entry(ip).or_insert(0);
-                *n += 1;
-                *n
-            }
-        };
         self.metrics.connections_open.inc();
-        let guard = ConnGuard {
+        let mut guard = ConnGuard {
             gw: self.clone(),
-            ip,
+            ip: None,
         };
-        let refused = if total > limits.max_connections {
-            Some("too many connections (max_connections)")
-        } else if from_ip > limits.max_connections_per_ip {
-            Some("too many connections from this address (max_connections_per_ip)")
-        } else {
-            None
-        };
+        let mut refused =
+            (total > limits.max_connections).then_some("too many connections (max_connections)");
+        if let Some(ip) = ip {
+            let (claim, over) = self.claim_ip_uncounted(ip);
+            guard.ip = Some(claim);
+            if over {
+                refused = refused.or(Some(PER_IP_REFUSAL));
+            }
+        }
         if refused.is_some() {
             self.metrics.connections_refused.inc();
         }
         (guard, refused)
     }
+
+    /// Count one more connection from `ip` (`max_connections_per_ip`), for a connection already
+    /// admitted: the claim, and whether it is over the limit (then counted as refused).
+    pub(super) fn claim_ip(self: &Arc<Self>, ip: IpAddr) -> (IpClaim, bool) {
+        let (claim, over) = self.claim_ip_uncounted(ip);
+        if over {
+            self.metrics.connections_refused.inc();
+        }
+        (claim, over)
+    }
+
+    fn claim_ip_uncounted(self: &Arc<Self>, ip: IpAddr) -> (IpClaim, bool) {
+        let max = self.state().config.http.max_connections_per_ip;
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        *n += 1;
+        let over = *n > max;
+        drop(map);
+        (
+            IpClaim {
+                gw: self.clone(),
+                ip,
+            },
+            over,
+        )
+    }
 }
+
+/// Why a connection over `max_connections_per_ip` gets 503.
+pub(super) const PER_IP_REFUSAL: &str =
+    "too many connections from this address (max_connections_per_ip)";
 
 /// Releases a connection's place in the counts when the connection (or its session) ends.
 struct ConnGuard {
     gw: Arc<Gateway>,
-    /// `None` for a unix-socket client (not counted per address).
-    ip: Option<IpAddr>,
+    /// Its place in the per-address count: `None` for a unix-socket client, and for a connection
+    /// whose client address comes per request (`forwarded`).
+    ip: Option<IpClaim>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.gw.connections.fetch_sub(1, Ordering::Relaxed);
         self.gw.metrics.connections_open.dec();
-        let Some(ip) = self.ip else { return };
+    }
+}
+
+/// One place in the count of connections from one address (`max_connections_per_ip`).
+pub(super) struct IpClaim {
+    gw: Arc<Gateway>,
+    ip: IpAddr,
+}
+
+impl Drop for IpClaim {
+    fn drop(&mut self) {
         let mut map = self.gw.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&ip) {
+        if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&ip);
+                map.remove(&self.ip);
             }
         }
     }
@@ -451,6 +496,14 @@ async fn accept_loop(gw: Arc<Gateway>, listener: Listening, index: usize, stop: 
         Listening::Tcp(l) => l.local_addr().ok().filter(|a| !a.ip().is_unspecified()),
         Listening::Unix(_) => None,
     };
+    // The listener in `proxy_header_refused_total`: its bound address.
+    let label: Arc<str> = match &listener {
+        Listening::Tcp(l) => l
+            .local_addr()
+            .map_or_else(|_| "-".to_string(), |a| a.to_string()),
+        Listening::Unix(_) => "-".to_string(),
+    }
+    .into();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -459,13 +512,22 @@ async fn accept_loop(gw: Arc<Gateway>, listener: Listening, index: usize, stop: 
         match accepted {
             Ok(Accepted::Tcp(tcp, peer)) => {
                 backoff = ACCEPT_BACKOFF_START_MS;
-                let (guard, refused) = gw.admit(Some(peer.ip()));
+                // Behind a balancer the address to count comes later: from the PROXY header, or
+                // per request from a trusted peer's forwarded header.
+                let later = {
+                    let state = gw.state();
+                    state.config.listeners.get(index).is_some_and(|l| {
+                        l.proxy_protocol.is_some()
+                            || (l.forwarded.is_some() && l.trusted.contains(peer.ip()))
+                    })
+                };
+                let (guard, refused) = gw.admit((!later).then_some(peer.ip()));
                 tokio::spawn(tcp_connection(
                     gw.clone(),
                     tcp,
                     (peer, local),
-                    index,
-                    Arc::new(guard),
+                    (index, label.clone()),
+                    guard,
                     refused,
                 ));
             }
@@ -473,7 +535,16 @@ async fn accept_loop(gw: Arc<Gateway>, listener: Listening, index: usize, stop: 
                 backoff = ACCEPT_BACKOFF_START_MS;
                 let accepted_at = tokio::time::Instant::now();
                 let (guard, refused) = gw.admit(None);
-                let tls = gw.state().tls.get(index).cloned().flatten();
+                let state = gw.state();
+                let tls = state.tls.get(index).cloned().flatten();
+                // Whoever may connect to the socket file is a trusted proxy: its header names
+                // the client.
+                let forwarded = state
+                    .config
+                    .listeners
+                    .get(index)
+                    .and_then(|l| Some((l.forwarded?, l.trusted.clone())));
+                drop(state);
                 let conn = ConnStart {
                     peer: UNIX_PEER,
                     local: UNIX_PEER,
@@ -482,6 +553,7 @@ async fn accept_loop(gw: Arc<Gateway>, listener: Listening, index: usize, stop: 
                     guard: Arc::new(guard),
                     refused,
                     h2c: false,
+                    forwarded,
                 };
                 tokio::spawn(connection(gw.clone(), stream, tls, conn));
             }
@@ -545,17 +617,19 @@ struct ConnStart {
     refused: Option<&'static str>,
     /// The client opened with the HTTP/2 preface on a listener that accepts h2c.
     h2c: bool,
+    /// A trusted peer on a `forwarded` listener: the header that names the client.
+    forwarded: Option<(ForwardedHeader, Arc<Trusted>)>,
 }
 
 /// A TCP client connection: its local address, and on an `accept_plain` listener whether it
 /// speaks TLS, told by its first byte (peeked, not read, within `handshake_timeout`).
 async fn tcp_connection(
     gw: Arc<Gateway>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     (peer, local): (SocketAddr, Option<SocketAddr>),
-    index: usize,
-    guard: Arc<ConnGuard>,
-    refused: Option<&'static str>,
+    (index, label): (usize, Arc<str>),
+    mut guard: ConnGuard,
+    mut refused: Option<&'static str>,
 ) {
     let accepted_at = tokio::time::Instant::now();
     // On Linux TCP_NODELAY comes from the listener (see `bind_listener`).
@@ -575,7 +649,40 @@ async fn tcp_connection(
     let accept_plain = listener.is_some_and(|l| l.accept_plain);
     let http2 = listener.is_some_and(|l| l.http2);
     let handshake_timeout = state.config.http.handshake_timeout;
+    let proxy = listener.and_then(|l| l.proxy_protocol);
+    let forwarded = listener.and_then(|l| Some((l.forwarded?, l.trusted.clone())));
+    let trusted = listener.map(|l| l.trusted.clone()).unwrap_or_default();
     drop(state);
+    let (peer, local) = match proxy {
+        None => (peer, local),
+        Some(version) => {
+            let deadline = accepted_at + handshake_timeout;
+            let Some(addrs) = read_proxy_header(
+                &gw,
+                &mut tcp,
+                (peer, local),
+                version,
+                &trusted,
+                &label,
+                deadline,
+            )
+            .await
+            else {
+                return;
+            };
+            // Counted on the carried address, unless it is a trusted proxy whose requests name
+            // their clients (counted per request).
+            if forwarded.is_none() || !trusted.contains(addrs.0.ip()) {
+                let (claim, over) = gw.claim_ip(addrs.0.ip());
+                guard.ip = Some(claim);
+                if over {
+                    refused = refused.or(Some(PER_IP_REFUSAL));
+                }
+            }
+            addrs
+        }
+    };
+    let forwarded = forwarded.filter(|(_, t)| t.contains(peer.ip()));
     let tls = match tls {
         Some(acceptor) if accept_plain => {
             let mut first = [0u8; 1];
@@ -604,12 +711,92 @@ async fn tcp_connection(
         local,
         unix: false,
         accepted_at,
-        guard,
+        guard: Arc::new(guard),
         refused,
         h2c,
+        forwarded,
     };
     connection(gw, tcp, tls, conn).await
 }
+
+/// Read the PROXY header at the start of a connection from a trusted balancer, before TLS and
+/// HTTP: the client address and the address it connected to (the connection's own for a LOCAL
+/// header, such as a health check). `None`: the connection is refused (logged, counted) and is
+/// closed unanswered.
+///
+/// The bytes are peeked, decoded, and only the header's own bytes are read, so whatever follows
+/// (a TLS ClientHello, an HTTP request) is left in the socket for the next stage.
+async fn read_proxy_header(
+    gw: &Gateway,
+    tcp: &mut TcpStream,
+    (peer, local): (SocketAddr, SocketAddr),
+    version: proxy_protocol::Version,
+    trusted: &Trusted,
+    listener: &str,
+    deadline: tokio::time::Instant,
+) -> Option<(SocketAddr, SocketAddr)> {
+    let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
+        if reason == "closed" {
+            // A TCP health check that connects and leaves, or a peer gone mid-header.
+            debug!(client = %peer, listener, reason, "connection ended before its PROXY header: {detail}");
+        } else {
+            info!(client = %peer, listener, reason, "connection refused before HTTP: {detail}");
+        }
+        gw.metrics
+            .proxy_header_refused
+            .get_or_create(&ProxyRefusedLabel {
+                listener: listener.to_string(),
+                reason,
+            })
+            .inc();
+        None
+    };
+    if !trusted.contains(peer.ip()) {
+        return refuse(
+            "untrusted",
+            &"the peer is not in the listener's trusted ranges",
+        );
+    }
+    // The header so far; never more than the largest header allowed.
+    let mut got: Vec<u8> = Vec::new();
+    let mut window = [0u8; PROXY_PEEK_BYTES];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut window)).await {
+            Err(_) => return refuse("timeout", &"no whole PROXY header within handshake_timeout"),
+            Ok(Err(e)) => return refuse("closed", &e),
+            Ok(Ok(0)) => return refuse("closed", &"the connection ended before the PROXY header"),
+            Ok(Ok(n)) => n,
+        };
+        let start = got.len();
+        got.extend_from_slice(&window[..n]);
+        let (result, take) = match proxy_protocol::decode(version, &got) {
+            Err(e) => return refuse(e.label(), &e),
+            // Everything peeked belongs to the header: read it, peek on.
+            Ok(None) => (None, n),
+            Ok(Some((h, len))) => (Some(h), len.saturating_sub(start)),
+        };
+        got.truncate(start + take);
+        if let Err(e) = tcp.read_exact(&mut window[..take]).await {
+            return refuse("closed", &e);
+        }
+        if let Some(h) = result {
+            return Some(match h {
+                proxy_protocol::Proxied::Proxy {
+                    source,
+                    destination,
+                } => (
+                    SocketAddr::new(crate::forwarded::canonical(source.ip()), source.port()),
+                    destination,
+                ),
+                proxy_protocol::Proxied::Local => (peer, local),
+            });
+        }
+    }
+}
+
+/// How much of a connection's start is looked at at once for its PROXY header: a v1 line whole,
+/// or a v2 header's fixed part, addresses and the common TLVs.
+const PROXY_PEEK_BYTES: usize = 512;
 
 /// One client connection, from accept to close: the HTTP phase (TLS handshake, request, answer),
 /// then the session if the request was upgraded.
@@ -630,6 +817,8 @@ where
         h2c: start.h2c,
         streams: None,
         lasting: Arc::default(),
+        forwarded: start.forwarded,
+        client_claim: None,
     };
     // The HTTP phase is boxed: its state (hyper's connection, the TLS handshake) is large and
     // short-lived, and is freed here instead of sizing the task that then holds the session.

@@ -26,13 +26,14 @@ use tracing::{debug, error, info, warn};
 
 use super::router::{SessionSlot, State};
 use super::session::Claims;
-use super::{ConnGuard, Gateway};
+use super::{ConnGuard, Gateway, IpClaim, PER_IP_REFUSAL};
 use crate::backend::ConnectError;
 use crate::config::{BackendAddr, RecordingSettings, Route};
 use crate::error::Reject;
 use crate::fallback::body::Body;
 use crate::fallback::http::RequestKind;
 use crate::fallback::Transport;
+use crate::forwarded::{self, ForwardedHeader, Trusted};
 use crate::handshake;
 use crate::metrics::{AuthLabel, RouteLabel};
 use crate::pump::{SessionInfo, SessionStats};
@@ -72,6 +73,12 @@ pub(super) struct Conn {
     /// HTTP/1.1: the request is a fallback session's, whose answer may outlast the phase limit
     /// (a stream, a long-poll); its own deadlines bound it.
     pub(super) lasting: Arc<std::sync::atomic::AtomicBool>,
+    /// A trusted proxy on a `forwarded` listener: each request's header names its client
+    /// ([`resolve_client`]). `None` elsewhere: such a header is ignored.
+    pub(super) forwarded: Option<(ForwardedHeader, Arc<Trusted>)>,
+    /// The request's place in the per-address count, taken by [`resolve_client`] and kept by its
+    /// session.
+    pub(super) client_claim: Option<Arc<IpClaim>>,
 }
 
 impl Conn {
@@ -230,6 +237,13 @@ pub(super) async fn handle(
     mut req: Request<Incoming>,
     conn: Conn,
 ) -> Response<Body> {
+    let conn = match resolve_client(gw, &req, conn) {
+        Ok(conn) => conn,
+        Err((peer, reject)) => {
+            info!(target: "wsgate::access", client = %peer, path = %req.uri().path(), status = reject.status.as_u16(), reason = reject.reason, "request refused");
+            return reject_response(&reject).map(Body::from);
+        }
+    };
     if let Some(reason) = conn.refused {
         info!(target: "wsgate::access", client = %conn.peer, path = %req.uri().path(), status = 503, reason, "connection refused");
         return reject_response(&Reject::busy(reason)).map(Body::from);
@@ -286,7 +300,7 @@ async fn fallback_request(
             } else {
                 Err(Reject::client(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    "stream and poll are GET, open and send are POST",
+                    "fallback requests are POST",
                 ))
             };
             match &r {
@@ -340,6 +354,49 @@ async fn fallback_request(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// On a `forwarded` listener, from a trusted proxy: the client named by the request's header
+/// becomes the connection's peer for this request (access lines, `/sessions`, auth, the PROXY
+/// header to the backend), and is counted against `max_connections_per_ip`. A header that
+/// cannot be read is refused (400), as is a client over its count (503); the error carries the
+/// address to log.
+fn resolve_client(
+    gw: &Arc<Gateway>,
+    req: &Request<Incoming>,
+    mut conn: Conn,
+) -> Result<Conn, (SocketAddr, Reject)> {
+    let Some((which, trusted)) = conn.forwarded.clone() else {
+        return Ok(conn);
+    };
+    match forwarded::client_from_headers(which, req.headers(), &trusted) {
+        Ok(Some(client)) => {
+            conn.peer = client;
+            // A unix-socket client named by its proxy has an address now: the backend's PROXY
+            // header carries it (the destination stays unknown, 0.0.0.0:0).
+            conn.unix = false;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            debug!(client = %conn.peer, "{e}");
+            let reason = match which {
+                ForwardedHeader::XForwardedFor => {
+                    "malformed X-Forwarded-For header from a trusted proxy"
+                }
+                ForwardedHeader::Forwarded => "malformed Forwarded header from a trusted proxy",
+            };
+            return Err((conn.peer, Reject::client(StatusCode::BAD_REQUEST, reason)));
+        }
+    }
+    // A unix-socket client whose proxy named no client has no address to count.
+    if conn.peer != super::UNIX_PEER {
+        let (claim, over) = gw.claim_ip(conn.peer.ip());
+        if over && conn.refused.is_none() {
+            conn.refused = Some(PER_IP_REFUSAL);
+        }
+        conn.client_claim = Some(Arc::new(claim));
+    }
+    Ok(conn)
 }
 
 /// Validate, route, authorise, resolve a per-session target, connect the backend, then answer
@@ -587,6 +644,7 @@ pub(super) async fn upgrade(
         _lease: lease,
         _slot: slot,
         _conn: conn.guard.clone(),
+        _client: conn.client_claim.clone(),
     };
     let pending = PendingSession {
         info,

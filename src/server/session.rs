@@ -37,6 +37,8 @@ pub(super) struct Claims {
     pub(super) _lease: Option<crate::backend::Lease>,
     pub(super) _slot: SessionSlot,
     pub(super) _conn: Arc<ConnGuard>,
+    /// The client's place in the per-address count when it was taken per request (`forwarded`).
+    pub(super) _client: Option<Arc<super::IpClaim>>,
 }
 
 /// Why a session that outlived `shutdown_grace` ended.

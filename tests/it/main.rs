@@ -13,6 +13,7 @@ mod backend_failures;
 mod backend_pools;
 mod backend_tls;
 mod backpressure;
+mod balancer;
 mod browser;
 mod browser_auth;
 mod cli_config;
