@@ -22,6 +22,8 @@ pub const PIPE_BYTES: usize = 64 * 1024;
 
 /// Read size from the pipe.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// What the reader holds while it waits with nothing buffered.
+const IDLE_READ_BYTES: usize = 512;
 
 /// RFC 6455 §5.2 opcodes the adapter writes or reads.
 const OP_CONTINUATION: u8 = 0x0;
@@ -120,7 +122,7 @@ pub async fn run(session: Arc<Session>, reader: ReadHalf<DuplexStream>) {
 
 async fn read_frames(session: &Session, mut reader: ReadHalf<DuplexStream>) {
     let max_message = session.limits.max_message_size;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut buf = BytesMut::new();
     // The message being gathered from fragments: kind and payload.
     let mut message: Option<(Kind, BytesMut)> = None;
     loop {
@@ -174,6 +176,18 @@ async fn read_frames(session: &Session, mut reader: ReadHalf<DuplexStream>) {
                     }
                 }
             }
+        }
+        // Between messages the buffer is dropped and the wait holds only a small one: an idle
+        // session keeps no read chunk (the pump does the same on its side of the pipe).
+        if buf.is_empty() && buf.capacity() > IDLE_READ_BYTES {
+            buf = BytesMut::new();
+        }
+        if buf.capacity() - buf.len() < IDLE_READ_BYTES {
+            buf.reserve(if buf.is_empty() {
+                IDLE_READ_BYTES
+            } else {
+                READ_CHUNK_BYTES
+            });
         }
         match reader.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,

@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 
 use crate::client::Connector;
 
+/// How long a down request may wait for its answer's head (longer than any poll timeout).
+const DOWN_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest answer head (and `open` body) read.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -39,6 +41,7 @@ async fn request(
     method: &str,
     verb: &str,
     extra: &str,
+    head_timeout: Duration,
 ) -> Result<(TcpStream, u16, Vec<u8>), String> {
     let mut stream = tokio::time::timeout(c.connect_timeout, TcpStream::connect(c.target.addr))
         .await
@@ -65,7 +68,7 @@ async fn request(
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let end = loop {
-        let n = tokio::time::timeout(c.connect_timeout, stream.read(&mut chunk))
+        let n = tokio::time::timeout(head_timeout, stream.read(&mut chunk))
             .await
             .map_err(|_| format!("fallback {verb}: no answer"))?
             .map_err(|e| format!("fallback {verb}: read: {e}"))?;
@@ -94,7 +97,8 @@ async fn request(
 /// Open a session; returns its id.
 pub async fn open(c: &Connector, transport: Transport) -> Result<String, String> {
     let extra = format!("Wsgate-Transport: {}\r\n", transport.name());
-    let (mut stream, status, mut body) = request(c, "POST", "open", &extra).await?;
+    let (mut stream, status, mut body) =
+        request(c, "POST", "open", &extra, c.connect_timeout).await?;
     if status != 200 {
         return Err(format!("fallback open: HTTP {status}"));
     }
@@ -123,10 +127,12 @@ pub async fn hold(c: &Connector, session: &str, transport: Transport) -> String 
     let extra = format!("Wsgate-Session: {session}\r\nWsgate-Ack: 0\r\n");
     let mut chunk = vec![0u8; 4096];
     loop {
-        let (mut stream, status, _) = match request(c, "POST", verb, &extra).await {
-            Ok(x) => x,
-            Err(e) => return e,
-        };
+        // A long-poll answers when it has something or at the gateway's poll timeout.
+        let (mut stream, status, _) =
+            match request(c, "POST", verb, &extra, DOWN_HEAD_TIMEOUT).await {
+                Ok(x) => x,
+                Err(e) => return e,
+            };
         if status != 200 {
             return format!("fallback {verb}: HTTP {status}");
         }
