@@ -63,9 +63,14 @@ fi
 if [ ! -x /usr/bin/Xvnc ]; then
     apt_packages+=(tigervnc-standalone-server)
 fi
-# nginx: a reverse proxy that does not pass Upgrade (tests/it/fallback_browser.rs starts its own).
+# nginx: a reverse proxy that does not pass Upgrade (tests/it/fallback_browser.rs), and an L7
+# proxy setting X-Forwarded-For (tests/it/balancer.rs); haproxy: a real load balancer sending
+# PROXY headers (tests/it/balancer.rs, tests/it/fleet.rs). The tests start their own copies.
 if [ ! -x /usr/sbin/nginx ]; then
     apt_packages+=(nginx)
+fi
+if [ ! -x /usr/sbin/haproxy ]; then
+    apt_packages+=(haproxy)
 fi
 # systemd-socket-activate and systemd-analyze (tests/it/systemd.rs, tests/it/deploy.rs).
 if ! command -v systemd-socket-activate >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1; then
@@ -103,8 +108,9 @@ fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     step "installing Debian packages: ${apt_packages[*]}"
     quiet as_root apt-get update
-    # No package starts a system service (nginx would take port 80, prometheus 9090): a policy-rc.d that refuses,
-    # for the time of the install, unless the machine already has one.
+    # No package starts a system service (nginx would take port 80, haproxy and prometheus
+    # theirs): a policy-rc.d that refuses, for the time of the install, unless the machine
+    # already has one.
     policy_rc_d=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         policy_rc_d=/usr/sbin/policy-rc.d
@@ -118,36 +124,6 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     fi
     if [ "$install_status" -ne 0 ]; then
         exit "$install_status"
-    fi
-fi
-# haproxy and nginx: real load balancers in front of the gateway (tests/it/balancer.rs). The
-# tests start them with their own configuration; the packages' services are never started: a
-# temporary policy-rc.d refuses every start during the installation (only if there was none).
-service_packages=()
-if [ ! -x /usr/sbin/haproxy ]; then
-    service_packages+=(haproxy)
-fi
-if [ ! -x /usr/sbin/nginx ]; then
-    service_packages+=(nginx)
-fi
-if [ "${#service_packages[@]}" -gt 0 ]; then
-    step "installing Debian packages without starting their services: ${service_packages[*]}"
-    placed_policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
-        as_root chmod 755 /usr/sbin/policy-rc.d
-        placed_policy=1
-    fi
-    status=0
-    quiet as_root apt-get update || status=$?
-    if [ "$status" -eq 0 ]; then
-        quiet as_root apt-get install -y --no-install-recommends "${service_packages[@]}" || status=$?
-    fi
-    if [ -n "$placed_policy" ]; then
-        as_root rm -f /usr/sbin/policy-rc.d
-    fi
-    if [ "$status" -ne 0 ]; then
-        exit "$status"
     fi
 fi
 if [ "${#venv_packages[@]}" -gt 0 ]; then
