@@ -91,8 +91,10 @@ pub struct SessionLimits {
     pub fallback_session_timeout: Duration,
     /// Fallback transport: an empty long-poll answers after this long; a stream's heartbeat.
     pub fallback_poll_timeout: Duration,
-    /// Fallback transport: server->client bytes held per session until acknowledged.
-    pub fallback_buffer: u64,
+    /// Fallback transport: server->client bytes held per session until acknowledged, as set;
+    /// 0 when not set (then [`SessionLimits::fallback_buffer`] is the default, raised to
+    /// `max_message_size` where that is larger).
+    pub fallback_buffer_set: u64,
 }
 
 impl SessionLimits {
@@ -110,8 +112,19 @@ impl SessionLimits {
         control_frames_per_second: DEFAULT_CONTROL_FRAMES_PER_SECOND,
         fallback_session_timeout: Duration::from_secs(DEFAULT_FALLBACK_SESSION_TIMEOUT_SECS),
         fallback_poll_timeout: Duration::from_secs(DEFAULT_FALLBACK_POLL_TIMEOUT_SECS),
-        fallback_buffer: DEFAULT_FALLBACK_BUFFER_BYTES,
+        fallback_buffer_set: 0,
     };
+
+    /// Fallback transport: server->client bytes held per session until acknowledged: the
+    /// configured value, else the default or `max_message_size` if that is larger (a session
+    /// must be able to hold one whole message).
+    pub fn fallback_buffer(&self) -> u64 {
+        if self.fallback_buffer_set == 0 {
+            DEFAULT_FALLBACK_BUFFER_BYTES.max(self.max_message_size)
+        } else {
+            self.fallback_buffer_set
+        }
+    }
 }
 
 /// Limits that apply before routing.
@@ -157,7 +170,9 @@ impl RawSessionLimits {
             fallback_poll_timeout: self
                 .fallback_poll_timeout
                 .map_or(base.fallback_poll_timeout, |v| v.0),
-            fallback_buffer: self.fallback_buffer.map_or(base.fallback_buffer, |v| v.0),
+            fallback_buffer_set: self
+                .fallback_buffer
+                .map_or(base.fallback_buffer_set, |v| v.0),
         }
     }
 }
@@ -240,12 +255,12 @@ impl Ctx<'_> {
                 ),
             );
         }
-        if limits.fallback_buffer < limits.max_message_size {
+        if limits.fallback_buffer_set != 0 && limits.fallback_buffer_set < limits.max_message_size {
             return self.err_nospan(
                 format!("{prefix}.fallback_buffer"),
                 format!(
                     "fallback_buffer ({}) is smaller than max_message_size ({}); a fallback session must hold one whole message",
-                    limits.fallback_buffer, limits.max_message_size
+                    limits.fallback_buffer_set, limits.max_message_size
                 ),
             );
         }

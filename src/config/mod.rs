@@ -442,6 +442,38 @@ backend = "127.0.0.1:9001"
 "#;
 
     #[test]
+    fn fallback_buffer_follows_max_message_size_unless_set() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.routes[0].limits.fallback_buffer(), 1024 * 1024);
+        // Large messages without the key: the buffer holds one (no error, fallback or not).
+        let big = format!(
+            "{MINIMAL}[limits]\nmax_message_size = \"20MiB\"\nmax_frame_size = \"20MiB\"\n"
+        );
+        assert_eq!(
+            parse(&big).unwrap().routes[0].limits.fallback_buffer(),
+            20 << 20
+        );
+        let route_big = format!(
+            "{MINIMAL}[route.limits]\nmax_message_size = \"4MiB\"\nmax_frame_size = \"4MiB\"\n"
+        );
+        assert_eq!(
+            parse(&route_big).unwrap().routes[0]
+                .limits
+                .fallback_buffer(),
+            4 << 20
+        );
+        // Set: as set, and never below max_message_size.
+        let set = format!("{MINIMAL}[limits]\nfallback_buffer = \"2MiB\"\n");
+        assert_eq!(
+            parse(&set).unwrap().routes[0].limits.fallback_buffer(),
+            2 << 20
+        );
+        let small = format!("{big}fallback_buffer = \"1MiB\"\n");
+        let e = parse(&small).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.fallback_buffer"), "{e}");
+    }
+
+    #[test]
     fn route_compression_and_deflate_keys() {
         assert!(parse(MINIMAL).unwrap().routes[0].deflate.is_none());
         let on = format!("{MINIMAL}compression = \"permessage-deflate\"\n");

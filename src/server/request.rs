@@ -612,7 +612,7 @@ pub(super) async fn upgrade(
                 crate::fallback::Limits {
                     session_timeout: route.limits.fallback_session_timeout,
                     poll_timeout: route.limits.fallback_poll_timeout,
-                    buffer: route.limits.fallback_buffer,
+                    buffer: route.limits.fallback_buffer(),
                     max_message_size: route.limits.max_message_size,
                     max_frame_size: route.limits.max_frame_size,
                 },
