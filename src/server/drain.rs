@@ -5,7 +5,9 @@
 //!
 //! Owns the schedule only: one task walks the sessions sorted by id (the order they opened),
 //! telling session `i` of `n` at `start + window * i / n`; sessions that open after the list was
-//! taken, or that the registry no longer knows, are told together when the walk ends. It holds
+//! taken, or that the registry no longer knows, are told together when the walk ends. (Fallback
+//! sessions are told at the start, by the shutdown token itself: their clients cannot open new
+//! requests once the gateway stops accepting.) It holds
 //! one id per session and no task per session. The Close itself, and the closing handshake
 //! that follows, are the pump's; the bound on the whole drain (`shutdown_grace`) is the caller's.
 

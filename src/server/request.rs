@@ -597,8 +597,13 @@ pub(super) async fn upgrade(
         .map(Arc::new),
     };
 
-    // Cancelled when the gateway drains and this session's turn comes (see `drain`).
-    let drain = gw.drain_rest.child_token();
+    // Cancelled when the gateway drains and this session's turn comes (see `drain`). A fallback
+    // session's turn is the start: once the gateway stops accepting, its client cannot open
+    // another request, so the Close must go out in the one it has open.
+    let drain = match &accepted {
+        Opening::Fallback(..) => gw.shutdown.child_token(),
+        _ => gw.drain_rest.child_token(),
+    };
     let (client, fallback_session) = match &accepted {
         Opening::Fallback(_, transport) => {
             let id = crate::fallback::new_id().map_err(|_| {

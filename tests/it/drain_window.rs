@@ -262,18 +262,26 @@ fn a_window_not_shorter_than_the_grace_and_other_codes_are_config_errors() {
     }
 }
 
+/// A fallback session is told at the start of the window (its client cannot open a new request
+/// once the gateway stops accepting): its close record carries the drain code and comes before
+/// the Close of WebSocket sessions opened earlier but told later in the window.
 #[tokio::test]
-async fn a_fallback_session_gets_its_close_record_with_the_drain_code() {
+async fn a_fallback_session_gets_its_close_record_with_the_drain_code_first() {
     const ORIGIN: &str = "https://app.example";
+    const WS: usize = 4;
     let backend = backends::echo().await;
     let mut gw = Gateway::start(&format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/f\"\nbackend = \"{0}\"\nfallback = true\nallowed_origins = [\"{ORIGIN}\"]\n\n[[route]]\npath = \"/echo\"\nbackend = \"{0}\"\n\n[limits]\ndrain_window = \"1s\"\ndrain_close_code = 1012\nshutdown_grace = \"5s\"\n",
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/f\"\nbackend = \"{0}\"\nfallback = true\nallowed_origins = [\"{ORIGIN}\"]\n\n[[route]]\npath = \"/echo\"\nbackend = \"{0}\"\n\n[limits]\ndrain_window = \"2s\"\ndrain_close_code = 1012\nshutdown_grace = \"5s\"\n",
         backend.config_addr()
     ))
     .await;
-    // A WebSocket session opened first, so the fallback session's turn is not the first.
-    let mut ws = ops::ws(&gw.url("/echo")).await;
-    ops::echo(&mut ws, "first").await;
+    // WebSocket sessions opened first: in id order they would all be told before it.
+    let mut sockets = Vec::new();
+    for i in 0..WS {
+        let mut ws = ops::ws(&gw.url("/echo")).await;
+        ops::echo(&mut ws, &format!("first {i}")).await;
+        sockets.push(ws);
+    }
     let mut c = Client::new(gw.addr(), "/f").with("origin", ORIGIN);
     assert_eq!(c.open("streaming").await.0, 200);
     let mut stream = c.stream(0).await;
@@ -288,7 +296,15 @@ async fn a_fallback_session_gets_its_close_record_with_the_drain_code() {
     assert_eq!(got[0].1, b"ping over fallback");
 
     gw.signal("TERM");
-    assert_eq!(ops::close_code(&mut ws).await, 1012);
+    let mut tasks = Vec::new();
+    for mut ws in sockets {
+        tasks.push(tokio::spawn(async move {
+            let code = ops::close_code(&mut ws).await;
+            let at = Instant::now();
+            ops::finish(&mut ws).await;
+            (code, at)
+        }));
+    }
     let code = loop {
         let recs = next_records(stream.body_mut(), &mut buf).await;
         assert!(
@@ -300,8 +316,18 @@ async fn a_fallback_session_gets_its_close_record_with_the_drain_code() {
             break fb::close_code(p);
         }
     };
+    let fallback_at = Instant::now();
     assert_eq!(code, Some(1012), "{}", gw.logs());
-    ops::finish(&mut ws).await;
+    let mut ws_closes = Vec::new();
+    for t in tasks {
+        ws_closes.push(t.await.expect("client task"));
+    }
+    assert!(ws_closes.iter().all(|(c, _)| *c == 1012), "{ws_closes:?}");
+    let last_ws = ws_closes.iter().map(|(_, at)| *at).max().unwrap();
+    assert!(
+        fallback_at < last_ws,
+        "the fallback session was told after every WebSocket session"
+    );
     let status = gw.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", gw.logs());
     let logs = gw.logs();
