@@ -132,6 +132,15 @@ impl Close {
         "gateway shutting down",
         Side::Gateway,
     );
+
+    /// The gateway is shutting down and tells this session with `code` (`drain_close_code`:
+    /// 1001 or 1012).
+    pub const fn draining(code: CloseCode) -> Close {
+        Close {
+            code,
+            ..Close::SHUTDOWN
+        }
+    }
 }
 
 /// How a session ended, as the access line and the metrics tell it.

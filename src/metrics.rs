@@ -35,6 +35,12 @@ pub struct CloseLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The close code sent.
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
     pub route: String,
     /// "up" (client -> backend) or "down" (backend -> client).
@@ -95,6 +101,8 @@ pub struct Metrics {
     pub sessions_total: Family<RouteLabel, Counter>,
     pub handshakes: Family<HandshakeLabel, Counter>,
     pub closes: Family<CloseLabel, Counter>,
+    /// Sessions closed because the gateway drained, by the code sent (`drain_close_code`).
+    pub drain_closes: Family<CodeLabel, Counter>,
     pub bytes: Family<DirectionLabel, Counter>,
     pub messages: Family<DirectionLabel, Counter>,
     pub backend_connect_seconds: Family<BackendLabel, Histogram>,
@@ -133,6 +141,7 @@ impl Metrics {
             sessions_total: Family::default(),
             handshakes: Family::default(),
             closes: Family::default(),
+            drain_closes: Family::default(),
             bytes: Family::default(),
             messages: Family::default(),
             backend_connect_seconds: Family::new_with_constructor(connect_histogram),
@@ -191,6 +200,11 @@ impl Metrics {
             "closes",
             "Sessions ended, by close code sent and by who caused the end",
             m.closes.clone(),
+        );
+        registry.register(
+            "drain_closes",
+            "Sessions closed because the gateway drained (SIGTERM/SIGINT), by the close code sent",
+            m.drain_closes.clone(),
         );
         registry.register(
             "bytes",

@@ -26,6 +26,9 @@ pub struct LiveSession {
     pub stats: Arc<SessionStats>,
     /// Cancelled by the operator: the session is closed with 1008.
     pub kill: CancellationToken,
+    /// Cancelled when the gateway drains and this session's turn comes: it is closed with
+    /// `drain_close_code`.
+    pub drain: CancellationToken,
 }
 
 /// The configuration generation in force, as the admin endpoint shows it: when it was applied
@@ -74,6 +77,25 @@ impl Registry {
         let s = sessions.get(&id)?;
         s.kill.cancel();
         Some(s.route.clone())
+    }
+
+    /// The ids of the open sessions in the order a drain tells them (oldest first).
+    pub fn drain_order(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.lock().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Tell session `id` that the gateway drains (it is closed with `drain_close_code`); false
+    /// when it has ended already.
+    pub fn drain(&self, id: u64) -> bool {
+        match self.lock().get(&id) {
+            Some(s) => {
+                s.drain.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {

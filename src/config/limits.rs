@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::raw::{RawGlobalLimits, RawSessionLimits};
 use super::table::{unknown_key, Table};
 use super::{ConfigError, Ctx};
+use crate::ws::CloseCode;
 
 /// Default largest message payload, in bytes (`max_message_size`).
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
@@ -52,6 +53,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 5;
 /// Default time sessions get to close after SIGTERM before they are cut.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Default time the Close frames of a drain are spread over: none (all at once).
+pub const DEFAULT_DRAIN_WINDOW_SECS: u64 = 0;
+/// Default close code of a drain: 1001, going away.
+pub const DEFAULT_DRAIN_CLOSE_CODE: CloseCode = CloseCode::GOING_AWAY;
 
 /// Default time a fallback session lives without a request (`fallback_session_timeout`).
 pub const DEFAULT_FALLBACK_SESSION_TIMEOUT_SECS: u64 = 30;
@@ -137,6 +142,11 @@ pub struct HttpLimits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub shutdown_grace: Duration,
+    /// On shutdown, the sessions' Close frames go out spread evenly over this (shorter than
+    /// `shutdown_grace`); zero: all at once.
+    pub drain_window: Duration,
+    /// The code of those Close frames: 1001 or 1012.
+    pub drain_close_code: CloseCode,
     /// Client message bytes all sessions together may hold on `lines` and `length-prefixed`
     /// routes.
     pub partial_message_budget: u64,
@@ -201,6 +211,12 @@ impl RawGlobalLimits {
             shutdown_grace: self
                 .shutdown_grace
                 .map_or(Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS), |v| v.0),
+            drain_window: self
+                .drain_window
+                .map_or(Duration::from_secs(DEFAULT_DRAIN_WINDOW_SECS), |v| v.0),
+            drain_close_code: self
+                .drain_close_code
+                .map_or(DEFAULT_DRAIN_CLOSE_CODE, |v| v.0),
             partial_message_budget: self
                 .partial_message_budget
                 .map_or(DEFAULT_PARTIAL_MESSAGE_BUDGET_BYTES, |v| v.0),
@@ -225,7 +241,17 @@ impl Ctx<'_> {
             return self.err(span, format!("limits.{key}"), unknown_key(key, &known));
         }
         let limits = self.checked("limits", session.over(&SessionLimits::DEFAULT))?;
-        Ok((limits, global.http()))
+        let http = global.http();
+        if http.drain_window >= http.shutdown_grace {
+            return self.err_nospan(
+                "limits.drain_window",
+                format!(
+                    "drain_window ({:?}) is not shorter than shutdown_grace ({:?}); the last sessions told would have no time for their closing handshake",
+                    http.drain_window, http.shutdown_grace
+                ),
+            );
+        }
+        Ok((limits, http))
     }
 
     /// `[route.limits]` of route `i`, over the global limits.

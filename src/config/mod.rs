@@ -808,4 +808,32 @@ backend = "127.0.0.1:9001"
         assert!(parse("[[route]]\npath = \"/\"\nbackend = \"127.0.0.1:1\"\n").is_err());
         assert!(parse("[[listener]]\nbind = \"127.0.0.1:0\"\n").is_err());
     }
+
+    #[test]
+    fn drain_window_and_close_code() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.http.drain_window, Duration::ZERO);
+        assert_eq!(c.http.drain_close_code, crate::ws::CloseCode::GOING_AWAY);
+        let c = parse(&format!(
+            "{MINIMAL}\n[limits]\ndrain_window = \"3s\"\ndrain_close_code = 1012\nshutdown_grace = \"10s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.http.drain_window, Duration::from_secs(3));
+        assert_eq!(c.http.drain_close_code, 1012);
+        for (limits, key) in [
+            (
+                "drain_window = \"10s\"\nshutdown_grace = \"10s\"",
+                "limits.drain_window",
+            ),
+            ("drain_window = \"11s\"", "limits.drain_window"),
+            ("drain_close_code = 1000", "limits.drain_close_code"),
+            ("drain_close_code = 4000", "limits.drain_close_code"),
+            ("drain_close_code = \"1012\"", "limits.drain_close_code"),
+        ] {
+            let e = parse(&format!("{MINIMAL}\n[limits]\n{limits}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{limits}: {e}");
+        }
+        let text = format!("{MINIMAL}\n[route.limits]\ndrain_window = \"1s\"\n");
+        assert!(parse(&text).is_err(), "drain_window is global only");
+    }
 }

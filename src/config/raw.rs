@@ -16,7 +16,7 @@ use super::process::{LogFormat, LogLevel, MAX_WORKER_THREADS};
 use super::routes::{Balance, Framing};
 use super::services::DemoKind;
 use super::table::Table;
-use super::units::{Bounded, ByteSize, Off, Period, Timeout};
+use super::units::{Bounded, ByteSize, DrainCloseCode, Off, Period, Timeout};
 use crate::auth::jwt::JwtAlgorithm;
 use crate::proxy_protocol;
 
@@ -233,6 +233,8 @@ pub struct RawGlobalLimits {
     pub max_connections: Option<Bounded<1, MAX_COUNT>>,
     pub max_connections_per_ip: Option<Bounded<1, MAX_COUNT>>,
     pub shutdown_grace: Option<Timeout>,
+    pub drain_window: Option<Period>,
+    pub drain_close_code: Option<DrainCloseCode>,
     pub partial_message_budget: Option<ByteSize<MIN_PARTIAL_MESSAGE_BUDGET_BYTES, { u64::MAX }>>,
     pub http2_max_streams: Option<Bounded<1, MAX_HTTP2_STREAMS>>,
 }

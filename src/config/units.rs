@@ -100,6 +100,24 @@ impl<'de> Deserialize<'de> for Timeout {
     }
 }
 
+/// The close code sessions get when the gateway drains (`drain_close_code`): 1001 (going away)
+/// or 1012 (service restart), the two codes that say the server, not the session, is ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainCloseCode(pub crate::ws::CloseCode);
+
+impl<'de> Deserialize<'de> for DrainCloseCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use crate::ws::CloseCode;
+        match u16::deserialize(d) {
+            Ok(1001) => Ok(DrainCloseCode(CloseCode::GOING_AWAY)),
+            Ok(1012) => Ok(DrainCloseCode(CloseCode::SERVICE_RESTART)),
+            _ => Err(de::Error::custom(
+                "must be 1001 (going away) or 1012 (service restart)",
+            )),
+        }
+    }
+}
+
 /// A value, or `"off"` (`idle_timeout`, `ping_interval`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Off<T> {

@@ -249,10 +249,11 @@ async fn queue(session: &Session, kind: Kind, payload: &[u8]) {
         rx.borrow_and_update();
         {
             let mut d = session.down();
-            // While the gateway drains, the messages before the Close record are bounded by
-            // what the pump had in flight (it reads no more from the backend).
+            // Once the session is told that the gateway drains, the messages before the Close
+            // record are bounded by what the pump had in flight (it reads no more from the
+            // backend).
             if kind == Kind::Close
-                || session.draining.is_cancelled()
+                || session.closing.is_cancelled()
                 || d.has_room(record.len(), session.limits.buffer)
             {
                 d.push(record, kind == Kind::Close);
@@ -263,7 +264,7 @@ async fn queue(session: &Session, kind: Kind, payload: &[u8]) {
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
-            () = session.draining.cancelled() => {}
+            () = session.closing.cancelled() => {}
         }
     }
 }

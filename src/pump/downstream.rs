@@ -91,9 +91,11 @@ where
         }
     }
 
+    /// `shutdown`: the token that tells this session the gateway drains, and the Close it gets
+    /// then.
     pub(super) async fn run(
         mut self,
-        shutdown: CancellationToken,
+        shutdown: (CancellationToken, Close),
         kill: &CancellationToken,
         expires: Option<tokio::time::Instant>,
     ) -> SessionEnd {
@@ -119,7 +121,7 @@ where
     /// read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for the client (backpressure).
     async fn pump(
         &mut self,
-        shutdown: CancellationToken,
+        (shutdown, drain_close): (CancellationToken, Close),
         kill: &CancellationToken,
         expires: Option<tokio::time::Instant>,
     ) -> DownEnd {
@@ -155,7 +157,7 @@ where
                 drop_queued: true,
             });
             if shutdown.is_cancelled() {
-                return answering.unwrap_or(DownEnd::Interrupt(Close::SHUTDOWN));
+                return answering.unwrap_or(DownEnd::Interrupt(drain_close));
             }
             if kill.is_cancelled() {
                 return answering.unwrap_or(DownEnd::Interrupt(Close::OPERATOR));

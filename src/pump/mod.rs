@@ -95,6 +95,8 @@ pub struct SessionInfo {
     pub stats: Arc<SessionStats>,
     /// Cancelled by an operator: the session is closed with 1008.
     pub kill: CancellationToken,
+    /// The code of the Close the session gets when the gateway drains (`drain_close_code`).
+    pub drain_code: CloseCode,
     /// The gateway-wide bound on client messages held whole (`partial_message_budget`).
     pub budget: Arc<MessageBudget>,
     /// The session's recording (`record = "DIR"` on the route): each half hands it the bytes
@@ -165,7 +167,7 @@ pub struct Outcome {
     pub duration: Duration,
 }
 
-/// Run a session to its end. `shutdown` asks for a Close 1001.
+/// Run a session to its end. `shutdown` asks for a Close with `info.drain_code` (1001 or 1012).
 ///
 /// `client` and `backend` are the read and write halves of each connection (owned halves where
 /// the transport has them, so the two directions never contend for a lock). `preread` holds
@@ -224,7 +226,11 @@ where
     });
     let ((), end) = tokio::join!(
         up.run(limits, preread),
-        down.run(shutdown, &info.kill, expires)
+        down.run(
+            (shutdown, Close::draining(info.drain_code)),
+            &info.kill,
+            expires
+        )
     );
     let client_close = shared.lock().client_close;
     Outcome {

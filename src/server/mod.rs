@@ -1,7 +1,8 @@
 //! The front end's process lifecycle: binding (demo backends first, then listeners, then the
 //! admin listener), the accept loop and connection admission (`max_connections`,
 //! `max_connections_per_ip`), one task per connection from accept to close, and shutdown (stop
-//! accepting, Close 1001 to every session, wait at most `shutdown_grace`).
+//! accepting, a Close with `drain_close_code` to every session, at once or spread over
+//! `drain_window` ([`drain`]), wait at most `shutdown_grace`).
 //!
 //! Listeners are TCP or unix-domain sockets ([`unix`]: the socket file's life from the stale
 //! check to its removal), bound here or passed by systemd ([`systemd`]: socket activation).
@@ -20,9 +21,11 @@
 //! - [`reload`]: reconfiguration: SIGHUP and certificate files, one writer of the live state.
 //! - [`request`]: the request pipeline before the 101: TLS, hyper, exactly one answer per request.
 //! - [`session`]: a session's bookkeeping after the 101: registry, pump, metrics, access line.
+//! - [`drain`]: on shutdown, the schedule that tells the sessions over `drain_window`.
 //!
 //! The checks themselves live in `handshake`, `auth` and `backend`; the session in `pump`.
 
+mod drain;
 mod h2;
 mod reload;
 mod request;
@@ -118,8 +121,14 @@ pub struct Gateway {
     route_sessions: SessionCounts,
     /// Session tasks, so that shutdown can wait for them.
     sessions: TaskTracker,
-    /// Cancelled on shutdown: every session sends Close 1001.
+    /// Cancelled on shutdown: no new sessions; HTTP/2 connections get GOAWAY; fallback sessions
+    /// know that their client cannot open new requests.
     shutdown: CancellationToken,
+    /// The parent of every session's drain token: cancelled at the end of the drain, so that
+    /// every session not told by name before is told then (see [`drain`]).
+    drain_rest: CancellationToken,
+    /// `drain_window` and `drain_close_code`.
+    drain: drain::DrainPlan,
     /// Cancelled when `shutdown_grace` has passed: sessions still open are cut (and logged).
     cut: CancellationToken,
     next_session: AtomicU64,
@@ -352,6 +361,10 @@ pub async fn run(
     }
     let metrics = Metrics::new();
     let grace = config.http.shutdown_grace;
+    let drain_plan = drain::DrainPlan {
+        window: config.http.drain_window,
+        code: config.http.drain_close_code,
+    };
     let notify = Notifier::from_env(config.runtime.notify);
     let budget = MessageBudget::new(config.http.partial_message_budget);
     let route_sessions = SessionCounts::default();
@@ -361,6 +374,8 @@ pub async fn run(
         route_sessions,
         sessions: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+        drain_rest: CancellationToken::new(),
+        drain: drain_plan,
         cut: CancellationToken::new(),
         next_session: AtomicU64::new(1),
         metrics,
@@ -414,7 +429,11 @@ pub async fn run(
     }
 
     shutdown.await;
-    info!("shutting down: no new connections, closing sessions with 1001");
+    info!(
+        close_code = drain_plan.code.get(),
+        drain_window = ?drain_plan.window,
+        "shutting down: no new connections, closing sessions"
+    );
     gw.registry.set_ready(false);
     status_stop.cancel();
     gw.notify.stopping(&gw.status_text("draining"));
@@ -423,7 +442,14 @@ pub async fn run(
     drop(socket_files);
     gw.shutdown.cancel();
     gw.sessions.close();
-    let drained = tokio::time::timeout(grace, gw.sessions.wait()).await;
+    // The window is shorter than the grace (validated), so the walk always ends within it.
+    let drained = tokio::time::timeout(grace, async {
+        tokio::join!(
+            drain::stagger(&gw.registry, &gw.drain_rest, drain_plan.window),
+            gw.sessions.wait()
+        )
+    })
+    .await;
     if drained.is_err() {
         warn!(grace = ?grace, "sessions still open after shutdown_grace; cutting them");
         gw.cut.cancel();

@@ -597,6 +597,13 @@ pub(super) async fn upgrade(
         .map(Arc::new),
     };
 
+    // Cancelled when the gateway drains and this session's turn comes (see `drain`). A fallback
+    // session's turn is the start: once the gateway stops accepting, its client cannot open
+    // another request, so the Close must go out in the one it has open.
+    let drain = match &accepted {
+        Opening::Fallback(..) => gw.shutdown.child_token(),
+        _ => gw.drain_rest.child_token(),
+    };
     let (client, fallback_session) = match &accepted {
         Opening::Fallback(_, transport) => {
             let id = crate::fallback::new_id().map_err(|_| {
@@ -619,6 +626,7 @@ pub(super) async fn upgrade(
                 *transport,
                 crate::fallback::Ties {
                     draining: gw.shutdown.child_token(),
+                    closing: drain.clone(),
                     // Its place in the connection counts lasts until the session leaves the
                     // table: ended sessions waiting for their client are bounded like open ones.
                     claim: Box::new(conn.guard.clone()),
@@ -636,6 +644,7 @@ pub(super) async fn upgrade(
         expires_at: identity.expires_at,
         stats: Arc::new(SessionStats::default()),
         kill: CancellationToken::new(),
+        drain_code: gw.drain.code,
         budget: gw.budget.clone(),
         recording,
         deflate: deflate.as_ref().map(|(params, _)| *params),
@@ -653,7 +662,7 @@ pub(super) async fn upgrade(
         backend_name,
         token_hash,
         claims,
-        shutdown: gw.shutdown.child_token(),
+        shutdown: drain,
         http_version: conn.http_version(),
         // A fallback session does not live on the stream that opened it.
         stream: conn

@@ -15,7 +15,7 @@ use tracing::{debug, info};
 use super::request::{ClientSide, PendingSession, PlainIo};
 use super::router::SessionSlot;
 use super::{ConnGuard, Gateway};
-use crate::error::{SessionEnd, Side};
+use crate::error::{Close, SessionEnd, Side};
 use crate::fallback::Transport;
 use crate::metrics::{CloseLabel, RouteLabel};
 use crate::pump::{self, SessionInfo};
@@ -98,6 +98,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             backend: backend_name.clone(),
             stats: info.stats.clone(),
             kill: info.kill.clone(),
+            drain: shutdown.clone(),
         },
     );
     let subject = info.subject.as_deref().unwrap_or("-");
@@ -176,6 +177,14 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             by: by.clone(),
         })
         .inc();
+    if outcome.end == SessionEnd::Closed(Close::draining(info.drain_code)) {
+        gw.metrics
+            .drain_closes
+            .get_or_create(&crate::metrics::CodeLabel {
+                code: info.drain_code.get(),
+            })
+            .inc();
+    }
     info!(
         target: "wsgate::access",
         session = info.id,

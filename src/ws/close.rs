@@ -26,6 +26,8 @@ impl CloseCode {
     pub const POLICY_VIOLATION: CloseCode = CloseCode(1008);
     pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
+    /// The server is restarting: the client may reconnect (with a random delay).
+    pub const SERVICE_RESTART: CloseCode = CloseCode(1012);
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
 
     /// A code received from a peer, if it is one that may be sent on the wire.

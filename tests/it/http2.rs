@@ -453,6 +453,46 @@ async fn shutdown_closes_every_stream_with_1001() {
     }
 }
 
+#[tokio::test]
+async fn a_drain_window_spreads_the_streams_closes_with_the_drain_code() {
+    const STREAMS: usize = 10;
+    let backend = backends::echo().await;
+    let (gw, cert) = gateway(
+        &backend,
+        "[limits]\ndrain_window = \"2s\"\ndrain_close_code = 1012\nshutdown_grace = \"5s\"\n",
+    )
+    .await;
+    let io = tls(gw.addrs[0], &cert, &[b"h2"]).await.unwrap();
+    let mut client = h2_client(io).await;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let (_, s) = open(&mut client, "/echo", &[("sec-websocket-version", "13")]).await;
+        let mut s = s.unwrap();
+        echo_once(&mut s, "before").await;
+        streams.push(s);
+    }
+    let t0 = Instant::now();
+    // Dropping the in-process gateway is its shutdown signal.
+    drop(gw);
+    let mut tasks = Vec::new();
+    for mut s in streams {
+        tasks.push(tokio::spawn(async move {
+            let f = s.next_frame().await.expect("a Close at shutdown");
+            (f.close_code(), t0.elapsed())
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    assert!(got.iter().all(|(c, _)| *c == Some(1012)), "{got:?}");
+    let first = got.iter().map(|g| g.1).min().unwrap();
+    let last = got.iter().map(|g| g.1).max().unwrap();
+    // Stream i of 10 is told at 0.2 s * i: spread over more than a second, not all at once.
+    assert!(first < Duration::from_secs(1), "{got:?}");
+    assert!(last > Duration::from_secs(1), "not spread: {got:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Frame-level attacks, with raw frames over h2c.
 

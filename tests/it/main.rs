@@ -22,6 +22,7 @@ mod control_under_load;
 mod deflate;
 mod deploy;
 mod drain;
+mod drain_window;
 mod fallback;
 mod fallback_browser;
 mod framing_modes;
