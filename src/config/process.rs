@@ -117,3 +117,39 @@ impl Ctx<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::{Path, PathBuf};
+
+    const BASE: &str = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nbackend = \"127.0.0.1:9\"\n";
+
+    #[test]
+    fn upgrade_socket() {
+        let c = Config::parse(BASE, Path::new("/etc/wsgate")).unwrap();
+        assert_eq!(c.runtime.upgrade_socket, None);
+        let text = format!("{BASE}[runtime]\nupgrade_socket = \"run/upgrade.sock\"\n");
+        let c = Config::parse(&text, Path::new("/etc/wsgate")).unwrap();
+        assert_eq!(
+            c.runtime.upgrade_socket,
+            Some(PathBuf::from("/etc/wsgate/run/upgrade.sock"))
+        );
+        for (bad, want) in [
+            ("\"\"", "must name a socket file"),
+            (
+                &format!("\"/{}\"", "x".repeat(120)),
+                "longer than a unix socket path",
+            ),
+        ] {
+            let text = format!("{BASE}[runtime]\nupgrade_socket = {bad}\n");
+            let e = Config::parse(&text, Path::new("/etc/wsgate"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("runtime.upgrade_socket") && e.contains(want),
+                "{e}"
+            );
+        }
+    }
+}

@@ -18,6 +18,9 @@
 //! - [`router`]: one configuration generation (routes with their backend pools and session
 //!   counts, TLS acceptors), replaced whole on reload.
 //! - [`reload`]: reconfiguration: SIGHUP and certificate files, one writer of the live state.
+//! - [`upgrade`]: binary upgrade: the listening sockets handed to (or taken from) another
+//!   process over `[runtime] upgrade_socket`; here, which listener takes which socket, and the
+//!   drain that follows the hand-over.
 //! - [`request`]: the request pipeline before the 101: TLS, hyper, exactly one answer per request.
 //! - [`session`]: a session's bookkeeping after the 101: registry, pump, metrics, access line.
 //!
