@@ -311,3 +311,55 @@ async fn upgrade_with_nothing_running_says_so() {
     );
     drop(dir);
 }
+
+/// One echo over a WebSocket on the unix socket at `path`.
+async fn unix_echo(path: &Path) {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .expect("connect");
+    let (mut ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async("ws://localhost/echo", stream),
+    )
+    .await
+    .expect("open timed out")
+    .expect("open");
+    ws.send(Message::text("unix")).await.expect("send");
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("echo") {
+            Some(Ok(Message::Text(t))) => got.extend_from_slice(t.as_bytes()),
+            Some(Ok(Message::Binary(b))) => got.extend_from_slice(&b),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    assert_eq!(got, b"unix");
+}
+
+#[tokio::test]
+async fn unix_listener_is_handed_over_and_its_file_kept() {
+    let backend = backends::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let ws_path = dir.path().join("ws.sock");
+    let extra = format!("[[listener]]\nbind = \"unix:{}\"\n", ws_path.display());
+    let text = config(&backend, &socket, &extra);
+    let mut old = Gateway::start_in(dir, &text).await;
+    unix_echo(&ws_path).await;
+    let new = Gateway::start_with(
+        &text,
+        Opts {
+            args: vec!["--upgrade".into()],
+            ..Opts::default()
+        },
+    )
+    .await;
+    new.wait_for_log("binary upgrade done", WAIT).await;
+    let status = old.wait_exit(Duration::from_secs(GRACE_SECS + 5)).await;
+    assert!(status.success(), "{}", old.logs());
+    // The old process left the socket file to the new one, which serves on it.
+    assert!(ws_path.exists(), "the unix socket file is gone");
+    unix_echo(&ws_path).await;
+    assert_eq!(opened(&new.logs()), 1, "{}", new.logs());
+    assert!(new.logs().contains("handed_over=true"), "{}", new.logs());
+}
