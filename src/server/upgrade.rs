@@ -119,6 +119,21 @@ pub(super) async fn serve(
                 }
             },
         };
+        // Only this user (or root) may take the sockets; the file's mode says so too.
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == rustix::process::geteuid().as_raw() || c.uid() == 0 => {}
+            Ok(c) => {
+                warn!(
+                    uid = c.uid(),
+                    "upgrade socket: a process of another user was refused"
+                );
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "upgrade socket: cannot tell who connected; refused");
+                continue;
+            }
+        }
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
             r = offer(&stream, &sockets) => r,
