@@ -27,12 +27,14 @@
 //! long-polling) for clients without WebSocket, as an in-process WebSocket client of the usual
 //! pump; `registry`, `metrics` and `admin` serve the operator's view (live sessions, readiness,
 //! Prometheus metrics, the status page); `websockify` turns websockify's command line into a
-//! configuration text; `notify` sends systemd's readiness messages (`Type=notify`); `recording`
+//! configuration text; `notify` sends systemd's readiness messages (`Type=notify`); `server::upgrade` hands the
+//! listening sockets to a new binary (`wsgate --upgrade`); `recording`
 //! writes a route's sessions to files (`record = "DIR"`) beside
 //! the pump and reads them back for `wsgate replay`.
 //!
 //! The library's public surface is what the binary, the benchmarks, the fuzz targets and the
-//! integration tests use: [`run`], [`run_from_file`], [`run_with_listeners`], `config`,
+//! integration tests use: [`run`], [`run_from_file`], [`run_upgrade_from_file`],
+//! [`run_with_listeners`], `config`,
 //! `handshake`, `ws`, `proxy_protocol`, `forwarded`, `recording`, and the types they name (`auth`,
 //! `origin`); everything else is crate-private.
 #![forbid(unsafe_code)]
@@ -80,7 +82,7 @@ pub use server::{Bound, RunError};
 /// Run the gateway on a validated configuration until `shutdown` resolves, then close every
 /// session with 1001 and return within the shutdown grace period.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    server::run(config, None, shutdown, None).await
+    server::run(config, None, shutdown, None, false).await
 }
 
 /// Like [`run`], and sends the bound addresses to `bound` once every listener is bound: for
@@ -90,7 +92,7 @@ pub async fn run_with_listeners(
     shutdown: impl Future<Output = ()>,
     bound: tokio::sync::oneshot::Sender<Bound>,
 ) -> Result<(), RunError> {
-    server::run(config, None, shutdown, Some(bound)).await
+    server::run(config, None, shutdown, Some(bound), false).await
 }
 
 /// Like [`run`], for a configuration loaded from `path`: SIGHUP re-reads the file (new
@@ -101,5 +103,16 @@ pub async fn run_from_file(
     path: std::path::PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    server::run(config, Some(path), shutdown, None).await
+    server::run(config, Some(path), shutdown, None, false).await
+}
+
+/// Like [`run_from_file`], started as the successor of the process listening on
+/// `[runtime] upgrade_socket` (`wsgate --upgrade`): its listening sockets are taken over, and it
+/// drains once this process is ready. An error before then leaves it serving.
+pub async fn run_upgrade_from_file(
+    config: Config,
+    path: std::path::PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    server::run(config, Some(path), shutdown, None, true).await
 }

@@ -18,6 +18,10 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short = 'c', value_name = "PATH", global = true)]
     config: Option<PathBuf>,
+    /// Binary upgrade: take the listening sockets from the wsgate running on `[runtime]
+    /// upgrade_socket`, which then drains its sessions and exits.
+    #[arg(long)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -76,7 +80,11 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
-    serve(config, Some(path))
+    if cli.upgrade && config.runtime.upgrade_socket.is_none() {
+        eprintln!("wsgate: --upgrade needs [runtime] upgrade_socket in the configuration");
+        return ExitCode::from(2);
+    }
+    serve(config, Some(path), cli.upgrade)
 }
 
 /// `wsgate [OPTIONS] [SOURCE_ADDR:]SOURCE_PORT [TARGET]`: translate, then load and run the text.
@@ -93,7 +101,7 @@ fn websockify(args: &[std::ffi::OsString]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Invocation::Run(text)) => match wsgate::Config::parse(&text, &cwd) {
-            Ok(config) => serve(config, None),
+            Ok(config) => serve(config, None, false),
             Err(e) => {
                 eprintln!("wsgate: configuration error: {e} (see --print-config)");
                 ExitCode::from(2)
@@ -102,8 +110,9 @@ fn websockify(args: &[std::ffi::OsString]) -> ExitCode {
     }
 }
 
-/// Set up logging and the runtime, and run until SIGINT or SIGTERM; with `path`, SIGHUP reloads.
-fn serve(config: wsgate::Config, path: Option<PathBuf>) -> ExitCode {
+/// Set up logging and the runtime, and run until SIGINT or SIGTERM; with `path`, SIGHUP reloads;
+/// with `upgrade`, as the successor of the running process (`--upgrade`).
+fn serve(config: wsgate::Config, path: Option<PathBuf>, upgrade: bool) -> ExitCode {
     if let Err(e) = init_logging(&config.log) {
         eprintln!("wsgate: {e}");
         return ExitCode::from(2);
@@ -123,6 +132,9 @@ fn serve(config: wsgate::Config, path: Option<PathBuf>) -> ExitCode {
     };
     let run = async {
         match path {
+            Some(path) if upgrade => {
+                wsgate::run_upgrade_from_file(config, path, shutdown_signal()).await
+            }
             Some(path) => wsgate::run_from_file(config, path, shutdown_signal()).await,
             None => wsgate::run(config, shutdown_signal()).await,
         }

@@ -147,6 +147,16 @@ impl Notifier {
         self.send(&format!("READY=1\n{}", status_line(status)));
     }
 
+    /// `MAINPID=` (this process) and `READY=1`: a binary upgrade made this process the service's
+    /// main process (the unit needs `NotifyAccess=all` for systemd to accept it).
+    pub fn ready_as_main(&self, status: &str) {
+        self.send(&format!(
+            "MAINPID={}\nREADY=1\n{}",
+            std::process::id(),
+            status_line(status)
+        ));
+    }
+
     /// `RELOADING=1`: a configuration reload starts now.
     pub fn reloading(&self) {
         self.send(&format!(

@@ -203,6 +203,9 @@ impl Config {
             Some(false) => writeln!(s, "systemd notify: off"),
             None => writeln!(s, "systemd notify: when NOTIFY_SOCKET is set"),
         };
+        if let Some(p) = &self.runtime.upgrade_socket {
+            let _ = writeln!(s, "binary upgrade socket: {}", p.display());
+        }
         if let Some(a) = &self.admin {
             let _ = writeln!(
                 s,
@@ -377,7 +380,7 @@ impl Ctx<'_> {
             demo_backends,
             admin,
             log,
-            runtime: process::runtime(&raw.runtime),
+            runtime: self.runtime(&raw.runtime)?,
         })
     }
 }

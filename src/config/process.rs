@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::listeners::MAX_UNIX_PATH_BYTES;
 use super::raw::{RawLog, RawRuntime};
 use super::{ConfigError, Ctx};
 
@@ -57,12 +58,15 @@ pub struct LogConfig {
 }
 
 /// The `[runtime]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RuntimeConfig {
     /// Threads that run connections; `None`: one per CPU the process may use.
     pub worker_threads: Option<usize>,
     /// `notify`: send systemd's readiness messages to `NOTIFY_SOCKET`; `None`: when it is set.
     pub notify: Option<bool>,
+    /// `upgrade_socket`: the unix socket a successor (`wsgate --upgrade`) connects to for the
+    /// listening sockets; `None`: binary upgrades are off.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 impl Ctx<'_> {
@@ -81,11 +85,71 @@ impl Ctx<'_> {
             level: l.level.unwrap_or_default(),
         })
     }
+
+    pub(super) fn runtime(&self, r: &RawRuntime) -> Result<RuntimeConfig, ConfigError> {
+        let upgrade_socket = match &r.upgrade_socket {
+            None => None,
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return self.err(
+                    p.span(),
+                    "runtime.upgrade_socket",
+                    "must name a socket file",
+                )
+            }
+            Some(p) => {
+                let path = self.resolve(p.get_ref());
+                if path.as_os_str().len() > MAX_UNIX_PATH_BYTES {
+                    return self.err(
+                        p.span(),
+                        "runtime.upgrade_socket",
+                        format!(
+                            "the path is longer than a unix socket path may be ({MAX_UNIX_PATH_BYTES} bytes)"
+                        ),
+                    );
+                }
+                Some(path)
+            }
+        };
+        Ok(RuntimeConfig {
+            worker_threads: r.worker_threads.map(|n| n.usize()),
+            notify: r.notify,
+            upgrade_socket,
+        })
+    }
 }
 
-pub(super) fn runtime(r: &RawRuntime) -> RuntimeConfig {
-    RuntimeConfig {
-        worker_threads: r.worker_threads.map(|n| n.usize()),
-        notify: r.notify,
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::{Path, PathBuf};
+
+    const BASE: &str = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nbackend = \"127.0.0.1:9\"\n";
+
+    #[test]
+    fn upgrade_socket() {
+        let c = Config::parse(BASE, Path::new("/etc/wsgate")).unwrap();
+        assert_eq!(c.runtime.upgrade_socket, None);
+        let text = format!("{BASE}[runtime]\nupgrade_socket = \"run/upgrade.sock\"\n");
+        let c = Config::parse(&text, Path::new("/etc/wsgate")).unwrap();
+        assert_eq!(
+            c.runtime.upgrade_socket,
+            Some(PathBuf::from("/etc/wsgate/run/upgrade.sock"))
+        );
+        for (bad, want) in [
+            ("\"\"", "must name a socket file"),
+            (
+                &format!("\"/{}\"", "x".repeat(120)),
+                "longer than a unix socket path",
+            ),
+        ] {
+            let text = format!("{BASE}[runtime]\nupgrade_socket = {bad}\n");
+            let e = Config::parse(&text, Path::new("/etc/wsgate"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("runtime.upgrade_socket") && e.contains(want),
+                "{e}"
+            );
+        }
     }
 }

@@ -47,6 +47,8 @@ pub struct RawRuntime {
     pub worker_threads: Option<Bounded<1, MAX_WORKER_THREADS>>,
     /// systemd readiness notification (`Type=notify`); absent: on when `NOTIFY_SOCKET` is set.
     pub notify: Option<bool>,
+    /// A unix socket a successor (`wsgate --upgrade`) takes the listening sockets from.
+    pub upgrade_socket: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

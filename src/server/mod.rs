@@ -19,6 +19,9 @@
 //! - [`router`]: one configuration generation (routes with their backend pools and session
 //!   counts, TLS acceptors), replaced whole on reload.
 //! - [`reload`]: reconfiguration: SIGHUP and certificate files, one writer of the live state.
+//! - [`upgrade`]: binary upgrade: the listening sockets handed to (or taken from) another
+//!   process over `[runtime] upgrade_socket`; here, which listener takes which socket, and the
+//!   drain that follows the hand-over.
 //! - [`request`]: the request pipeline before the 101: TLS, hyper, exactly one answer per request.
 //! - [`session`]: a session's bookkeeping after the 101: registry, pump, metrics, access line.
 //! - [`drain`]: on shutdown, the schedule that tells the sessions over `drain_window`.
@@ -33,20 +36,23 @@ mod router;
 mod session;
 mod systemd;
 mod unix;
+mod upgrade;
 
 pub use systemd::ActivationError;
+pub use upgrade::UpgradeError;
 
 use reload::{forward_sighup, reconfigure};
 use request::{http_phase, Conn, UpgradeSlot};
 use router::SessionCounts;
 use router::State;
 use session::run_session;
+use upgrade::Handover;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -101,6 +107,10 @@ pub enum RunError {
     Demo { addr: SocketAddr, source: io::Error },
     #[error("systemd socket activation: {0}")]
     Activation(#[from] ActivationError),
+    #[error("binary upgrade: {0}")]
+    Upgrade(#[from] UpgradeError),
+    #[error("binary upgrade: the socket handed over for {key} cannot be used: {reason}")]
+    Adopt { key: String, reason: String },
 }
 
 /// Where the gateway listens, reported once everything is bound.
@@ -245,14 +255,30 @@ impl Drop for IpClaim {
     }
 }
 
+/// Everything bound at start, before the gateway state exists.
+struct Started {
+    bound: Vec<(Listening, usize)>,
+    listening: Vec<SocketAddr>,
+    unix_paths: Vec<PathBuf>,
+    socket_files: Vec<unix::SocketFile>,
+    admin_listener: Option<(TcpListener, Option<String>, SocketAddr)>,
+    /// `[runtime] upgrade_socket`, bound: the listener, its file, the path it was bound at.
+    upgrade_socket: Option<(UnixListener, unix::SocketFile, PathBuf)>,
+    /// Copies of the listening sockets by key, for a successor (with `upgrade_socket` only).
+    offered: Vec<(String, std::os::fd::OwnedFd)>,
+}
+
 /// Bind everything, serve until `shutdown` resolves, then drain sessions. With `config_path`,
 /// SIGHUP re-reads that file and certificate files are watched for changes. With `report`, the
-/// bound addresses are sent there once everything is bound.
+/// bound addresses are sent there once everything is bound. With `upgrade`, the listening sockets
+/// are taken from the process running on `[runtime] upgrade_socket`, which drains once this one
+/// is ready (see [`upgrade`]).
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
     report: Option<tokio::sync::oneshot::Sender<Bound>>,
+    upgrade: bool,
 ) -> Result<(), RunError> {
     // Take over SIGHUP before anything is bound, so that an early one never kills the process.
     let hangup = match &config_path {
@@ -265,6 +291,206 @@ pub async fn run(
             }
         },
     };
+    let mut handover = match (upgrade, &config.runtime.upgrade_socket) {
+        (false, _) => None,
+        (true, None) => return Err(UpgradeError::NotConfigured.into()),
+        (true, Some(path)) => Some(upgrade::connect(path).await?),
+    };
+    let started = match start(&config, handover.as_mut()).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(h) = handover {
+                h.failed(&e.to_string()).await;
+            }
+            return Err(e);
+        }
+    };
+    let Started {
+        bound,
+        listening,
+        unix_paths,
+        mut socket_files,
+        admin_listener,
+        upgrade_socket,
+        offered,
+    } = started;
+    if let Some(report) = report {
+        let _ = report.send(Bound {
+            listeners: listening,
+            unix: unix_paths,
+            admin: admin_listener.as_ref().map(|(_, _, addr)| *addr),
+        });
+    }
+    let metrics = Metrics::new();
+    let grace = config.http.shutdown_grace;
+    let drain_plan = drain::DrainPlan {
+        window: config.http.drain_window,
+        code: config.http.drain_close_code,
+    };
+    let upgrade_path = config.runtime.upgrade_socket.clone();
+    let notify = Notifier::from_env(config.runtime.notify);
+    let budget = MessageBudget::new(config.http.partial_message_budget);
+    let route_sessions = SessionCounts::default();
+    let state = State::build(config, &metrics, &route_sessions, None);
+    let gw = Arc::new(Gateway {
+        state: RwLock::new(Arc::new(state)),
+        route_sessions,
+        sessions: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        drain_rest: CancellationToken::new(),
+        drain: drain_plan,
+        cut: CancellationToken::new(),
+        next_session: AtomicU64::new(1),
+        metrics,
+        registry: Arc::new(Registry::default()),
+        connections: AtomicUsize::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+        fallback: Arc::default(),
+        budget,
+        notify,
+    });
+    gw.registry.config_applied(&gw.state().config);
+
+    let stop_accepting = CancellationToken::new();
+    for (listener, index) in bound {
+        tokio::spawn(accept_loop(
+            gw.clone(),
+            listener,
+            index,
+            stop_accepting.clone(),
+        ));
+    }
+    // Cancelled when a successor took the listening sockets over (binary upgrade).
+    let upgraded = CancellationToken::new();
+    if let Some((listener, token, _)) = admin_listener {
+        // The admin listener outlives the drain: /readyz must be seen turning false. After a
+        // binary upgrade it is the successor's.
+        tokio::spawn(admin::serve(
+            admin::View {
+                registry: gw.registry.clone(),
+                metrics: gw.metrics.clone(),
+            },
+            listener,
+            token,
+            upgraded.clone(),
+        ));
+    }
+    if let Some(path) = config_path {
+        let (events, received) = tokio::sync::mpsc::channel(1);
+        if let Some(hup) = hangup {
+            tokio::spawn(forward_sighup(hup, events, stop_accepting.clone()));
+        }
+        tokio::spawn(reconfigure(
+            gw.clone(),
+            path,
+            received,
+            stop_accepting.clone(),
+        ));
+    }
+    gw.registry.set_ready(true);
+    // A successor tells its predecessor first; if that fails it drains what it accepted and
+    // exits with the reason.
+    let mut outcome = Ok(());
+    let mut upgrade_socket = upgrade_socket;
+    match handover {
+        None => gw.notify.ready(&gw.status_text("ready")),
+        Some(h) => {
+            let temporary = upgrade_socket.as_ref().map(|(_, _, at)| at.clone());
+            match (
+                h.ready(temporary.as_deref().unwrap_or(Path::new(""))).await,
+                &upgrade_path,
+            ) {
+                (Ok(()), Some(path)) => {
+                    // The upgrade socket is at the configured path now.
+                    upgrade_socket = match (upgrade_socket.take(), unix::SocketFile::adopt(path)) {
+                        (Some((l, tmp, _)), Ok(file)) => {
+                            tmp.keep();
+                            Some((l, file, path.clone()))
+                        }
+                        (other, Err(e)) => {
+                            warn!(path = %path.display(), error = %e, "the upgrade socket file is gone");
+                            other
+                        }
+                        (None, Ok(_)) => None,
+                    };
+                    gw.notify.ready_as_main(&gw.status_text("ready"));
+                }
+                (Ok(()), None) => {}
+                (Err(e), _) => outcome = Err(RunError::Upgrade(e)),
+            }
+        }
+    }
+    if let Some((listener, file, _)) = upgrade_socket {
+        tokio::spawn(upgrade::serve(
+            listener,
+            file,
+            offered,
+            stop_accepting.clone(),
+            upgraded.clone(),
+        ));
+    }
+    let status_stop = CancellationToken::new();
+    if gw.notify.is_on() {
+        tokio::spawn(status_updates(gw.clone(), status_stop.clone()));
+    }
+
+    if outcome.is_ok() {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = upgraded.cancelled() => {}
+        }
+    }
+    let by_upgrade = upgraded.is_cancelled();
+    if by_upgrade {
+        info!(
+            close_code = drain_plan.code.get(),
+            drain_window = ?drain_plan.window,
+            "binary upgrade: no new connections here, closing sessions"
+        );
+    } else {
+        info!(
+            close_code = drain_plan.code.get(),
+            drain_window = ?drain_plan.window,
+            "shutting down: no new connections, closing sessions"
+        );
+    }
+    gw.registry.set_ready(false);
+    status_stop.cancel();
+    // After an upgrade the successor is systemd's main process: STOPPING=1 is not ours to say.
+    if !by_upgrade {
+        gw.notify.stopping(&gw.status_text("draining"));
+    }
+    stop_accepting.cancel();
+    if by_upgrade {
+        // The unix listeners' sockets live on in the successor: their files stay.
+        for f in socket_files.drain(..) {
+            f.keep();
+        }
+    }
+    // New clients of a unix listener now find no socket file instead of a silent one.
+    drop(socket_files);
+    gw.shutdown.cancel();
+    gw.sessions.close();
+    // The window is shorter than the grace (validated), so the walk always ends within it.
+    let drained = tokio::time::timeout(grace, async {
+        tokio::join!(
+            drain::stagger(&gw.registry, &gw.drain_rest, drain_plan.window),
+            gw.sessions.wait()
+        )
+    })
+    .await;
+    if drained.is_err() {
+        warn!(grace = ?grace, "sessions still open after shutdown_grace; cutting them");
+        gw.cut.cancel();
+        // The cut sessions write their access lines; that takes moments.
+        let _ = tokio::time::timeout(Duration::from_secs(1), gw.sessions.wait()).await;
+    }
+    outcome
+}
+
+/// Start the demo backends and bind every listener, the admin listener and the upgrade socket;
+/// with `handover`, the listeners whose `bind` a predecessor sent take its sockets.
+async fn start(config: &Config, mut handover: Option<&mut Handover>) -> Result<Started, RunError> {
     for d in &config.demo_backends {
         let addr = demo::start(d).await.map_err(|source| RunError::Demo {
             addr: d.bind,
@@ -277,9 +503,56 @@ pub async fn run(
     let mut unix_paths = Vec::new();
     // Removed at shutdown (or when a later bind fails), each only if it is still our file.
     let mut socket_files = Vec::new();
+    // systemd listeners whose sockets came from a predecessor take none from the environment.
+    let mut handed_over = HashSet::new();
+    let mut received = Vec::new();
+    if let Some(h) = handover.as_deref_mut() {
+        for (index, l) in config.listeners.iter().enumerate() {
+            let key = l.bind.to_string();
+            if h.has(&key) {
+                handed_over.insert(index);
+                received.push((index, key.clone(), h.take(&key)));
+            }
+        }
+    }
     // Taken before anything is bound here: a missing or wrong socket stops the start early.
-    let inherited = systemd::take(&config.listeners)?;
+    let inherited = systemd::take(&config.listeners, &handed_over)?;
+    for (index, key, fds) in received {
+        let Some(l) = config.listeners.get(index) else {
+            continue;
+        };
+        for fd in fds {
+            let listener = adopt(&key, fd, &l.bind)?;
+            match &listener {
+                Listening::Tcp(t) => {
+                    let addr = t
+                        .local_addr()
+                        .map_err(|e| adopt_error(&key, e.to_string()))?;
+                    info!(addr = %addr, tls = l.tls.is_some(), accept_plain = l.accept_plain, handed_over = true, "listening");
+                    listening.push(addr);
+                }
+                Listening::Unix(_) => {
+                    if let ListenAddr::Unix(path) = &l.bind {
+                        info!(path = %path.display(), tls = l.tls.is_some(), handed_over = true, "listening on unix socket");
+                        unix_paths.push(path.clone());
+                        match unix::SocketFile::adopt(path) {
+                            Ok(f) => socket_files.push(f),
+                            Err(e) => {
+                                warn!(path = %path.display(), error = %e, "the socket file handed over is gone")
+                            }
+                        }
+                    } else {
+                        info!(listener = %key, tls = l.tls.is_some(), handed_over = true, "listening on unix socket");
+                    }
+                }
+            }
+            bound.push((listener, index));
+        }
+    }
     for (index, l) in config.listeners.iter().enumerate() {
+        if handed_over.contains(&index) {
+            continue;
+        }
         match &l.bind {
             ListenAddr::Systemd(_) => {}
             ListenAddr::Tcp(bind) => {
@@ -338,12 +611,23 @@ pub async fn run(
     let admin_listener = match &config.admin {
         None => None,
         Some(a) => {
-            let listener = TcpListener::bind(a.bind)
-                .await
-                .map_err(|source| RunError::Bind {
-                    addr: a.bind,
-                    source,
-                })?;
+            let key = upgrade::admin_key(&a.bind);
+            let taken = handover
+                .as_deref_mut()
+                .map(|h| h.take(&key))
+                .unwrap_or_default();
+            let listener = match taken.into_iter().next() {
+                Some(fd) => match adopt(&key, fd, &ListenAddr::Tcp(a.bind))? {
+                    Listening::Tcp(t) => t,
+                    Listening::Unix(_) => return Err(adopt_error(&key, "a unix socket".into())),
+                },
+                None => TcpListener::bind(a.bind)
+                    .await
+                    .map_err(|source| RunError::Bind {
+                        addr: a.bind,
+                        source,
+                    })?,
+            };
             let addr = listener.local_addr().map_err(|source| RunError::Bind {
                 addr: a.bind,
                 source,
@@ -352,111 +636,82 @@ pub async fn run(
             Some((listener, a.token.clone(), addr))
         }
     };
-    if let Some(report) = report {
-        let _ = report.send(Bound {
-            listeners: listening,
-            unix: unix_paths,
-            admin: admin_listener.as_ref().map(|(_, _, addr)| *addr),
-        });
+    if let Some(h) = handover.as_deref_mut() {
+        h.close_unused();
     }
-    let metrics = Metrics::new();
-    let grace = config.http.shutdown_grace;
-    let drain_plan = drain::DrainPlan {
-        window: config.http.drain_window,
-        code: config.http.drain_close_code,
+    let upgrade_socket = match &config.runtime.upgrade_socket {
+        None => None,
+        Some(path) => Some(upgrade::bind(path, handover.is_some()).await?),
     };
-    let notify = Notifier::from_env(config.runtime.notify);
-    let budget = MessageBudget::new(config.http.partial_message_budget);
-    let route_sessions = SessionCounts::default();
-    let state = State::build(config, &metrics, &route_sessions, None);
-    let gw = Arc::new(Gateway {
-        state: RwLock::new(Arc::new(state)),
-        route_sessions,
-        sessions: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
-        drain_rest: CancellationToken::new(),
-        drain: drain_plan,
-        cut: CancellationToken::new(),
-        next_session: AtomicU64::new(1),
-        metrics,
-        registry: Arc::new(Registry::default()),
-        connections: AtomicUsize::new(0),
-        per_ip: Mutex::new(HashMap::new()),
-        fallback: Arc::default(),
-        budget,
-        notify,
-    });
-    gw.registry.config_applied(&gw.state().config);
-
-    let stop_accepting = CancellationToken::new();
-    for (listener, index) in bound {
-        tokio::spawn(accept_loop(
-            gw.clone(),
-            listener,
-            index,
-            stop_accepting.clone(),
-        ));
-    }
-    if let Some((listener, token, _)) = admin_listener {
-        // The admin listener outlives the drain: /readyz must be seen turning false.
-        tokio::spawn(admin::serve(
-            admin::View {
-                registry: gw.registry.clone(),
-                metrics: gw.metrics.clone(),
-            },
-            listener,
-            token,
-            CancellationToken::new(),
-        ));
-    }
-    if let Some(path) = config_path {
-        let (events, received) = tokio::sync::mpsc::channel(1);
-        if let Some(hup) = hangup {
-            tokio::spawn(forward_sighup(hup, events, stop_accepting.clone()));
+    let mut offered = Vec::new();
+    if upgrade_socket.is_some() {
+        use std::os::fd::AsFd;
+        let mut copy = |key: String, fd: std::os::fd::BorrowedFd<'_>| match fd.try_clone_to_owned()
+        {
+            Ok(fd) => offered.push((key, fd)),
+            Err(e) => {
+                warn!(listener = %key, error = %e, "cannot keep this socket for a binary upgrade")
+            }
+        };
+        for (listener, index) in &bound {
+            let Some(l) = config.listeners.get(*index) else {
+                continue;
+            };
+            match listener {
+                Listening::Tcp(t) => copy(l.bind.to_string(), t.as_fd()),
+                Listening::Unix(u) => copy(l.bind.to_string(), u.as_fd()),
+            }
         }
-        tokio::spawn(reconfigure(
-            gw.clone(),
-            path,
-            received,
-            stop_accepting.clone(),
-        ));
+        if let (Some((l, _, _)), Some(a)) = (&admin_listener, &config.admin) {
+            copy(upgrade::admin_key(&a.bind), l.as_fd());
+        }
     }
-    gw.registry.set_ready(true);
-    gw.notify.ready(&gw.status_text("ready"));
-    let status_stop = CancellationToken::new();
-    if gw.notify.is_on() {
-        tokio::spawn(status_updates(gw.clone(), status_stop.clone()));
-    }
-
-    shutdown.await;
-    info!(
-        close_code = drain_plan.code.get(),
-        drain_window = ?drain_plan.window,
-        "shutting down: no new connections, closing sessions"
-    );
-    gw.registry.set_ready(false);
-    status_stop.cancel();
-    gw.notify.stopping(&gw.status_text("draining"));
-    stop_accepting.cancel();
-    // New clients of a unix listener now find no socket file instead of a silent one.
-    drop(socket_files);
-    gw.shutdown.cancel();
-    gw.sessions.close();
-    // The window is shorter than the grace (validated), so the walk always ends within it.
-    let drained = tokio::time::timeout(grace, async {
-        tokio::join!(
-            drain::stagger(&gw.registry, &gw.drain_rest, drain_plan.window),
-            gw.sessions.wait()
-        )
+    Ok(Started {
+        bound,
+        listening,
+        unix_paths,
+        socket_files,
+        admin_listener,
+        upgrade_socket,
+        offered,
     })
-    .await;
-    if drained.is_err() {
-        warn!(grace = ?grace, "sessions still open after shutdown_grace; cutting them");
-        gw.cut.cancel();
-        // The cut sessions write their access lines; that takes moments.
-        let _ = tokio::time::timeout(Duration::from_secs(1), gw.sessions.wait()).await;
+}
+
+fn adopt_error(key: &str, reason: String) -> RunError {
+    RunError::Adopt {
+        key: key.to_string(),
+        reason,
     }
-    Ok(())
+}
+
+/// A listening socket handed over under `key`, for a listener bound at `bind`: checked to be a
+/// listening stream socket of the right family, non-blocking, registered with the runtime.
+fn adopt(key: &str, fd: std::os::fd::OwnedFd, bind: &ListenAddr) -> Result<Listening, RunError> {
+    let fail = |reason: String| adopt_error(key, reason);
+    let sock = socket2::SockRef::from(&fd);
+    systemd::check_listening(sock).map_err(fail)?;
+    let is_unix = socket2::SockRef::from(&fd)
+        .domain()
+        .map_err(|e| fail(e.to_string()))?
+        == socket2::Domain::UNIX;
+    match (bind, is_unix) {
+        (ListenAddr::Tcp(_), true) => Err(fail("a unix socket for a TCP listener".into())),
+        (ListenAddr::Unix(_), false) => Err(fail("a TCP socket for a unix listener".into())),
+        (_, true) => {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+            Ok(Listening::Unix(
+                UnixListener::from_std(l).map_err(|e| fail(e.to_string()))?,
+            ))
+        }
+        (_, false) => {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+            Ok(Listening::Tcp(
+                TcpListener::from_std(l).map_err(|e| fail(e.to_string()))?,
+            ))
+        }
+    }
 }
 
 /// How often the `STATUS=` line is refreshed (sent only when its text changed).

@@ -9,7 +9,7 @@
 //! The file descriptors become sockets through the `listenfd` crate, which owns the one unsafe
 //! step (a number into a socket) after checking the descriptor is a socket of the kind asked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -107,6 +107,7 @@ pub(super) struct Assigned {
 pub(super) fn assign(
     listeners: &[Listener],
     names: &[String],
+    handed_over: &HashSet<usize>,
 ) -> Result<Assigned, ActivationError> {
     let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, n) in names.iter().enumerate() {
@@ -117,6 +118,9 @@ pub(super) fn assign(
         let ListenAddr::Systemd(name) = &l.bind else {
             continue;
         };
+        if handed_over.contains(&index) {
+            continue;
+        }
         match by_name.remove(name.as_str()) {
             Some(fds) => taken.push((index, fds)),
             None => {
@@ -147,11 +151,16 @@ pub(super) struct Inherited {
 }
 
 /// Take the sockets of every `systemd:NAME` listener from the environment; nothing (and the
-/// environment left alone) when no listener asks for one.
-pub(super) fn take(listeners: &[Listener]) -> Result<Vec<Inherited>, RunError> {
+/// environment left alone) when no listener asks for one. Listeners in `handed_over` got their
+/// sockets in a binary upgrade and take none.
+pub(super) fn take(
+    listeners: &[Listener],
+    handed_over: &HashSet<usize>,
+) -> Result<Vec<Inherited>, RunError> {
     if !listeners
         .iter()
-        .any(|l| matches!(l.bind, ListenAddr::Systemd(_)))
+        .enumerate()
+        .any(|(i, l)| matches!(l.bind, ListenAddr::Systemd(_)) && !handed_over.contains(&i))
     {
         return Ok(Vec::new());
     }
@@ -167,7 +176,7 @@ pub(super) fn take(listeners: &[Listener]) -> Result<Vec<Inherited>, RunError> {
     // checks, connections) exists.
     let mut fds = listenfd::ListenFd::from_env();
     std::env::remove_var(LISTEN_FDNAMES_ENV);
-    let Assigned { taken, unused } = assign(listeners, &names)?;
+    let Assigned { taken, unused } = assign(listeners, &names, handed_over)?;
     for i in unused {
         warn!(
             name = %names[i],
@@ -224,7 +233,7 @@ pub(super) fn take(listeners: &[Listener]) -> Result<Vec<Inherited>, RunError> {
 }
 
 /// A stream socket in the listening state (`SO_TYPE`, `SO_ACCEPTCONN`).
-fn check_listening(socket: socket2::SockRef<'_>) -> Result<(), String> {
+pub(super) fn check_listening(socket: socket2::SockRef<'_>) -> Result<(), String> {
     match socket.r#type() {
         Ok(socket2::Type::STREAM) => {}
         Ok(_) => return Err("not a stream socket".to_string()),
@@ -241,7 +250,7 @@ fn check_listening(socket: socket2::SockRef<'_>) -> Result<(), String> {
 }
 
 /// The options [`super::bind_listener`] sets on a socket it binds, for a passed one.
-fn tcp_options(l: &std::net::TcpListener) -> io::Result<()> {
+pub(super) fn tcp_options(l: &std::net::TcpListener) -> io::Result<()> {
     let sock = socket2::SockRef::from(l);
     sock.set_tcp_nodelay(true)?;
     #[cfg(target_os = "linux")]
@@ -300,11 +309,11 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let a = assign(&config.listeners, &names).unwrap();
+        let a = assign(&config.listeners, &names, &HashSet::new()).unwrap();
         assert_eq!(a.taken, vec![(0, vec![0, 2]), (2, vec![1])]);
         assert_eq!(a.unused, vec![3]);
         let names = vec!["web".to_string()];
-        match assign(&config.listeners, &names) {
+        match assign(&config.listeners, &names, &HashSet::new()) {
             Err(ActivationError::NameNotFound { name, known }) => {
                 assert_eq!(name, "tls");
                 assert_eq!(known, "web");

@@ -47,6 +47,24 @@ impl Drop for SocketFile {
     }
 }
 
+impl SocketFile {
+    /// The socket file now at `path` (one bound by another process, handed over to this one), to
+    /// be removed at shutdown like one bound here.
+    pub(super) fn adopt(path: &Path) -> io::Result<SocketFile> {
+        let meta = fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Leave the file in place (its socket lives on in a successor process).
+    pub(super) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 /// Bind a unix-socket listener at `path`, replacing a stale socket file, and set `mode`.
 pub(super) async fn bind(
     path: &Path,

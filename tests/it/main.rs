@@ -43,5 +43,6 @@ mod systemd;
 mod targets;
 mod targets_sources;
 mod tls;
+mod upgrade;
 mod websockify_cli;
 mod wsload_smoke;

@@ -25,6 +25,8 @@ pub struct Opts {
     pub dir: Option<tempfile::TempDir>,
     /// `WSGATE_LOG` for the child; "wsgate=debug,info" (or `WSGATE_TEST_LOG`) otherwise.
     pub log_filter: Option<String>,
+    /// Arguments after `--config PATH` (such as `--upgrade`).
+    pub args: Vec<String>,
 }
 
 /// A running `wsgate` process, killed (by its PID) when dropped.
@@ -113,7 +115,7 @@ impl Gateway {
         let mut cmd = match opts.fd_limit {
             None => {
                 let mut c = Command::new(bin);
-                c.arg("--config").arg(&path);
+                c.arg("--config").arg(&path).args(&opts.args);
                 c
             }
             Some(n) => {
