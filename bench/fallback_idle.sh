@@ -28,28 +28,10 @@ ECHO_PORT=$BASE
 GW_PORT=$((BASE + 1))
 OUT=bench/results/fallback-idle-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
+. bench/common.sh
 
-if [ "${BUILD:-1}" != 0 ]; then
-    cargo build --release --quiet --bin wsgate --example tcp_echo
-    cargo build --release --quiet -p wsload
-fi
-BIN=target/release
+bench_build
 
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 400); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "fallback_idle.sh: nothing listens on port $1" >&2
-    exit 1
-}
 
 "$BIN/examples/tcp_echo" "127.0.0.1:$ECHO_PORT" >/dev/null &
 pids+=($!)

@@ -53,6 +53,7 @@ NGINX_PORT=$((BASE + 2))
 PYECHO_PORT=$((BASE + 3))
 OUT=bench/results/http2-deflate-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
+. bench/common.sh
 
 need_apt=()
 command -v valgrind >/dev/null || need_apt+=(valgrind)
@@ -75,27 +76,8 @@ fi
 if false; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 fi
-if [ "${BUILD:-1}" != 0 ]; then
-    cargo build --release --quiet --bin wsgate --example tcp_echo
-    cargo build --release --quiet -p wsload
-fi
-BIN=target/release
+bench_build
 
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 400); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "http2_deflate.sh: nothing listens on port $1" >&2
-    exit 1
-}
 
 "$BIN/examples/tcp_echo" "127.0.0.1:$ECHO_PORT" >/dev/null &
 pids+=($!)

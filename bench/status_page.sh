@@ -28,31 +28,11 @@ GW_PORT=$((BASE + 1))
 ADMIN_PORT=$((BASE + 2))
 OUT=bench/results/status-page-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
+. bench/common.sh
 
-if ! command -v valgrind >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
-fi
-if [ "${BUILD:-1}" != 0 ]; then
-    cargo build --release --quiet --bin wsgate --example tcp_echo
-    cargo build --release --quiet -p wsload
-fi
-BIN=target/release
+need_valgrind
+bench_build
 
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 400); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "status_page.sh: nothing listens on port $1" >&2
-    exit 1
-}
 
 "$BIN/examples/tcp_echo" "127.0.0.1:$ECHO_PORT" >/dev/null &
 pids+=($!)

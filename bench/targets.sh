@@ -26,29 +26,11 @@ ECHO_PORT=$BASE
 GW_PORT=$((BASE + 1))
 OUT=bench/results/targets-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
+. bench/common.sh
 
-if ! command -v valgrind >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
-fi
-cargo build --release --quiet --bin wsgate --example tcp_echo
-cargo build --release --quiet -p wsload
-BIN=target/release
+need_valgrind
+bench_build
 
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 400); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "targets.sh: nothing listens on port $1" >&2
-    exit 1
-}
 
 "$BIN/examples/tcp_echo" "127.0.0.1:$ECHO_PORT" >/dev/null &
 pids+=($!)
