@@ -24,6 +24,7 @@ mod deploy;
 mod drain;
 mod fallback;
 mod fallback_browser;
+mod fleet;
 mod framing_modes;
 mod handshake;
 mod hostile_clients;
