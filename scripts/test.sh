@@ -80,6 +80,10 @@ fi
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
     apt_packages+=(prometheus)
 fi
+# ip (network namespaces and veth links for tests/it/fleet.rs, which needs root).
+if ! command -v ip >/dev/null 2>&1; then
+    apt_packages+=(iproute2)
+fi
 # Python packages in .venv: kosoku (Autobahn runner) and websockets (the README check's client).
 KOSOKU_PIN=kosoku==0.1.0
 WEBSOCKETS_VERSION=15.0.1

@@ -25,6 +25,7 @@ mod drain;
 mod drain_window;
 mod fallback;
 mod fallback_browser;
+mod fleet;
 mod framing_modes;
 mod handshake;
 mod hostile_clients;
