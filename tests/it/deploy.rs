@@ -160,6 +160,10 @@ fn kubernetes_manifests_agree_with_the_gateway_config() {
         grace >= pre_stop + drain + 5,
         "terminationGracePeriodSeconds {grace} < preStop {pre_stop} + shutdown_grace {drain} + 5"
     );
+    // A rolling update spreads the reconnects: Close 1012 over a window inside the grace
+    // (the loader refuses a window not shorter than shutdown_grace).
+    assert_eq!(config.http.drain_close_code.get(), 1012);
+    assert!(config.http.drain_window >= std::time::Duration::from_secs(1));
 
     let sc = &container["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
