@@ -2,7 +2,7 @@
 # bench/instructions.sh: user-space instructions per message of wsgate, nginx and HAProxy on the
 # same workload (valgrind's callgrind), figures that do not depend on how busy the machine is.
 #
-#   bench/instructions.sh     (about 4 minutes on the 2-vCPU benchmark machine)
+#   bench/instructions.sh     (about 2 minutes on the 2-vCPU benchmark machine)
 #
 # Each proxy runs under callgrind as one process with one worker, configured as in bench/run.sh
 # otherwise (the same templates, so the same buffer sizes and limits):
