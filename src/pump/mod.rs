@@ -9,6 +9,7 @@
 //!   deadline and control event (see its doc).
 //! - [`keepalive`]: when to ping and when a silent client is dead, as pure functions of time.
 //! - [`io`]: reading without holding a buffer while idle, and the client's output queue.
+//! - [`gate`]: each half is polled only after a wake-up of its own, not whenever the task is.
 //!
 //! With permessage-deflate, upstream inflates compressed messages in bounded chunks as their
 //! pieces arrive (forwarding, and waiting for the backend, between chunks) and downstream
@@ -38,6 +39,7 @@
 //! | `stop_up`              | downstream | upstream   | the session is over: upstream must return    |
 
 mod downstream;
+mod gate;
 mod io;
 mod keepalive;
 mod upstream;
@@ -65,6 +67,7 @@ use crate::framing::{FromBackend, MessageBudget, ToBackend};
 use crate::recording::Recorder;
 use crate::ws::{CloseCode, DecoderLimits};
 
+pub(crate) use gate::Gated;
 pub use io::ReadReady;
 
 /// How much we ask for per read, from either side.
@@ -224,14 +227,15 @@ where
             .unwrap_or_default();
         tokio::time::Instant::now().checked_add(left)
     });
-    let ((), end) = tokio::join!(
-        up.run(limits, preread),
-        down.run(
-            (shutdown, Close::draining(info.drain_code)),
-            &info.kill,
-            expires
-        )
-    );
+    // Each half is polled only when something it waits on is ready (its socket, its timers, a
+    // word from the other half), not whenever the other half is.
+    let up = std::pin::pin!(up.run(limits, preread));
+    let down = std::pin::pin!(down.run(
+        (shutdown, Close::draining(info.drain_code)),
+        &info.kill,
+        expires
+    ));
+    let ((), end) = tokio::join!(Gated::new(up), Gated::new(down));
     let client_close = shared.lock().client_close;
     Outcome {
         end,

@@ -113,9 +113,12 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
 
     // The pump future is built in place inside the select (never bound to a local first and
     // moved): a moved future would take its size twice in this one.
+    // The cut is polled only when the token wakes it, not at every wake-up of the session.
+    let cut = std::pin::pin!(gw.cut.cancelled());
     let outcome = tokio::select! {
+        biased;
         outcome = client.pump(&info, &preread, backend, shutdown) => outcome,
-        _ = gw.cut.cancelled() => pump::Outcome {
+        _ = pump::Gated::new(cut) => pump::Outcome {
             end: SessionEnd::Cut { reason: CUT_AT_GRACE, by: Side::Gateway },
             client_close: None,
             up: info.stats.up.snapshot(),

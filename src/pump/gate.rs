@@ -1,0 +1,114 @@
+//! Polling a future only after one of its own wake-ups.
+//!
+//! A session's two halves (and the gateway's cut-off beside them) are futures of one task, and
+//! a task is polled as a whole: without this, data arriving for one half polls the other half
+//! too, and with it every timer, token and [`tokio::sync::Notify`] that half waits on. [`Gated`]
+//! hands the future it wraps a waker of its own, which marks the future woken and then wakes the
+//! task. The task is polled as before, but the wrapped future only once at the start and then
+//! after its waker fired; other polls of the task skip it with two atomic operations.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// The waker handed to the wrapped future.
+struct Gate {
+    /// The wrapped future's waker fired since it was last polled.
+    woken: AtomicBool,
+    /// The task's waker, as of its latest poll.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        // A panic while holding this lock leaves a valid waker (or none) in place.
+        if let Some(task) = &*self.task.lock().unwrap_or_else(|e| e.into_inner()) {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// A future polled only once woken through its own waker (see the module doc).
+pub(crate) struct Gated<F> {
+    fut: F,
+    gate: Arc<Gate>,
+    waker: Waker,
+}
+
+impl<F> Gated<F> {
+    pub(crate) fn new(fut: F) -> Gated<F> {
+        let gate = Arc::new(Gate {
+            // Polled at the first poll of the task.
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        let waker = Waker::from(gate.clone());
+        Gated { fut, gate, waker }
+    }
+}
+
+impl<F: Future + Unpin> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        // Registered before the flag is read: a wake-up between the two is not lost.
+        {
+            let mut task = this.gate.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        if !this.gate.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.fut).poll(&mut Context::from_waker(&this.waker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+    }
+
+    #[tokio::test]
+    async fn a_gated_future_sees_its_own_wake_ups() {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let n = notify.clone();
+        let waiter = std::pin::pin!(async move { n.notified().await });
+        let mut gated = Gated::new(waiter);
+        // Registers its waiter at the first poll, then completes once notified.
+        assert!(poll_once(&mut gated).await.is_pending());
+        assert!(poll_once(&mut gated).await.is_pending());
+        notify.notify_one();
+        assert!(poll_once(&mut gated).await.is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_gated_future_is_not_polled_without_a_wake_up() {
+        let polls = std::cell::Cell::new(0);
+        let counting = std::future::poll_fn(|_| {
+            polls.set(polls.get() + 1);
+            Poll::<()>::Pending
+        });
+        let counting = std::pin::pin!(counting);
+        let mut gated = Gated::new(counting);
+        for _ in 0..3 {
+            assert!(poll_once(&mut gated).await.is_pending());
+        }
+        assert_eq!(polls.get(), 1);
+        gated.waker.wake_by_ref();
+        assert!(poll_once(&mut gated).await.is_pending());
+        assert_eq!(polls.get(), 2);
+    }
+}
