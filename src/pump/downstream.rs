@@ -1,6 +1,7 @@
 //! Backend -> client: read the backend, write frames to the client, and act on every control
 //! event and deadline of the session.
 
+use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::gate::Gate;
 use super::io::{read_more, Output, ReadReady};
 use super::keepalive::{Due, Keepalive};
 use super::Extras;
@@ -117,7 +119,8 @@ where
     /// deadlines) are branches of one `select!`. Control is also checked at the top of every
     /// pass, with plain loads (the tokens' state, whether the deadline timer has fired), so that
     /// a backend that always has data ready or a client that reads slowly never keeps an event
-    /// from being seen, without polling every control future on every message. The backend is
+    /// from being seen, without polling every control future on every message: those futures
+    /// are polled only after one of them woke the task (a [`Gate`]). The backend is
     /// read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for the client (backpressure).
     async fn pump(
         &mut self,
@@ -147,6 +150,8 @@ where
         tokio::pin!(shutdown_wait);
         let kill_wait = kill.cancelled();
         tokio::pin!(kill_wait);
+        // The four futures above are polled only when one of them woke the task.
+        let control = Gate::new();
         loop {
             // Write what is queued as far as the socket takes it now; only a full socket waits.
             if let Err(why) = self.write_now().await {
@@ -174,11 +179,26 @@ where
                 let due = due.max(tokio::time::Instant::now() + Duration::from_millis(1));
                 housekeeping.as_mut().reset(due);
                 armed = due;
+                control.open();
             }
             let room = self.out.pending() < FLUSH_THRESHOLD_BYTES;
             tokio::select! {
                 biased;
-                _ = wake.as_mut() => {
+                told = std::future::poll_fn(|cx| control.poll(cx, |cx| {
+                    if wake.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(true);
+                    }
+                    // These only wake an idle session; the top of the loop acts on them.
+                    let fired = [
+                        housekeeping.as_mut().poll(cx).is_ready(),
+                        shutdown_wait.as_mut().poll(cx).is_ready(),
+                        kill_wait.as_mut().poll(cx).is_ready(),
+                    ];
+                    if fired.contains(&true) { Poll::Ready(false) } else { Poll::Pending }
+                })) => {
+                    if !told {
+                        continue;
+                    }
                     wake.set(shared.to_down.notified());
                     let (fail, client_close, gone, write_failed) = {
                         let mut c = self.shared.lock();
@@ -228,10 +248,6 @@ where
                         return DownEnd::Initiate(if r.is_ok() { Close::BACKEND_EOF } else { Close::BACKEND_ERROR });
                     }
                 }
-                // These only wake an idle session; the top of the loop acts on them.
-                _ = &mut housekeeping => {}
-                _ = &mut shutdown_wait => {}
-                _ = &mut kill_wait => {}
             }
         }
     }

@@ -5,7 +5,10 @@
 //! too, and with it every timer, token and [`tokio::sync::Notify`] that half waits on. [`Gated`]
 //! hands the future it wraps a waker of its own, which marks the future woken and then wakes the
 //! task. The task is polled as before, but the wrapped future only once at the start and then
-//! after its waker fired; other polls of the task skip it with two atomic operations.
+//! after its waker fired; other polls of the task skip it (an uncontended lock and an atomic
+//! swap). Inside a half, a [`Gate`] does the same for the futures that only carry control events
+//! (the other half's word, timers, cancellation), so that a pass of the data path polls none of
+//! them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,15 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-/// The waker handed to the wrapped future.
-struct Gate {
+/// What a [`Gate`]'s waker shares with it.
+struct GateState {
     /// The wrapped future's waker fired since it was last polled.
     woken: AtomicBool,
     /// The task's waker, as of its latest poll.
     task: Mutex<Option<Waker>>,
 }
 
-impl Wake for Gate {
+impl Wake for GateState {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -35,22 +38,67 @@ impl Wake for Gate {
     }
 }
 
-/// A future polled only once woken through its own waker (see the module doc).
-pub(crate) struct Gated<F> {
-    fut: F,
-    gate: Arc<Gate>,
+/// A waker of its own for some futures, and whether it fired since they were last polled.
+pub(crate) struct Gate {
+    state: Arc<GateState>,
     waker: Waker,
 }
 
-impl<F> Gated<F> {
-    pub(crate) fn new(fut: F) -> Gated<F> {
-        let gate = Arc::new(Gate {
+impl Gate {
+    pub(crate) fn new() -> Gate {
+        let state = Arc::new(GateState {
             // Polled at the first poll of the task.
             woken: AtomicBool::new(true),
             task: Mutex::new(None),
         });
-        let waker = Waker::from(gate.clone());
-        Gated { fut, gate, waker }
+        let waker = Waker::from(state.clone());
+        Gate { state, waker }
+    }
+
+    /// Run `poll` (which polls the gated futures) with the gate's waker if it fired since the
+    /// last time, or if the futures changed since ([`Gate::open`]); `Pending` without running
+    /// it otherwise. After `Ready` the next call runs it again: `poll` may have returned before
+    /// polling every future, or replaced the one that completed.
+    pub(crate) fn poll<T>(
+        &self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        {
+            // Registered before the flag is read: a wake-up between the two is not lost.
+            let mut task = self.state.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        if !self.state.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let r = poll(&mut Context::from_waker(&self.waker));
+        if r.is_ready() {
+            self.open();
+        }
+        r
+    }
+
+    /// A gated future was replaced or re-armed outside [`Gate::poll`]: run it at the next call.
+    pub(crate) fn open(&self) {
+        self.state.woken.store(true, Ordering::Release);
+    }
+}
+
+/// A future polled only once woken through its own waker (see the module doc).
+pub(crate) struct Gated<F> {
+    fut: F,
+    gate: Gate,
+}
+
+impl<F> Gated<F> {
+    pub(crate) fn new(fut: F) -> Gated<F> {
+        Gated {
+            fut,
+            gate: Gate::new(),
+        }
     }
 }
 
@@ -59,17 +107,8 @@ impl<F: Future + Unpin> Future for Gated<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        // Registered before the flag is read: a wake-up between the two is not lost.
-        {
-            let mut task = this.gate.task.lock().unwrap_or_else(|e| e.into_inner());
-            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
-            }
-        }
-        if !this.gate.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        Pin::new(&mut this.fut).poll(&mut Context::from_waker(&this.waker))
+        let fut = &mut this.fut;
+        this.gate.poll(cx, |cx| Pin::new(fut).poll(cx))
     }
 }
 
@@ -107,7 +146,7 @@ mod tests {
             assert!(poll_once(&mut gated).await.is_pending());
         }
         assert_eq!(polls.get(), 1);
-        gated.waker.wake_by_ref();
+        gated.gate.waker.wake_by_ref();
         assert!(poll_once(&mut gated).await.is_pending());
         assert_eq!(polls.get(), 2);
     }
