@@ -55,18 +55,33 @@ pub(super) async fn read_more<R: ReadReady>(
 ) -> io::Result<usize> {
     let mut ticking = true;
     while buf.is_empty() && (ticking || buf.capacity() > 0) {
-        tokio::select! {
-            biased;
-            ready = r.ready() => {
-                ready?;
-                break;
+        if buf.capacity() > 0 {
+            // A buffer is held (the session is not idle): read into it at once, so the socket's
+            // readiness is polled once per read, not once to wait and once more to read.
+            if buf.capacity() < READ_CHUNK_BYTES / 4 {
+                buf.reserve(READ_CHUNK_BYTES);
             }
-            _ = release.as_mut() => {
-                *buf = BytesMut::new();
-                ticking = on_release();
-                release.as_mut().reset(tokio::time::Instant::now() + BUFFER_RELEASE);
+            tokio::select! {
+                biased;
+                read = r.read_buf(buf) => return read,
+                _ = release.as_mut() => {}
+            }
+        } else {
+            tokio::select! {
+                biased;
+                ready = r.ready() => {
+                    ready?;
+                    break;
+                }
+                _ = release.as_mut() => {}
             }
         }
+        // The release timer fired.
+        *buf = BytesMut::new();
+        ticking = on_release();
+        release
+            .as_mut()
+            .reset(tokio::time::Instant::now() + BUFFER_RELEASE);
     }
     if buf.capacity() == 0 {
         r.ready().await?;
