@@ -151,7 +151,7 @@ where
         let kill_wait = kill.cancelled();
         tokio::pin!(kill_wait);
         // The four futures above are polled only when one of them woke the task.
-        let control = Gate::new();
+        let mut control = Gate::new();
         loop {
             // Write what is queued as far as the socket takes it now; only a full socket waits.
             if let Err(why) = self.write_now().await {

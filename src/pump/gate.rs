@@ -42,6 +42,8 @@ impl Wake for GateState {
 pub(crate) struct Gate {
     state: Arc<GateState>,
     waker: Waker,
+    /// The task's waker last handed to `state` (compared without taking its lock).
+    task: Option<Waker>,
 }
 
 impl Gate {
@@ -52,7 +54,11 @@ impl Gate {
             task: Mutex::new(None),
         });
         let waker = Waker::from(state.clone());
-        Gate { state, waker }
+        Gate {
+            state,
+            waker,
+            task: None,
+        }
     }
 
     /// Run `poll` (which polls the gated futures) with the gate's waker if it fired since the
@@ -60,16 +66,16 @@ impl Gate {
     /// it otherwise. After `Ready` the next call runs it again: `poll` may have returned before
     /// polling every future, or replaced the one that completed.
     pub(crate) fn poll<T>(
-        &self,
+        &mut self,
         cx: &mut Context<'_>,
         poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        {
-            // Registered before the flag is read: a wake-up between the two is not lost.
-            let mut task = self.state.task.lock().unwrap_or_else(|e| e.into_inner());
-            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
-            }
+        // Registered before the flag is read: a wake-up between the two is not lost. The lock is
+        // taken only when the task's waker changed (in practice, at the first poll).
+        if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+            let waker = cx.waker().clone();
+            *self.state.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+            self.task = Some(waker);
         }
         if !self.state.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
