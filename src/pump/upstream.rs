@@ -1,14 +1,16 @@
 //! Client -> backend: decode frames, hand messages to the backend, tell downstream about
 //! Pings, the client's Close and protocol errors.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::Notified;
 
+use super::gate::Gate;
 use super::io::{flush_now, read_more, write_now, write_or_flush, ReadReady};
 use super::Extras;
 use super::{
@@ -149,8 +151,13 @@ where
         tokio::pin!(release);
         // Kept across iterations (a fresh one per loop would register a waiter per message).
         let shared = self.shared;
-        let wake = shared.to_up.notified();
-        tokio::pin!(wake);
+        let notified = shared.to_up.notified();
+        tokio::pin!(notified);
+        let mut wake = Told {
+            notified,
+            gate: Gate::new(),
+            shared,
+        };
         loop {
             let mut stop = None;
             // Data or a Ping in this batch: the session is not idle (Pongs do not count). The
@@ -260,6 +267,14 @@ where
                 None => {}
             }
             tokio::select! {
+                // Downstream's word first (polled only once it came): a client that always has
+                // data ready never keeps upstream from seeing `stop_up`.
+                biased;
+                () = std::future::poll_fn(|cx| wake.poll(cx)) => {
+                    if shared.lock().stop_up {
+                        return;
+                    }
+                }
                 r = read_more(&mut self.client, &mut rbuf, &mut release, || {
                     inflater
                         .as_mut()
@@ -273,19 +288,13 @@ where
                         return;
                     }
                 },
-                _ = wake.as_mut() => {
-                    wake.set(shared.to_up.notified());
-                    if shared.lock().stop_up {
-                        return;
-                    }
-                }
             }
         }
     }
 
     /// Write the ready bytes to the backend. Returns false when upstream must stop. A backend
     /// that stops reading stalls us here (backpressure); `stop_up` still ends the wait.
-    async fn flush(&mut self, forward: &mut bool, wake: &mut Pin<&mut Notified<'s>>) -> bool {
+    async fn flush(&mut self, forward: &mut bool, wake: &mut Told<'_, 's>) -> bool {
         // The bytes are written, then flushed: a TLS backend connection may hold written bytes
         // in its own buffer until then (a no-op for TCP and unix sockets). The flush reports 1
         // byte so that the handling below is the same.
@@ -311,8 +320,7 @@ where
                             self.backend_failed(forward, Close::BACKEND_STALLED);
                             return true;
                         }
-                        _ = wake.as_mut() => {
-                            wake.set(self.shared.to_up.notified());
+                        () = std::future::poll_fn(|cx| wake.poll(cx)) => {
                             if self.shared.lock().stop_up {
                                 return false;
                             }
@@ -347,7 +355,7 @@ where
         inf: &mut Inflater,
         piece: Piece<'_>,
         forward: &mut bool,
-        wake: &mut Pin<&mut Notified<'s>>,
+        wake: &mut Told<'_, 's>,
     ) -> Result<bool, Close> {
         if piece.first {
             inf.begin(piece.text);
@@ -401,7 +409,7 @@ where
     /// the close deadline passes, or downstream says stop, so that our close is not turned into
     /// a reset by unread data. `buf` (the read buffer, whose content no longer matters) is reused
     /// for the discarded bytes.
-    async fn discard_until_eof(&mut self, buf: &mut BytesMut, wake: &mut Pin<&mut Notified<'s>>) {
+    async fn discard_until_eof(&mut self, buf: &mut BytesMut, wake: &mut Told<'_, 's>) {
         let deadline = tokio::time::Instant::now() + self.close_timeout;
         loop {
             buf.clear();
@@ -414,14 +422,31 @@ where
                     _ => return,
                 },
                 _ = tokio::time::sleep_until(deadline) => return,
-                _ = wake.as_mut() => {
-                    wake.set(self.shared.to_up.notified());
+                () = std::future::poll_fn(|cx| wake.poll(cx)) => {
                     if self.shared.lock().stop_up {
                         return;
                     }
                 }
             }
         }
+    }
+}
+
+/// Downstream's word to upstream: one wait on [`Shared::to_up`] kept across passes, polled only
+/// once notified (not on every pass of the data path).
+struct Told<'a, 's> {
+    notified: Pin<&'a mut Notified<'s>>,
+    gate: Gate,
+    shared: &'s Shared,
+}
+
+impl Told<'_, '_> {
+    /// Ready when downstream changed the control block (and then waits afresh).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let notified = &mut self.notified;
+        std::task::ready!(self.gate.poll(cx, |cx| notified.as_mut().poll(cx)));
+        self.notified.set(self.shared.to_up.notified());
+        Poll::Ready(())
     }
 }
 
