@@ -142,6 +142,8 @@ where
         let housekeeping = tokio::time::sleep_until(far_future());
         tokio::pin!(housekeeping);
         let mut armed = far_future();
+        // What the earliest deadline was last computed from.
+        let mut seen = None;
         let shared = self.shared;
         let wake = shared.to_down.notified();
         tokio::pin!(wake);
@@ -167,19 +169,27 @@ where
             if kill.is_cancelled() {
                 return answering.unwrap_or(DownEnd::Interrupt(Close::OPERATOR));
             }
-            if housekeeping.is_elapsed() {
+            let elapsed = housekeeping.is_elapsed();
+            if elapsed {
                 armed = far_future();
                 if let Some(end) = self.deadlines(answer, &mut keepalive, expires) {
                     return end;
                 }
             }
-            let due = self.next_deadline(&answer, &mut keepalive, expires);
-            if due < armed || housekeeping.is_elapsed() {
-                // Never in the past: a deadline that is not acted on must not spin the loop.
-                let due = due.max(tokio::time::Instant::now() + Duration::from_millis(1));
-                housekeeping.as_mut().reset(due);
-                armed = due;
-                control.open();
+            // Traffic only moves the idle and keepalive deadlines later, so the earliest one is
+            // computed again only when the timer fired or a deadline may have come closer: the
+            // client's Close, a write stall, a Ping waiting for its answer.
+            let inputs = (answer.is_some(), self.out.stalled_since);
+            if elapsed || keepalive.awaiting() || seen != Some(inputs) {
+                seen = Some(inputs);
+                let due = self.next_deadline(&answer, &mut keepalive, expires);
+                if due < armed || elapsed {
+                    // Never in the past: a deadline that is not acted on must not spin the loop.
+                    let due = due.max(tokio::time::Instant::now() + Duration::from_millis(1));
+                    housekeeping.as_mut().reset(due);
+                    armed = due;
+                    control.open();
+                }
             }
             let room = self.out.pending() < FLUSH_THRESHOLD_BYTES;
             tokio::select! {

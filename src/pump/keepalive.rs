@@ -35,6 +35,11 @@ impl Keepalive {
         }
     }
 
+    /// A Ping is waiting for an answer (its deadline may move earlier when one comes).
+    pub(super) fn awaiting(&self) -> bool {
+        self.ping_sent.is_some()
+    }
+
     /// When to look again (`None`: never).
     pub(super) fn next(&mut self, last_read: u64) -> Option<u64> {
         let interval = ms(self.interval?);
