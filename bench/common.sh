@@ -7,6 +7,7 @@
 # - `bench_build`: unless BUILD=0, the release binaries the scripts run (wsgate, the TCP echo
 #   example, wsload); `BIN` is where they are.
 # - `need_valgrind`: install valgrind (Debian) when it is missing.
+# - `start_tcp_echo PORT`: the TCP echo example on 127.0.0.1:PORT, started and waited for.
 
 BENCH_NAME=$(basename "$0")
 BIN=target/release
@@ -38,4 +39,10 @@ need_valgrind() {
     if ! command -v valgrind >/dev/null; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
     fi
+}
+
+start_tcp_echo() {
+    "$BIN/examples/tcp_echo" "127.0.0.1:$1" >/dev/null &
+    pids+=($!)
+    wait_port "$1"
 }

@@ -32,10 +32,7 @@ mkdir -p "$OUT"
 
 bench_build
 
-
-"$BIN/examples/tcp_echo" "127.0.0.1:$ECHO_PORT" >/dev/null &
-pids+=($!)
-wait_port "$ECHO_PORT"
+start_tcp_echo "$ECHO_PORT"
 
 cat >"$OUT/wsgate.toml" <<EOF
 [[listener]]
