@@ -291,7 +291,7 @@ async fn a_fallback_session_gets_its_close_record_with_the_drain_code_first() {
     let mut buf = Vec::new();
     let mut got = Vec::new();
     while got.is_empty() {
-        got = next_records(stream.body_mut(), &mut buf).await;
+        got = fb::next_records(stream.body_mut(), &mut buf).await;
     }
     assert_eq!(got[0].1, b"ping over fallback");
 
@@ -306,7 +306,7 @@ async fn a_fallback_session_gets_its_close_record_with_the_drain_code_first() {
         }));
     }
     let code = loop {
-        let recs = next_records(stream.body_mut(), &mut buf).await;
+        let recs = fb::next_records(stream.body_mut(), &mut buf).await;
         assert!(
             !recs.is_empty(),
             "the stream ended without a close record\n{}",
@@ -336,25 +336,4 @@ async fn a_fallback_session_gets_its_close_record_with_the_drain_code_first() {
         .find(|l| l.contains("session closed") && l.contains("transport=\"streaming\""))
         .unwrap_or_else(|| panic!("no access line of the fallback session:\n{logs}"));
     assert!(line.contains("close_code=1012"), "{line}");
-}
-
-/// The records of the next chunks of a stream (heartbeats left out); none when it ended.
-async fn next_records(body: &mut hyper::body::Incoming, buf: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
-    use http_body_util::BodyExt;
-    loop {
-        let f = tokio::time::timeout(WAIT, body.frame())
-            .await
-            .expect("stream data in time");
-        let Some(Ok(f)) = f else { return Vec::new() };
-        if let Some(d) = f.data_ref() {
-            buf.extend_from_slice(d);
-        }
-        let recs: Vec<_> = fb::take_records(buf)
-            .into_iter()
-            .filter(|r| r.0 != fb::HEARTBEAT)
-            .collect();
-        if !recs.is_empty() {
-            return recs;
-        }
-    }
 }

@@ -762,7 +762,7 @@ async fn shutdown_under_traffic_delivers_the_close_record_1001_and_exits_within_
     let mut got = Vec::new();
     let mut buf = Vec::new();
     while got.len() < 20 {
-        got.extend(next_records(stream.body_mut(), &mut buf).await);
+        got.extend(fb::next_records(stream.body_mut(), &mut buf).await);
     }
     assert!(got
         .iter()
@@ -779,7 +779,7 @@ async fn shutdown_under_traffic_delivers_the_close_record_1001_and_exits_within_
     gw.signal("TERM");
     // Ticks still flow until the close record, which ends the stream.
     let last = loop {
-        let recs = next_records(stream.body_mut(), &mut buf).await;
+        let recs = fb::next_records(stream.body_mut(), &mut buf).await;
         assert!(
             !recs.is_empty(),
             "the stream ended without a close record\n{}",
@@ -802,28 +802,6 @@ async fn shutdown_under_traffic_delivers_the_close_record_1001_and_exits_within_
     assert!(line.contains("transport=\"streaming\""), "{line}");
     assert!(line.contains("close_code=1001"), "{line}");
     assert!(!logs.contains("still open after shutdown_grace"), "{logs}");
-}
-
-/// The records of the next chunks of a stream (heartbeats left out; an incomplete record stays
-/// in `buf`); none when the stream ended.
-async fn next_records(body: &mut hyper::body::Incoming, buf: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
-    use http_body_util::BodyExt;
-    loop {
-        let f = tokio::time::timeout(WAIT, body.frame())
-            .await
-            .expect("stream data in time");
-        let Some(Ok(f)) = f else { return Vec::new() };
-        if let Some(d) = f.data_ref() {
-            buf.extend_from_slice(d);
-        }
-        let recs: Vec<_> = fb::take_records(buf)
-            .into_iter()
-            .filter(|r| r.0 != fb::HEARTBEAT)
-            .collect();
-        if !recs.is_empty() {
-            return recs;
-        }
-    }
 }
 
 #[tokio::test]
@@ -896,7 +874,7 @@ async fn idle_timeout_and_token_expiry_close_fallback_sessions_like_websocket_on
     };
     let mut buf = Vec::new();
     let (code, payload) = loop {
-        let recs = next_records(stream.body_mut(), &mut buf).await;
+        let recs = fb::next_records(stream.body_mut(), &mut buf).await;
         assert!(!recs.is_empty(), "the stream ended without a close record");
         if let Some((_, p)) = recs.into_iter().find(|r| r.0 == fb::CLOSE) {
             break (fb::close_code(&p), p);

@@ -233,3 +233,24 @@ pub async fn read_stream(body: &mut Incoming, want: usize) -> Vec<(u8, Vec<u8>)>
         .expect("stream read timed out");
     out
 }
+
+/// The records of the next chunks of a stream (heartbeats left out; an incomplete record stays
+/// in `buf`); none when the stream ended. Each chunk must come within [`REQUEST_TIMEOUT`].
+pub async fn next_records(body: &mut Incoming, buf: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    loop {
+        let f = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
+            .await
+            .expect("stream data in time");
+        let Some(Ok(f)) = f else { return Vec::new() };
+        if let Some(d) = f.data_ref() {
+            buf.extend_from_slice(d);
+        }
+        let recs: Vec<_> = take_records(buf)
+            .into_iter()
+            .filter(|r| r.0 != HEARTBEAT)
+            .collect();
+        if !recs.is_empty() {
+            return recs;
+        }
+    }
+}
