@@ -117,10 +117,17 @@ fn serve(config: wsgate::Config, path: Option<PathBuf>, upgrade: bool) -> ExitCo
         eprintln!("wsgate: {e}");
         return ExitCode::from(2);
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a single-threaded event loop (no work-stealing queues to keep in step). More:
+    // the work-stealing runtime.
+    let single = config.runtime.worker_threads == Some(1);
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     // The name shows in `top -H` and /proc/PID/task/*/comm.
     builder.enable_all().thread_name("wsgate-worker");
-    if let Some(n) = config.runtime.worker_threads {
+    if let Some(n) = config.runtime.worker_threads.filter(|_| !single) {
         builder.worker_threads(n);
     }
     let runtime = match builder.build() {
@@ -139,7 +146,30 @@ fn serve(config: wsgate::Config, path: Option<PathBuf>, upgrade: bool) -> ExitCo
             None => wsgate::run(config, shutdown_signal()).await,
         }
     };
-    match runtime.block_on(run) {
+    let result = if single {
+        // The event loop runs on a thread of its own, named like the workers, so that the
+        // process keeps its name.
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("wsgate-worker".into())
+                .spawn_scoped(s, || runtime.block_on(run))
+                .map(|t| t.join())
+        })
+    } else {
+        Ok(Ok(runtime.block_on(run)))
+    };
+    let result = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => {
+            eprintln!("wsgate: the worker thread panicked");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("wsgate: cannot start the worker thread: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsgate: {e}");
