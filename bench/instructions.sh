@@ -93,7 +93,7 @@ fill() {
 }
 # One worker each, everything else as in bench/run.sh.
 fill bench/wsgate.toml.template >"$OUT/wsgate.toml"
-printf '\n[runtime]\nworker_threads = 1\n' >>"$OUT/wsgate.toml"
+printf '\n[runtime]\nworker_threads = 1\nsession_threads = %s\n' "${SESSION_THREADS:-1}" >>"$OUT/wsgate.toml"
 fill bench/nginx.conf.template |
     sed -e 's/^master_process on;/master_process off;/' -e 's/^worker_processes auto;/worker_processes 1;/' >"$OUT/nginx.conf"
 fill bench/haproxy.cfg.template | sed -e 's/^\( *\)nbthread 2$/\1nbthread 1/' >"$OUT/haproxy.cfg"

@@ -53,6 +53,7 @@ pub(crate) mod admin;
 pub mod auth;
 pub(crate) mod backend;
 pub mod config;
+pub(crate) mod dataplane;
 pub(crate) mod demo;
 pub(crate) mod error;
 pub(crate) mod fallback;
@@ -77,6 +78,7 @@ pub mod ws;
 use std::future::Future;
 
 pub use config::Config;
+pub use dataplane::start as start_session_threads;
 pub use server::{Bound, RunError};
 
 /// Run the gateway on a validated configuration until `shutdown` resolves, then close every

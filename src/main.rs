@@ -137,7 +137,14 @@ fn serve(config: wsgate::Config, path: Option<PathBuf>, upgrade: bool) -> ExitCo
             return ExitCode::from(1);
         }
     };
+    let session_threads = config.runtime.session_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let run = async {
+        // Started inside the runtime: the session threads use its timers.
+        if let Err(e) = wsgate::start_session_threads(session_threads) {
+            return Err(format!("cannot start the session threads: {e}"));
+        }
         match path {
             Some(path) if upgrade => {
                 wsgate::run_upgrade_from_file(config, path, shutdown_signal()).await
@@ -145,6 +152,7 @@ fn serve(config: wsgate::Config, path: Option<PathBuf>, upgrade: bool) -> ExitCo
             Some(path) => wsgate::run_from_file(config, path, shutdown_signal()).await,
             None => wsgate::run(config, shutdown_signal()).await,
         }
+        .map_err(|e| e.to_string())
     };
     let result = if single {
         // The event loop runs on a thread of its own, named like the workers, so that the

@@ -198,6 +198,11 @@ impl Config {
             Some(n) => writeln!(s, "runtime: {n} worker threads"),
             None => writeln!(s, "runtime: one worker thread per CPU"),
         };
+        let _ = match self.runtime.session_threads {
+            Some(0) => writeln!(s, "sessions: on the worker threads"),
+            Some(n) => writeln!(s, "sessions: {n} session threads"),
+            None => writeln!(s, "sessions: one session thread per CPU"),
+        };
         let _ = match self.runtime.notify {
             Some(true) => writeln!(s, "systemd notify: on"),
             Some(false) => writeln!(s, "systemd notify: off"),

@@ -62,6 +62,9 @@ pub struct LogConfig {
 pub struct RuntimeConfig {
     /// Threads that run connections; `None`: one per CPU the process may use.
     pub worker_threads: Option<usize>,
+    /// Threads that run sessions after the handshake (src/dataplane); `None`: one per CPU the
+    /// process may use; 0: sessions stay on the worker threads.
+    pub session_threads: Option<usize>,
     /// `notify`: send systemd's readiness messages to `NOTIFY_SOCKET`; `None`: when it is set.
     pub notify: Option<bool>,
     /// `upgrade_socket`: the unix socket a successor (`wsgate --upgrade`) connects to for the
@@ -112,6 +115,7 @@ impl Ctx<'_> {
         };
         Ok(RuntimeConfig {
             worker_threads: r.worker_threads.map(|n| n.usize()),
+            session_threads: r.session_threads.map(|n| n.usize()),
             notify: r.notify,
             upgrade_socket,
         })

@@ -320,13 +320,17 @@ impl Shared {
     }
 
     fn touch(&self) {
-        self.last_activity_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+        self.touch_at(self.now_ms());
     }
 
-    fn client_read(&self) {
-        self.last_client_read_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+    /// Traffic at `now_ms` (milliseconds since the start).
+    fn touch_at(&self, now_ms: u64) {
+        self.last_activity_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Bytes came from the client at `now_ms`.
+    fn client_read_at(&self, now_ms: u64) {
+        self.last_client_read_ms.store(now_ms, Ordering::Relaxed);
     }
 
     /// When the session is idle, if `idle_timeout` is on.

@@ -158,6 +158,9 @@ where
             gate: Gate::new(),
             shared,
         };
+        // When the bytes of this batch were read (milliseconds since the start): one clock read
+        // serves both the liveness and the activity clocks.
+        let mut read_at = None;
         loop {
             let mut stop = None;
             // Data or a Ping in this batch: the session is not idle (Pongs do not count). The
@@ -243,7 +246,8 @@ where
                 }
             }
             if active {
-                self.shared.touch();
+                let now = read_at.take().unwrap_or_else(|| shared.now_ms());
+                self.shared.touch_at(now);
             }
             if forward && !self.out.ready().is_empty() && !self.flush(&mut forward, &mut wake).await
             {
@@ -281,7 +285,11 @@ where
                         .filter(|_| !decoder.in_message())
                         .is_some_and(|inf| inf.idle_tick())
                 }) => match r {
-                    Ok(n) if n > 0 => self.shared.client_read(),
+                    Ok(n) if n > 0 => {
+                        let now = shared.now_ms();
+                        self.shared.client_read_at(now);
+                        read_at = Some(now);
+                    }
                     // EOF or error without a Close: the client is gone (1006 on its side).
                     _ => {
                         self.shared.tell_down(|c| c.client_gone = true);

@@ -117,7 +117,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     let cut = std::pin::pin!(gw.cut.cancelled());
     let outcome = tokio::select! {
         biased;
-        outcome = client.pump(&info, &preread, backend, shutdown) => outcome,
+        outcome = client.pump(&info, &preread, backend, (shutdown, &gw.cut)) => outcome,
         _ = pump::Gated::new(cut) => pump::Outcome {
             end: SessionEnd::Cut { reason: CUT_AT_GRACE, by: Side::Gateway },
             client_close: None,
@@ -266,19 +266,108 @@ impl ClientIo {
     }
 }
 
+/// Why a session on a session thread ended without an outcome (it panicked, or its thread could
+/// not take it).
+const SESSION_FAILED: &str = "session failed";
+
 impl ClientIo {
+    /// Run the session's pump: on a session thread when the binary started them and both
+    /// connections are plain stream sockets, on this task otherwise. `cut`: the gateway's
+    /// `shutdown_grace` cut (a session on a session thread ends at it too).
     pub(super) async fn pump(
         self,
         info: &SessionInfo,
         preread: &[u8],
         backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
-        shutdown: CancellationToken,
+        (shutdown, cut): (CancellationToken, &CancellationToken),
     ) -> pump::Outcome {
-        match self {
+        use crate::backend::{BackendReader, BackendWriter};
+        let (client, backend) = match (self, backend, crate::dataplane::get()) {
+            (
+                ClientIo::Tcp(r, w),
+                backend @ ((BackendReader::Tcp(_), BackendWriter::Tcp(_))
+                | (BackendReader::Unix(_), BackendWriter::Unix(_))),
+                Some(plane),
+            ) => {
+                let started = Instant::now();
+                let outcome = match loop_fds(r, w, backend) {
+                    Ok((c, b)) => on_session_thread(plane, info, preread, (c, b), (shutdown, cut)),
+                    Err(e) => {
+                        debug!(session = info.id, error = %e, "session not handed to a session thread");
+                        None
+                    }
+                };
+                let outcome = match outcome {
+                    Some(rx) => rx.await.ok(),
+                    None => None,
+                };
+                return outcome.unwrap_or_else(|| pump::Outcome {
+                    end: SessionEnd::Cut {
+                        reason: SESSION_FAILED,
+                        by: Side::Gateway,
+                    },
+                    client_close: None,
+                    up: info.stats.up.snapshot(),
+                    down: info.stats.down.snapshot(),
+                    duration: started.elapsed(),
+                });
+            }
+            (client, backend, _) => (client, backend),
+        };
+        match client {
             ClientIo::Tcp(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
             ClientIo::Tls(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
             ClientIo::Other(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
             ClientIo::Fallback(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
         }
     }
+}
+
+/// Take the client's and the backend's sockets out of tokio's reactor, whole (non-blocking, their
+/// options kept), for a session thread.
+fn loop_fds(
+    r: OwnedReadHalf,
+    w: OwnedWriteHalf,
+    backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
+) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use crate::backend::{BackendReader, BackendWriter};
+    let client = r.reunite(w).map_err(std::io::Error::other)?.into_std()?;
+    let backend = match backend {
+        (BackendReader::Tcp(r), BackendWriter::Tcp(w)) => {
+            std::os::fd::OwnedFd::from(r.reunite(w).map_err(std::io::Error::other)?.into_std()?)
+        }
+        (BackendReader::Unix(r), BackendWriter::Unix(w)) => {
+            std::os::fd::OwnedFd::from(r.reunite(w).map_err(std::io::Error::other)?.into_std()?)
+        }
+        _ => return Err(std::io::Error::other("not a plain stream socket")),
+    };
+    Ok((client.into(), backend))
+}
+
+/// Run the pump on a session thread; its outcome comes back on the channel (closed without one
+/// when the gateway's cut ended it, or it failed).
+fn on_session_thread(
+    plane: &crate::dataplane::DataPlane,
+    info: &SessionInfo,
+    preread: &[u8],
+    (client, backend): (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    (shutdown, cut): (CancellationToken, &CancellationToken),
+) -> Option<tokio::sync::oneshot::Receiver<pump::Outcome>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let info = info.clone();
+    let preread = preread.to_vec();
+    let cut = cut.clone();
+    plane.spawn(client, backend, move |(client, backend)| async move {
+        let run = pump::run(&info, client, &preread, backend, shutdown);
+        // The cut is polled only when the token wakes it, not at every wake-up of the session.
+        let cut = std::pin::pin!(cut.cancelled());
+        tokio::select! {
+            biased;
+            outcome = run => {
+                let _ = tx.send(outcome);
+            }
+            () = pump::Gated::new(cut) => {}
+        }
+    });
+    Some(rx)
 }

@@ -1,0 +1,233 @@
+//! A socket of a session loop: readiness flags set by the loop's epoll events, and the halves
+//! the pump reads and writes through (`AsyncRead` / `AsyncWrite` / [`ReadReady`]), each call
+//! one system call at most.
+//!
+//! Readiness is edge-triggered: a flag is set when the loop sees an event, and cleared when a
+//! call finds the socket empty (or full). A read that returns less than it asked for also clears
+//! it, because on a stream socket that means the queue was emptied: the next arrival brings a
+//! new event (events are handled on the loop's thread, between polls, so none is lost). This
+//! saves the failing call that would otherwise end every batch.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use rustix::net::{RecvFlags, SendFlags, Shutdown};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::pump::ReadReady;
+
+/// How much one read asks for (the pump's own read size).
+const READ_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// The loop thread's read buffer: bytes are received here and copied into the caller's
+    /// (whose spare room is uninitialised memory, which safe code cannot hand to the kernel).
+    /// One per thread, not one per session.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One socket (TCP or unix stream) registered with a loop.
+pub(crate) struct Source {
+    fd: OwnedFd,
+    readable: AtomicBool,
+    writable: AtomicBool,
+    /// Woken when the socket becomes readable (the half that reads).
+    read_waker: Mutex<Option<Waker>>,
+    /// Woken when the socket becomes writable (the half that writes).
+    write_waker: Mutex<Option<Waker>>,
+}
+
+impl Source {
+    pub(super) fn new(fd: OwnedFd) -> Source {
+        // Unknown until the first call: try it.
+        Source {
+            fd,
+            readable: AtomicBool::new(true),
+            writable: AtomicBool::new(true),
+            read_waker: Mutex::new(None),
+            write_waker: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// The loop saw an event for this socket. Errors and hang-ups wake both sides: their next
+    /// call reports them.
+    pub(super) fn on_event(&self, readable: bool, writable: bool) {
+        if readable {
+            self.readable.store(true, Ordering::Release);
+            wake(&self.read_waker);
+        }
+        if writable {
+            self.writable.store(true, Ordering::Release);
+            wake(&self.write_waker);
+        }
+    }
+
+    /// Split into the two halves a session uses.
+    pub(super) fn halves(self: &Arc<Source>) -> (LoopRead, LoopWrite) {
+        (
+            LoopRead {
+                source: self.clone(),
+                waker: None,
+            },
+            LoopWrite {
+                source: self.clone(),
+                waker: None,
+                shut: false,
+            },
+        )
+    }
+}
+
+fn wake(slot: &Mutex<Option<Waker>>) {
+    // A panic while holding this lock leaves a valid waker (or none).
+    if let Some(w) = &*slot.lock().unwrap_or_else(|e| e.into_inner()) {
+        w.wake_by_ref();
+    }
+}
+
+/// Wait for `flag`: `Ready` when it is set, `Pending` (with `cx`'s waker in `slot`) otherwise.
+/// The flag is only set by the loop, on this thread, between polls, so registering before or
+/// after the load makes no difference. `last` is the half's own copy of the waker it put in
+/// `slot`: the slot's lock is taken only when the waker changed (in practice, once).
+fn poll_flag(
+    flag: &AtomicBool,
+    slot: &Mutex<Option<Waker>>,
+    last: &mut Option<Waker>,
+    cx: &Context<'_>,
+) -> Poll<()> {
+    if flag.load(Ordering::Acquire) {
+        return Poll::Ready(());
+    }
+    if !last.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        let waker = cx.waker().clone();
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+        *last = Some(waker);
+    }
+    Poll::Pending
+}
+
+fn would_block(e: rustix::io::Errno) -> bool {
+    e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::AGAIN
+}
+
+/// The read half of a loop socket.
+pub(crate) struct LoopRead {
+    source: Arc<Source>,
+    /// The waker last left in the source's read slot.
+    waker: Option<Waker>,
+}
+
+/// The write half of a loop socket. Dropping it without a shutdown shuts the write side (like
+/// tokio's owned write halves), so the peer sees a FIN, not a silent close.
+pub(crate) struct LoopWrite {
+    source: Arc<Source>,
+    /// The waker last left in the source's write slot.
+    waker: Option<Waker>,
+    shut: bool,
+}
+
+impl AsyncRead for LoopRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let s = &this.source;
+        loop {
+            std::task::ready!(poll_flag(&s.readable, &s.read_waker, &mut this.waker, cx));
+            let want = buf.remaining().min(READ_BYTES);
+            if want == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let got = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                if scratch.len() < want {
+                    scratch.resize(READ_BYTES, 0);
+                }
+                // The first count is what was stored (the second the datagram's length).
+                let r = rustix::net::recv(&s.fd, &mut scratch[..want], RecvFlags::empty())
+                    .map(|(n, _)| n);
+                if let Ok(n) = r {
+                    buf.put_slice(&scratch[..n]);
+                }
+                r
+            });
+            match got {
+                Ok(n) => {
+                    if n > 0 && n < want {
+                        // The queue is empty now (see the module doc).
+                        s.readable.store(false, Ordering::Release);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if would_block(e) => s.readable.store(false, Ordering::Release),
+                Err(e) if e == rustix::io::Errno::INTR => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+}
+
+impl ReadReady for LoopRead {
+    fn ready(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        std::future::poll_fn(move |cx| {
+            let s = &self.source;
+            poll_flag(&s.readable, &s.read_waker, &mut self.waker, cx).map(Ok)
+        })
+    }
+}
+
+impl AsyncWrite for LoopWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let s = &this.source;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            std::task::ready!(poll_flag(&s.writable, &s.write_waker, &mut this.waker, cx));
+            match rustix::net::send(&s.fd, buf, SendFlags::NOSIGNAL) {
+                Ok(n) => {
+                    if n < buf.len() {
+                        // The send queue is full: the next event says when there is room.
+                        s.writable.store(false, Ordering::Release);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if would_block(e) => s.writable.store(false, Ordering::Release),
+                Err(e) if e == rustix::io::Errno::INTR => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shut = true;
+        Poll::Ready(rustix::net::shutdown(&self.source.fd, Shutdown::Write).map_err(Into::into))
+    }
+}
+
+impl Drop for LoopWrite {
+    fn drop(&mut self) {
+        if !self.shut {
+            let _ = rustix::net::shutdown(&self.source.fd, Shutdown::Write);
+        }
+    }
+}

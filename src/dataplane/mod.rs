@@ -1,0 +1,377 @@
+//! Session loops: threads that run sessions after the handshake on an event loop of their own.
+//!
+//! The HTTP phase, TLS, authentication, the admin endpoint and every timer stay on tokio. A
+//! session whose client and backend are both plain stream sockets (TCP, or a unix-socket
+//! backend) is handed, after the 101, to one of these threads (`[runtime] session_threads`):
+//! the two sockets are taken out of tokio's reactor and registered with the loop's own epoll
+//! instance (mio, edge-triggered), and the session's future, the unchanged [`crate::pump`], is
+//! polled by the loop. Its sockets are [`io::LoopRead`] / [`io::LoopWrite`]: one system call per
+//! read or write, readiness kept as two flags set by the loop's events. Everything else the
+//! pump waits on (timers, the drain and operator-close tokens, the other half's word) is
+//! runtime-independent and wakes the session through its waker from whichever thread fired it:
+//! a wake from the loop's own thread is a push on a local queue, one from elsewhere goes
+//! through a locked inbox and the loop's eventfd.
+//!
+//! Why: a message through tokio's reactor and scheduler costs a readiness check with a waker
+//! registration per call, a task wake-up and a scheduler pass per event. Here an event sets a
+//! flag and queues the session; the session's own calls are plain system calls. BENCHMARKS.md
+//! has the numbers.
+//!
+//! The loops are started by the binary (`wsgate --config`): a gateway embedded in another
+//! program (the library's `run`) keeps every session on its own runtime, and so runs under a
+//! test's paused clock.
+
+mod io;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Wake, Waker};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use io::Source;
+pub(crate) use io::{LoopRead, LoopWrite};
+
+/// The loops of this process, once the binary started them.
+static DATA_PLANE: OnceLock<DataPlane> = OnceLock::new();
+
+/// The token of the loop's own waker (remote wake-ups and new sessions).
+const WAKE_TOKEN: Token = Token(usize::MAX);
+
+/// Start `threads` session loops for this process (the binary does, from `[runtime]
+/// session_threads`); sessions started from then on may run on them. Must be called from
+/// inside the tokio runtime: the loops enter it, so that the sessions' timers are tokio's.
+pub fn start(threads: usize) -> std::io::Result<()> {
+    if threads == 0 || DATA_PLANE.get().is_some() {
+        return Ok(());
+    }
+    let handle = tokio::runtime::Handle::current();
+    let mut loops = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let poll = Poll::new()?;
+        let shared = Arc::new(LoopShared {
+            waker: mio::Waker::new(poll.registry(), WAKE_TOKEN)?,
+            inbox: Mutex::new(Inbox::default()),
+            has_inbox: AtomicBool::new(false),
+            sessions: AtomicUsize::new(0),
+        });
+        let handle = handle.clone();
+        let loop_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("wsgate-session".into())
+            .spawn(move || {
+                let _runtime = handle.enter();
+                EventLoop {
+                    shared: loop_shared,
+                    poll,
+                    tasks: Vec::new(),
+                    free_tasks: Vec::new(),
+                    sources: Vec::new(),
+                    free_sources: Vec::new(),
+                }
+                .run();
+            })
+            .map_err(|e| std::io::Error::other(format!("session loop {i}: {e}")))?;
+        loops.push(shared);
+    }
+    let _ = DATA_PLANE.set(DataPlane { loops });
+    Ok(())
+}
+
+/// The session loops, if the binary started them.
+pub(crate) fn get() -> Option<&'static DataPlane> {
+    DATA_PLANE.get()
+}
+
+/// The running loops.
+pub(crate) struct DataPlane {
+    loops: Vec<Arc<LoopShared>>,
+}
+
+/// What a session gets on its loop: the read and write halves of its client and backend sockets.
+pub(crate) type LoopSockets = ((LoopRead, LoopWrite), (LoopRead, LoopWrite));
+
+/// Builds a session's future on its loop, from its sockets.
+type MakeSession = Box<dyn FnOnce(LoopSockets) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+impl DataPlane {
+    /// Run a session on the least busy loop: `make` is called there with the halves of
+    /// `client` and `backend` (already non-blocking, out of tokio's reactor) and returns the
+    /// session's future.
+    pub(crate) fn spawn<F, Fut>(&self, client: OwnedFd, backend: OwnedFd, make: F)
+    where
+        F: FnOnce(LoopSockets) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let Some(target) = self
+            .loops
+            .iter()
+            .min_by_key(|l| l.sessions.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        target.sessions.fetch_add(1, Ordering::Relaxed);
+        let make: MakeSession = Box::new(move |sockets| Box::pin(make(sockets)));
+        target
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn
+            .push(NewSession {
+                client,
+                backend,
+                make,
+            });
+        target.has_inbox.store(true, Ordering::Release);
+        // A loop that cannot be woken is gone with its thread: nothing more can be done here.
+        let _ = target.waker.wake();
+    }
+}
+
+struct NewSession {
+    client: OwnedFd,
+    backend: OwnedFd,
+    make: MakeSession,
+}
+
+/// What other threads share with a loop.
+struct LoopShared {
+    waker: mio::Waker,
+    inbox: Mutex<Inbox>,
+    /// The inbox has something (read without its lock on every pass).
+    has_inbox: AtomicBool,
+    /// Sessions running on this loop (for choosing the least busy one).
+    sessions: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Inbox {
+    spawn: Vec<NewSession>,
+    /// Sessions woken from other threads (their index).
+    woken: Vec<usize>,
+}
+
+thread_local! {
+    /// On a loop's thread: that loop (its shared part's address) and its queue of sessions to
+    /// poll.
+    static LOCAL: std::cell::RefCell<(usize, VecDeque<usize>)> =
+        const { std::cell::RefCell::new((0, VecDeque::new())) };
+}
+
+/// A session's waker: queues the session on its loop, at most once until it is polled.
+struct TaskWaker {
+    index: usize,
+    queued: AtomicBool,
+    shared: Arc<LoopShared>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let id = Arc::as_ptr(&self.shared) as usize;
+        let local = LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.0 == id {
+                l.1.push_back(self.index);
+                true
+            } else {
+                false
+            }
+        });
+        if !local {
+            self.shared
+                .inbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .woken
+                .push(self.index);
+            self.shared.has_inbox.store(true, Ordering::Release);
+            let _ = self.shared.waker.wake();
+        }
+    }
+}
+
+struct Task {
+    future: Pin<Box<dyn Future<Output = ()>>>,
+    waker: Waker,
+    state: Arc<TaskWaker>,
+    /// The tokens of its two sockets.
+    sources: [usize; 2],
+}
+
+/// One loop, owned by its thread.
+struct EventLoop {
+    shared: Arc<LoopShared>,
+    poll: Poll,
+    tasks: Vec<Option<Task>>,
+    free_tasks: Vec<usize>,
+    sources: Vec<Option<Arc<Source>>>,
+    free_sources: Vec<usize>,
+}
+
+impl EventLoop {
+    fn run(mut self) {
+        let id = Arc::as_ptr(&self.shared) as usize;
+        LOCAL.with(|l| l.borrow_mut().0 = id);
+        let mut events = Events::with_capacity(256);
+        loop {
+            if self.shared.has_inbox.swap(false, Ordering::AcqRel) {
+                self.take_inbox();
+            }
+            while let Some(index) = LOCAL.with(|l| l.borrow_mut().1.pop_front()) {
+                self.poll_task(index);
+            }
+            let idle = LOCAL.with(|l| l.borrow().1.is_empty())
+                && !self.shared.has_inbox.load(Ordering::Acquire);
+            let timeout = if idle {
+                None
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // The loop cannot wait any more; its sessions would hang. Nothing else can
+                // serve them: end the process loudly rather than leave them.
+                tracing::error!(error = %e, "session loop failed");
+                std::process::abort();
+            }
+            for event in &events {
+                if event.token() == WAKE_TOKEN {
+                    continue;
+                }
+                if let Some(Some(source)) = self.sources.get(event.token().0) {
+                    let broken = event.is_error();
+                    source.on_event(
+                        event.is_readable() || event.is_read_closed() || broken,
+                        event.is_writable() || event.is_write_closed() || broken,
+                    );
+                }
+            }
+        }
+    }
+
+    /// New sessions and wake-ups from other threads.
+    fn take_inbox(&mut self) {
+        let Inbox { spawn, woken } =
+            std::mem::take(&mut *self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        LOCAL.with(|l| l.borrow_mut().1.extend(woken));
+        for new in spawn {
+            self.start(new);
+        }
+    }
+
+    fn start(&mut self, new: NewSession) {
+        let NewSession {
+            client,
+            backend,
+            make,
+        } = new;
+        let c = self.register(client);
+        let b = self.register(backend);
+        let sockets = (
+            c.and_then(|c| self.sources[c].as_ref().map(Source::halves)),
+            b.and_then(|b| self.sources[b].as_ref().map(Source::halves)),
+        );
+        let (Some(c), Some(b), (Some(client), Some(backend))) = (c, b, sockets) else {
+            // Registration failed (epoll out of memory): the sockets are closed, and the
+            // session's caller sees its result channel closed.
+            for token in [c, b].into_iter().flatten() {
+                self.release(token);
+            }
+            self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        let index = self.free_tasks.pop().unwrap_or(self.tasks.len());
+        let state = Arc::new(TaskWaker {
+            index,
+            queued: AtomicBool::new(true),
+            shared: self.shared.clone(),
+        });
+        let task = Task {
+            future: make((client, backend)),
+            waker: Waker::from(state.clone()),
+            state,
+            sources: [c, b],
+        };
+        if index == self.tasks.len() {
+            self.tasks.push(Some(task));
+        } else {
+            self.tasks[index] = Some(task);
+        }
+        LOCAL.with(|l| l.borrow_mut().1.push_back(index));
+    }
+
+    /// Register a socket (edge-triggered, both directions); its token.
+    fn register(&mut self, fd: OwnedFd) -> Option<usize> {
+        let token = self.free_sources.pop().unwrap_or(self.sources.len());
+        let raw = fd.as_raw_fd();
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&raw),
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "a session's socket could not join its loop");
+            if token < self.sources.len() {
+                self.free_sources.push(token);
+            }
+            return None;
+        }
+        let source = Arc::new(Source::new(fd));
+        if token == self.sources.len() {
+            self.sources.push(Some(source));
+        } else {
+            self.sources[token] = Some(source);
+        }
+        Some(token)
+    }
+
+    fn poll_task(&mut self, index: usize) {
+        let Some(Some(task)) = self.tasks.get_mut(index) else {
+            return;
+        };
+        task.state.queued.store(false, Ordering::Release);
+        let mut cx = Context::from_waker(&task.waker);
+        let future = task.future.as_mut();
+        // A session that panics ends alone (its caller sees its result channel closed), as a
+        // panicking task would on tokio; the loop and its other sessions go on.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(&mut cx)))
+            .map_or(true, |p| p.is_ready());
+        if !done {
+            return;
+        }
+        let Some(task) = self.tasks[index].take() else {
+            return;
+        };
+        drop(task.future);
+        for token in task.sources {
+            self.release(token);
+        }
+        self.free_tasks.push(index);
+        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Forget a socket: it leaves the epoll set, and is closed once no half holds it (a finished
+    /// session's halves went with its future).
+    fn release(&mut self, token: usize) {
+        if let Some(source) = self.sources.get_mut(token).and_then(Option::take) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&source.fd().as_raw_fd()));
+            self.free_sources.push(token);
+        }
+    }
+}
