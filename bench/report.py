@@ -274,7 +274,8 @@ def tuning_md(run_dirs):
     for d in reversed(run_dirs):
         path = os.path.join(d, "tuning.md")
         if os.path.exists(path):
-            return "\n".join(l for l in open(path).read().strip().splitlines() if not l.startswith("# "))
+            text = "\n".join(l for l in open(path).read().splitlines() if not l.startswith("# "))
+            return text.strip()
     return None
 
 
@@ -318,7 +319,8 @@ def tuning(run_dir):
                     "probes": {str(n): cands[n] for n in sorted(cands)},
                 }
             elif cls == "hs" and "msg" in entry:
-                entry[cls] = dict(entry["msg"], why="no handshake rows (driven with tcp://): the message choice")
+                entry[cls] = {"choice": entry["msg"]["choice"],
+                              "why": "no handshake rows (driven with tcp://): the message choice"}
             else:
                 continue
             choices.append((peer, cls, entry[cls]["choice"]))

@@ -533,11 +533,13 @@ if mode == "ws":
         head += s.recv(4096)
     assert head.startswith(b"HTTP/1.1 101"), head
 end = time.monotonic() + seconds
-got = 0
+got, report = 0, time.monotonic() + 1
 while time.monotonic() < end:
     got += len(s.recv(16384))
     time.sleep(0.005)
-print(got, file=sys.stderr)
+    if time.monotonic() >= report:
+        print(f"{mode} {port}: {got} bytes received", flush=True)
+        report += 1
 s.close()
 EOF
 
