@@ -658,7 +658,7 @@ def tables(runs, run_dirs, codec):
     if table:
         L.append("### User-space instructions per message (bench/instructions.sh, callgrind, one worker each)")
         L.append("")
-        L.append("\n".join(line for line in table.splitlines() if not line.startswith("## ")))
+        L.append("\n".join(line for line in table.splitlines() if not line.startswith("## ")).strip())
         L.append("")
     if codec:
         L.append("### Codec micro-benchmarks (criterion, median)")

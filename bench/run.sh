@@ -303,6 +303,7 @@ fill() {
 }
 NCPU=$(nproc)
 # Every count a run may use: the candidates, any forced count, and one per CPU (TUNE=0).
+# shellcheck disable=SC2086 # lists of counts, split on purpose
 COUNTS=$(printf '%s\n' $TUNE_CANDIDATES ${WSGATE_WORKERS:-} ${NGINX_WORKERS:-} ${HAPROXY_NBTHREAD:-} "$NCPU" | sort -un)
 for n in $COUNTS; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: worker count '$n' is not a positive integer" >&2; exit 2; }
@@ -613,6 +614,7 @@ for p in $PEERS; do
         # Alternate the order from one repetition to the next, so that a drift of the machine
         # does not favour one candidate.
         order=$TUNE_CANDIDATES
+        # shellcheck disable=SC2086
         [ $((rep % 2)) = 0 ] && order=$(printf '%s\n' $TUNE_CANDIDATES | tac | tr '\n' ' ')
         for n in $order; do
             start_target "$t" "$n"
