@@ -21,14 +21,14 @@
 # for everything). Per peer and class, the count with the higher median rate is used by the
 # matrix; RUN/tuning.md and RUN/tuning.json hold the choices and the probe numbers, and every
 # result carries its "tuning". TUNE=0 skips the probes (every peer then runs with one worker
-# per CPU, as before); NGINX_WORKERS=N, HAPROXY_NBTHREAD=N, WSGATE_WORKERS=N force a count for
+# per CPU, the usual default); NGINX_WORKERS=N, HAPROXY_NBTHREAD=N, WSGATE_WORKERS=N force a count for
 # that peer (no probe).
 #
 # INSTR=1: also run bench/instructions.sh (callgrind, ~2 min; ports 28320-28329) and keep its
 # table in RUN/instructions.md for the report.
 #
 # Rows (ROWS): echo64_c1 echo64_c10 echo64_c50 echo64_c200 echo64_c1000 (64 B ping-pong, 1 in
-# flight per connection), bulk64k_k1 bulk64k_k4 (64 KiB messages on one connection), wss_echo64_c50
+# flight per connection; websockify cannot hold 1,000), bulk64k_k1 bulk64k_k4 (64 KiB messages on one connection), wss_echo64_c50
 # wss_bulk64k_k4 (the same over TLS: wsgate, nginx and direct-ws terminate it), hs_ws hs_wss
 # (handshakes/s), idle_plain idle_tls (memory per idle session), fairness (wsgate-raw, nginx,
 # HAProxy: 64 B ping-pong on FAIR_CONNS (20) connections alone, then beside one session whose
@@ -395,6 +395,8 @@ has_row() {
         hs_ws) [[ "$t" =~ ^(wsgate-raw|websockify|nginx|direct-ws)$ ]] ;;
         hs_wss | idle_tls | wss_echo64_c50 | wss_bulk64k_k4) [[ "$t" =~ ^(wsgate-raw|nginx|direct-ws)$ ]] ;;
         fairness) [[ "$t" =~ ^(wsgate-raw|nginx|haproxy)$ ]] ;;
+        # websockify's select() cannot wait on descriptors >= 1024 (see WEBSOCKIFY_IDLE_SESSIONS).
+        echo64_c1000) [[ "$t" != websockify ]] ;;
         idle_plain) [[ "$t" != wsgate-lp ]] ;;
         *) return 0 ;;
     esac
