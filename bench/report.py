@@ -350,10 +350,11 @@ def tuning(run_dir):
             split.append(f"{peer} runs the message rows with `{entry['setting']} {m}` and the handshake rows with "
                          f"`{entry['setting']} {h}`.")
     L.append("")
-    L.append("Probes: each candidate in turn (the order alternates from one repetition to the next), on a "
-             "freshly started proxy, 64 B ping-pong on 50 connections and then handshakes (hs_ws, "
-             "8 workers); the median decides, a tie goes to the smaller count. The idle-session and "
-             "fairness rows use the message count.")
+    if probes:
+            L.append("Probes: each candidate in turn (the order alternates from one repetition to the next), on a "
+                 "freshly started proxy, 64 B ping-pong on 50 connections and then handshakes (hs_ws); "
+                 "the median decides, a tie goes to the smaller count.")
+    L.append("The idle-session and fairness rows use the message count.")
     if split:
         L.append("")
         L.extend(split)

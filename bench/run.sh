@@ -655,7 +655,10 @@ for t in $TARGETS; do
         [ -n "$todo" ] || continue
         n=$(count_for "$t" "$class")
         start_target "$t" "$n" "$class"
-        log "$t ($class rows, $n workers): server pid(s) $SERVER_PID, backend pid ${BACKEND_PID:--}"
+        p=$(peer_of "$t")
+        what="$class rows"
+        [ "$p" != none ] && what="$what, ${KNOB[$p]} $n"
+        log "$t ($what): server pid(s) $SERVER_PID, backend pid ${BACKEND_PID:--}"
         for rep in $(seq 1 "$REPS"); do
             for row in $todo; do run_row "$t" "$row" "$rep"; done
         done
