@@ -13,6 +13,9 @@
 # WORKERS (gateway worker threads, 1: all sessions share one thread, the case where a busy session
 # could starve the others), PORT_BASE (28300; ports base..base+3 must be free).
 #
+# bench/run.sh's `fairness` row makes the same measurement inside the matrix, for wsgate, nginx
+# and HAProxy side by side, each with its tuned worker count; this script compares gateway builds.
+#
 # Everything listens on and connects to 127.0.0.1; every process started here is stopped by its
 # PID when the script ends.
 set -euo pipefail

@@ -7,7 +7,7 @@
 # Each proxy runs under callgrind as one process with one worker, configured as in bench/run.sh
 # otherwise (the same templates, so the same buffer sizes and limits):
 #   wsgate-raw  ws:// to wsgate's raw route, TCP echo (examples/tcp_echo) behind;
-#               bench/wsgate.toml.template plus `[runtime] worker_threads = 1`
+#               bench/wsgate.toml.template with `[runtime] worker_threads = 1` and `session_threads = 1`
 #   wsgate-lp   the same, length-prefixed route
 #   nginx       ws:// to nginx, WebSocket echo (examples/ws_echo) behind;
 #               bench/nginx.conf.template with `master_process off; worker_processes 1;`
@@ -89,16 +89,19 @@ fill() {
         -e "s|@TCP_ECHO_PORT@|$TCP_ECHO_PORT|g" -e "s|@WS_ECHO_PORT@|$WS_ECHO_PORT|g" \
         -e "s|@WSGATE_PORT@|$WSGATE_PORT|g" -e "s|@WSGATE_TLS_PORT@|$WSGATE_TLS_PORT|g" \
         -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@NGINX_TLS_PORT@|$NGINX_TLS_PORT|g" \
-        -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" -e "s|@HAPROXY_MAXCONN@|$HAPROXY_MAXCONN|g" "$1"
+        -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" -e "s|@HAPROXY_MAXCONN@|$HAPROXY_MAXCONN|g" \
+        -e "s|@FLOOD_PORT@|$((BASE + 7))|g" -e "s|@HAPROXY_FLOOD_PORT@|$((BASE + 8))|g" \
+        -e "s|@WSGATE_WORKERS@|1|g" -e "s|@NGINX_WORKERS@|1|g" -e "s|@HAPROXY_NBTHREAD@|1|g" "$1"
 }
 # One worker each, everything else as in bench/run.sh.
 fill bench/wsgate.toml.template >"$OUT/wsgate.toml"
-printf '\n[runtime]\nworker_threads = 1\nsession_threads = %s\n' "${SESSION_THREADS:-1}" >>"$OUT/wsgate.toml"
 fill bench/nginx.conf.template |
     sed -e 's/^master_process on;/master_process off;/' -e 's/^worker_processes auto;/worker_processes 1;/' >"$OUT/nginx.conf"
 fill bench/haproxy.cfg.template | sed -e 's/^\( *\)nbthread 2$/\1nbthread 1/' >"$OUT/haproxy.cfg"
 grep -q '^master_process off;' "$OUT/nginx.conf" && grep -q '^worker_processes 1;' "$OUT/nginx.conf" ||
     { echo "instructions.sh: nginx.conf.template changed: cannot set one worker" >&2; exit 1; }
+grep -q '^worker_threads = 1$' "$OUT/wsgate.toml" ||
+    { echo "instructions.sh: wsgate.toml.template changed: cannot set one worker thread" >&2; exit 1; }
 grep -q '^ *nbthread 1$' "$OUT/haproxy.cfg" ||
     { echo "instructions.sh: haproxy.cfg.template changed: cannot set nbthread 1" >&2; exit 1; }
 "$BIN/wsgate" check --config "$OUT/wsgate.toml" >/dev/null

@@ -94,7 +94,8 @@ EOF
         mkdir -p "$OUT/nginx-tmp"
         sed -e "s|@RUN@|$PWD/$OUT|g" -e "s|@WS_ECHO_PORT@|$ECHO_PORT|g" -e "s|@NGINX_PORT@|$PROXY_PORT|g" \
             -e "s|@NGINX_TLS_PORT@|$PROXY_TLS_PORT|g" -e "s|@CERT@|$PWD/certs/localhost.crt|g" \
-            -e "s|@KEY@|$PWD/certs/localhost.key|g" bench/nginx.conf.template >"$OUT/nginx.conf"
+            -e "s|@KEY@|$PWD/certs/localhost.key|g" -e "s|@NGINX_WORKERS@|auto|g" \
+            -e "s|@FLOOD_PORT@|$ECHO_PORT|g" bench/nginx.conf.template >"$OUT/nginx.conf"
         "$BIN/examples/ws_echo" "127.0.0.1:$ECHO_PORT" >"$OUT/backend.log" 2>&1 &
         PIDS+=($!)
         nginx -e "$PWD/$OUT/nginx-error.log" -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT" &

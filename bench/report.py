@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Turn bench/run.sh results into the BENCHMARKS.md tables and bench/latency.svg (stdlib only).
 
-    bench/report.py [RUN_DIR...]       RUN_DIR: bench/results/run-* (default: the newest); with
+    bench/report.py [--docs] [RUN_DIR...]
+                                       RUN_DIR: bench/results/run-* (default: the newest); with
                                        several, a later one's TARGET/ROW results replace an
                                        earlier one's (a partial re-run completes a full one)
     bench/report.py --one-line JSON    one wsload JSON object -> a short line (run.sh's log)
+    bench/report.py --tuning RUN_DIR   RUN_DIR/tuning.jsonl (run.sh's tuning probes) ->
+                                       RUN_DIR/tuning.json and tuning.md; prints "PEER CLASS COUNT"
+                                       lines, the worker counts the matrix uses
 
 Reads RUN_DIR/results.jsonl (one wsload --json object per run, labelled TARGET/ROW/REP), takes
-the median of the repetitions, and writes RUN_DIR/summary.md, bench/latency.svg and the part of
-BENCHMARKS.md between the GENERATED markers. Codec numbers come from criterion's
-target/criterion/*/new/estimates.json when present.
+the median of the repetitions, and writes RUN_DIR/summary.md, RUN_DIR/latency.svg and
+RUN_DIR/throughput.svg. Only with --docs (what a full bench/run.sh passes) does it also write
+bench/latency.svg, bench/throughput.svg and the part of BENCHMARKS.md between the GENERATED
+markers. RUN_DIR/tuning.md and RUN_DIR/instructions.md (bench/instructions.sh's table, from
+run.sh INSTR=1), when present in the newest RUN_DIR that has them, are included. Codec numbers
+come from criterion's target/criterion/*/new/estimates.json when present.
 """
 
 import glob
@@ -39,10 +46,16 @@ ECHO_ROWS = [
     ("echo64_c10", "64 B ping-pong, 10 connections"),
     ("echo64_c50", "64 B ping-pong, 50 connections"),
     ("echo64_c200", "64 B ping-pong, 200 connections"),
+    ("echo64_c1000", "64 B ping-pong, 1,000 connections"),
     ("bulk64k_k1", "64 KiB messages, 1 connection, 1 in flight"),
     ("bulk64k_k4", "64 KiB messages, 1 connection, 4 in flight"),
+    ("wss_echo64_c50", "TLS (wss://): 64 B ping-pong, 50 connections"),
+    ("wss_bulk64k_k4", "TLS (wss://): 64 KiB messages, 1 connection, 4 in flight"),
 ]
-CHART_ROWS = [("echo64_c1", 1), ("echo64_c10", 10), ("echo64_c50", 50), ("echo64_c200", 200)]
+CHART_ROWS = [("echo64_c1", 1), ("echo64_c10", 10), ("echo64_c50", 50), ("echo64_c200", 200), ("echo64_c1000", 1000)]
+# The peers wsgate is compared with; the best of them (after tuning) is the reference.
+PEERS = ["nginx", "haproxy"]
+KNOBS = {"wsgate": "worker_threads", "nginx": "worker_processes", "haproxy": "nbthread"}
 COLORS = {
     "wsgate-raw": "#d62728",
     "wsgate-lp": "#ff7f0e",
@@ -256,6 +269,141 @@ def svg_chart(runs, path):
     return True
 
 
+def tuning_md(run_dirs):
+    """The newest RUN_DIR/tuning.md, without its title line, or None."""
+    for d in reversed(run_dirs):
+        path = os.path.join(d, "tuning.md")
+        if os.path.exists(path):
+            text = "\n".join(l for l in open(path).read().splitlines() if not l.startswith("# "))
+            return text.strip()
+    return None
+
+
+def tuning(run_dir):
+    """run.sh's tuning step: pick each peer's worker counts from RUN_DIR/tuning.jsonl.
+
+    A probe record has "tune": {peer, class, value, rep} and the wsload JSON; a "fixed" record
+    a count chosen without probing (forced, or TUNE=0). Per peer and class (msg: 64 B
+    ping-pong at 50 connections, msg/s; hs: hs_ws, handshakes/s) the candidate with the higher
+    median wins; equal medians go to the smaller count. Writes tuning.json and tuning.md and
+    returns [(peer, class, count)]."""
+    probes, fixed = {}, {}
+    for line in open(os.path.join(run_dir, "tuning.jsonl")):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if "fixed" in r:
+            fixed[r["fixed"]["peer"]] = r["fixed"]
+        elif "tune" in r:
+            t = r["tune"]
+            key = "msgs_per_s" if t["class"] == "msg" else "handshakes_per_s"
+            probes.setdefault((t["peer"], t["class"]), {}).setdefault(t["value"], []).append(
+                {"rep": t.get("rep"), "rate": r.get(key), "errors": r.get("errors")}
+            )
+    out, choices = {}, []
+    peers = sorted({p for p, _ in probes} | set(fixed), key=lambda p: list(KNOBS).index(p) if p in KNOBS else 9)
+    for peer in peers:
+        entry = {"setting": KNOBS.get(peer, "?")}
+        for cls in ("msg", "hs"):
+            if peer in fixed:
+                entry[cls] = {"choice": fixed[peer]["value"], "why": fixed[peer]["why"]}
+            elif (peer, cls) in probes:
+                cands = probes[(peer, cls)]
+                med = {n: median([p["rate"] for p in runs]) for n, runs in cands.items()}
+                ranked = sorted(med, key=lambda n: (-(med[n] or 0), n))
+                entry[cls] = {
+                    "choice": ranked[0],
+                    "why": "higher median " + ("msg/s, 64 B ping-pong, 50 connections" if cls == "msg" else "handshakes/s, hs_ws"),
+                    "median": {str(n): med[n] for n in sorted(med)},
+                    "probes": {str(n): cands[n] for n in sorted(cands)},
+                }
+            elif cls == "hs" and "msg" in entry:
+                entry[cls] = {"choice": entry["msg"]["choice"],
+                              "why": "no handshake rows (driven with tcp://): the message choice"}
+            else:
+                continue
+            choices.append((peer, cls, entry[cls]["choice"]))
+        out[peer] = entry
+    with open(os.path.join(run_dir, "tuning.json"), "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    L = ["# Peer tuning", ""]
+    L.append("| peer | setting | rows | candidate | probe runs | median | chosen |")
+    L.append("|---|---|---|---|---|---|---|")
+    split = []
+    for peer, entry in out.items():
+        for cls in ("msg", "hs"):
+            e = entry.get(cls)
+            if not e:
+                continue
+            rows = "message rows (msg/s)" if cls == "msg" else "handshake rows (handshakes/s)"
+            if "probes" not in e:
+                L.append(f"| {peer} | `{entry['setting']}` | {rows} | {e['choice']} | - | - | {e['choice']}: {e['why']} |")
+                continue
+            for n, runs in e["probes"].items():
+                got = ", ".join(fmt(p["rate"]) + (f" ({p['errors']} errors)" if p.get("errors") else "") for p in runs)
+                chosen = "**yes**" if int(n) == e["choice"] else ""
+                L.append(f"| {peer} | `{entry['setting']}` | {rows} | {n} | {got} | {fmt(e['median'][n])} | {chosen} |")
+        m, h = entry.get("msg", {}).get("choice"), entry.get("hs", {}).get("choice")
+        if m is not None and h is not None and m != h:
+            split.append(f"{peer} runs the message rows with `{entry['setting']} {m}` and the handshake rows with "
+                         f"`{entry['setting']} {h}`.")
+    L.append("")
+    if probes:
+            L.append("Probes: each candidate in turn (the order alternates from one repetition to the next), on a "
+                 "freshly started proxy, 64 B ping-pong on 50 connections and then handshakes (hs_ws); "
+                 "the median decides, a tie goes to the smaller count.")
+    L.append("The idle-session and fairness rows use the message count.")
+    if split:
+        L.append("")
+        L.extend(split)
+    with open(os.path.join(run_dir, "tuning.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+    return choices
+
+
+def svg_throughput(runs, path):
+    """Horizontal bars, one panel per row (each on its own scale): msg/s of every target."""
+    rows = [(r, title) for r, title in ECHO_ROWS if any((t, r) in runs for t in TARGETS)]
+    if not rows:
+        return False
+    bar, gap, head = 14, 3, 24
+    w, left, right = 760, 230, 90
+    pw = w - left - right
+    panels = []
+    for row, title in rows:
+        vals = [(t, agg(runs, t, row, "msgs_per_s")) for t in TARGETS if (t, row) in runs]
+        vals = [(t, v) for t, v in vals if v is not None]
+        if vals:
+            panels.append((row, title, vals))
+    h = 40 + sum(head + len(v) * (bar + gap) + 12 for _, _, v in panels)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<rect width="{w}" height="{h}" fill="white"/>',
+        f'<text x="{w / 2}" y="22" text-anchor="middle" font-size="15">'
+        "messages per second by row (median of repetitions; each row on its own scale)</text>",
+    ]
+    y = 40
+    for row, title, vals in panels:
+        out.append(f'<text x="10" y="{y + 15}" font-weight="bold">{title}</text>')
+        y += head
+        top = max(v for _, v in vals) or 1
+        for t, v in vals:
+            bw = pw * v / top
+            out.append(f'<text x="{left - 6}" y="{y + bar - 3}" text-anchor="end">{peer_label(runs, t, row)}</text>')
+            out.append(f'<rect x="{left}" y="{y}" width="{bw:.1f}" height="{bar}" fill="{COLORS.get(t, "#000")}"/>')
+            out.append(f'<text x="{left + bw + 4:.1f}" y="{y + bar - 3}">{fmt(v)}</text>')
+            y += bar + gap
+        y += 12
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return True
+
+
+
 def verdict(ok):
     if ok is None:
         return "not measured"
@@ -268,92 +416,121 @@ def ratio(a, b):
     return a / b
 
 
-def targets_section(runs, codec):
+def tuning_of(runs, target, row):
+    """The worker setting a target ran a row with ("worker_processes 1"), or None."""
+    for r in runs.get((target, row), []):
+        t = r.get("tuning")
+        if isinstance(t, dict) and t.get("setting"):
+            return f"{t['setting']} {t.get('value')}"
+    return None
+
+
+def peer_label(runs, target, row):
+    tun = tuning_of(runs, target, row)
+    return f"{target} ({tun})" if tun else target
+
+
+def best_peer(runs, row, path, peers, higher=True, scale=1.0):
+    """(value, label) of the best peer on a row: highest (rates) or lowest (costs)."""
+    found = []
+    for t in peers:
+        v = agg(runs, t, row, path)
+        if v is not None:
+            found.append((v * scale, peer_label(runs, t, row)))
+    if not found:
+        return None, "-"
+    return (max if higher else min)(found, key=lambda f: f[0])
+
+
+def fairness_delta(runs, target):
+    a = agg(runs, target, "fairness_alone", "latency_us.p99")
+    b = agg(runs, target, "fairness_flood", "latency_us.p99")
+    return b - a if None not in (a, b) else None
+
+
+def instructions_table(run_dirs):
+    """bench/instructions.sh's Markdown table from the newest RUN_DIR/instructions.md, or None."""
+    for d in reversed(run_dirs):
+        path = os.path.join(d, "instructions.md")
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            return open(path).read().strip()
+    return None
+
+
+def instructions_per_message(table, target, workload="64 B, 50 connections"):
+    if not table:
+        return None
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 7 and cells[0] == workload and cells[1] == target:
+            try:
+                return float(cells[-1].replace(",", ""))
+            except ValueError:
+                return None
+    return None
+
+
+def targets_section(runs, run_dirs):
     L = []
     W = "wsgate-raw"
-    rate_w = agg(runs, W, "echo64_c50", "msgs_per_s")
-    rate_n = agg(runs, "nginx", "echo64_c50", "msgs_per_s")
-    rate_f = agg(runs, "websockify", "echo64_c50", "msgs_per_s")
-    r1, r2 = ratio(rate_w, rate_n), ratio(rate_w, rate_f)
-    L.append("| target | wsgate | reference | ratio | needed | verdict |")
+    L.append("| target | wsgate (`raw` route) | best peer (tuning) | ratio | needed | verdict |")
     L.append("|---|---|---|---|---|---|")
-    L.append(
-        f"| message rate, 64 B, 50 connections vs nginx | {fmt(rate_w)} msg/s | {fmt(rate_n)} msg/s | "
-        f"{fmt(r1, 2)}x | >= 1.3x | {verdict(None if r1 is None else r1 >= 1.3)} |"
-    )
-    L.append(
-        f"| message rate, 64 B, 50 connections vs websockify | {fmt(rate_w)} msg/s | {fmt(rate_f)} msg/s | "
-        f"{fmt(r2, 2)}x | >= 4x | {verdict(None if r2 is None else r2 >= 4)} |"
-    )
-    cpm_w = agg(runs, W, "echo64_c50", "server.cpu_s_per_million")
-    cpm_n = agg(runs, "nginx", "echo64_c50", "server.cpu_s_per_million")
-    mps_w = 1e6 / cpm_w if cpm_w else None
-    mps_n = 1e6 / cpm_n if cpm_n else None
-    r3 = ratio(mps_w, mps_n)
-    L.append(
-        f"| messages per proxy CPU-second (64 B, 50 conns) vs nginx | {fmt(mps_w)} | {fmt(mps_n)} | "
-        f"{fmt(r3, 2)}x | >= 1.25x | {verdict(None if r3 is None else r3 >= 1.25)} |"
-    )
-    bw_w = agg(runs, W, "bulk64k_k4", "payload_mb_per_s")
-    bw_n = agg(runs, "nginx", "bulk64k_k4", "payload_mb_per_s")
-    bw_h = agg(runs, "haproxy", "bulk64k_k4", "payload_mb_per_s")
-    r4, r5 = ratio(bw_w, bw_n), ratio(bw_w, bw_h)
-    L.append(
-        f"| 64 KiB bulk (4 in flight) vs nginx | {fmt(bw_w)} MB/s | {fmt(bw_n)} MB/s | {fmt(r4, 2)}x | "
-        f">= 1x | {verdict(None if r4 is None else r4 >= 1.0)} |"
-    )
-    L.append(
-        f"| 64 KiB bulk (4 in flight) vs HAProxy TCP relay | {fmt(bw_w)} MB/s | {fmt(bw_h)} MB/s | "
-        f"{fmt(r5, 2)}x | >= 0.8x | {verdict(None if r5 is None else r5 >= 0.8)} |"
-    )
-    p_w = agg(runs, W, "echo64_c1", "latency_us.p50")
-    p_dt = agg(runs, "direct-tcp", "echo64_c1", "latency_us.p50")
-    p_n = agg(runs, "nginx", "echo64_c1", "latency_us.p50")
-    p_dw = agg(runs, "direct-ws", "echo64_c1", "latency_us.p50")
-    add_w = p_w - p_dt if None not in (p_w, p_dt) else None
-    add_n = p_n - p_dw if None not in (p_n, p_dw) else None
-    L.append(
-        f"| added p50 latency at 1 connection (over its direct path) vs nginx | {fmt(add_w, 1)} us | "
-        f"{fmt(add_n, 1)} us | {fmt(ratio(add_w, add_n), 2)}x | <= 1x | "
-        f"{verdict(None if None in (add_w, add_n) else add_w <= add_n)} |"
-    )
-    for row, limit, name in (("idle_plain", 8, "plain"), ("idle_tls", 24, "TLS")):
+
+    def line(name, w, w_unit, ref, ref_label, needed, ok, digits=0, r=None, row=None):
+        if r is None:
+            q = ratio(w, ref)
+            r = f"{fmt(q, 2)}x" if q is not None else "-"
+        w_txt = f"{fmt(w, digits)}{w_unit}" if w is not None else "-"
+        wt = tuning_of(runs, W, row) if row else None
+        if w is not None and wt:
+            w_txt += f" ({wt})"
+        ref_txt = f"{ref_label}: {fmt(ref, digits)}{w_unit}" if ref is not None else "-"
+        L.append(f"| {name} | {w_txt} | {ref_txt} | {r} | {needed} | {verdict(ok)} |")
+
+    def at_least(row, path, name, unit, peers, factor=1.0, digits=0):
+        w = agg(runs, W, row, path)
+        ref, label = best_peer(runs, row, path, peers)
+        ok = None if None in (w, ref) else w >= factor * ref
+        need = f">= {factor:g}x {' and '.join(peers)}" if factor != 1.0 else f">= {' and '.join(peers)}"
+        line(name, w, unit, ref, label, need, ok, digits, row=row)
+
+    for row, conns in (("echo64_c50", "50"), ("echo64_c200", "200"), ("echo64_c1000", "1,000")):
+        at_least(row, "msgs_per_s", f"64 B ping-pong, {conns} connections, msg/s", " msg/s", PEERS)
+    w = agg(runs, W, "echo64_c50", "server.cpu_s_per_million")
+    ref, label = best_peer(runs, "echo64_c50", "server.cpu_s_per_million", ["nginx"], higher=False)
+    line("proxy CPU-s per 1M messages, 64 B, 50 connections", w, "", ref, label, "<= nginx",
+         None if None in (w, ref) else w <= ref, 2, row="echo64_c50")
+    table = instructions_table(run_dirs)
+    w = instructions_per_message(table, W)
+    found = [(v, t) for t in PEERS for v in [instructions_per_message(table, t)] if v is not None]
+    ref, label = min(found) if found else (None, "-")
+    line("user-space instructions per message, 64 B, 50 connections (callgrind, 1 worker)", w, "", ref,
+         label, "<= 3,000", None if w is None else w <= 3000)
+    at_least("bulk64k_k1", "payload_mb_per_s", "64 KiB messages, 1 in flight, MB/s", " MB/s", PEERS)
+    at_least("bulk64k_k4", "payload_mb_per_s", "64 KiB messages, 4 in flight, MB/s", " MB/s", PEERS)
+    at_least("wss_echo64_c50", "msgs_per_s", "TLS: 64 B ping-pong, 50 connections, msg/s", " msg/s", ["nginx"])
+    at_least("wss_bulk64k_k4", "payload_mb_per_s", "TLS: 64 KiB messages, 4 in flight, MB/s", " MB/s", ["nginx"])
+    for row, limit, name in (("idle_plain", 4, "plain"), ("idle_tls", 16, "TLS")):
         b = agg(runs, W, row, "server.bytes_per_session")
-        n = agg(runs, "nginx", row, "server.bytes_per_session")
         kib = b / 1024 if b is not None else None
-        L.append(
-            f"| memory per idle session, {name} | {fmt(kib, 1)} KiB | nginx {fmt(n / 1024 if n else None, 1)} KiB | "
-            f"- | <= {limit} KiB | {verdict(None if kib is None else kib <= limit)} |"
-        )
-    hs_w = agg(runs, W, "hs_ws", "handshakes_per_s")
-    hs_n = agg(runs, "nginx", "hs_ws", "handshakes_per_s")
-    r6 = ratio(hs_w, hs_n)
-    L.append(
-        f"| handshakes per second, plain vs nginx | {fmt(hs_w)} /s | {fmt(hs_n)} /s | {fmt(r6, 2)}x | "
-        f">= 1.5x | {verdict(None if r6 is None else r6 >= 1.5)} |"
-    )
-    tls_w = agg(runs, W, "hs_wss", "handshakes_per_s")
-    tls_n = agg(runs, "nginx", "hs_wss", "handshakes_per_s")
-    L.append(
-        f"| handshakes per second, TLS | {fmt(tls_w)} /s | nginx {fmt(tls_n)} /s | {fmt(ratio(tls_w, tls_n), 2)}x | "
-        "reported | - |"
-    )
-    mask = [c for c in codec if c[0] and c[0].startswith("mask/apply_mask/1MiB")]
-    if mask:
-        gbs = mask[0][2]
-        L.append(
-            f"| unmasking, 1 MiB (criterion) | {fmt(gbs, 1)} GB/s | - | - | tens of GB/s | "
-            f"{verdict(gbs >= 10)} |"
-        )
-    utf8 = {c[0]: c[2] for c in codec if c[0] and c[0].startswith("utf8/feed/") and c[0].endswith("/1MiB")}
-    if "utf8/feed/multibyte/1MiB" in utf8 and "utf8/feed/ascii/1MiB" in utf8:
-        multi, ascii_ = utf8["utf8/feed/multibyte/1MiB"], utf8["utf8/feed/ascii/1MiB"]
-        L.append(
-            f"| UTF-8 validation, 1 MiB (criterion): ASCII / mixed multi-byte text | {fmt(ascii_, 1)} / "
-            f"{fmt(multi, 1)} GB/s | - | - | memory speed (>= 10 GB/s, one core's DRAM bandwidth class) | "
-            f"{verdict(min(multi, ascii_) >= 10)} |"
-        )
+        ref, label = best_peer(runs, row, "server.bytes_per_session", PEERS, higher=False, scale=1 / 1024)
+        line(f"memory per idle session, {name}", kib, " KiB", ref, label, f"<= {limit} KiB",
+             None if kib is None else kib <= limit, 1, row=row)
+    at_least("hs_ws", "handshakes_per_s", "handshakes/s, plain", " /s", ["nginx"], 1.3)
+    at_least("hs_wss", "handshakes_per_s", "handshakes/s, TLS", " /s", ["nginx"], 1.3)
+    d = fairness_delta(runs, W)
+    found = [(v, peer_label(runs, t, "fairness_flood")) for t in PEERS for v in [fairness_delta(runs, t)] if v is not None]
+    ref, label = min(found, key=lambda f: f[0]) if found else (None, "-")
+    line(f"fairness: p99 of {fair_conns(runs)} ping-pong sessions, flood minus alone, us", d, " us", ref, label,
+         "<= 1,000 us", None if d is None else d <= 1000, 0, r="-", row="fairness_flood")
     return "\n".join(L)
+
+
+def fair_conns(runs):
+    for r in runs.get(("wsgate-raw", "fairness_alone"), []) + runs.get(("nginx", "fairness_alone"), []):
+        if r.get("connections"):
+            return r["connections"]
+    return 20
 
 
 def describe_runs(run_dirs):
@@ -381,8 +558,18 @@ def tables(runs, run_dirs, codec):
     L.append("")
     L.append("### Targets")
     L.append("")
-    L.append(targets_section(runs, codec))
+    L.append("Every row against the best peer after tuning (the higher rate of nginx and HAProxy, the "
+             "lower cost; nginx alone where the target names it or HAProxy has no such row), each "
+             "with the worker count it ran with.")
     L.append("")
+    L.append(targets_section(runs, run_dirs))
+    L.append("")
+    tuning = tuning_md(run_dirs)
+    if tuning:
+        L.append("### Peer tuning")
+        L.append("")
+        L.append(tuning)
+        L.append("")
     for row, title in ECHO_ROWS:
         present = [t for t in TARGETS if (t, row) in runs]
         if not present:
@@ -393,7 +580,7 @@ def tables(runs, run_dirs, codec):
         L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for t in present:
             L.append(
-                f"| {t} | {fmt(agg(runs, t, row, 'msgs_per_s'))} | {fmt(agg(runs, t, row, 'payload_mb_per_s'), 1)} | "
+                f"| {peer_label(runs, t, row)} | {fmt(agg(runs, t, row, 'msgs_per_s'))} | {fmt(agg(runs, t, row, 'payload_mb_per_s'), 1)} | "
                 f"{fmt(agg(runs, t, row, 'latency_us.p50'), 1)} | {fmt(agg(runs, t, row, 'latency_us.p90'), 1)} | "
                 f"{fmt(agg(runs, t, row, 'latency_us.p99'), 1)} | {fmt(agg(runs, t, row, 'latency_us.p999'), 1)} | "
                 f"{fmt(agg(runs, t, row, 'latency_us.max'), 0)} | "
@@ -416,7 +603,7 @@ def tables(runs, run_dirs, codec):
                 return cpu * 1000 / n if cpu is not None and n else None
             errs = (total_errors(runs, t, "hs_ws") or 0) + (total_errors(runs, t, "hs_wss") or 0)
             L.append(
-                f"| {t} | {fmt(agg(runs, t, 'hs_ws', 'handshakes_per_s'))} | {fmt(agg(runs, t, 'hs_ws', 'latency_us.p50'), 1)} | "
+                f"| {peer_label(runs, t, 'hs_ws' if (t, 'hs_ws') in runs else 'hs_wss')} | {fmt(agg(runs, t, 'hs_ws', 'handshakes_per_s'))} | {fmt(agg(runs, t, 'hs_ws', 'latency_us.p50'), 1)} | "
                 f"{fmt(agg(runs, t, 'hs_ws', 'latency_us.p99'), 1)} | {fmt(per_k('hs_ws'), 3)} | "
                 f"{fmt(agg(runs, t, 'hs_wss', 'handshakes_per_s'))} | {fmt(agg(runs, t, 'hs_wss', 'latency_us.p50'), 1)} | "
                 f"{fmt(agg(runs, t, 'hs_wss', 'latency_us.p99'), 1)} | {fmt(per_k('hs_wss'), 3)} | {errs} |"
@@ -444,10 +631,35 @@ def tables(runs, run_dirs, codec):
                 int(r.get("failed") or 0) for row in ("idle_plain", "idle_tls") for r in runs.get((t, row), [])
             )
             L.append(
-                f"| {t} | {fmt(n)} | {fmt(kib('idle_plain'), 1)} | {fmt(kib('idle_plain', 'pss_bytes_per_session'), 1)} | "
+                f"| {peer_label(runs, t, 'idle_plain' if (t, 'idle_plain') in runs else 'idle_tls')} | {fmt(n)} | {fmt(kib('idle_plain'), 1)} | {fmt(kib('idle_plain', 'pss_bytes_per_session'), 1)} | "
                 f"{rss('idle_plain')} | {fmt(kib('idle_tls'), 1)} | {fmt(kib('idle_tls', 'pss_bytes_per_session'), 1)} | "
                 f"{rss('idle_tls')} | {fails} |"
             )
+        L.append("")
+    present = [t for t in TARGETS if (t, "fairness_alone") in runs]
+    if present:
+        L.append(f"### Fairness: {fair_conns(runs)} ping-pong sessions (64 B) alone and beside one flooding session")
+        L.append("")
+        L.append("The flooding session's backend sends as fast as it can to a client that reads 16 KiB every "
+                 "5 ms; the same proxy process serves both.")
+        L.append("")
+        L.append("| peer | msg/s alone | p99 us alone | msg/s beside the flood | p99 us beside the flood | p99 difference, us | p99.9 us beside the flood | errors | reps |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        for t in present:
+            errs = (total_errors(runs, t, "fairness_alone") or 0) + (total_errors(runs, t, "fairness_flood") or 0)
+            L.append(
+                f"| {peer_label(runs, t, 'fairness_alone')} | {fmt(agg(runs, t, 'fairness_alone', 'msgs_per_s'))} | "
+                f"{fmt(agg(runs, t, 'fairness_alone', 'latency_us.p99'), 1)} | "
+                f"{fmt(agg(runs, t, 'fairness_flood', 'msgs_per_s'))} | "
+                f"{fmt(agg(runs, t, 'fairness_flood', 'latency_us.p99'), 1)} | {fmt(fairness_delta(runs, t), 1)} | "
+                f"{fmt(agg(runs, t, 'fairness_flood', 'latency_us.p999'), 1)} | {errs} | {reps(runs, t, 'fairness_flood')} |"
+            )
+        L.append("")
+    table = instructions_table(run_dirs)
+    if table:
+        L.append("### User-space instructions per message (bench/instructions.sh, callgrind, one worker each)")
+        L.append("")
+        L.append("\n".join(line for line in table.splitlines() if not line.startswith("## ")).strip())
         L.append("")
     if codec:
         L.append("### Codec micro-benchmarks (criterion, median)")
@@ -462,18 +674,25 @@ def tables(runs, run_dirs, codec):
 
 
 def main():
-    if len(sys.argv) >= 3 and sys.argv[1] == "--one-line":
-        print(one_line(sys.argv[2]))
+    args = sys.argv[1:]
+    if len(args) >= 2 and args[0] == "--one-line":
+        print(one_line(args[1]))
         return
-    if len(sys.argv) >= 3 and sys.argv[1] == "--other-cpu":
+    if len(args) >= 2 and args[0] == "--other-cpu":
         try:
-            o = other_cpu(json.loads(sys.argv[2]))
+            o = other_cpu(json.loads(args[1]))
         except ValueError:
             o = None
         print(f"{o:.2f}" if o is not None else "0")
         return
-    if len(sys.argv) >= 2:
-        run_dirs = [os.path.abspath(a) for a in sys.argv[1:]]
+    if len(args) >= 2 and args[0] == "--tuning":
+        for peer, cls, n in tuning(os.path.abspath(args[1])):
+            print(peer, cls, n)
+        return
+    docs = "--docs" in args
+    args = [a for a in args if a != "--docs"]
+    if args:
+        run_dirs = [os.path.abspath(a) for a in args]
     else:
         found = sorted(glob.glob(os.path.join(ROOT, "bench", "results", "run-*")))
         if not found:
@@ -483,13 +702,23 @@ def main():
     runs = load_all(run_dirs)
     codec = codec_table()
     body = tables(runs, run_dirs, codec)
-    chart = os.path.join(ROOT, "bench", "latency.svg")
+    # Without --docs (a quick run, a look at a run) nothing outside RUN_DIR is written.
+    svg_dir = os.path.join(ROOT, "bench") if docs else run_dir
+    svg_ref = "bench/" if docs else ""
+    written = []
+    chart = os.path.join(svg_dir, "latency.svg")
     if svg_chart(runs, chart):
-        body += "\n![latency against connections](bench/latency.svg)\n"
+        body += f"\n![latency against connections]({svg_ref}latency.svg)\n"
+        written.append(chart)
+    bars = os.path.join(svg_dir, "throughput.svg")
+    if svg_throughput(runs, bars):
+        body += f"\n![messages per second by row]({svg_ref}throughput.svg)\n"
+        written.append(bars)
     with open(os.path.join(run_dir, "summary.md"), "w") as f:
         f.write(body + "\n")
+    written.append(os.path.join(run_dir, "summary.md"))
     md = os.path.join(ROOT, "BENCHMARKS.md")
-    if os.path.exists(md):
+    if docs and os.path.exists(md):
         text = open(md).read()
         if BEGIN in text and END in text:
             new = re.sub(
@@ -500,8 +729,8 @@ def main():
             )
             with open(md, "w") as f:
                 f.write(new)
-            print(f"report.py: updated {md}")
-    print(f"report.py: wrote {os.path.join(run_dir, 'summary.md')} and {chart}")
+            written.append(md)
+    print("report.py: wrote " + ", ".join(written))
 
 
 if __name__ == "__main__":

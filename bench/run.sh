@@ -2,14 +2,37 @@
 # bench/run.sh: the performance matrix, wsgate against its peers, same client, same
 # backends, same machine, one run.
 #
-#   bench/run.sh            the full matrix (3 repetitions, 5 s + 1 s warm-up per run, ~20 min)
-#   bench/run.sh --quick    a reduced matrix to check the setup (1 repetition, short runs)
+#   bench/run.sh            the full matrix (3 repetitions, 5 s + 1 s warm-up per run, ~30 min)
+#   bench/run.sh --quick    a reduced matrix to check the setup (1 repetition, short runs); it
+#                           writes RUN/summary.md only, never BENCHMARKS.md or bench/*.svg
 #
 # Environment overrides: REPS, DURATION, WARMUP, IDLE_SESSIONS, WEBSOCKIFY_IDLE_SESSIONS,
 # IDLE_HOLD, HS_WORKERS, BENCH_PORT_BASE (28100; ports base..base+49 must be free, and are kept
 # below the kernel's ephemeral range), TARGETS, ROWS, CODEC=0 (skip the criterion benchmarks),
 # BUILD=0 (skip cargo build), QUIET_MAX, QUIET_WAIT, OTHER_MAX (see below), BINARIES=DIR (use the binaries in DIR, e.g. an earlier run's bin/),
-# REPORT_BASE="RUN_DIR..." (earlier runs this one completes, for the report).
+# REPORT_BASE="RUN_DIR..." (earlier runs this one completes, for the report), DOCS=0 (a full run
+# that does not rewrite BENCHMARKS.md and bench/*.svg; DOCS=1 makes a quick run write them).
+#
+# Peer tuning (before the matrix): every tuned peer (nginx worker_processes, HAProxy nbthread,
+# wsgate [runtime] worker_threads, the same for wsgate-raw and wsgate-lp) is probed with each
+# count of TUNE_CANDIDATES ("1 2"), alternating, TUNE_REPS (3; --quick 1) times TUNE_DURATION
+# (3 s; --quick 1) after TUNE_WARMUP (0.5 s): 64 B ping-pong on 50 connections for the message
+# rows and hs_ws for the handshake rows (HAProxy, driven with tcp://, uses its message choice
+# for everything). Per peer and class, the count with the higher median rate is used by the
+# matrix; RUN/tuning.md and RUN/tuning.json hold the choices and the probe numbers, and every
+# result carries its "tuning". TUNE=0 skips the probes (every peer then runs with one worker
+# per CPU, the usual default); NGINX_WORKERS=N, HAPROXY_NBTHREAD=N, WSGATE_WORKERS=N force a count for
+# that peer (no probe).
+#
+# INSTR=1: also run bench/instructions.sh (callgrind, ~2 min; ports 28320-28329) and keep its
+# table in RUN/instructions.md for the report.
+#
+# Rows (ROWS): echo64_c1 echo64_c10 echo64_c50 echo64_c200 echo64_c1000 (64 B ping-pong, 1 in
+# flight per connection; websockify cannot hold 1,000), bulk64k_k1 bulk64k_k4 (64 KiB messages on one connection), wss_echo64_c50
+# wss_bulk64k_k4 (the same over TLS: wsgate, nginx and direct-ws terminate it), hs_ws hs_wss
+# (handshakes/s), idle_plain idle_tls (memory per idle session), fairness (wsgate-raw, nginx,
+# HAProxy: 64 B ping-pong on FAIR_CONNS (20) connections alone, then beside one session whose
+# backend floods a client that reads 16 KiB every 5 ms; rows fairness_alone / fairness_flood).
 #
 # Targets: wsgate-raw, wsgate-lp (wsgate's raw / length-prefixed route in front of the TCP echo
 # example), websockify (in front of the same TCP echo), nginx (WebSocket proxy in front of the
@@ -21,8 +44,9 @@
 # when the script ends.
 #
 # Raw results: bench/results/run-*/results.jsonl (one wsload JSON object per run). The tables in
-# BENCHMARKS.md and bench/latency.svg are regenerated from them by bench/report.py. To redo some
-# targets or rows only: TARGETS=... ROWS=... REPORT_BASE=bench/results/run-OLD bench/run.sh.
+# BENCHMARKS.md, bench/latency.svg and bench/throughput.svg are regenerated from them by
+# bench/report.py --docs. To redo some targets or rows only: TARGETS=... ROWS=...
+# REPORT_BASE=bench/results/run-OLD bench/run.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -39,7 +63,7 @@ IDLE_HOLD=${IDLE_HOLD:-3}
 HS_WORKERS=${HS_WORKERS:-8}
 PORT_BASE=${BENCH_PORT_BASE:-28100}
 TARGETS=${TARGETS:-"wsgate-raw wsgate-lp websockify nginx haproxy direct-ws direct-tcp"}
-ROWS=${ROWS:-"echo64_c1 echo64_c10 echo64_c50 echo64_c200 bulk64k_k1 bulk64k_k4 hs_ws hs_wss idle_plain idle_tls"}
+ROWS=${ROWS:-"echo64_c1 echo64_c10 echo64_c50 echo64_c200 echo64_c1000 bulk64k_k1 bulk64k_k4 wss_echo64_c50 wss_bulk64k_k4 hs_ws hs_wss idle_plain idle_tls fairness"}
 CODEC=${CODEC:-1}
 BUILD=${BUILD:-1}
 # Shared machines: wait up to QUIET_WAIT s for busy CPU < QUIET_MAX before each run, and repeat a
@@ -47,6 +71,13 @@ BUILD=${BUILD:-1}
 QUIET_MAX=${QUIET_MAX:-0.10}
 QUIET_WAIT=${QUIET_WAIT:-60}
 OTHER_MAX=${OTHER_MAX:-1.0}
+TUNE=${TUNE:-1}
+TUNE_CANDIDATES=${TUNE_CANDIDATES:-"1 2"}
+TUNE_REPS=${TUNE_REPS:-3}
+TUNE_DURATION=${TUNE_DURATION:-3}
+TUNE_WARMUP=${TUNE_WARMUP:-0.5}
+FAIR_CONNS=${FAIR_CONNS:-20}
+INSTR=${INSTR:-0}
 QUICK=0
 
 for arg in "$@"; do
@@ -60,9 +91,12 @@ for arg in "$@"; do
             WEBSOCKIFY_IDLE_SESSIONS=200
             IDLE_HOLD=2
             CODEC=0
+            TUNE_REPS=${TUNE_REPS_QUICK:-1}
+            TUNE_DURATION=1
+            TUNE_WARMUP=0.3
             ;;
         -h | --help)
-            sed -n '2,26p' "$0"
+            awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
             exit 0
             ;;
         *)
@@ -75,13 +109,15 @@ done
 TCP_ECHO_PORT=$((PORT_BASE + 0))
 WS_ECHO_PORT=$((PORT_BASE + 1))
 WS_ECHO_TLS_PORT=$((PORT_BASE + 2))
+FLOOD_PORT=$((PORT_BASE + 3))
 WSGATE_PORT=$((PORT_BASE + 10))
 WSGATE_TLS_PORT=$((PORT_BASE + 11))
 WEBSOCKIFY_PORT=$((PORT_BASE + 20))
 NGINX_PORT=$((PORT_BASE + 30))
 NGINX_TLS_PORT=$((PORT_BASE + 31))
 HAPROXY_PORT=$((PORT_BASE + 40))
-ALL_PORTS="$TCP_ECHO_PORT $WS_ECHO_PORT $WS_ECHO_TLS_PORT $WSGATE_PORT $WSGATE_TLS_PORT $WEBSOCKIFY_PORT $NGINX_PORT $NGINX_TLS_PORT $HAPROXY_PORT"
+HAPROXY_FLOOD_PORT=$((PORT_BASE + 41))
+ALL_PORTS="$TCP_ECHO_PORT $WS_ECHO_PORT $WS_ECHO_TLS_PORT $FLOOD_PORT $WSGATE_PORT $WSGATE_TLS_PORT $WEBSOCKIFY_PORT $NGINX_PORT $NGINX_TLS_PORT $HAPROXY_PORT $HAPROXY_FLOOD_PORT"
 
 RESULTS=$ROOT/bench/results
 RUN=$RESULTS/run-$(date +%Y%m%d-%H%M%S)
@@ -106,6 +142,11 @@ if ! ulimit -n 65536 2>/dev/null; then
 fi
 
 HAPROXY_MAXCONN=$((($(ulimit -n) - 200) / 2))
+# echo64_c1000: 1,000 descriptors in wsload, 2,000 in a proxy.
+if [ "$(ulimit -n)" -lt 2500 ] && [[ " $ROWS " == *" echo64_c1000 "* ]]; then
+    echo "run.sh: open file limit $(ulimit -n) is below 2,500: row echo64_c1000 left out" >&2
+    ROWS=$(echo " $ROWS " | sed -e 's/ echo64_c1000 / /' -e 's/^ *//' -e 's/ *$//')
+fi
 
 # --- tools ---------------------------------------------------------------------------------------
 need_apt=()
@@ -183,7 +224,7 @@ set +e
     echo "websockify $(dpkg-query -W -f '${Version}' websockify 2>/dev/null) (Debian package), $(python3 --version 2>&1)"
     openssl version
     echo "--- settings"
-    echo "reps=$REPS duration=${DURATION}s warmup=${WARMUP}s idle_sessions=$IDLE_SESSIONS websockify_idle_sessions=$WEBSOCKIFY_IDLE_SESSIONS idle_hold=${IDLE_HOLD}s hs_workers=$HS_WORKERS quick=$QUICK"
+    echo "reps=$REPS duration=${DURATION}s warmup=${WARMUP}s idle_sessions=$IDLE_SESSIONS websockify_idle_sessions=$WEBSOCKIFY_IDLE_SESSIONS idle_hold=${IDLE_HOLD}s hs_workers=$HS_WORKERS quick=$QUICK tune=$TUNE tune_reps=$TUNE_REPS tune_duration=${TUNE_DURATION}s"
     echo "ulimit -n: $(ulimit -n)"
     echo "--- busiest processes before the run"
     ps -eo pcpu,pid,comm --sort=-pcpu | head -n 6
@@ -254,25 +295,52 @@ start() {
     wait_port "$port"
 }
 
+# fill TEMPLATE OUT COUNT: a configuration with COUNT workers (wsgate worker_threads, nginx
+# worker_processes, HAProxy nbthread).
 fill() {
     sed -e "s|@RUN@|$RUN|g" -e "s|@CERT@|$CERT|g" -e "s|@KEY@|$KEY|g" \
         -e "s|@TCP_ECHO_PORT@|$TCP_ECHO_PORT|g" -e "s|@WS_ECHO_PORT@|$WS_ECHO_PORT|g" \
         -e "s|@WSGATE_PORT@|$WSGATE_PORT|g" -e "s|@WSGATE_TLS_PORT@|$WSGATE_TLS_PORT|g" \
         -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@NGINX_TLS_PORT@|$NGINX_TLS_PORT|g" \
-        -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" -e "s|@HAPROXY_MAXCONN@|$HAPROXY_MAXCONN|g" "$1" >"$2"
+        -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" -e "s|@HAPROXY_MAXCONN@|$HAPROXY_MAXCONN|g" \
+        -e "s|@FLOOD_PORT@|$FLOOD_PORT|g" -e "s|@HAPROXY_FLOOD_PORT@|$HAPROXY_FLOOD_PORT|g" \
+        -e "s|@WSGATE_WORKERS@|$3|g" -e "s|@NGINX_WORKERS@|$3|g" -e "s|@HAPROXY_NBTHREAD@|$3|g" "$1" >"$2"
 }
-fill bench/wsgate.toml.template "$RUN/wsgate.toml"
-fill bench/nginx.conf.template "$RUN/nginx.conf"
-fill bench/haproxy.cfg.template "$RUN/haproxy.cfg"
-"$BIN/wsgate" check --config "$RUN/wsgate.toml" >/dev/null
-nginx -t -q -e "$RUN/nginx-error.log" -c "$RUN/nginx.conf" -p "$RUN" 2>>"$RUN/nginx-error.log"
-haproxy -c -q -f "$RUN/haproxy.cfg"
+NCPU=$(nproc)
+# Every count a run may use: the candidates, any forced count, and one per CPU (TUNE=0).
+# shellcheck disable=SC2086 # lists of counts, split on purpose
+COUNTS=$(printf '%s\n' $TUNE_CANDIDATES ${WSGATE_WORKERS:-} ${NGINX_WORKERS:-} ${HAPROXY_NBTHREAD:-} "$NCPU" | sort -un)
+for n in $COUNTS; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: worker count '$n' is not a positive integer" >&2; exit 2; }
+    fill bench/wsgate.toml.template "$RUN/wsgate-$n.toml" "$n"
+    fill bench/nginx.conf.template "$RUN/nginx-$n.conf" "$n"
+    fill bench/haproxy.cfg.template "$RUN/haproxy-$n.cfg" "$n"
+    "$BIN/wsgate" check --config "$RUN/wsgate-$n.toml" >/dev/null
+    nginx -t -q -e "$RUN/nginx-error.log" -c "$RUN/nginx-$n.conf" -p "$RUN" 2>>"$RUN/nginx-error.log"
+    haproxy -c -q -f "$RUN/haproxy-$n.cfg"
+done
 
-# start_target TARGET: start the backend and the proxy; sets SERVER_PID (the process tree whose
-# CPU and memory are measured), BACKEND_PID, URL, TLS_URL and EXTRA (wsload options).
+# peer_of TARGET: the tuned program behind a target (none for websockify and direct-*).
+peer_of() {
+    case "$1" in
+        wsgate-raw | wsgate-lp) echo wsgate ;;
+        nginx) echo nginx ;;
+        haproxy) echo haproxy ;;
+        *) echo none ;;
+    esac
+}
+declare -A KNOB=([wsgate]="worker_threads" [nginx]="worker_processes" [haproxy]="nbthread")
+
+# start_target TARGET [COUNT [CLASS]]: start the backend and the proxy (with COUNT workers, default
+# one per CPU); sets SERVER_PID (the process tree whose CPU and memory are measured), BACKEND_PID,
+# URL, TLS_URL, EXTRA (wsload options) and TUNING (a JSON object for the results, or "").
 start_target() {
-    local t=$1
-    SERVER_PID="" BACKEND_PID="" URL="" TLS_URL="" EXTRA=()
+    local t=$1 n=${2:-$NCPU} class=${3:-msg} peer
+    SERVER_PID="" BACKEND_PID="" URL="" TLS_URL="" EXTRA=() TUNING=""
+    peer=$(peer_of "$t")
+    if [ "$peer" != none ]; then
+        TUNING="{\"peer\":\"$peer\",\"setting\":\"${KNOB[$peer]}\",\"value\":$n,\"class\":\"$class\"}"
+    fi
     case "$t" in
         wsgate-raw | wsgate-lp | websockify | haproxy | direct-tcp)
             start tcp_echo "$TCP_ECHO_PORT" "$BIN/examples/tcp_echo" "127.0.0.1:$TCP_ECHO_PORT"
@@ -285,7 +353,7 @@ start_target() {
     esac
     case "$t" in
         wsgate-raw | wsgate-lp)
-            WSGATE_LOG=warn start wsgate "$WSGATE_TLS_PORT" "$BIN/wsgate" --config "$RUN/wsgate.toml"
+            WSGATE_LOG=warn start wsgate "$WSGATE_TLS_PORT" "$BIN/wsgate" --config "$RUN/wsgate-$n.toml"
             SERVER_PID=$LAST_PID
             local path=/raw
             [ "$t" = wsgate-lp ] && path=/lp
@@ -299,13 +367,13 @@ start_target() {
             EXTRA=(--subprotocol binary)
             ;;
         nginx)
-            start nginx "$NGINX_TLS_PORT" nginx -e "$RUN/nginx-error.log" -c "$RUN/nginx.conf" -p "$RUN"
+            start nginx "$NGINX_TLS_PORT" nginx -e "$RUN/nginx-error.log" -c "$RUN/nginx-$n.conf" -p "$RUN"
             SERVER_PID=$LAST_PID
             URL=ws://127.0.0.1:$NGINX_PORT/
             TLS_URL=wss://127.0.0.1:$NGINX_TLS_PORT/
             ;;
         haproxy)
-            start haproxy "$HAPROXY_PORT" haproxy -db -f "$RUN/haproxy.cfg"
+            start haproxy "$HAPROXY_PORT" haproxy -db -f "$RUN/haproxy-$n.cfg"
             SERVER_PID=$LAST_PID
             URL=tcp://127.0.0.1:$HAPROXY_PORT
             ;;
@@ -330,7 +398,10 @@ has_row() {
     case " $ROWS " in *" $row "*) ;; *) return 1 ;; esac
     case "$row" in
         hs_ws) [[ "$t" =~ ^(wsgate-raw|websockify|nginx|direct-ws)$ ]] ;;
-        hs_wss | idle_tls) [[ "$t" =~ ^(wsgate-raw|nginx|direct-ws)$ ]] ;;
+        hs_wss | idle_tls | wss_echo64_c50 | wss_bulk64k_k4) [[ "$t" =~ ^(wsgate-raw|nginx|direct-ws)$ ]] ;;
+        fairness) [[ "$t" =~ ^(wsgate-raw|nginx|haproxy)$ ]] ;;
+        # websockify's select() cannot wait on descriptors >= 1024 (see WEBSOCKIFY_IDLE_SESSIONS).
+        echo64_c1000) [[ "$t" != websockify ]] ;;
         idle_plain) [[ "$t" != wsgate-lp ]] ;;
         *) return 0 ;;
     esac
@@ -364,6 +435,10 @@ run_row() {
         echo64_c10) args=(-c 10 -s 64) ;;
         echo64_c50) args=(-c 50 -s 64) ;;
         echo64_c200) args=(-c 200 -s 64) ;;
+        echo64_c1000) args=(-c 1000 -s 64) ;;
+        wss_echo64_c50) args=(-c 50 -s 64 --insecure); url=$TLS_URL ;;
+        wss_bulk64k_k4) args=(-c 1 -s 64KiB -k 4 --insecure); url=$TLS_URL ;;
+        fairness_alone | fairness_flood) args=(-c "$FAIR_CONNS" -s 64) ;;
         bulk64k_k1) args=(-c 1 -s 64KiB -k 1) ;;
         bulk64k_k4) args=(-c 1 -s 64KiB -k 4) ;;
         hs_ws) args=(--mode handshake -c "$HS_WORKERS") ;;
@@ -390,6 +465,8 @@ run_row() {
         if [ -z "$json" ]; then
             json="{\"label\":\"$t/$row/$rep\",\"errors\":1,\"error_kinds\":[[\"wsload produced no output\",1]]}"
         fi
+        # The worker count the proxy ran with (see the tuning step).
+        [ -n "$TUNING" ] && json="{\"tuning\":$TUNING,${json#\{}"
         other=$(python3 "$ROOT/bench/report.py" --other-cpu "$json")
         if [ -z "$best" ] || awk -v a="$other" -v b="$best_other" 'BEGIN { exit !(a < b) }'; then
             [ -n "$best" ] && echo "$best" >>"$RUN/discarded.jsonl"
@@ -399,35 +476,221 @@ run_row() {
             echo "$json" >>"$RUN/discarded.jsonl"
         fi
         awk -v a="$best_other" -v m="$OTHER_MAX" 'BEGIN { exit !(a <= m) }' && break
-        [[ "$row" == idle_* ]] && break
+        # Idle rows are not repeated; beside a flood, the flooding client and backend are other
+        # processes by design.
+        [[ "$row" == idle_* || "$row" == fairness_flood ]] && break
         log "$t $row rep $rep: $other CPU-s went to other processes; repeating"
     done
     echo "$best" >>"$OUT"
     log "$t $row rep $rep: $(python3 "$ROOT/bench/report.py" --one-line "$best") (other CPU-s $best_other)"
 }
 
-# --- the matrix ----------------------------------------------------------------------------------
-LOAD_ROWS="echo64_c1 echo64_c10 echo64_c50 echo64_c200 bulk64k_k1 bulk64k_k4 hs_ws hs_wss"
-for t in $TARGETS; do
-    start_target "$t"
-    log "$t: server pid(s) $SERVER_PID, backend pid ${BACKEND_PID:--}"
+# --- flooding session (the fairness row) -----------------------------------------------------------
+# flood.py MODE PORT: every connection gets data as fast as it takes it; MODE raw: 64 KiB chunks of
+# bytes (behind wsgate's raw route and HAProxy), ws: answers the WebSocket upgrade, then 16 KiB
+# binary frames (behind nginx).
+cat >"$RUN/flood.py" <<'EOF'
+import base64, hashlib, socket, sys, threading
+mode, port = sys.argv[1], int(sys.argv[2])
+def serve(conn):
+    try:
+        if mode == "ws":
+            head = b""
+            while b"\r\n\r\n" not in head:
+                more = conn.recv(4096)
+                if not more:
+                    return
+                head += more
+            key = b""
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"sec-websocket-key:"):
+                    key = line.split(b":", 1)[1].strip()
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            chunk = b"\x82\x7e\x40\x00" + b"\x5a" * 16384
+        else:
+            chunk = b"\x5a" * 65536
+        while True:
+            conn.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port))
+srv.listen(16)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+EOF
+# slow_client.py MODE PORT PATH SECONDS: opens the flooding session (MODE ws: WebSocket upgrade on
+# PATH; tcp: a plain TCP connection) and reads 16 KiB every 5 ms for SECONDS.
+cat >"$RUN/slow_client.py" <<'EOF'
+import base64, os, socket, sys, time
+mode, port, path, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+s = socket.create_connection(("127.0.0.1", port))
+if mode == "ws":
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+end = time.monotonic() + seconds
+got, report = 0, time.monotonic() + 1
+while time.monotonic() < end:
+    got += len(s.recv(16384))
+    time.sleep(0.005)
+    if time.monotonic() >= report:
+        print(f"{mode} {port}: {got} bytes received", flush=True)
+        report += 1
+s.close()
+EOF
+
+# run_fairness TARGET: with the target started, for every repetition the ping-pong alone, then
+# beside one flooding session.
+run_fairness() {
+    local t=$1 rep mode=raw cmode=ws port=$WSGATE_PORT path=/flood slow
+    case "$t" in
+        nginx) mode=ws port=$NGINX_PORT ;;
+        haproxy) cmode=tcp port=$HAPROXY_FLOOD_PORT path=- ;;
+    esac
+    start flood "$FLOOD_PORT" python3 "$RUN/flood.py" "$mode" "$FLOOD_PORT"
     for rep in $(seq 1 "$REPS"); do
-        for row in $LOAD_ROWS; do
-            has_row "$t" "$row" && run_row "$t" "$row" "$rep"
+        run_row "$t" fairness_alone "$rep"
+        python3 "$RUN/slow_client.py" "$cmode" "$port" "$path" $((${DURATION%.*} + ${WARMUP%.*} + 40)) \
+            >>"$RUN/slow_client.log" 2>&1 &
+        slow=$!
+        STARTED+=("$slow")
+        sleep 1
+        kill -0 "$slow" 2>/dev/null || log "$t fairness rep $rep: the flooding client ended early (see $RUN/slow_client.log)"
+        run_row "$t" fairness_flood "$rep"
+        stop_pid "$slow"
+    done
+}
+
+# --- peer tuning -----------------------------------------------------------------------------------
+# For every tuned peer among TARGETS: the worker count for the message rows (64 B ping-pong, 50
+# connections) and for the handshake rows (hs_ws), from TUNE_REPS alternating probes per
+# candidate, or forced (NGINX_WORKERS, HAPROXY_NBTHREAD, WSGATE_WORKERS), or one per CPU (TUNE=0).
+declare -A FORCED=([wsgate]=${WSGATE_WORKERS:-} [nginx]=${NGINX_WORKERS:-} [haproxy]=${HAPROXY_NBTHREAD:-})
+declare -A FORCED_VAR=([wsgate]=WSGATE_WORKERS [nginx]=NGINX_WORKERS [haproxy]=HAPROXY_NBTHREAD)
+declare -A PROBE_TARGET=([wsgate]=wsgate-raw [nginx]=nginx [haproxy]=haproxy)
+declare -A CHOICE
+TUNE_LOG=$RUN/tuning.jsonl
+: >"$TUNE_LOG"
+PEERS=""
+for t in $TARGETS; do
+    p=$(peer_of "$t")
+    [ "$p" = none ] && continue
+    case " $PEERS " in *" $p "*) ;; *) PEERS="$PEERS $p" ;; esac
+done
+
+# tune_probe PEER CLASS COUNT REP: one short run against the started target, its JSON to tuning.jsonl.
+tune_probe() {
+    local peer=$1 class=$2 n=$3 rep=$4 args json pids=() p
+    for p in $SERVER_PID; do pids+=(--server-pid "$p"); done
+    case "$class" in
+        msg) args=("$URL" -c 50 -s 64) ;;
+        hs) args=("$URL" --mode handshake -c "$HS_WORKERS") ;;
+    esac
+    wait_quiet
+    json=$("$WSLOAD" "${args[@]}" "${EXTRA[@]}" -d "$TUNE_DURATION" --warmup "$TUNE_WARMUP" \
+        --timeout $((${TUNE_DURATION%.*} + 30)) "${pids[@]}" --json --label "tune/$peer/$class/$n/$rep" \
+        2>>"$RUN/wsload.log") || true
+    [ -n "$json" ] || json="{\"label\":\"tune/$peer/$class/$n/$rep\",\"errors\":1}"
+    echo "{\"tune\":{\"peer\":\"$peer\",\"class\":\"$class\",\"value\":$n,\"rep\":$rep},${json#\{}" >>"$TUNE_LOG"
+    log "tuning $peer $class ${KNOB[$peer]} $n rep $rep: $(python3 "$ROOT/bench/report.py" --one-line "$json")"
+}
+
+for p in $PEERS; do
+    if [ -n "${FORCED[$p]}" ]; then
+        echo "{\"fixed\":{\"peer\":\"$p\",\"value\":${FORCED[$p]},\"why\":\"forced (${FORCED_VAR[$p]}=${FORCED[$p]})\"}}" >>"$TUNE_LOG"
+        continue
+    fi
+    if [ "$TUNE" = 0 ]; then
+        echo "{\"fixed\":{\"peer\":\"$p\",\"value\":$NCPU,\"why\":\"TUNE=0: one per CPU\"}}" >>"$TUNE_LOG"
+        continue
+    fi
+    t=${PROBE_TARGET[$p]}
+    for rep in $(seq 1 "$TUNE_REPS"); do
+        # Alternate the order from one repetition to the next, so that a drift of the machine
+        # does not favour one candidate.
+        order=$TUNE_CANDIDATES
+        # shellcheck disable=SC2086
+        [ $((rep % 2)) = 0 ] && order=$(printf '%s\n' $TUNE_CANDIDATES | tac | tr '\n' ' ')
+        for n in $order; do
+            start_target "$t" "$n"
+            tune_probe "$p" msg "$n" "$rep"
+            # HAProxy is driven with tcp://: no handshake rows, its message choice serves all.
+            [ "$p" != haproxy ] && tune_probe "$p" hs "$n" "$rep"
+            stop_all
         done
     done
-    stop_all
+done
+if [ -n "$PEERS" ]; then
+    while read -r p class n; do
+        CHOICE[$p/$class]=$n
+    done < <(python3 "$ROOT/bench/report.py" --tuning "$RUN")
+    log "tuning: $(for k in "${!CHOICE[@]}"; do printf '%s=%s ' "$k" "${CHOICE[$k]}"; done)(RUN/tuning.md)"
+fi
+
+# count_for TARGET CLASS: the worker count the matrix runs TARGET with for rows of CLASS.
+count_for() {
+    local p
+    p=$(peer_of "$1")
+    if [ "$p" = none ]; then echo "$NCPU"; else echo "${CHOICE[$p/$2]:-$NCPU}"; fi
+}
+
+# --- the matrix ----------------------------------------------------------------------------------
+# Rows run against one started server, by class: the message rows with the target's message
+# count, the handshake rows with its handshake count.
+MSG_ROWS="echo64_c1 echo64_c10 echo64_c50 echo64_c200 echo64_c1000 bulk64k_k1 bulk64k_k4 wss_echo64_c50 wss_bulk64k_k4"
+HS_ROWS="hs_ws hs_wss"
+for t in $TARGETS; do
+    for class in msg hs; do
+        rows=$MSG_ROWS
+        [ "$class" = hs ] && rows=$HS_ROWS
+        todo=""
+        for row in $rows; do has_row "$t" "$row" && todo="$todo $row"; done
+        [ -n "$todo" ] || continue
+        n=$(count_for "$t" "$class")
+        start_target "$t" "$n" "$class"
+        p=$(peer_of "$t")
+        what="$class rows"
+        [ "$p" != none ] && what="$what, ${KNOB[$p]} $n"
+        log "$t ($what): server pid(s) $SERVER_PID, backend pid ${BACKEND_PID:--}"
+        for rep in $(seq 1 "$REPS"); do
+            for row in $todo; do run_row "$t" "$row" "$rep"; done
+        done
+        stop_all
+    done
+    if has_row "$t" fairness; then
+        start_target "$t" "$(count_for "$t" msg)" msg
+        run_fairness "$t"
+        stop_all
+    fi
     # Idle sessions: a fresh server for every repetition, so that RSS growth is not hidden by
-    # memory an earlier run left allocated.
+    # memory an earlier run left allocated (the message count of workers).
     for row in idle_plain idle_tls; do
         has_row "$t" "$row" || continue
         for rep in $(seq 1 "$REPS"); do
-            start_target "$t"
+            start_target "$t" "$(count_for "$t" msg)" msg
             run_row "$t" "$row" "$rep"
             stop_all
         done
     done
 done
+
+if [ "$INSTR" = 1 ]; then
+    log "bench/instructions.sh (callgrind)"
+    BUILD=0 bench/instructions.sh >"$RUN/instructions.md" 2>"$RUN/instructions.log" ||
+        log "bench/instructions.sh failed (see $RUN/instructions.log)"
+fi
 
 if [ "$CODEC" = 1 ]; then
     log "codec micro-benchmarks (criterion)"
@@ -436,6 +699,10 @@ fi
 
 log "report"
 # REPORT_BASE: earlier run directories whose results this run completes (its rows replace theirs).
+# DOCS=1 (the default for a full run): also BENCHMARKS.md's generated part and bench/*.svg.
+DOCS=${DOCS:-$((1 - QUICK))}
+docs=()
+[ "$DOCS" = 1 ] && docs=(--docs)
 # shellcheck disable=SC2086
-python3 "$ROOT/bench/report.py" ${REPORT_BASE:-} "$RUN"
+python3 "$ROOT/bench/report.py" "${docs[@]}" ${REPORT_BASE:-} "$RUN"
 log "done in $(($(date +%s) - START_TIME)) s"
