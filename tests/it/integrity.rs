@@ -90,26 +90,48 @@ fn build_traffic(rng: &mut Rng) -> (Vec<u8>, Vec<u8>, usize) {
     (wire, payload, pings)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_messages_arrive_intact_and_in_order_both_ways() {
-    let mut rng = Rng(SEED);
-    let (wire, sent, pings) = build_traffic(&mut rng);
-    let mut rec = backends::recording_echo().await;
-    let gw = TestGateway::start(&format!(
+/// The gateway's configuration: a raw route `/i` to `backend`, then `extra`.
+fn config(backend: &str, extra: &str) -> String {
+    format!(
         r#"
 [[listener]]
 bind = "127.0.0.1:0"
 [[route]]
 path = "/i"
-backend = "{}"
+backend = "{backend}"
 [route.limits]
 # The traffic interleaves a Ping every few messages, sent as fast as the socket takes them.
 control_frames_per_second = 100000
-"#,
-        rec.backend.config_addr()
+{extra}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_messages_arrive_intact_and_in_order_both_ways() {
+    let rec = backends::recording_echo().await;
+    let gw = TestGateway::start(&config(&rec.backend.config_addr(), "")).await;
+    check(gw.addr(), rec).await;
+}
+
+/// The same traffic through the binary, where the session runs on a session thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_messages_arrive_intact_and_in_order_on_a_session_thread() {
+    let rec = backends::recording_echo().await;
+    let gw = support::Gateway::start(&config(
+        &rec.backend.config_addr(),
+        "[runtime]\nsession_threads = 1",
     ))
     .await;
-    let ws = RawWs::connect(gw.addr(), "/i").await;
+    assert_eq!(gw.threads_named("wsgate-session"), 1);
+    check(gw.addr(), rec).await;
+}
+
+/// Send the random traffic through the gateway at `addr` to `rec` and check both directions.
+async fn check(addr: std::net::SocketAddr, mut rec: backends::Recorder) {
+    let mut rng = Rng(SEED);
+    let (wire, sent, pings) = build_traffic(&mut rng);
+    let ws = RawWs::connect(addr, "/i").await;
     let mut conn = rec.accept().await;
     assert!(ws.buf.is_empty());
     let (mut rd, mut wr) = ws.stream.into_split();

@@ -38,6 +38,7 @@ mod protocol_violations;
 mod proxy_protocol;
 mod recording;
 mod reload;
+mod session_threads;
 mod static_files;
 mod status_page;
 mod systemd;

@@ -1,0 +1,177 @@
+//! Session threads (`[runtime] session_threads`): after the 101, a session whose client is plain
+//! TCP and whose backend is a plain TCP or unix socket moves to a session thread's event loop.
+//! These tests see it from outside: the threads by name in /proc, the session thread doing the
+//! work (it blocks in its event loop between messages: its voluntary context switches grow with
+//! the messages), what moves and what does not (TLS), and `session_threads = 0`.
+//!
+//! Everything else a session does (limits, control events under load, close codes, Autobahn) is
+//! tested through the binary elsewhere, and so through the session threads; integrity.rs runs
+//! its random-traffic check on both paths.
+
+use crate::support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Bound on each step of the TLS client.
+const WAIT: Duration = Duration::from_secs(10);
+
+use support::backends;
+use support::frames::{self, RawWs};
+use support::Gateway;
+
+/// Messages of the ping-pong that shows which thread does the work.
+const MESSAGES: usize = 200;
+
+fn config(backend: &str, runtime: &str) -> String {
+    format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/e\"\nbackend = \"{backend}\"\n\n[runtime]\n{runtime}\n"
+    )
+}
+
+/// Voluntary context switches of the gateway's threads named `prefix` (a thread blocking in its
+/// event loop makes one each time).
+fn switches(gw: &Gateway, prefix: &str) -> u64 {
+    let dir = format!("/proc/{}/task", gw.pid());
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {dir}: {e}"))
+        .filter_map(|t| {
+            let path = t.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Send `n` messages one at a time, each answered before the next.
+async fn ping_pong(addr: SocketAddr, n: usize) {
+    let mut ws = RawWs::connect(addr, "/e").await;
+    for i in 0..n {
+        let msg = format!("message {i}");
+        ws.send(&frames::binary(msg.as_bytes())).await;
+        let got = ws.next_frame().await.expect("echo");
+        assert_eq!(got.payload, msg.as_bytes(), "message {i}");
+    }
+    ws.send(&frames::close(Some(1000), "")).await;
+    let close = ws.next_frame().await.expect("close");
+    assert_eq!(close.close_code(), Some(1000));
+}
+
+/// How much the session threads' switches grew over a ping-pong of [`MESSAGES`].
+async fn session_thread_work(gw: &Gateway) -> u64 {
+    let before = switches(gw, "wsgate-session");
+    ping_pong(gw.addr(), MESSAGES).await;
+    switches(gw, "wsgate-session") - before
+}
+
+#[tokio::test]
+async fn plain_tcp_sessions_run_on_the_session_threads() {
+    let echo = backends::echo().await;
+    let gw = Gateway::start(&config(&echo.config_addr(), "session_threads = 2")).await;
+    assert_eq!(gw.threads_named("wsgate-session"), 2);
+    // Each message wakes the session's loop twice (the client's frame, the backend's answer),
+    // and it waits in between: at least one switch per message, with room for batching.
+    let work = session_thread_work(&gw).await;
+    assert!(
+        work >= MESSAGES as u64 / 2,
+        "the session threads switched {work} times over {MESSAGES} messages"
+    );
+}
+
+#[tokio::test]
+async fn unix_socket_backends_run_on_the_session_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let gw = Gateway::start(&config(
+        &format!("unix:{}", path.display()),
+        "session_threads = 1",
+    ))
+    .await;
+    let work = session_thread_work(&gw).await;
+    assert!(
+        work >= MESSAGES as u64 / 2,
+        "the session thread switched {work} times over {MESSAGES} messages"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn zero_session_threads_keep_sessions_on_the_workers() {
+    let echo = backends::echo().await;
+    let gw = Gateway::start(&config(&echo.config_addr(), "session_threads = 0")).await;
+    assert_eq!(gw.threads_named("wsgate-session"), 0);
+    ping_pong(gw.addr(), MESSAGES).await;
+}
+
+#[tokio::test]
+async fn tls_sessions_stay_on_the_workers() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let echo = backends::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = support::write_cert(dir.path());
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\n\n[[route]]\npath = \"/e\"\nbackend = \"{}\"\n\n[runtime]\nsession_threads = 1\n",
+        echo.config_addr()
+    );
+    let gw = Gateway::start_in(dir, &config).await;
+    assert_eq!(gw.threads_named("wsgate-session"), 1);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(client)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .expect("TLS handshake");
+    let url = format!("wss://localhost:{}/e", gw.addr().port());
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, tls))
+        .await
+        .expect("upgrade timed out")
+        .expect("upgrade");
+
+    let before = switches(&gw, "wsgate-session");
+    for i in 0..MESSAGES {
+        let msg = format!("message {i}").into_bytes();
+        ws.send(Message::binary(msg.clone())).await.unwrap();
+        let got = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("echo timed out")
+            .expect("echo")
+            .expect("echo");
+        assert_eq!(got, Message::binary(msg), "message {i}");
+    }
+    // The idle session thread does not wake: the TLS session's messages went elsewhere.
+    let work = switches(&gw, "wsgate-session") - before;
+    assert!(
+        work < MESSAGES as u64 / 4,
+        "the session thread switched {work} times over {MESSAGES} TLS messages"
+    );
+    ws.close(None).await.unwrap();
+}
