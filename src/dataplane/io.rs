@@ -43,10 +43,12 @@ pub(crate) struct Source {
 
 impl Source {
     pub(super) fn new(fd: OwnedFd) -> Source {
-        // Unknown until the first call: try it.
+        // Readable: told by the event the registration brings when bytes are already queued
+        // (epoll reports the state at registration), so that a session that starts idle never
+        // allocates a read buffer. Writable: assumed (a fresh connection has room), tried.
         Source {
             fd,
-            readable: AtomicBool::new(true),
+            readable: AtomicBool::new(false),
             writable: AtomicBool::new(true),
             read_waker: Mutex::new(None),
             write_waker: Mutex::new(None),
