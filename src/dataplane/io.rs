@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use bytes::BytesMut;
 use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -22,6 +23,8 @@ use crate::pump::ReadReady;
 
 /// How much one read asks for (the pump's own read size).
 const READ_BYTES: usize = 64 * 1024;
+/// Room made for a read into a full buffer (as tokio's `read_buf` does).
+const MIN_READ_BYTES: usize = 64;
 
 /// One socket (TCP or unix stream) registered with a loop.
 pub(crate) struct Source {
@@ -129,27 +132,25 @@ pub(crate) struct LoopWrite {
     shut: bool,
 }
 
-impl AsyncRead for LoopRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl LoopRead {
+    /// One read: `recv` fills up to `want` bytes through `fill` (which returns how many came).
+    /// Readiness is waited for first and cleared by an empty queue (see the module doc).
+    fn poll_recv(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let s = &this.source;
+        want: usize,
+        mut fill: impl FnMut(&OwnedFd) -> rustix::io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let s = &self.source;
         loop {
-            std::task::ready!(poll_flag(&s.readable, &s.read_waker, &mut this.waker, cx));
-            let want = buf.remaining().min(READ_BYTES);
-            if want == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            match recv_into(&s.fd, buf, want) {
+            std::task::ready!(poll_flag(&s.readable, &s.read_waker, &mut self.waker, cx));
+            match fill(&s.fd) {
                 Ok(n) => {
                     if n > 0 && n < want {
                         // The queue is empty now (see the module doc).
                         s.readable.store(false, Ordering::Release);
                     }
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(n));
                 }
                 Err(e) if would_block(e) => s.readable.store(false, Ordering::Release),
                 Err(e) if e == rustix::io::Errno::INTR => {}
@@ -159,25 +160,44 @@ impl AsyncRead for LoopRead {
     }
 }
 
-/// Receive at most `want` bytes straight into the unfilled part of `buf`; how many came.
+/// For readers other than the pump's (which reads through [`ReadReady::poll_read_bytes`]):
+/// received into the initialised part of the caller's buffer.
+impl AsyncRead for LoopRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let want = buf.remaining().min(READ_BYTES);
+        if want == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let n = std::task::ready!(self.get_mut().poll_recv(cx, want, |fd| {
+            let room = buf.initialize_unfilled_to(want);
+            rustix::net::recv(fd, room, RecvFlags::empty()).map(|(n, _)| n)
+        }))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Receive at most `want` bytes straight into the spare capacity of `buf` (appended); how many
+/// came.
 ///
-/// The crate's one exception to `unsafe_code = "deny"`: the unfilled part of a `ReadBuf` may be
-/// uninitialised memory, which only `unsafe` can hand to the kernel. Without it every read was
-/// received into an initialised buffer and copied: two more copies of each message's bytes
-/// (measured: 155 k -> 283 k instructions per 64 KiB message through a session thread,
-/// BENCHMARKS.md). Two calls, each with the invariant it relies on.
+/// The crate's one exception to `unsafe_code = "deny"`: the spare capacity is uninitialised
+/// memory; the kernel may write it (rustix takes it as such), but only `unsafe` can then tell
+/// the buffer those bytes are there. Without it, every read went through an initialised buffer
+/// and a copy: two more copies of each message's bytes (measured with bench/instructions.sh:
+/// 283 k against 150 k instructions per 64 KiB message through a session thread).
 #[allow(unsafe_code)]
-fn recv_into(fd: &OwnedFd, buf: &mut ReadBuf<'_>, want: usize) -> rustix::io::Result<usize> {
-    // SAFETY: the slice is only written: rustix passes it to recv(2), which stores bytes and never
-    // reads the buffer, and de-initialises nothing (`unfilled_mut`'s contract).
-    let unfilled = unsafe { buf.unfilled_mut() };
-    let len = unfilled.len().min(want);
-    let ((received, _), _) = rustix::net::recv(fd, &mut unfilled[..len], RecvFlags::empty())?;
+fn recv_into(fd: &OwnedFd, buf: &mut BytesMut, want: usize) -> rustix::io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(want);
+    let ((received, _), _) = rustix::net::recv(fd, &mut spare[..len], RecvFlags::empty())?;
     let n = received.len();
-    // SAFETY: recv(2) initialised exactly the first `n` bytes of the unfilled part (`received` is
-    // that prefix, as rustix returns it).
-    unsafe { buf.assume_init(n) };
-    buf.advance(n);
+    // SAFETY: recv(2) initialised the first `n` bytes of the spare capacity (`received` is that
+    // prefix, as rustix returns it), and `n` is at most the spare capacity's length.
+    unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
 
@@ -187,6 +207,18 @@ impl ReadReady for LoopRead {
             let s = &self.source;
             poll_flag(&s.readable, &s.read_waker, &mut self.waker, cx).map(Ok)
         })
+    }
+
+    fn poll_read_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        if buf.capacity() == buf.len() {
+            buf.reserve(MIN_READ_BYTES);
+        }
+        let want = (buf.capacity() - buf.len()).min(READ_BYTES);
+        self.poll_recv(cx, want, |fd| recv_into(fd, buf, want))
     }
 }
 

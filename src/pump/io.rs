@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES, READ_CHUNK_BYTES};
 use crate::ws;
@@ -19,6 +19,21 @@ pub trait ReadReady: AsyncRead + Unpin {
     fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
         std::future::ready(Ok(()))
     }
+
+    /// Read into `buf`'s spare capacity (appended): how many bytes came, 0 at the end of the
+    /// stream. The pump reads through this; a transport may read without tokio's `ReadBuf`.
+    fn poll_read_bytes(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+    }
+}
+
+/// Read once into `buf` (see [`ReadReady::poll_read_bytes`]).
+pub(super) async fn read_bytes<R: ReadReady>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| r.poll_read_bytes(cx, buf)).await
 }
 
 impl ReadReady for tokio::net::tcp::OwnedReadHalf {
@@ -63,7 +78,7 @@ pub(super) async fn read_more<R: ReadReady>(
             }
             tokio::select! {
                 biased;
-                read = r.read_buf(buf) => return read,
+                read = read_bytes(r, buf) => return read,
                 _ = release.as_mut() => {}
             }
         } else {
@@ -89,7 +104,7 @@ pub(super) async fn read_more<R: ReadReady>(
     if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
         buf.reserve(READ_CHUNK_BYTES);
     }
-    r.read_buf(buf).await
+    read_bytes(r, buf).await
 }
 
 /// Try one flush without waiting: `Pending` when the transport still holds bytes the socket has

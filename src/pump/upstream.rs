@@ -7,11 +7,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::Notified;
 
 use super::gate::Gate;
-use super::io::{flush_now, read_more, write_now, write_or_flush, ReadReady};
+use super::io::{flush_now, read_bytes, read_more, write_now, write_or_flush, ReadReady};
 use super::Extras;
 use super::{
     Shared, Traffic, BUFFER_RELEASE, DISCARD_CHUNK_BYTES, FLUSH_THRESHOLD_BYTES,
@@ -425,7 +425,7 @@ where
                 buf.reserve(DISCARD_CHUNK_BYTES);
             }
             tokio::select! {
-                r = self.client.read_buf(buf) => match r {
+                r = read_bytes(&mut self.client, buf) => match r {
                     Ok(n) if n > 0 => {}
                     _ => return,
                 },
