@@ -225,6 +225,7 @@ impl EventLoop {
         let id = Arc::as_ptr(&self.shared) as usize;
         LOCAL.with(|l| l.borrow_mut().0 = id);
         let mut events = Events::with_capacity(256);
+        crate::pump::clock::start_pass();
         loop {
             if self.shared.has_inbox.swap(false, Ordering::AcqRel) {
                 self.take_inbox();
@@ -239,7 +240,9 @@ impl EventLoop {
             } else {
                 Some(std::time::Duration::ZERO)
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let waited = self.poll.poll(&mut events, timeout);
+            crate::pump::clock::start_pass();
+            if let Err(e) = waited {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }

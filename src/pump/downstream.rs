@@ -10,7 +10,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::gate::Gate;
-use super::io::{read_more, Output, ReadReady};
+use super::io::{read_more, Output, ReadReady, Release};
 use super::keepalive::{Due, Keepalive};
 use super::Extras;
 use super::{far_future, Shared, Traffic, BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES};
@@ -136,6 +136,7 @@ where
         let mut keepalive = Keepalive::new(limits.ping_interval, limits.pong_timeout);
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);
+        let mut release = Release::new(release);
         // One timer for every deadline of this half (idle, keepalive, credential expiry, backend
         // drain, write stall). It is re-armed when it fires or when an earlier deadline appears,
         // never per message.

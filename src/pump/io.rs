@@ -9,6 +9,7 @@ use std::task::Poll;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::gate::Gate;
 use super::{BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES, READ_CHUNK_BYTES};
 use crate::ws;
 
@@ -65,7 +66,7 @@ impl<T: AsyncRead + Send> ReadReady for tokio::io::ReadHalf<T> {}
 pub(super) async fn read_more<R: ReadReady>(
     r: &mut R,
     buf: &mut BytesMut,
-    release: &mut Pin<&mut tokio::time::Sleep>,
+    release: &mut Release<'_>,
     mut on_release: impl FnMut() -> bool,
 ) -> io::Result<usize> {
     let mut ticking = true;
@@ -79,7 +80,7 @@ pub(super) async fn read_more<R: ReadReady>(
             tokio::select! {
                 biased;
                 read = read_bytes(r, buf) => return read,
-                _ = release.as_mut() => {}
+                () = std::future::poll_fn(|cx| release.poll(cx)) => {}
             }
         } else {
             tokio::select! {
@@ -88,15 +89,13 @@ pub(super) async fn read_more<R: ReadReady>(
                     ready?;
                     break;
                 }
-                _ = release.as_mut() => {}
+                () = std::future::poll_fn(|cx| release.poll(cx)) => {}
             }
         }
         // The release timer fired.
         *buf = BytesMut::new();
         ticking = on_release();
-        release
-            .as_mut()
-            .reset(tokio::time::Instant::now() + BUFFER_RELEASE);
+        release.reset(tokio::time::Instant::now() + BUFFER_RELEASE);
     }
     if buf.capacity() == 0 {
         r.ready().await?;
@@ -105,6 +104,32 @@ pub(super) async fn read_more<R: ReadReady>(
         buf.reserve(READ_CHUNK_BYTES);
     }
     read_bytes(r, buf).await
+}
+
+/// A half's idle-buffer release timer ([`read_more`]), polled only after its own waker fired (a
+/// [`Gate`]): a read that waits does not poll (and re-register) the timer every time.
+pub(super) struct Release<'a> {
+    sleep: Pin<&'a mut tokio::time::Sleep>,
+    gate: Gate,
+}
+
+impl<'a> Release<'a> {
+    pub(super) fn new(sleep: Pin<&'a mut tokio::time::Sleep>) -> Release<'a> {
+        Release {
+            sleep,
+            gate: Gate::new(),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let sleep = &mut self.sleep;
+        self.gate.poll(cx, |cx| sleep.as_mut().poll(cx))
+    }
+
+    fn reset(&mut self, at: tokio::time::Instant) {
+        self.sleep.as_mut().reset(at);
+        self.gate.open();
+    }
 }
 
 /// Try one flush without waiting: `Pending` when the transport still holds bytes the socket has

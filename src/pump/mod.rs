@@ -38,6 +38,7 @@
 //! | `up_done`              | upstream   | downstream | upstream returned (closing handshake waits)  |
 //! | `stop_up`              | downstream | upstream   | the session is over: upstream must return    |
 
+pub(crate) mod clock;
 mod downstream;
 mod gate;
 mod io;
@@ -272,6 +273,8 @@ struct Shared {
     /// Wakes upstream: something in `ctl` changed.
     to_up: Notify,
     started: Instant,
+    /// On a session thread: the loop's clock ([`clock`]) at `started`, in milliseconds.
+    started_pass_ms: Option<u64>,
     /// Milliseconds since `started` of the last traffic: data either way, or a client Ping.
     /// Keepalive Pongs do not count, so an idle session still times out.
     last_activity_ms: AtomicU64,
@@ -286,6 +289,8 @@ impl Shared {
             to_down: Notify::new(),
             to_up: Notify::new(),
             started,
+            // Read where the session is created: its future is built on the thread it runs on.
+            started_pass_ms: clock::pass_ms(),
             last_activity_ms: AtomicU64::new(0),
             last_client_read_ms: AtomicU64::new(0),
         }
@@ -309,6 +314,9 @@ impl Shared {
     }
 
     fn now_ms(&self) -> u64 {
+        if let (Some(start), Some(now)) = (self.started_pass_ms, clock::pass_ms()) {
+            return now.saturating_sub(start);
+        }
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::Notified;
 
 use super::gate::Gate;
-use super::io::{flush_now, read_bytes, read_more, write_now, write_or_flush, ReadReady};
+use super::io::{flush_now, read_bytes, read_more, write_now, write_or_flush, ReadReady, Release};
 use super::Extras;
 use super::{
     Shared, Traffic, BUFFER_RELEASE, DISCARD_CHUNK_BYTES, FLUSH_THRESHOLD_BYTES,
@@ -149,6 +149,7 @@ where
         let mut forward = true;
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);
+        let mut release = Release::new(release);
         // Kept across iterations (a fresh one per loop would register a waiter per message).
         let shared = self.shared;
         let notified = shared.to_up.notified();
