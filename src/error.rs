@@ -143,6 +143,9 @@ impl Close {
     }
 }
 
+/// Why a session that outlived `shutdown_grace` ended (its connections were cut).
+pub(crate) const CUT_AT_GRACE: &str = "cut at shutdown_grace";
+
 /// How a session ended, as the access line and the metrics tell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {

@@ -55,6 +55,8 @@ enum DownEnd {
     Fail(Close),
     /// The client connection is unusable; nothing can be sent. The reason is logged.
     Abort(&'static str),
+    /// The gateway's `shutdown_grace` passed: the connections are cut, nothing more is sent.
+    Cut,
 }
 
 const CLIENT_GONE: &str = "client connection lost without a Close";
@@ -98,17 +100,36 @@ where
     pub(super) async fn run(
         mut self,
         shutdown: (CancellationToken, Close),
-        kill: &CancellationToken,
+        (kill, cut): (&CancellationToken, Option<&CancellationToken>),
         expires: Option<tokio::time::Instant>,
     ) -> SessionEnd {
-        let end = self.pump(shutdown, kill, expires).await;
-        match self.finish(end).await {
-            Some(close) => SessionEnd::Closed(close),
-            // Every way of ending without a Close is the client connection failing.
-            None => SessionEnd::Cut {
+        let end = self.pump(shutdown, (kill, cut), expires).await;
+        let by_gateway = matches!(end, DownEnd::Cut);
+        // The cut also ends a closing handshake in progress.
+        let finished = match cut.filter(|_| !by_gateway) {
+            Some(cut) => tokio::select! {
+                biased;
+                () = cut.cancelled() => None,
+                sent = self.finish(end) => Some(sent),
+            },
+            None => Some(self.finish(end).await),
+        };
+        match finished {
+            Some(Some(close)) => SessionEnd::Closed(close),
+            Some(None) if !by_gateway => SessionEnd::Cut {
+                // Every other way of ending without a Close is the client connection failing.
                 reason: self.cut.unwrap_or(CLIENT_GONE),
                 by: Side::Client,
             },
+            cut_short => {
+                if cut_short.is_none() {
+                    self.shared.tell_up(|c| c.stop_up = true);
+                }
+                SessionEnd::Cut {
+                    reason: crate::error::CUT_AT_GRACE,
+                    by: Side::Gateway,
+                }
+            }
         }
     }
 
@@ -117,15 +138,17 @@ where
     /// Reading the backend, writing the client and every control event (shutdown, operator
     /// close, credential expiry, the client's Close, the close, idle, keepalive and write
     /// deadlines) are branches of one `select!`. Control is also checked at the top of every
-    /// pass, with plain loads (the tokens' state, whether the deadline timer has fired), so that
-    /// a backend that always has data ready or a client that reads slowly never keeps an event
-    /// from being seen, without polling every control future on every message: those futures
-    /// are polled only after one of them woke the task (a [`Gate`]). The backend is
-    /// read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for the client (backpressure).
+    /// pass after one of the control futures fired (the tokens' state, whether the deadline timer
+    /// has fired), so that a backend that always has data ready or a client that reads slowly
+    /// never keeps an event from being seen, without polling every control future on every
+    /// message: those futures are polled only after one of them woke the task (a [`Gate`]),
+    /// and first. The backend is read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for
+    /// the client (backpressure). `cut`: the gateway's `shutdown_grace` cut, when the session
+    /// is not dropped at it by its caller (on a session thread).
     async fn pump(
         &mut self,
         (shutdown, drain_close): (CancellationToken, Close),
-        kill: &CancellationToken,
+        (kill, cut): (&CancellationToken, Option<&CancellationToken>),
         expires: Option<tokio::time::Instant>,
     ) -> DownEnd {
         let limits = self.route.limits;
@@ -153,22 +176,36 @@ where
         tokio::pin!(shutdown_wait);
         let kill_wait = kill.cancelled();
         tokio::pin!(kill_wait);
-        // The four futures above are polled only when one of them woke the task.
+        let cut_wait = async {
+            match cut {
+                Some(cut) => cut.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cut_wait);
+        // The five futures above are polled only when one of them woke the task.
         let mut control = Gate::new();
+        // The tokens are looked at (each a lock) only when a control future fired since.
+        let mut control_fired = true;
         loop {
             // Write what is queued as far as the socket takes it now; only a full socket waits.
             if let Err(why) = self.write_now().await {
                 return DownEnd::Abort(why);
             }
-            let answering = answer.map(|(code, _)| DownEnd::Answer {
-                code,
-                drop_queued: true,
-            });
-            if shutdown.is_cancelled() {
-                return answering.unwrap_or(DownEnd::Interrupt(drain_close));
-            }
-            if kill.is_cancelled() {
-                return answering.unwrap_or(DownEnd::Interrupt(Close::OPERATOR));
+            if std::mem::take(&mut control_fired) {
+                if cut.is_some_and(CancellationToken::is_cancelled) {
+                    return DownEnd::Cut;
+                }
+                let answering = answer.map(|(code, _)| DownEnd::Answer {
+                    code,
+                    drop_queued: true,
+                });
+                if shutdown.is_cancelled() {
+                    return answering.unwrap_or(DownEnd::Interrupt(drain_close));
+                }
+                if kill.is_cancelled() {
+                    return answering.unwrap_or(DownEnd::Interrupt(Close::OPERATOR));
+                }
             }
             let elapsed = housekeeping.is_elapsed();
             if elapsed {
@@ -204,9 +241,11 @@ where
                         housekeeping.as_mut().poll(cx).is_ready(),
                         shutdown_wait.as_mut().poll(cx).is_ready(),
                         kill_wait.as_mut().poll(cx).is_ready(),
+                        cut_wait.as_mut().poll(cx).is_ready(),
                     ];
                     if fired.contains(&true) { Poll::Ready(false) } else { Poll::Pending }
                 })) => {
+                    control_fired = true;
                     if !told {
                         continue;
                     }
@@ -393,6 +432,7 @@ where
                 self.cut = Some(why);
                 None
             }
+            DownEnd::Cut => None,
             DownEnd::Answer { code, drop_queued } => {
                 if drop_queued {
                     self.out.drop_unstarted();

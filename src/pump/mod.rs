@@ -171,7 +171,9 @@ pub struct Outcome {
     pub duration: Duration,
 }
 
-/// Run a session to its end. `shutdown` asks for a Close with `info.drain_code` (1001 or 1012).
+/// Run a session to its end. `shutdown` asks for a Close with `info.drain_code` (1001 or 1012);
+/// `cut`, when given, ends it at once without a Close (the gateway's `shutdown_grace` passed; a
+/// caller that drops the session at the cut itself passes `None`).
 ///
 /// `client` and `backend` are the read and write halves of each connection (owned halves where
 /// the transport has them, so the two directions never contend for a lock). `preread` holds
@@ -181,7 +183,7 @@ pub async fn run<CR, CW, BR, BW>(
     client: (CR, CW),
     preread: &[u8],
     backend: (BR, BW),
-    shutdown: CancellationToken,
+    (shutdown, cut): (CancellationToken, Option<&CancellationToken>),
 ) -> Outcome
 where
     CR: ReadReady + Send,
@@ -233,7 +235,7 @@ where
     let up = std::pin::pin!(up.run(limits, preread));
     let down = std::pin::pin!(down.run(
         (shutdown, Close::draining(info.drain_code)),
-        &info.kill,
+        (&info.kill, cut),
         expires
     ));
     let ((), end) = tokio::join!(Gated::new(up), Gated::new(down));

@@ -315,10 +315,18 @@ impl ClientIo {
             (client, backend, _) => (client, backend),
         };
         match client {
-            ClientIo::Tcp(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
-            ClientIo::Tls(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
-            ClientIo::Other(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
-            ClientIo::Fallback(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
+            ClientIo::Tcp(r, w) => {
+                pump::run(info, (r, w), preread, backend, (shutdown, None)).await
+            }
+            ClientIo::Tls(r, w) => {
+                pump::run(info, (r, w), preread, backend, (shutdown, None)).await
+            }
+            ClientIo::Other(r, w) => {
+                pump::run(info, (r, w), preread, backend, (shutdown, None)).await
+            }
+            ClientIo::Fallback(r, w) => {
+                pump::run(info, (r, w), preread, backend, (shutdown, None)).await
+            }
         }
     }
 }
@@ -344,8 +352,8 @@ fn loop_fds(
     Ok((client.into(), backend))
 }
 
-/// Run the pump on a session thread; its outcome comes back on the channel (closed without one
-/// when the gateway's cut ended it, or it failed).
+/// Run the pump on a session thread, the gateway's cut included; its outcome comes back on the
+/// channel (closed without one if the session panicked).
 fn on_session_thread(
     plane: &crate::dataplane::DataPlane,
     info: &SessionInfo,
@@ -358,16 +366,9 @@ fn on_session_thread(
     let preread = preread.to_vec();
     let cut = cut.clone();
     plane.spawn(client, backend, move |(client, backend)| async move {
-        let run = pump::run(&info, client, &preread, backend, shutdown);
-        // The cut is polled only when the token wakes it, not at every wake-up of the session.
-        let cut = std::pin::pin!(cut.cancelled());
-        tokio::select! {
-            biased;
-            outcome = run => {
-                let _ = tx.send(outcome);
-            }
-            () = pump::Gated::new(cut) => {}
-        }
+        // The session itself ends at the cut (the caller's wait for it ends there too).
+        let outcome = pump::run(&info, client, &preread, backend, (shutdown, Some(&cut))).await;
+        let _ = tx.send(outcome);
     });
     Some(rx)
 }
