@@ -62,8 +62,9 @@ impl Registry {
         self.lock().insert(id, session);
     }
 
-    pub fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+    /// Take session `id` out: its entry, whose names the session's access line reuses.
+    pub fn remove(&self, id: u64) -> Option<LiveSession> {
+        self.lock().remove(&id)
     }
 
     /// The open sessions, locked while the guard lives (keep it short).

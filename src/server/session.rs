@@ -47,7 +47,10 @@ pub(super) const CUT_AT_GRACE: &str = "cut at shutdown_grace";
 /// The session: take the connection from hyper (the 101 is written), then register, pump,
 /// account, log. Everything a session keeps while it runs is in this future, so it is kept small
 /// (large values are never held across an `await`).
-pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
+///
+/// The session comes boxed: an async function keeps its arguments for its whole life, beside
+/// the locals they are moved into.
+pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) {
     let PendingSession {
         info,
         client,
@@ -58,7 +61,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         shutdown,
         http_version,
         stream,
-    } = pending;
+    } = *pending;
     let (client, preread, fallback) = match client {
         ClientSide::Upgrade(on_upgrade) => match on_upgrade.await {
             Ok(upgraded) => {
@@ -81,6 +84,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     };
     gw.metrics.sessions_open.get_or_create(&route_label).inc();
     gw.metrics.sessions_total.get_or_create(&route_label).inc();
+    drop(route_label);
     gw.metrics
         .sessions_by_version
         .get_or_create(&crate::metrics::VersionLabel {
@@ -88,6 +92,16 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             http_version,
         })
         .inc();
+    {
+        let subject = info.subject.as_deref().unwrap_or("-");
+        let token_hash = token_hash.as_deref().unwrap_or("-");
+        let fallback_id = fallback.as_ref().map(|s| s.id.as_str());
+        let compression = compression(&info);
+        info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, compression, fallback_id, "session open");
+    }
+    // What the session keeps while it runs is in the registry entry (the backend's name is taken
+    // back from it for the access line) or in `info`; the rest is freed before the pump starts.
+    drop(token_hash);
     gw.registry.insert(
         info.id,
         LiveSession {
@@ -95,21 +109,12 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             client: info.client,
             subject: info.subject.clone(),
             started: SystemTime::now(),
-            backend: backend_name.clone(),
+            backend: backend_name,
             stats: info.stats.clone(),
             kill: info.kill.clone(),
             drain: shutdown.clone(),
         },
     );
-    let subject = info.subject.as_deref().unwrap_or("-");
-    let compression = if info.deflate.is_some() {
-        "permessage-deflate"
-    } else {
-        "-"
-    };
-    let token_hash = token_hash.as_deref().unwrap_or("-");
-    let fallback_id = fallback.as_ref().map(|s| s.id.as_str());
-    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, compression, fallback_id, "session open");
 
     // The pump future is built in place inside the select (never bound to a local first and
     // moved): a moved future would take its size twice in this one.
@@ -146,7 +151,13 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         })
         .inc();
 
-    gw.registry.remove(info.id);
+    let backend_name = gw
+        .registry
+        .remove(info.id)
+        .map_or_else(String::new, |live| live.backend);
+    let route_label = RouteLabel {
+        route: info.route.path.clone(),
+    };
     gw.metrics.sessions_open.get_or_create(&route_label).dec();
     gw.metrics
         .session_seconds
@@ -188,6 +199,8 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             })
             .inc();
     }
+    let subject = info.subject.as_deref().unwrap_or("-");
+    let compression = compression(&info);
     info!(
         target: "wsgate::access",
         session = info.id,
@@ -220,6 +233,15 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             }
         })
         .await;
+    }
+}
+
+/// The session's compression, as the log lines name it.
+fn compression(info: &SessionInfo) -> &'static str {
+    if info.deflate.is_some() {
+        "permessage-deflate"
+    } else {
+        "-"
     }
 }
 
