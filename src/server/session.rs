@@ -1,12 +1,16 @@
 //! A session after the 101: take the connection from hyper, register it (admin `/sessions`),
 //! run the pump, release its claims, count it in the metrics and write its access line.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +22,7 @@ use super::{ConnGuard, Gateway};
 use crate::error::{Close, SessionEnd, Side};
 use crate::fallback::Transport;
 use crate::metrics::{CloseLabel, RouteLabel};
-use crate::pump::{self, SessionInfo};
+use crate::pump::{self, ReadReady, SessionInfo};
 use crate::registry::LiveSession;
 use crate::ws::CloseCode;
 
@@ -254,8 +258,8 @@ pub(super) type TlsClient = tokio_rustls::server::TlsStream<TcpStream>;
 pub(super) enum ClientIo {
     /// Plain TCP: owned halves, no lock between the directions.
     Tcp(OwnedReadHalf, OwnedWriteHalf),
-    /// TLS: the stream itself (not hyper's boxed wrapper) behind tokio's split.
-    Tls(ReadHalf<TlsClient>, WriteHalf<TlsClient>),
+    /// TLS: the stream itself (not hyper's boxed wrapper), shared by the two halves.
+    Tls(TlsHalf, TlsHalf),
     /// Any other transport hyper hands back.
     Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
     /// The fallback transport's adapter, on the other end of an in-process pipe.
@@ -277,8 +281,9 @@ impl ClientIo {
         };
         match upgraded.downcast::<TokioIo<TlsClient>>() {
             Ok(parts) => {
-                let (r, w) = tokio::io::split(parts.io.into_inner());
-                (ClientIo::Tls(r, w), parts.read_buf.to_vec())
+                let tls = Arc::new(Mutex::new(parts.io.into_inner()));
+                let client = ClientIo::Tls(TlsHalf(tls.clone()), TlsHalf(tls));
+                (client, parts.read_buf.to_vec())
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
@@ -302,5 +307,73 @@ impl ClientIo {
             ClientIo::Other(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
             ClientIo::Fallback(r, w) => pump::run(info, (r, w), preread, backend, shutdown).await,
         }
+    }
+}
+
+/// One half of a TLS client connection; both halves share the stream.
+///
+/// Unlike tokio's `split`, the read half can tell when a read would make progress (plaintext
+/// rustls already decrypted, or bytes on the socket), so an idle TLS session waits for its
+/// client without holding a read buffer, like a plain one.
+pub(super) struct TlsHalf(Arc<Mutex<TlsClient>>);
+
+impl TlsHalf {
+    fn lock(&self) -> MutexGuard<'_, TlsClient> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ReadReady for TlsHalf {
+    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::poll_fn(|cx| {
+            let stream = self.lock();
+            let (tcp, tls) = stream.get_ref();
+            // rustls wants no more bytes when it holds plaintext (or the client's close_notify)
+            // for the next read; otherwise the socket tells.
+            if !tls.wants_read() {
+                return Poll::Ready(Ok(()));
+            }
+            tcp.poll_read_ready(cx)
+        })
+    }
+}
+
+impl AsyncRead for TlsHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_shutdown(cx)
     }
 }
