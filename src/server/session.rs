@@ -65,7 +65,12 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         shutdown,
         http_version,
         stream,
-    } = *pending;
+    } = {
+        // Moved out in a scope of its own, so that the box is freed now rather than when the
+        // session ends.
+        let pending = pending;
+        *pending
+    };
     let (client, preread, fallback) = match client {
         ClientSide::Upgrade(on_upgrade) => match on_upgrade.await {
             Ok(upgraded) => {
