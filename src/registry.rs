@@ -50,7 +50,9 @@ pub struct ConfigInfo {
 /// Open sessions by id, readiness, and the configuration generation in force.
 #[derive(Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<u64, LiveSession>>,
+    /// Boxed: a table sized for thousands of sessions keeps room for more than it holds, and an
+    /// empty slot then costs a pointer, not a whole entry.
+    sessions: Mutex<HashMap<u64, Box<LiveSession>>>,
     /// False before the listeners are bound and while draining.
     ready: AtomicBool,
     /// `None` until the first configuration is applied.
@@ -59,15 +61,16 @@ pub struct Registry {
 
 impl Registry {
     pub fn insert(&self, id: u64, session: LiveSession) {
-        self.lock().insert(id, session);
+        self.lock().insert(id, Box::new(session));
     }
 
-    pub fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+    /// Take session `id` out: its entry, whose names the session's access line reuses.
+    pub fn remove(&self, id: u64) -> Option<LiveSession> {
+        self.lock().remove(&id).map(|s| *s)
     }
 
     /// The open sessions, locked while the guard lives (keep it short).
-    pub fn sessions(&self) -> MutexGuard<'_, HashMap<u64, LiveSession>> {
+    pub fn sessions(&self) -> MutexGuard<'_, HashMap<u64, Box<LiveSession>>> {
         self.lock()
     }
 
@@ -136,7 +139,7 @@ impl Registry {
             .clone()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, LiveSession>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Box<LiveSession>>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -42,7 +42,7 @@ pub use systemd::ActivationError;
 pub use upgrade::UpgradeError;
 
 use reload::{forward_sighup, reconfigure};
-use request::{http_phase, Conn, UpgradeSlot};
+use request::{http_phase, Conn, PendingSession, UpgradeSlot};
 use router::SessionCounts;
 use router::State;
 use session::run_session;
@@ -902,16 +902,41 @@ struct ConnStart {
     forwarded: Option<(ForwardedHeader, Arc<Trusted>)>,
 }
 
-/// A TCP client connection: its local address, and on an `accept_plain` listener whether it
-/// speaks TLS, told by its first byte (peeked, not read, within `handshake_timeout`).
-async fn tcp_connection(
+/// A TCP client connection, from accept to close: what comes before HTTP ([`tcp_start`]), then
+/// [`connection`].
+///
+/// The future is the task's whole state for the life of the connection, so it is kept small:
+/// each phase is boxed and freed when it ends (what comes before HTTP: the PROXY header's peek
+/// window and the timers of the peeks). This is a plain function that boxes the first phase at
+/// once, because an `async fn` would keep its arguments for its whole life.
+fn tcp_connection(
+    gw: Arc<Gateway>,
+    tcp: TcpStream,
+    addrs: (SocketAddr, Option<SocketAddr>),
+    listener: (usize, Arc<str>),
+    guard: ConnGuard,
+    refused: Option<&'static str>,
+) -> impl Future<Output = ()> + Send {
+    let start = Box::pin(tcp_start(gw, tcp, addrs, listener, guard, refused));
+    async move {
+        if let Some(connection) = start.await {
+            connection.await;
+        }
+    }
+}
+
+/// What comes before HTTP on a TCP connection: its local address, the PROXY header (on a
+/// `proxy_protocol` listener), and on an `accept_plain` listener whether it speaks TLS, told by
+/// its first byte (peeked, not read, within `handshake_timeout`). Then the rest of the
+/// connection, to run; `None`: the connection ends here.
+async fn tcp_start(
     gw: Arc<Gateway>,
     mut tcp: TcpStream,
     (peer, local): (SocketAddr, Option<SocketAddr>),
     (index, label): (usize, Arc<str>),
     mut guard: ConnGuard,
     mut refused: Option<&'static str>,
-) {
+) -> Option<impl Future<Output = ()> + Send> {
     let accepted_at = tokio::time::Instant::now();
     // On Linux TCP_NODELAY comes from the listener (see `bind_listener`).
     if !cfg!(target_os = "linux") {
@@ -921,7 +946,7 @@ async fn tcp_connection(
         Some(a) => a,
         None => match tcp.local_addr() {
             Ok(a) => a,
-            Err(_) => return,
+            Err(_) => return None,
         },
     };
     let state = gw.state();
@@ -938,7 +963,7 @@ async fn tcp_connection(
         None => (peer, local),
         Some(version) => {
             let deadline = accepted_at + handshake_timeout;
-            let Some(addrs) = read_proxy_header(
+            let addrs = read_proxy_header(
                 &gw,
                 &mut tcp,
                 (peer, local),
@@ -947,10 +972,7 @@ async fn tcp_connection(
                 &label,
                 deadline,
             )
-            .await
-            else {
-                return;
-            };
+            .await?;
             // Counted on the carried address, unless it is a trusted proxy whose requests name
             // their clients (counted per request).
             if forwarded.is_none() || !trusted.contains(addrs.0.ip()) {
@@ -969,15 +991,15 @@ async fn tcp_connection(
             let mut first = [0u8; 1];
             let deadline = accepted_at + handshake_timeout;
             match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
-                Ok(Ok(0)) => return,
+                Ok(Ok(0)) => return None,
                 Ok(Ok(_)) => (first[0] == TLS_HANDSHAKE_RECORD).then_some(acceptor),
                 Ok(Err(e)) => {
                     debug!(client = %peer, error = %e, "connection failed before its first byte");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     debug!(client = %peer, "handshake deadline passed before the first byte");
-                    return;
+                    return None;
                 }
             }
         }
@@ -997,7 +1019,7 @@ async fn tcp_connection(
         h2c,
         forwarded,
     };
-    connection(gw, tcp, tls, conn).await
+    Some(connection(gw, tcp, tls, conn))
 }
 
 /// Read the PROXY header at the start of a connection from a trusted balancer, before TLS and
@@ -1081,7 +1103,36 @@ const PROXY_PEEK_BYTES: usize = 512;
 
 /// One client connection, from accept to close: the HTTP phase (TLS handshake, request, answer),
 /// then the session if the request was upgraded.
-async fn connection<S>(gw: Arc<Gateway>, stream: S, tls: Option<TlsAcceptor>, start: ConnStart)
+///
+/// Both phases are boxed, so that the task keeps only two pointers: the HTTP phase's state
+/// (hyper's connection, the TLS handshake) is large and short-lived, and is freed when the
+/// request is answered; the session's is in an allocation of exactly its size. A plain function,
+/// like [`tcp_connection`], so that its arguments are not kept for the session's life.
+fn connection<S>(
+    gw: Arc<Gateway>,
+    stream: S,
+    tls: Option<TlsAcceptor>,
+    start: ConnStart,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = Box::pin(http(gw.clone(), stream, tls, start));
+    async move {
+        if let Some(p) = http.await {
+            let session = Box::pin(run_session(gw.clone(), p));
+            gw.sessions.track_future(session).await;
+        }
+    }
+}
+
+/// The HTTP phase of a connection: the session its request opened, if any.
+async fn http<S>(
+    gw: Arc<Gateway>,
+    stream: S,
+    tls: Option<TlsAcceptor>,
+    start: ConnStart,
+) -> Option<Box<PendingSession>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -1101,11 +1152,26 @@ where
         forwarded: start.forwarded,
         client_claim: None,
     };
-    // The HTTP phase is boxed: its state (hyper's connection, the TLS handshake) is large and
-    // short-lived, and is freed here instead of sizing the task that then holds the session.
-    Box::pin(http_phase(gw.clone(), stream, tls, conn, start.accepted_at)).await;
-    let pending = handoff.take();
-    if let Some(p) = pending {
-        gw.sessions.track_future(run_session(gw.clone(), p)).await;
+    http_phase(gw, stream, tls, conn, start.accepted_at).await;
+    // Boxed: the session's arguments are kept for its whole life, so they are kept small.
+    handoff.take().map(Box::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, E, G, F: Future>(_: impl FnOnce(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_connection_task_keeps_only_pointers_to_its_phases() {
+        // The task's future lives as long as the connection. Each phase is boxed, so what the
+        // task keeps while a session runs is a few pointers, not the session's state beside the
+        // HTTP phase's (which made it 6 KB before).
+        let size = future_size(tcp_connection);
+        assert!(size <= 256, "tcp_connection's future is {size} bytes");
     }
 }

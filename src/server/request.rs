@@ -675,7 +675,7 @@ pub(super) async fn upgrade(
         Opening::Fallback(..) => {
             let tracked = gw
                 .sessions
-                .track_future(super::session::run_session(gw.clone(), pending));
+                .track_future(super::session::run_session(gw.clone(), Box::new(pending)));
             tokio::spawn(tracked);
             let session = fallback_session.as_ref().ok_or(Reject::gateway(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -697,7 +697,7 @@ pub(super) async fn upgrade(
             // task, which keeps serving the other streams.
             let tracked = gw
                 .sessions
-                .track_future(super::session::run_session(gw.clone(), pending));
+                .track_future(super::session::run_session(gw.clone(), Box::new(pending)));
             tokio::spawn(tracked);
             handshake::connect_established::<Full<Bytes>>(protocol.as_deref()).map(Body::from)
         }

@@ -1,12 +1,16 @@
 //! A session after the 101: take the connection from hyper, register it (admin `/sessions`),
 //! run the pump, release its claims, count it in the metrics and write its access line.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +22,7 @@ use super::{ConnGuard, Gateway};
 use crate::error::{Close, SessionEnd, Side};
 use crate::fallback::Transport;
 use crate::metrics::{CloseLabel, RouteLabel};
-use crate::pump::{self, SessionInfo};
+use crate::pump::{self, ReadReady, SessionInfo};
 use crate::registry::LiveSession;
 use crate::ws::CloseCode;
 
@@ -41,13 +45,13 @@ pub(super) struct Claims {
     pub(super) _client: Option<Arc<super::IpClaim>>,
 }
 
-/// Why a session that outlived `shutdown_grace` ended.
-pub(super) const CUT_AT_GRACE: &str = "cut at shutdown_grace";
-
 /// The session: take the connection from hyper (the 101 is written), then register, pump,
 /// account, log. Everything a session keeps while it runs is in this future, so it is kept small
 /// (large values are never held across an `await`).
-pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
+///
+/// The session comes boxed: an async function keeps its arguments for its whole life, beside
+/// the locals they are moved into.
+pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) {
     let PendingSession {
         info,
         client,
@@ -58,7 +62,12 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         shutdown,
         http_version,
         stream,
-    } = pending;
+    } = {
+        // Moved out in a scope of its own, so that the box is freed now rather than when the
+        // session ends.
+        let pending = pending;
+        *pending
+    };
     let (client, preread, fallback) = match client {
         ClientSide::Upgrade(on_upgrade) => match on_upgrade.await {
             Ok(upgraded) => {
@@ -81,6 +90,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     };
     gw.metrics.sessions_open.get_or_create(&route_label).inc();
     gw.metrics.sessions_total.get_or_create(&route_label).inc();
+    drop(route_label);
     gw.metrics
         .sessions_by_version
         .get_or_create(&crate::metrics::VersionLabel {
@@ -88,6 +98,16 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             http_version,
         })
         .inc();
+    {
+        let subject = info.subject.as_deref().unwrap_or("-");
+        let token_hash = token_hash.as_deref().unwrap_or("-");
+        let fallback_id = fallback.as_ref().map(|s| s.id.as_str());
+        let compression = compression(&info);
+        info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, compression, fallback_id, "session open");
+    }
+    // What the session keeps while it runs is in the registry entry (the backend's name is taken
+    // back from it for the access line) or in `info`; the rest is freed before the pump starts.
+    drop(token_hash);
     gw.registry.insert(
         info.id,
         LiveSession {
@@ -95,21 +115,12 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             client: info.client,
             subject: info.subject.clone(),
             started: SystemTime::now(),
-            backend: backend_name.clone(),
+            backend: backend_name,
             stats: info.stats.clone(),
             kill: info.kill.clone(),
             drain: shutdown.clone(),
         },
     );
-    let subject = info.subject.as_deref().unwrap_or("-");
-    let compression = if info.deflate.is_some() {
-        "permessage-deflate"
-    } else {
-        "-"
-    };
-    let token_hash = token_hash.as_deref().unwrap_or("-");
-    let fallback_id = fallback.as_ref().map(|s| s.id.as_str());
-    info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, compression, fallback_id, "session open");
 
     // The pump future is built in place inside the select (never bound to a local first and
     // moved): a moved future would take its size twice in this one.
@@ -119,7 +130,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         biased;
         outcome = client.pump(&info, &preread, backend, (shutdown, &gw.cut)) => outcome,
         _ = pump::Gated::new(cut) => pump::Outcome {
-            end: SessionEnd::Cut { reason: CUT_AT_GRACE, by: Side::Gateway },
+            end: SessionEnd::Cut { reason: crate::error::CUT_AT_GRACE, by: Side::Gateway },
             client_close: None,
             up: info.stats.up.snapshot(),
             down: info.stats.down.snapshot(),
@@ -146,7 +157,13 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
         })
         .inc();
 
-    gw.registry.remove(info.id);
+    let backend_name = gw
+        .registry
+        .remove(info.id)
+        .map_or_else(String::new, |live| live.backend);
+    let route_label = RouteLabel {
+        route: info.route.path.clone(),
+    };
     gw.metrics.sessions_open.get_or_create(&route_label).dec();
     gw.metrics
         .session_seconds
@@ -188,6 +205,8 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
             })
             .inc();
     }
+    let subject = info.subject.as_deref().unwrap_or("-");
+    let compression = compression(&info);
     info!(
         target: "wsgate::access",
         session = info.id,
@@ -223,6 +242,15 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: PendingSession) {
     }
 }
 
+/// The session's compression, as the log lines name it.
+fn compression(info: &SessionInfo) -> &'static str {
+    if info.deflate.is_some() {
+        "permessage-deflate"
+    } else {
+        "-"
+    }
+}
+
 /// The access-line reason of a fallback session whose client stopped making requests.
 pub(super) const FALLBACK_TIMED_OUT: &str = "fallback client stopped polling";
 
@@ -232,8 +260,8 @@ pub(super) type TlsClient = tokio_rustls::server::TlsStream<TcpStream>;
 pub(super) enum ClientIo {
     /// Plain TCP: owned halves, no lock between the directions.
     Tcp(OwnedReadHalf, OwnedWriteHalf),
-    /// TLS: the stream itself (not hyper's boxed wrapper) behind tokio's split.
-    Tls(ReadHalf<TlsClient>, WriteHalf<TlsClient>),
+    /// TLS: the stream itself (not hyper's boxed wrapper), shared by the two halves.
+    Tls(TlsHalf, TlsHalf),
     /// Any other transport hyper hands back.
     Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
     /// The fallback transport's adapter, on the other end of an in-process pipe.
@@ -255,8 +283,9 @@ impl ClientIo {
         };
         match upgraded.downcast::<TokioIo<TlsClient>>() {
             Ok(parts) => {
-                let (r, w) = tokio::io::split(parts.io.into_inner());
-                (ClientIo::Tls(r, w), parts.read_buf.to_vec())
+                let tls = Arc::new(Mutex::new(parts.io.into_inner()));
+                let client = ClientIo::Tls(TlsHalf(tls.clone()), TlsHalf(tls));
+                (client, parts.read_buf.to_vec())
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
@@ -371,4 +400,72 @@ fn on_session_thread(
         let _ = tx.send(outcome);
     });
     Some(rx)
+}
+
+/// One half of a TLS client connection; both halves share the stream.
+///
+/// Unlike tokio's `split`, the read half can tell when a read would make progress (plaintext
+/// rustls already decrypted, or bytes on the socket), so an idle TLS session waits for its
+/// client without holding a read buffer, like a plain one.
+pub(super) struct TlsHalf(Arc<Mutex<TlsClient>>);
+
+impl TlsHalf {
+    fn lock(&self) -> MutexGuard<'_, TlsClient> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ReadReady for TlsHalf {
+    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::poll_fn(|cx| {
+            let stream = self.lock();
+            let (tcp, tls) = stream.get_ref();
+            // rustls wants no more bytes when it holds plaintext (or the client's close_notify)
+            // for the next read; otherwise the socket tells.
+            if !tls.wants_read() {
+                return Poll::Ready(Ok(()));
+            }
+            tcp.poll_read_ready(cx)
+        })
+    }
+}
+
+impl AsyncRead for TlsHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_shutdown(cx)
+    }
 }
