@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -122,13 +123,49 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         },
     );
 
+    // A plain TCP session with a plain backend runs on a session thread from here on, its end
+    // accounted there; this task ends.
+    let (client, backend) = match placement(client, backend) {
+        Placement::Here(client, backend) => (client, backend),
+        Placement::Thread(plane, client_fd, backend_fd) => {
+            let token = gw.sessions.token();
+            let gw = gw.clone();
+            plane.spawn(client_fd, backend_fd, move |(client, backend)| async move {
+                let drain = (shutdown, Some(&gw.cut));
+                let outcome = pump::run(&info, client, &preread, backend, drain).await;
+                drop(claims);
+                drop(stream);
+                close_session(&gw, &info, outcome, http_version, Transport::WebSocket);
+                // Shutdown waits for the session until here.
+                drop(token);
+            });
+            return;
+        }
+        Placement::Lost(e) => {
+            let outcome = pump::Outcome {
+                end: SessionEnd::Cut {
+                    reason: SESSION_THREAD_UNREACHABLE,
+                    by: Side::Gateway,
+                },
+                client_close: None,
+                up: pump::Counts::default(),
+                down: pump::Counts::default(),
+                duration: started.elapsed(),
+            };
+            debug!(session = info.id, error = %e, "{SESSION_THREAD_UNREACHABLE}");
+            drop(claims);
+            close_session(&gw, &info, outcome, http_version, Transport::WebSocket);
+            return;
+        }
+    };
+
     // The pump future is built in place inside the select (never bound to a local first and
     // moved): a moved future would take its size twice in this one.
     // The cut is polled only when the token wakes it, not at every wake-up of the session.
     let cut = std::pin::pin!(gw.cut.cancelled());
     let outcome = tokio::select! {
         biased;
-        outcome = client.pump(&info, &preread, backend, (shutdown, &gw.cut)) => outcome,
+        outcome = client.pump(&info, &preread, backend, shutdown) => outcome,
         _ = pump::Gated::new(cut) => pump::Outcome {
             end: SessionEnd::Cut { reason: crate::error::CUT_AT_GRACE, by: Side::Gateway },
             client_close: None,
@@ -149,6 +186,29 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
     let transport = fallback
         .as_ref()
         .map_or(Transport::WebSocket, |s| s.transport());
+    close_session(&gw, &info, outcome, http_version, transport);
+    // A fallback session's close record reaches its client in a later response: the task
+    // (which shutdown waits for) lasts until it went out, at most `fallback_session_timeout`.
+    if let Some(s) = fallback {
+        let _ = tokio::time::timeout(s.limits.session_timeout, async {
+            tokio::select! {
+                () = s.delivered() => {}
+                () = gw.cut.cancelled() => {}
+            }
+        })
+        .await;
+    }
+}
+
+/// The end of a session: out of the registry, into the metrics, the recording closed, the access
+/// line written.
+fn close_session(
+    gw: &Gateway,
+    info: &SessionInfo,
+    outcome: pump::Outcome,
+    http_version: &'static str,
+    transport: Transport,
+) {
     gw.metrics
         .sessions_by_transport
         .get_or_create(&crate::metrics::TransportLabel {
@@ -206,7 +266,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
             .inc();
     }
     let subject = info.subject.as_deref().unwrap_or("-");
-    let compression = compression(&info);
+    let compression = compression(info);
     info!(
         target: "wsgate::access",
         session = info.id,
@@ -229,18 +289,10 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         transport = transport.label(),
         "session closed"
     );
-    // A fallback session's close record reaches its client in a later response: the task
-    // (which shutdown waits for) lasts until it went out, at most `fallback_session_timeout`.
-    if let Some(s) = fallback {
-        let _ = tokio::time::timeout(s.limits.session_timeout, async {
-            tokio::select! {
-                () = s.delivered() => {}
-                () = gw.cut.cancelled() => {}
-            }
-        })
-        .await;
-    }
 }
+
+/// Why a session ended at once when its sockets could not move to a session thread.
+const SESSION_THREAD_UNREACHABLE: &str = "sockets could not move to a session thread";
 
 /// The session's compression, as the log lines name it.
 fn compression(info: &SessionInfo) -> &'static str {
@@ -295,55 +347,16 @@ impl ClientIo {
     }
 }
 
-/// Why a session on a session thread ended without an outcome (it panicked, or its thread could
-/// not take it).
-const SESSION_FAILED: &str = "session failed";
-
 impl ClientIo {
-    /// Run the session's pump: on a session thread when the binary started them and both
-    /// connections are plain stream sockets, on this task otherwise. `cut`: the gateway's
-    /// `shutdown_grace` cut (a session on a session thread ends at it too).
+    /// Run the session's pump on this task.
     pub(super) async fn pump(
         self,
         info: &SessionInfo,
         preread: &[u8],
         backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
-        (shutdown, cut): (CancellationToken, &CancellationToken),
+        shutdown: CancellationToken,
     ) -> pump::Outcome {
-        use crate::backend::{BackendReader, BackendWriter};
-        let (client, backend) = match (self, backend, crate::dataplane::get()) {
-            (
-                ClientIo::Tcp(r, w),
-                backend @ ((BackendReader::Tcp(_), BackendWriter::Tcp(_))
-                | (BackendReader::Unix(_), BackendWriter::Unix(_))),
-                Some(plane),
-            ) => {
-                let started = Instant::now();
-                let outcome = match loop_fds(r, w, backend) {
-                    Ok((c, b)) => on_session_thread(plane, info, preread, (c, b), (shutdown, cut)),
-                    Err(e) => {
-                        debug!(session = info.id, error = %e, "session not handed to a session thread");
-                        None
-                    }
-                };
-                let outcome = match outcome {
-                    Some(rx) => rx.await.ok(),
-                    None => None,
-                };
-                return outcome.unwrap_or_else(|| pump::Outcome {
-                    end: SessionEnd::Cut {
-                        reason: SESSION_FAILED,
-                        by: Side::Gateway,
-                    },
-                    client_close: None,
-                    up: info.stats.up.snapshot(),
-                    down: info.stats.down.snapshot(),
-                    duration: started.elapsed(),
-                });
-            }
-            (client, backend, _) => (client, backend),
-        };
-        match client {
+        match self {
             ClientIo::Tcp(r, w) => {
                 pump::run(info, (r, w), preread, backend, (shutdown, None)).await
             }
@@ -360,46 +373,53 @@ impl ClientIo {
     }
 }
 
-/// Take the client's and the backend's sockets out of tokio's reactor, whole (non-blocking, their
-/// options kept), for a session thread.
-fn loop_fds(
-    r: OwnedReadHalf,
-    w: OwnedWriteHalf,
-    backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
-) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use crate::backend::{BackendReader, BackendWriter};
-    let client = r.reunite(w).map_err(std::io::Error::other)?.into_std()?;
-    let backend = match backend {
-        (BackendReader::Tcp(r), BackendWriter::Tcp(w)) => {
-            std::os::fd::OwnedFd::from(r.reunite(w).map_err(std::io::Error::other)?.into_std()?)
-        }
-        (BackendReader::Unix(r), BackendWriter::Unix(w)) => {
-            std::os::fd::OwnedFd::from(r.reunite(w).map_err(std::io::Error::other)?.into_std()?)
-        }
-        _ => return Err(std::io::Error::other("not a plain stream socket")),
-    };
-    Ok((client.into(), backend))
+type BackendIo = (crate::backend::BackendReader, crate::backend::BackendWriter);
+
+/// Where a session runs.
+enum Placement {
+    /// On a session thread: the client's and the backend's sockets, out of tokio's reactor.
+    Thread(&'static crate::dataplane::DataPlane, OwnedFd, OwnedFd),
+    /// On this task.
+    Here(ClientIo, BackendIo),
+    /// The sockets could not leave tokio's reactor (and are closed).
+    Lost(io::Error),
 }
 
-/// Run the pump on a session thread, the gateway's cut included; its outcome comes back on the
-/// channel (closed without one if the session panicked).
-fn on_session_thread(
-    plane: &crate::dataplane::DataPlane,
-    info: &SessionInfo,
-    preread: &[u8],
-    (client, backend): (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
-    (shutdown, cut): (CancellationToken, &CancellationToken),
-) -> Option<tokio::sync::oneshot::Receiver<pump::Outcome>> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let info = info.clone();
-    let preread = preread.to_vec();
-    let cut = cut.clone();
-    plane.spawn(client, backend, move |(client, backend)| async move {
-        // The session itself ends at the cut (the caller's wait for it ends there too).
-        let outcome = pump::run(&info, client, &preread, backend, (shutdown, Some(&cut))).await;
-        let _ = tx.send(outcome);
+/// A session runs on a session thread when the binary started them and its client and backend
+/// are both plain stream sockets; their sockets are taken out of tokio's reactor whole
+/// (non-blocking, their options kept).
+fn placement(client: ClientIo, backend: BackendIo) -> Placement {
+    use crate::backend::{BackendReader, BackendWriter};
+    let Some(plane) = crate::dataplane::get() else {
+        return Placement::Here(client, backend);
+    };
+    let plain_backend = matches!(
+        backend,
+        (BackendReader::Tcp(_), BackendWriter::Tcp(_))
+            | (BackendReader::Unix(_), BackendWriter::Unix(_))
+    );
+    let (r, w) = match client {
+        ClientIo::Tcp(r, w) if plain_backend => (r, w),
+        client => return Placement::Here(client, backend),
+    };
+    // Halves of one stream always reunite; only leaving the reactor can fail.
+    let fds = r.reunite(w).map_err(io::Error::other).and_then(|tcp| {
+        let client = OwnedFd::from(tcp.into_std()?);
+        let backend = match backend {
+            (BackendReader::Tcp(r), BackendWriter::Tcp(w)) => {
+                OwnedFd::from(r.reunite(w).map_err(io::Error::other)?.into_std()?)
+            }
+            (BackendReader::Unix(r), BackendWriter::Unix(w)) => {
+                OwnedFd::from(r.reunite(w).map_err(io::Error::other)?.into_std()?)
+            }
+            _ => return Err(io::Error::other("not a plain stream socket")),
+        };
+        Ok((client, backend))
     });
-    Some(rx)
+    match fds {
+        Ok((client, backend)) => Placement::Thread(plane, client, backend),
+        Err(e) => Placement::Lost(e),
+    }
 }
 
 /// One half of a TLS client connection; both halves share the stream.
