@@ -31,6 +31,10 @@ pub(crate) struct Source {
     fd: OwnedFd,
     readable: AtomicBool,
     writable: AtomicBool,
+    /// The peer closed its side, or the socket failed: readable for good (a read returns the
+    /// end of the stream or the error), never cleared again. The end of the stream comes with
+    /// no further event once seen, so an empty queue must not hide it.
+    read_closed: AtomicBool,
     /// Woken when the socket becomes readable (the half that reads).
     read_waker: Mutex<Option<Waker>>,
     /// Woken when the socket becomes writable (the half that writes).
@@ -46,6 +50,7 @@ impl Source {
             fd,
             readable: AtomicBool::new(false),
             writable: AtomicBool::new(true),
+            read_closed: AtomicBool::new(false),
             read_waker: Mutex::new(None),
             write_waker: Mutex::new(None),
         }
@@ -55,16 +60,27 @@ impl Source {
         &self.fd
     }
 
-    /// The loop saw an event for this socket. Errors and hang-ups wake both sides: their next
-    /// call reports them.
-    pub(super) fn on_event(&self, readable: bool, writable: bool) {
-        if readable {
+    /// The loop saw an event for this socket (`read_closed`: the peer's FIN, a hang-up or an
+    /// error). Errors and hang-ups wake both sides: their next call reports them.
+    pub(super) fn on_event(&self, readable: bool, writable: bool, read_closed: bool) {
+        if read_closed {
+            self.read_closed.store(true, Ordering::Release);
+        }
+        if readable || read_closed {
             self.readable.store(true, Ordering::Release);
             wake(&self.read_waker);
         }
         if writable {
             self.writable.store(true, Ordering::Release);
             wake(&self.write_waker);
+        }
+    }
+
+    /// The receive queue is empty: wait for the next event, unless the stream has ended (its
+    /// end is still to be read, and no event will announce it again).
+    fn not_readable(&self) {
+        if !self.read_closed.load(Ordering::Acquire) {
+            self.readable.store(false, Ordering::Release);
         }
     }
 
@@ -148,11 +164,11 @@ impl LoopRead {
                 Ok(n) => {
                     if n > 0 && n < want {
                         // The queue is empty now (see the module doc).
-                        s.readable.store(false, Ordering::Release);
+                        s.not_readable();
                     }
                     return Poll::Ready(Ok(n));
                 }
-                Err(e) if would_block(e) => s.readable.store(false, Ordering::Release),
+                Err(e) if would_block(e) => s.not_readable(),
                 Err(e) if e == rustix::io::Errno::INTR => {}
                 Err(e) => return Poll::Ready(Err(e.into())),
             }

@@ -258,8 +258,9 @@ impl EventLoop {
                 if let Some(Some(source)) = self.sources.get(event.token().0) {
                     let broken = event.is_error();
                     source.on_event(
-                        event.is_readable() || event.is_read_closed() || broken,
+                        event.is_readable(),
                         event.is_writable() || event.is_write_closed() || broken,
+                        event.is_read_closed() || broken,
                     );
                 }
             }

@@ -175,3 +175,18 @@ async fn tls_sessions_stay_on_the_workers() {
     );
     ws.close(None).await.unwrap();
 }
+
+/// A backend that answers and closes at once: its bytes and its FIN are both queued before the
+/// session reaches its thread (one readiness event for both). The client gets the bytes, then
+/// the Close for the backend's end (1000), not a session left waiting for an event that never
+/// comes.
+#[tokio::test]
+async fn a_backend_that_answers_and_closes_at_once_is_seen_to_close() {
+    let bye = backends::fin_after(b"bye").await;
+    let gw = Gateway::start(&config(&bye.config_addr(), "session_threads = 1")).await;
+    for _ in 0..20 {
+        let mut ws = RawWs::connect(gw.addr(), "/e").await;
+        assert_eq!(ws.next_frame().await.expect("data").payload, b"bye");
+        assert_eq!(ws.close_code().await, Some(1000));
+    }
+}
