@@ -2,7 +2,7 @@
 //!
 //! The pump keeps the times of the last traffic in milliseconds since the session started
 //! ([`super::Shared`]), read at every batch of data. Anywhere, that is tokio's clock (so a test
-//! that pauses time pauses it too). On a session thread ([`crate::dataplane`]) the loop reads the
+//! that pauses time pauses it too). On a session thread (see `src/dataplane`) the loop reads the
 //! monotonic clock once per pass, after each wait for events, and a session reads that value: a
 //! load instead of a clock read and a subtraction per batch. It is behind by at most the time one
 //! pass takes, far below the millisecond resolution of the deadlines it serves.
