@@ -56,10 +56,6 @@ impl Source {
         }
     }
 
-    pub(super) fn fd(&self) -> &OwnedFd {
-        &self.fd
-    }
-
     /// The loop saw an event for this socket (`read_closed`: the peer's FIN, a hang-up or an
     /// error). Errors and hang-ups wake both sides: their next call reports them.
     pub(super) fn on_event(&self, readable: bool, writable: bool, read_closed: bool) {

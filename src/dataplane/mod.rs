@@ -367,14 +367,11 @@ impl EventLoop {
         self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Forget a socket: it leaves the epoll set, and is closed once no half holds it (a finished
-    /// session's halves went with its future).
+    /// Forget a socket: it is closed once no half holds it (a finished session's halves went with
+    /// its future), which takes it out of the epoll set (it is never duplicated), without a
+    /// system call of its own.
     fn release(&mut self, token: usize) {
-        if let Some(source) = self.sources.get_mut(token).and_then(Option::take) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&source.fd().as_raw_fd()));
+        if self.sources.get_mut(token).and_then(Option::take).is_some() {
             self.free_sources.push(token);
         }
     }
