@@ -129,16 +129,22 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         Placement::Here(client, backend) => (client, backend),
         Placement::Thread(plane, client_fd, backend_fd) => {
             let token = gw.sessions.token();
+            let cut = gw.cut.clone();
             let gw = gw.clone();
-            plane.spawn(client_fd, backend_fd, move |(client, backend)| async move {
-                let drain = (shutdown, Some(&gw.cut));
-                let outcome = pump::run(&info, client, &preread, backend, drain).await;
+            let end = move |info: &SessionInfo, outcome| {
                 drop(claims);
                 drop(stream);
-                close_session(&gw, &info, outcome, http_version, Transport::WebSocket);
+                close_session(&gw, info, outcome, http_version, Transport::WebSocket);
                 // Shutdown waits for the session until here.
                 drop(token);
-            });
+            };
+            on_session_thread(
+                plane,
+                (client_fd, backend_fd),
+                (info, preread),
+                (shutdown, cut),
+                end,
+            );
             return;
         }
         Placement::Lost(e) => {
@@ -289,6 +295,20 @@ fn close_session(
         transport = transport.label(),
         "session closed"
     );
+}
+
+/// Run a session on a session thread, the gateway's cut included; `end` accounts for it there.
+fn on_session_thread(
+    plane: &crate::dataplane::DataPlane,
+    (client, backend): (OwnedFd, OwnedFd),
+    (info, preread): (SessionInfo, Vec<u8>),
+    (shutdown, cut): (CancellationToken, CancellationToken),
+    end: impl FnOnce(&SessionInfo, pump::Outcome) + Send + 'static,
+) {
+    plane.spawn(client, backend, move |(client, backend)| async move {
+        let outcome = pump::run(&info, client, &preread, backend, (shutdown, Some(&cut))).await;
+        end(&info, outcome);
+    });
 }
 
 /// Why a session ended at once when its sockets could not move to a session thread.
