@@ -58,6 +58,7 @@ impl Source {
 
     /// The loop saw an event for this socket (`read_closed`: the peer's FIN, a hang-up or an
     /// error). Errors and hang-ups wake both sides: their next call reports them.
+    #[inline]
     pub(super) fn on_event(&self, readable: bool, writable: bool, read_closed: bool) {
         if read_closed {
             self.read_closed.store(true, Ordering::Release);
@@ -74,6 +75,7 @@ impl Source {
 
     /// The receive queue is empty: wait for the next event, unless the stream has ended (its
     /// end is still to be read, and no event will announce it again).
+    #[inline]
     fn not_readable(&self) {
         if !self.read_closed.load(Ordering::Acquire) {
             self.readable.store(false, Ordering::Release);
@@ -107,6 +109,7 @@ fn wake(slot: &Mutex<Option<Waker>>) {
 /// The flag is only set by the loop, on this thread, between polls, so registering before or
 /// after the load makes no difference. `last` is the half's own copy of the waker it put in
 /// `slot`: the slot's lock is taken only when the waker changed (in practice, once).
+#[inline]
 fn poll_flag(
     flag: &AtomicBool,
     slot: &Mutex<Option<Waker>>,
@@ -124,6 +127,7 @@ fn poll_flag(
     Poll::Pending
 }
 
+#[inline]
 fn would_block(e: rustix::io::Errno) -> bool {
     e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::AGAIN
 }
@@ -147,6 +151,7 @@ pub(crate) struct LoopWrite {
 impl LoopRead {
     /// One read: `recv` fills up to `want` bytes through `fill` (which returns how many came).
     /// Readiness is waited for first and cleared by an empty queue (see the module doc).
+    #[inline]
     fn poll_recv(
         &mut self,
         cx: &mut Context<'_>,
@@ -175,6 +180,7 @@ impl LoopRead {
 /// For readers other than the pump's (which reads through [`ReadReady::poll_read_bytes`]):
 /// received into the initialised part of the caller's buffer.
 impl AsyncRead for LoopRead {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -202,6 +208,7 @@ impl AsyncRead for LoopRead {
 /// and a copy: two more copies of each message's bytes (measured with bench/instructions.sh:
 /// 283 k against 150 k instructions per 64 KiB message through a session thread).
 #[allow(unsafe_code)]
+#[inline]
 fn recv_into(fd: &OwnedFd, buf: &mut BytesMut, want: usize) -> rustix::io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     let len = spare.len().min(want);
@@ -214,6 +221,7 @@ fn recv_into(fd: &OwnedFd, buf: &mut BytesMut, want: usize) -> rustix::io::Resul
 }
 
 impl ReadReady for LoopRead {
+    #[inline]
     fn ready(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
         std::future::poll_fn(move |cx| {
             let s = &self.source;
@@ -221,6 +229,7 @@ impl ReadReady for LoopRead {
         })
     }
 
+    #[inline]
     fn poll_read_bytes(
         &mut self,
         cx: &mut Context<'_>,
@@ -235,6 +244,7 @@ impl ReadReady for LoopRead {
 }
 
 impl AsyncWrite for LoopWrite {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -262,6 +272,7 @@ impl AsyncWrite for LoopWrite {
         }
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
