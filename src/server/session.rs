@@ -127,7 +127,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
     // accounted there; this task ends.
     let (client, backend) = match placement(client, backend) {
         Placement::Here(client, backend) => (client, backend),
-        Placement::Thread(plane, client_fd, backend_fd) => {
+        Placement::Thread(moved) => {
             let token = gw.sessions.token();
             let cut = gw.cut.clone();
             let gw = gw.clone();
@@ -138,29 +138,18 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
                 // Shutdown waits for the session until here.
                 drop(token);
             };
-            on_session_thread(
-                plane,
-                (client_fd, backend_fd),
-                (info, preread),
-                (shutdown, cut),
-                end,
-            );
-            return;
-        }
-        Placement::Lost(e) => {
-            let outcome = pump::Outcome {
-                end: SessionEnd::Cut {
-                    reason: SESSION_THREAD_UNREACHABLE,
-                    by: Side::Gateway,
-                },
-                client_close: None,
-                up: pump::Counts::default(),
-                down: pump::Counts::default(),
-                duration: started.elapsed(),
+            let session = ThreadSession {
+                info,
+                started,
+                end: Some(end),
             };
-            debug!(session = info.id, error = %e, "{SESSION_THREAD_UNREACHABLE}");
-            drop(claims);
-            close_session(&gw, &info, outcome, http_version, Transport::WebSocket);
+            match moved {
+                Ok((plane, fds)) => {
+                    on_session_thread(plane, fds, session, preread, (shutdown, cut))
+                }
+                // Accounted as failed when dropped.
+                Err(e) => debug!(session = session.info.id, error = %e, "{SESSION_THREAD_FAILED}"),
+            }
             return;
         }
     };
@@ -298,21 +287,60 @@ fn close_session(
 }
 
 /// Run a session on a session thread, the gateway's cut included; `end` accounts for it there.
-fn on_session_thread(
+fn on_session_thread<E>(
     plane: &crate::dataplane::DataPlane,
     (client, backend): (OwnedFd, OwnedFd),
-    (info, preread): (SessionInfo, Vec<u8>),
+    session: ThreadSession<E>,
+    preread: Vec<u8>,
     (shutdown, cut): (CancellationToken, CancellationToken),
-    end: impl FnOnce(&SessionInfo, pump::Outcome) + Send + 'static,
-) {
+) where
+    E: FnOnce(&SessionInfo, pump::Outcome) + Send + 'static,
+{
     plane.spawn(client, backend, move |(client, backend)| async move {
-        let outcome = pump::run(&info, client, &preread, backend, (shutdown, Some(&cut))).await;
-        end(&info, outcome);
+        let info = &session.info;
+        let outcome = pump::run(info, client, &preread, backend, (shutdown, Some(&cut))).await;
+        session.finish(outcome);
     });
 }
 
-/// Why a session ended at once when its sockets could not move to a session thread.
-const SESSION_THREAD_UNREACHABLE: &str = "sockets could not move to a session thread";
+/// A session bound for a session thread, accounted exactly once: with the pump's outcome, or,
+/// when it is dropped unfinished (its sockets could not leave tokio's reactor or join the
+/// thread's loop, or it panicked), as cut by the gateway ([`SESSION_THREAD_FAILED`]). So its
+/// registry entry, metrics and access line never outlive it.
+struct ThreadSession<E: FnOnce(&SessionInfo, pump::Outcome)> {
+    info: SessionInfo,
+    started: Instant,
+    end: Option<E>,
+}
+
+impl<E: FnOnce(&SessionInfo, pump::Outcome)> ThreadSession<E> {
+    fn finish(mut self, outcome: pump::Outcome) {
+        if let Some(end) = self.end.take() {
+            end(&self.info, outcome);
+        }
+    }
+}
+
+impl<E: FnOnce(&SessionInfo, pump::Outcome)> Drop for ThreadSession<E> {
+    fn drop(&mut self) {
+        if let Some(end) = self.end.take() {
+            let outcome = pump::Outcome {
+                end: SessionEnd::Cut {
+                    reason: SESSION_THREAD_FAILED,
+                    by: Side::Gateway,
+                },
+                client_close: None,
+                up: self.info.stats.up.snapshot(),
+                down: self.info.stats.down.snapshot(),
+                duration: self.started.elapsed(),
+            };
+            end(&self.info, outcome);
+        }
+    }
+}
+
+/// The access line's reason for a session that failed on its way to, or on, a session thread.
+const SESSION_THREAD_FAILED: &str = "session thread failed";
 
 /// The session's compression, as the log lines name it.
 fn compression(info: &SessionInfo) -> &'static str {
@@ -397,12 +425,11 @@ type BackendIo = (crate::backend::BackendReader, crate::backend::BackendWriter);
 
 /// Where a session runs.
 enum Placement {
-    /// On a session thread: the client's and the backend's sockets, out of tokio's reactor.
-    Thread(&'static crate::dataplane::DataPlane, OwnedFd, OwnedFd),
+    /// On a session thread: the client's and the backend's sockets, out of tokio's reactor; or
+    /// why they could not leave it (they are closed then).
+    Thread(io::Result<(&'static crate::dataplane::DataPlane, (OwnedFd, OwnedFd))>),
     /// On this task.
     Here(ClientIo, BackendIo),
-    /// The sockets could not leave tokio's reactor (and are closed).
-    Lost(io::Error),
 }
 
 /// A session runs on a session thread when the binary started them and its client and backend
@@ -436,10 +463,7 @@ fn placement(client: ClientIo, backend: BackendIo) -> Placement {
         };
         Ok((client, backend))
     });
-    match fds {
-        Ok((client, backend)) => Placement::Thread(plane, client, backend),
-        Err(e) => Placement::Lost(e),
-    }
+    Placement::Thread(fds.map(|fds| (plane, fds)))
 }
 
 /// One half of a TLS client connection; both halves share the stream.
