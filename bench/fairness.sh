@@ -60,49 +60,8 @@ wait_port() {
     return 1
 }
 
-# The flooding backend: every connection gets 64 KiB chunks as fast as it takes them.
-cat >"$WORK/flood.py" <<'EOF'
-import socket, sys, threading
-def serve(conn):
-    chunk = b"\x5a" * 65536
-    try:
-        while True:
-            conn.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        conn.close()
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", int(sys.argv[1])))
-srv.listen(16)
-while True:
-    conn, _ = srv.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-EOF
-
-# The slow client: opens the flooding route and reads 16 KiB every 5 ms for SECONDS.
-cat >"$WORK/slow_client.py" <<'EOF'
-import base64, os, socket, sys, time
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
-s = socket.create_connection(("127.0.0.1", port))
-key = base64.b64encode(os.urandom(16)).decode()
-s.sendall((f"GET /flood HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-           f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-head = b""
-while b"\r\n\r\n" not in head:
-    head += s.recv(4096)
-assert head.startswith(b"HTTP/1.1 101"), head
-end = time.monotonic() + seconds
-got = 0
-while time.monotonic() < end:
-    got += len(s.recv(16384))
-    time.sleep(0.005)
-print(got, file=sys.stderr)
-s.close()
-EOF
-
+# The flooding backend (bench/flood.py) and its slow reader (bench/slow_client.py) are shared
+# with the fairness row of bench/run.sh.
 cat >"$WORK/wsgate.toml" <<EOF
 [[listener]]
 bind = "127.0.0.1:$GW_PORT"
@@ -122,7 +81,7 @@ EOF
 
 "$TCP_ECHO" "127.0.0.1:$ECHO_PORT" >/dev/null &
 PIDS+=($!)
-python3 "$WORK/flood.py" "$FLOOD_PORT" &
+python3 bench/flood.py raw "$FLOOD_PORT" &
 PIDS+=($!)
 wait_port "$ECHO_PORT"
 wait_port "$FLOOD_PORT"
@@ -148,7 +107,7 @@ for bin in "${BINARIES[@]}"; do
     name=$("$bin" --version 2>/dev/null | head -n 1 || echo "$bin")
     read -r rate p50 p99 p999 < <(median_run)
     printf '| %s (%s) | alone | %.0f | %s | %s | %s |\n' "$name" "$bin" "$rate" "$p50" "$p99" "$p999"
-    python3 "$WORK/slow_client.py" "$GW_PORT" $(((DURATION + 2) * REPS + 5)) 2>/dev/null &
+    python3 bench/slow_client.py ws "$GW_PORT" /flood $(((DURATION + 2) * REPS + 5)) >/dev/null 2>&1 &
     slow=$!
     PIDS+=($slow)
     sleep 1

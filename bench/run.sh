@@ -486,70 +486,7 @@ run_row() {
 }
 
 # --- flooding session (the fairness row) -----------------------------------------------------------
-# flood.py MODE PORT: every connection gets data as fast as it takes it; MODE raw: 64 KiB chunks of
-# bytes (behind wsgate's raw route and HAProxy), ws: answers the WebSocket upgrade, then 16 KiB
-# binary frames (behind nginx).
-cat >"$RUN/flood.py" <<'EOF'
-import base64, hashlib, socket, sys, threading
-mode, port = sys.argv[1], int(sys.argv[2])
-def serve(conn):
-    try:
-        if mode == "ws":
-            head = b""
-            while b"\r\n\r\n" not in head:
-                more = conn.recv(4096)
-                if not more:
-                    return
-                head += more
-            key = b""
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"sec-websocket-key:"):
-                    key = line.split(b":", 1)[1].strip()
-            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-            chunk = b"\x82\x7e\x40\x00" + b"\x5a" * 16384
-        else:
-            chunk = b"\x5a" * 65536
-        while True:
-            conn.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        conn.close()
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", port))
-srv.listen(16)
-while True:
-    conn, _ = srv.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-EOF
-# slow_client.py MODE PORT PATH SECONDS: opens the flooding session (MODE ws: WebSocket upgrade on
-# PATH; tcp: a plain TCP connection) and reads 16 KiB every 5 ms for SECONDS.
-cat >"$RUN/slow_client.py" <<'EOF'
-import base64, os, socket, sys, time
-mode, port, path, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-s = socket.create_connection(("127.0.0.1", port))
-if mode == "ws":
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(4096)
-    assert head.startswith(b"HTTP/1.1 101"), head
-end = time.monotonic() + seconds
-got, report = 0, time.monotonic() + 1
-while time.monotonic() < end:
-    got += len(s.recv(16384))
-    time.sleep(0.005)
-    if time.monotonic() >= report:
-        print(f"{mode} {port}: {got} bytes received", flush=True)
-        report += 1
-s.close()
-EOF
+# bench/flood.py (the flooding backend) and bench/slow_client.py (its slow reader) say what they do.
 
 # run_fairness TARGET: with the target started, for every repetition the ping-pong alone, then
 # beside one flooding session.
@@ -559,10 +496,10 @@ run_fairness() {
         nginx) mode=ws port=$NGINX_PORT ;;
         haproxy) cmode=tcp port=$HAPROXY_FLOOD_PORT path=- ;;
     esac
-    start flood "$FLOOD_PORT" python3 "$RUN/flood.py" "$mode" "$FLOOD_PORT"
+    start flood "$FLOOD_PORT" python3 "$ROOT/bench/flood.py" "$mode" "$FLOOD_PORT"
     for rep in $(seq 1 "$REPS"); do
         run_row "$t" fairness_alone "$rep"
-        python3 "$RUN/slow_client.py" "$cmode" "$port" "$path" $((${DURATION%.*} + ${WARMUP%.*} + 40)) \
+        python3 "$ROOT/bench/slow_client.py" "$cmode" "$port" "$path" $((${DURATION%.*} + ${WARMUP%.*} + 40)) \
             >>"$RUN/slow_client.log" 2>&1 &
         slow=$!
         STARTED+=("$slow")

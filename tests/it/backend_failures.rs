@@ -120,12 +120,7 @@ async fn each_session_gets_its_own_backend_connection() {
 async fn unix_socket_backend_works() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("echo.sock");
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let (mut r, mut w) = s.split();
-        tokio::io::copy(&mut r, &mut w).await.unwrap();
-    });
+    let server = backends::unix_echo(&path);
     let gw = gateway(&format!("unix:{}", path.display()), "").await;
     let mut ws = RawWs::connect(gw.addr(), "/b").await;
     ws.send(&frames::binary(b"over unix")).await;

@@ -91,12 +91,7 @@ async fn plain_tcp_sessions_run_on_the_session_threads() {
 async fn unix_socket_backends_run_on_the_session_threads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("echo.sock");
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let (mut r, mut w) = s.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-    });
+    let server = backends::unix_echo(&path);
     let gw = Gateway::start(&config(
         &format!("unix:{}", path.display()),
         "session_threads = 1",

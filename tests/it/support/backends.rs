@@ -131,6 +131,19 @@ pub async fn echo() -> Backend {
     .await
 }
 
+/// An echo backend on a unix socket at `path` (one connection), stopped when the handle is
+/// dropped.
+pub fn unix_echo(path: &std::path::Path) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::UnixListener::bind(path).expect("bind the unix echo backend");
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+}
+
 /// Accepts and never reads (nor writes); holds the connection open until the stub is dropped.
 pub async fn sink() -> Backend {
     Backend::spawn(|s: TcpStream| async move {
