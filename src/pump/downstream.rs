@@ -98,7 +98,7 @@ where
     /// `shutdown`: the token that tells this session the gateway drains, and the Close it gets
     /// then.
     pub(super) async fn run(
-        mut self,
+        &mut self,
         shutdown: (CancellationToken, Close),
         (kill, cut): (&CancellationToken, Option<&CancellationToken>),
         expires: Option<tokio::time::Instant>,
@@ -151,11 +151,13 @@ where
         (kill, cut): (&CancellationToken, Option<&CancellationToken>),
         expires: Option<tokio::time::Instant>,
     ) -> DownEnd {
-        let limits = self.route.limits;
+        // Only the few durations used on the way are kept (not a copy of every limit).
+        let close_timeout = self.route.limits.close_timeout;
         let mut rbuf = BytesMut::new();
         // Set once the client has sent Close: the code we echo, and until when the backend may
         // still send (it got a FIN).
         let mut answer: Option<(Option<CloseCode>, tokio::time::Instant)> = None;
+        let limits = &self.route.limits;
         let mut keepalive = Keepalive::new(limits.ping_interval, limits.pong_timeout);
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);
@@ -236,8 +238,10 @@ where
                     if wake.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(true);
                     }
-                    // These only wake an idle session; the top of the loop acts on them.
+                    // These only wake an idle session; the top of the loop acts on them (the release
+                    // timer: the branch below).
                     let fired = [
+                        release.poll(cx),
                         housekeeping.as_mut().poll(cx).is_ready(),
                         shutdown_wait.as_mut().poll(cx).is_ready(),
                         kill_wait.as_mut().poll(cx).is_ready(),
@@ -246,6 +250,10 @@ where
                     if fired.contains(&true) { Poll::Ready(false) } else { Poll::Pending }
                 })) => {
                     control_fired = true;
+                    let idle_tick = || self.deflater.as_mut().is_some_and(|(d, _)| d.idle_tick());
+                    if release.tick(&mut rbuf, idle_tick) {
+                        control.open();
+                    }
                     if !told {
                         continue;
                     }
@@ -266,7 +274,7 @@ where
                     }
                     if let Some(code) = client_close {
                         if answer.is_none() {
-                            answer = Some((code, tokio::time::Instant::now() + limits.close_timeout));
+                            answer = Some((code, tokio::time::Instant::now() + close_timeout));
                         }
                     } else if let Some(close) = write_failed {
                         return DownEnd::Initiate(close);
@@ -277,12 +285,13 @@ where
                         return DownEnd::Abort(CLIENT_GONE);
                     }
                 }
-                r = read_more(&mut self.backend, &mut rbuf, &mut release, || {
-                    self.deflater.as_mut().is_some_and(|(d, _)| d.idle_tick())
-                }), if room => {
+                r = read_more(&mut self.backend, &mut rbuf), if room => {
                     let eof = !matches!(r, Ok(n) if n > 0);
                     if !eof {
                         self.shared.touch();
+                        if release.woke() {
+                            control.open();
+                        }
                     }
                     // Everything read so far is queued, on EOF too (a last unterminated line).
                     if let Err(close) = self.queue(&mut rbuf, matches!(r, Ok(0))) {

@@ -9,7 +9,6 @@ use std::task::Poll;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::gate::Gate;
 use super::{BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES, READ_CHUNK_BYTES};
 use crate::ws;
 
@@ -56,47 +55,10 @@ impl ReadReady for crate::backend::BackendReader {
 
 impl<T: AsyncRead + Send> ReadReady for tokio::io::ReadHalf<T> {}
 
-/// Read more bytes into `buf`. An empty buffer is freed when `release` fires while waiting, and
-/// allocated again when data is there, so idle sessions hold no read buffers. `release` is one
-/// long-lived timer per half, re-armed only when it fires (at most once per [`BUFFER_RELEASE`]),
-/// never per message. `on_release` runs at each firing while waiting (the half frees its other
-/// idle state with it: a compression context) and returns whether it still holds something a
-/// later tick may free; the timer keeps ticking while it does, and stops when it does not (an
-/// idle session then waits with no timer at all). Cancel-safe (usable in `select!`).
-pub(super) async fn read_more<R: ReadReady>(
-    r: &mut R,
-    buf: &mut BytesMut,
-    release: &mut Release<'_>,
-    mut on_release: impl FnMut() -> bool,
-) -> io::Result<usize> {
-    let mut ticking = true;
-    while buf.is_empty() && (ticking || buf.capacity() > 0) {
-        if buf.capacity() > 0 {
-            // A buffer is held (the session is not idle): read into it at once, so the socket's
-            // readiness is polled once per read, not once to wait and once more to read.
-            if buf.capacity() < READ_CHUNK_BYTES / 4 {
-                buf.reserve(READ_CHUNK_BYTES);
-            }
-            tokio::select! {
-                biased;
-                read = read_bytes(r, buf) => return read,
-                () = std::future::poll_fn(|cx| release.poll(cx)) => {}
-            }
-        } else {
-            tokio::select! {
-                biased;
-                ready = r.ready() => {
-                    ready?;
-                    break;
-                }
-                () = std::future::poll_fn(|cx| release.poll(cx)) => {}
-            }
-        }
-        // The release timer fired.
-        *buf = BytesMut::new();
-        ticking = on_release();
-        release.reset(tokio::time::Instant::now() + BUFFER_RELEASE);
-    }
+/// Read more bytes into `buf`. A half that holds no buffer (it was freed while idle, see
+/// [`Release`]) waits until the transport has data before it takes one, so idle sessions hold
+/// no read buffers. Cancel-safe (usable in `select!`).
+pub(super) async fn read_more<R: ReadReady>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() == 0 {
         r.ready().await?;
     }
@@ -106,29 +68,75 @@ pub(super) async fn read_more<R: ReadReady>(
     read_bytes(r, buf).await
 }
 
-/// A half's idle-buffer release timer ([`read_more`]), polled only after its own waker fired (a
-/// [`Gate`]): a read that waits does not poll (and re-register) the timer every time.
+/// A half's idle-buffer release timer: it ticks every [`BUFFER_RELEASE`] while the half holds
+/// something to free (its read buffer, a compression context), and each tick frees an empty
+/// read buffer. It is one long-lived timer per half, re-armed only when it fires or when an
+/// idle half takes a buffer again, never per message; an idle half that holds nothing waits
+/// with no timer at all.
+///
+/// It is polled with the half's other control futures, behind the half's [`Gate`](super::gate::Gate): a read
+/// that waits does not poll (and re-register) the timer every time.
 pub(super) struct Release<'a> {
     sleep: Pin<&'a mut tokio::time::Sleep>,
-    gate: Gate,
+    /// The timer runs (it was armed and has not fired since).
+    armed: bool,
+    /// It fired and [`Release::tick`] has not run since.
+    fired: bool,
 }
 
 impl<'a> Release<'a> {
     pub(super) fn new(sleep: Pin<&'a mut tokio::time::Sleep>) -> Release<'a> {
         Release {
             sleep,
-            gate: Gate::new(),
+            armed: true,
+            fired: false,
         }
     }
 
-    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let sleep = &mut self.sleep;
-        self.gate.poll(cx, |cx| sleep.as_mut().poll(cx))
+    /// Poll the timer (from the gate's poll); whether it fired and is waiting for its tick.
+    pub(super) fn poll(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.armed && self.sleep.as_mut().poll(cx).is_ready() {
+            self.armed = false;
+            self.fired = true;
+        }
+        self.fired
     }
 
-    fn reset(&mut self, at: tokio::time::Instant) {
-        self.sleep.as_mut().reset(at);
-        self.gate.open();
+    /// It fired and waits for [`Release::tick`].
+    pub(super) fn fired(&self) -> bool {
+        self.fired
+    }
+
+    /// After it fired: free `buf` if it is empty (then `on_release` frees the half's other idle
+    /// state and says whether it still holds some), and run again while something is held.
+    /// `true`: the timer was re-armed (the caller opens its gate so that it is polled).
+    pub(super) fn tick(&mut self, buf: &mut BytesMut, on_release: impl FnOnce() -> bool) -> bool {
+        if !std::mem::take(&mut self.fired) {
+            return false;
+        }
+        let mut holding = buf.capacity() > 0;
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+            holding = on_release();
+        }
+        holding && self.arm()
+    }
+
+    /// The half took a read buffer: the timer runs if it did not. `true`: it was re-armed (the
+    /// caller opens its gate).
+    pub(super) fn woke(&mut self) -> bool {
+        !self.fired && self.arm()
+    }
+
+    fn arm(&mut self) -> bool {
+        if self.armed {
+            return false;
+        }
+        self.sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + BUFFER_RELEASE);
+        self.armed = true;
+        true
     }
 }
 
@@ -271,6 +279,45 @@ mod tests {
             );
         }
         out
+    }
+
+    async fn poll_release(r: &mut Release<'_>) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(r.poll(cx))).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_release_timer_frees_idle_buffers_and_stops_when_nothing_is_held() {
+        let sleep = tokio::time::sleep(BUFFER_RELEASE);
+        tokio::pin!(sleep);
+        let mut release = Release::new(sleep);
+        let mut buf = BytesMut::with_capacity(1024);
+        assert!(!poll_release(&mut release).await);
+        tokio::time::advance(BUFFER_RELEASE).await;
+        assert!(poll_release(&mut release).await);
+        // The tick frees the empty buffer; nothing else is held, so the timer stops.
+        assert!(!release.tick(&mut buf, || false));
+        assert_eq!(buf.capacity(), 0);
+        assert!(!release.fired());
+        tokio::time::advance(BUFFER_RELEASE * 3).await;
+        assert!(!poll_release(&mut release).await);
+        // A buffer taken again starts it, once.
+        buf.reserve(10);
+        assert!(release.woke());
+        assert!(!release.woke());
+        // Bytes of a frame not yet whole are kept, and the timer runs on.
+        buf.extend_from_slice(b"partial");
+        tokio::time::advance(BUFFER_RELEASE).await;
+        assert!(poll_release(&mut release).await);
+        assert!(release.tick(&mut buf, || unreachable!("the buffer is not empty")));
+        assert_eq!(&buf[..], b"partial");
+        // Other idle state still held (a compression context): it ticks on without a buffer.
+        buf.clear();
+        tokio::time::advance(BUFFER_RELEASE).await;
+        assert!(poll_release(&mut release).await);
+        assert!(release.tick(&mut buf, || true));
+        assert_eq!(buf.capacity(), 0);
+        // A tick that did not fire does nothing.
+        assert!(!release.tick(&mut buf, || unreachable!("not fired")));
     }
 
     #[test]

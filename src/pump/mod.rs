@@ -200,7 +200,7 @@ where
         rec: info.recording.as_deref(),
         deflate: info.deflate,
     };
-    let up = Upstream::new(
+    let mut up = Upstream::new(
         cr,
         bw,
         &shared,
@@ -209,7 +209,7 @@ where
         &info.stats.up,
         extras,
     );
-    let down = Downstream::new(
+    let mut down = Downstream::new(
         br,
         cw,
         &shared,

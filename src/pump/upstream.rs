@@ -124,7 +124,7 @@ where
         }
     }
 
-    pub(super) async fn run(mut self, limits: DecoderLimits, preread: &[u8]) {
+    pub(super) async fn run(&mut self, limits: DecoderLimits, preread: &[u8]) {
         self.pump(limits, preread).await;
         // Whatever ended the session, the backend sees an orderly FIN.
         self.shut_backend().await;
@@ -149,13 +149,13 @@ where
         let mut forward = true;
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);
-        let mut release = Release::new(release);
         // Kept across iterations (a fresh one per loop would register a waiter per message).
         let shared = self.shared;
         let notified = shared.to_up.notified();
         tokio::pin!(notified);
         let mut wake = Told {
             notified,
+            release: Release::new(release),
             gate: Gate::new(),
             shared,
         };
@@ -272,21 +272,29 @@ where
                 None => {}
             }
             tokio::select! {
-                // Downstream's word first (polled only once it came): a client that always has
-                // data ready never keeps upstream from seeing `stop_up`.
+                // Downstream's word and the release timer first (polled only once one of them
+                // fired): a client that always has data ready never keeps upstream from seeing
+                // `stop_up`.
                 biased;
-                () = std::future::poll_fn(|cx| wake.poll(cx)) => {
+                () = std::future::poll_fn(|cx| wake.poll(cx, true)) => {
+                    let idle_tick = || {
+                        inflater
+                            .as_mut()
+                            .filter(|_| !decoder.in_message())
+                            .is_some_and(|inf| inf.idle_tick())
+                    };
+                    if wake.release.tick(&mut rbuf, idle_tick) {
+                        wake.gate.open();
+                    }
                     if shared.lock().stop_up {
                         return;
                     }
                 }
-                r = read_more(&mut self.client, &mut rbuf, &mut release, || {
-                    inflater
-                        .as_mut()
-                        .filter(|_| !decoder.in_message())
-                        .is_some_and(|inf| inf.idle_tick())
-                }) => match r {
+                r = read_more(&mut self.client, &mut rbuf) => match r {
                     Ok(n) if n > 0 => {
+                        if wake.release.woke() {
+                            wake.gate.open();
+                        }
                         let now = shared.now_ms();
                         self.shared.client_read_at(now);
                         read_at = Some(now);
@@ -329,7 +337,7 @@ where
                             self.backend_failed(forward, Close::BACKEND_STALLED);
                             return true;
                         }
-                        () = std::future::poll_fn(|cx| wake.poll(cx)) => {
+                        () = std::future::poll_fn(|cx| wake.poll(cx, false)) => {
                             if self.shared.lock().stop_up {
                                 return false;
                             }
@@ -431,7 +439,7 @@ where
                     _ => return,
                 },
                 _ = tokio::time::sleep_until(deadline) => return,
-                () = std::future::poll_fn(|cx| wake.poll(cx)) => {
+                () = std::future::poll_fn(|cx| wake.poll(cx, false)) => {
                     if self.shared.lock().stop_up {
                         return;
                     }
@@ -441,21 +449,42 @@ where
     }
 }
 
-/// Downstream's word to upstream: one wait on [`Shared::to_up`] kept across passes, polled only
-/// once notified (not on every pass of the data path).
+/// Upstream's control futures: downstream's word (one wait on [`Shared::to_up`] kept across
+/// passes) and the idle-buffer release timer, polled only once one of them fired (not on every
+/// pass of the data path).
 struct Told<'a, 's> {
     notified: Pin<&'a mut Notified<'s>>,
+    release: Release<'a>,
     gate: Gate,
     shared: &'s Shared,
 }
 
 impl Told<'_, '_> {
-    /// Ready when downstream changed the control block (and then waits afresh).
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let notified = &mut self.notified;
-        std::task::ready!(self.gate.poll(cx, |cx| notified.as_mut().poll(cx)));
-        self.notified.set(self.shared.to_up.notified());
-        Poll::Ready(())
+    /// Ready when downstream changed the control block (and then waits afresh), or, with
+    /// `release`, when the release timer fired and waits for its tick (which the caller runs).
+    fn poll(&mut self, cx: &mut Context<'_>, release: bool) -> Poll<()> {
+        if release && self.release.fired() {
+            return Poll::Ready(());
+        }
+        let (notified, timer) = (&mut self.notified, &mut self.release);
+        let told = std::task::ready!(self.gate.poll(cx, |cx| {
+            let fired = timer.poll(cx);
+            match notified.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(true),
+                Poll::Pending if fired => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        }));
+        if told {
+            self.notified.set(self.shared.to_up.notified());
+            return Poll::Ready(());
+        }
+        // Only the timer fired: a caller that does not run its tick waits on.
+        if release {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
