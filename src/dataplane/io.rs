@@ -222,11 +222,9 @@ fn recv_into(fd: &OwnedFd, buf: &mut BytesMut, want: usize) -> rustix::io::Resul
 
 impl ReadReady for LoopRead {
     #[inline]
-    fn ready(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
-        std::future::poll_fn(move |cx| {
-            let s = &self.source;
-            poll_flag(&s.readable, &s.read_waker, &mut self.waker, cx).map(Ok)
-        })
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let s = &self.source;
+        poll_flag(&s.readable, &s.read_waker, &mut self.waker, cx).map(Ok)
     }
 
     #[inline]

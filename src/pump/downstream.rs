@@ -10,10 +10,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::gate::Gate;
-use super::io::{read_more, Output, ReadReady, Release};
+use super::io::{poll_read_more, Output, ReadReady, Release};
 use super::keepalive::{Due, Keepalive};
 use super::Extras;
-use super::{far_future, Shared, Traffic, BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES};
+use super::{far_future, Shared, Traffic, FLUSH_THRESHOLD_BYTES};
 use crate::config::Route;
 use crate::error::{Close, SessionEnd, Side};
 use crate::framing::FromBackend;
@@ -159,11 +159,9 @@ where
         let mut answer: Option<(Option<CloseCode>, tokio::time::Instant)> = None;
         let limits = &self.route.limits;
         let mut keepalive = Keepalive::new(limits.ping_interval, limits.pong_timeout);
-        let release = tokio::time::sleep(BUFFER_RELEASE);
-        tokio::pin!(release);
-        let mut release = Release::new(release);
+        let mut release = Release::new(None);
         // One timer for every deadline of this half (idle, keepalive, credential expiry, backend
-        // drain, write stall). It is re-armed when it fires or when an earlier deadline appears,
+        // drain, write stall, the idle-buffer release). It is re-armed when it fires or when an earlier deadline appears,
         // never per message.
         let housekeeping = tokio::time::sleep_until(far_future());
         tokio::pin!(housekeeping);
@@ -215,14 +213,19 @@ where
                 if let Some(end) = self.deadlines(answer, &mut keepalive, expires) {
                     return end;
                 }
+                if release.expire(tokio::time::Instant::now()) {
+                    let idle_tick = || self.deflater.as_mut().is_some_and(|(d, _)| d.idle_tick());
+                    release.tick(&mut rbuf, idle_tick);
+                }
             }
             // Traffic only moves the idle and keepalive deadlines later, so the earliest one is
             // computed again only when the timer fired or a deadline may have come closer: the
             // client's Close, a write stall, a Ping waiting for its answer.
-            let inputs = (answer.is_some(), self.out.stalled_since);
+            let inputs = (answer.is_some(), self.out.stalled_since, release.due());
             if elapsed || keepalive.awaiting() || seen != Some(inputs) {
                 seen = Some(inputs);
                 let due = self.next_deadline(&answer, &mut keepalive, expires);
+                let due = release.due().map_or(due, |r| due.min(r));
                 if due < armed || elapsed {
                     // Never in the past: a deadline that is not acted on must not spin the loop.
                     let due = due.max(tokio::time::Instant::now() + Duration::from_millis(1));
@@ -238,10 +241,8 @@ where
                     if wake.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(true);
                     }
-                    // These only wake an idle session; the top of the loop acts on them (the release
-                    // timer: the branch below).
+                    // These only wake an idle session; the top of the loop acts on them.
                     let fired = [
-                        release.poll(cx),
                         housekeeping.as_mut().poll(cx).is_ready(),
                         shutdown_wait.as_mut().poll(cx).is_ready(),
                         kill_wait.as_mut().poll(cx).is_ready(),
@@ -250,10 +251,6 @@ where
                     if fired.contains(&true) { Poll::Ready(false) } else { Poll::Pending }
                 })) => {
                     control_fired = true;
-                    let idle_tick = || self.deflater.as_mut().is_some_and(|(d, _)| d.idle_tick());
-                    if release.tick(&mut rbuf, idle_tick) {
-                        control.open();
-                    }
                     if !told {
                         continue;
                     }
@@ -285,13 +282,12 @@ where
                         return DownEnd::Abort(CLIENT_GONE);
                     }
                 }
-                r = read_more(&mut self.backend, &mut rbuf), if room => {
+                r = std::future::poll_fn(|cx| poll_read_more(&mut self.backend, cx, &mut rbuf)), if room => {
                     let eof = !matches!(r, Ok(n) if n > 0);
                     if !eof {
                         self.shared.touch();
-                        if release.woke() {
-                            control.open();
-                        }
+                        // Timed by housekeeping: the deadlines are computed again at the top.
+                        release.woke();
                     }
                     // Everything read so far is queued, on EOF too (a last unterminated line).
                     if let Err(close) = self.queue(&mut rbuf, matches!(r, Ok(0))) {

@@ -15,9 +15,9 @@ use crate::ws;
 /// A reader that can say when data is there without being handed a buffer, so that an idle
 /// session holds no read buffer. Transports without such a signal read into a buffer at once.
 pub trait ReadReady: AsyncRead + Unpin {
-    /// Resolves when a read would make progress (or fail).
-    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    /// Ready when a read would make progress (or fail); the task is woken then.
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
     /// Read into `buf`'s spare capacity (appended): how many bytes came, 0 at the end of the
@@ -36,19 +36,35 @@ pub(super) async fn read_bytes<R: ReadReady>(r: &mut R, buf: &mut BytesMut) -> i
     std::future::poll_fn(|cx| r.poll_read_bytes(cx, buf)).await
 }
 
+impl<T: ReadReady + ?Sized> ReadReady for &mut T {
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        (**self).poll_ready(cx)
+    }
+
+    #[inline]
+    fn poll_read_bytes(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        (**self).poll_read_bytes(cx, buf)
+    }
+}
+
 impl ReadReady for tokio::net::tcp::OwnedReadHalf {
-    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        self.readable()
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        self.as_ref().poll_read_ready(cx)
     }
 }
 
 impl ReadReady for crate::backend::BackendReader {
-    async fn ready(&mut self) -> io::Result<()> {
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            crate::backend::BackendReader::Tcp(r) => r.readable().await,
-            crate::backend::BackendReader::Unix(r) => r.readable().await,
+            crate::backend::BackendReader::Tcp(r) => r.as_ref().poll_read_ready(cx),
+            crate::backend::BackendReader::Unix(r) => r.as_ref().poll_read_ready(cx),
             // TLS may hold decrypted bytes the socket no longer signals: read into a buffer.
-            crate::backend::BackendReader::Tls(_) => Ok(()),
+            crate::backend::BackendReader::Tls(_) => Poll::Ready(Ok(())),
         }
     }
 }
@@ -56,47 +72,78 @@ impl ReadReady for crate::backend::BackendReader {
 impl<T: AsyncRead + Send> ReadReady for tokio::io::ReadHalf<T> {}
 
 /// Read more bytes into `buf`. A half that holds no buffer (it was freed while idle, see
-/// [`Release`]) waits until the transport has data before it takes one, so idle sessions hold
-/// no read buffers. Cancel-safe (usable in `select!`).
-pub(super) async fn read_more<R: ReadReady>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() == 0 {
-        r.ready().await?;
+/// [`Release`]) waits until the transport has data before it takes one, and gives it back if
+/// the read then finds nothing after all, so idle sessions hold no read buffers. No state of
+/// its own between polls (usable in `select!` as a `poll_fn`).
+pub(super) fn poll_read_more<R: ReadReady>(
+    r: &mut R,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let idle = buf.capacity() == 0;
+    if idle {
+        std::task::ready!(r.poll_ready(cx))?;
     }
     if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
         buf.reserve(READ_CHUNK_BYTES);
     }
-    read_bytes(r, buf).await
+    let read = r.poll_read_bytes(cx, buf);
+    if idle && read.is_pending() {
+        *buf = BytesMut::new();
+    }
+    read
 }
 
 /// A half's idle-buffer release timer: it ticks every [`BUFFER_RELEASE`] while the half holds
 /// something to free (its read buffer, a compression context), and each tick frees an empty
-/// read buffer. It is one long-lived timer per half, re-armed only when it fires or when an
-/// idle half takes a buffer again, never per message; an idle half that holds nothing waits
-/// with no timer at all.
+/// read buffer. It is re-armed only when it fires or when an idle half takes a buffer again,
+/// never per message; an idle half that holds nothing waits with no timer at all.
 ///
-/// It is polled with the half's other control futures, behind the half's [`Gate`](super::gate::Gate): a read
-/// that waits does not poll (and re-register) the timer every time.
+/// Upstream gives it a timer of its own, polled with upstream's other control futures behind
+/// their [`Gate`](super::gate::Gate) ([`Release::poll`]): a read that waits does not poll (and
+/// re-register) the timer every time. Downstream has one timer for all its deadlines, and this
+/// is one of them ([`Release::due`], [`Release::expire`]).
 pub(super) struct Release<'a> {
-    sleep: Pin<&'a mut tokio::time::Sleep>,
-    /// The timer runs (it was armed and has not fired since).
-    armed: bool,
+    sleep: Option<Pin<&'a mut tokio::time::Sleep>>,
+    /// When it fires next, while it runs.
+    due: Option<tokio::time::Instant>,
     /// It fired and [`Release::tick`] has not run since.
     fired: bool,
 }
 
 impl<'a> Release<'a> {
-    pub(super) fn new(sleep: Pin<&'a mut tokio::time::Sleep>) -> Release<'a> {
-        Release {
+    /// Running from now; `sleep`, if given, is its timer (set to fire then).
+    pub(super) fn new(sleep: Option<Pin<&'a mut tokio::time::Sleep>>) -> Release<'a> {
+        let mut release = Release {
             sleep,
-            armed: true,
+            due: None,
             fired: false,
-        }
+        };
+        release.arm();
+        release
     }
 
-    /// Poll the timer (from the gate's poll); whether it fired and is waiting for its tick.
+    /// Poll its own timer (from the gate's poll); whether it fired and waits for its tick.
     pub(super) fn poll(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        if self.armed && self.sleep.as_mut().poll(cx).is_ready() {
-            self.armed = false;
+        if let (Some(sleep), Some(_)) = (&mut self.sleep, self.due) {
+            if sleep.as_mut().poll(cx).is_ready() {
+                self.due = None;
+                self.fired = true;
+            }
+        }
+        self.fired
+    }
+
+    /// When it fires next, if it runs (for a half that times it itself).
+    pub(super) fn due(&self) -> Option<tokio::time::Instant> {
+        self.due
+    }
+
+    /// For a half that times it itself: it fires if it was due by `now`; whether it fired and
+    /// waits for its tick.
+    pub(super) fn expire(&mut self, now: tokio::time::Instant) -> bool {
+        if self.due.is_some_and(|due| due <= now) {
+            self.due = None;
             self.fired = true;
         }
         self.fired
@@ -109,7 +156,7 @@ impl<'a> Release<'a> {
 
     /// After it fired: free `buf` if it is empty (then `on_release` frees the half's other idle
     /// state and says whether it still holds some), and run again while something is held.
-    /// `true`: the timer was re-armed (the caller opens its gate so that it is polled).
+    /// `true`: the timer was re-armed (a caller whose gate polls it opens the gate).
     pub(super) fn tick(&mut self, buf: &mut BytesMut, on_release: impl FnOnce() -> bool) -> bool {
         if !std::mem::take(&mut self.fired) {
             return false;
@@ -122,20 +169,21 @@ impl<'a> Release<'a> {
         holding && self.arm()
     }
 
-    /// The half took a read buffer: the timer runs if it did not. `true`: it was re-armed (the
-    /// caller opens its gate).
+    /// The half took a read buffer: the timer runs if it did not. `true`: it was re-armed (a
+    /// caller whose gate polls it opens the gate).
     pub(super) fn woke(&mut self) -> bool {
         !self.fired && self.arm()
     }
 
     fn arm(&mut self) -> bool {
-        if self.armed {
+        if self.due.is_some() {
             return false;
         }
-        self.sleep
-            .as_mut()
-            .reset(tokio::time::Instant::now() + BUFFER_RELEASE);
-        self.armed = true;
+        let at = tokio::time::Instant::now() + BUFFER_RELEASE;
+        if let Some(sleep) = &mut self.sleep {
+            sleep.as_mut().reset(at);
+        }
+        self.due = Some(at);
         true
     }
 }
@@ -289,7 +337,7 @@ mod tests {
     async fn the_release_timer_frees_idle_buffers_and_stops_when_nothing_is_held() {
         let sleep = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(sleep);
-        let mut release = Release::new(sleep);
+        let mut release = Release::new(Some(sleep));
         let mut buf = BytesMut::with_capacity(1024);
         assert!(!poll_release(&mut release).await);
         tokio::time::advance(BUFFER_RELEASE).await;
@@ -318,6 +366,23 @@ mod tests {
         assert_eq!(buf.capacity(), 0);
         // A tick that did not fire does nothing.
         assert!(!release.tick(&mut buf, || unreachable!("not fired")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_timed_by_its_half_fires_when_due() {
+        let start = tokio::time::Instant::now();
+        let mut release = Release::new(None);
+        assert_eq!(release.due(), Some(start + BUFFER_RELEASE));
+        assert!(!release.expire(start + BUFFER_RELEASE / 2));
+        assert!(release.expire(start + BUFFER_RELEASE));
+        assert_eq!(release.due(), None);
+        let mut buf = BytesMut::with_capacity(64);
+        assert!(!release.tick(&mut buf, || false));
+        assert_eq!((buf.capacity(), release.due()), (0, None));
+        // A buffer taken again: due one period later.
+        tokio::time::advance(BUFFER_RELEASE * 5).await;
+        assert!(release.woke());
+        assert_eq!(release.due(), Some(start + BUFFER_RELEASE * 6));
     }
 
     #[test]

@@ -11,7 +11,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::Notified;
 
 use super::gate::Gate;
-use super::io::{flush_now, read_bytes, read_more, write_now, write_or_flush, ReadReady, Release};
+use super::io::{
+    flush_now, poll_read_more, read_bytes, write_now, write_or_flush, ReadReady, Release,
+};
 use super::Extras;
 use super::{
     Shared, Traffic, BUFFER_RELEASE, DISCARD_CHUNK_BYTES, FLUSH_THRESHOLD_BYTES,
@@ -142,9 +144,14 @@ where
     async fn pump(&mut self, limits: DecoderLimits, preread: &[u8]) {
         let mut decoder = Decoder::new(limits).with_compression(self.deflate.is_some());
         // Inflated sizes are held to the same limits as plain ones.
-        let mut inflater = self
-            .deflate
-            .map(|p| Inflater::new(&p, limits.max_message_size, limits.max_frame_size));
+        // Boxed: a session without compression keeps a pointer, not an inflater's size.
+        let mut inflater = self.deflate.map(|p| {
+            Box::new(Inflater::new(
+                &p,
+                limits.max_message_size,
+                limits.max_frame_size,
+            ))
+        });
         let mut rbuf = BytesMut::from(preread);
         let mut forward = true;
         let release = tokio::time::sleep(BUFFER_RELEASE);
@@ -155,7 +162,7 @@ where
         tokio::pin!(notified);
         let mut wake = Told {
             notified,
-            release: Release::new(release),
+            release: Release::new(Some(release)),
             gate: Gate::new(),
             shared,
         };
@@ -200,10 +207,10 @@ where
                                 last,
                                 new_frame: decoder.piece_starts_frame(),
                             };
-                            match self
-                                .forward_compressed(inf, piece, &mut forward, &mut wake)
-                                .await
-                            {
+                            // Boxed, like every rare wait of this loop: the session's future
+                            // is as large as its largest wait.
+                            let step = self.forward_compressed(inf, piece, &mut forward, &mut wake);
+                            match Box::pin(step).await {
                                 Ok(true) => continue,
                                 Ok(false) => return,
                                 Err(close) => {
@@ -266,7 +273,7 @@ where
                 Some(UpStop::Fail(close)) => {
                     self.shared.tell_down(|c| c.fail = Some(close));
                     self.shut_backend().await;
-                    self.discard_until_eof(&mut rbuf, &mut wake).await;
+                    Box::pin(self.discard_until_eof(&mut rbuf, &mut wake)).await;
                     return;
                 }
                 None => {}
@@ -290,7 +297,7 @@ where
                         return;
                     }
                 }
-                r = read_more(&mut self.client, &mut rbuf) => match r {
+                r = std::future::poll_fn(|cx| poll_read_more(&mut self.client, cx, &mut rbuf)) => match r {
                     Ok(n) if n > 0 => {
                         if wake.release.woke() {
                             wake.gate.open();
@@ -326,25 +333,20 @@ where
             };
             let r = match now {
                 Poll::Ready(r) => r,
-                Poll::Pending => {
-                    let stalled = tokio::time::sleep(self.write_timeout);
-                    tokio::select! {
-                        biased;
-                        // `write` and `flush` are cancel-safe: if another branch wins, nothing
-                        // was written.
-                        r = write_or_flush(&mut self.backend, self.out.ready(), flushing) => r,
-                        _ = stalled => {
-                            self.backend_failed(forward, Close::BACKEND_STALLED);
-                            return true;
-                        }
-                        () = std::future::poll_fn(|cx| wake.poll(cx, false)) => {
-                            if self.shared.lock().stop_up {
-                                return false;
-                            }
-                            continue;
-                        }
+                // The backend's socket is full: the wait, with its timer, is allocated only now.
+                Poll::Pending => match Box::pin(self.wait_for_backend(flushing, wake)).await {
+                    Waited::Done(r) => r,
+                    Waited::Stalled => {
+                        self.backend_failed(forward, Close::BACKEND_STALLED);
+                        return true;
                     }
-                }
+                    Waited::Told => {
+                        if self.shared.lock().stop_up {
+                            return false;
+                        }
+                        continue;
+                    }
+                },
             };
             match r {
                 Ok(_) if flushing => self.unflushed = false,
@@ -359,6 +361,19 @@ where
             }
         }
         true
+    }
+
+    /// Wait until the backend takes the write (or flush) `flush` tried, at most `write_timeout`,
+    /// or until downstream has a word.
+    async fn wait_for_backend(&mut self, flushing: bool, wake: &mut Told<'_, 's>) -> Waited {
+        let stalled = tokio::time::sleep(self.write_timeout);
+        tokio::select! {
+            biased;
+            // `write` and `flush` are cancel-safe: if another branch wins, nothing was written.
+            r = write_or_flush(&mut self.backend, self.out.ready(), flushing) => Waited::Done(r),
+            _ = stalled => Waited::Stalled,
+            () = std::future::poll_fn(|cx| wake.poll(cx, false)) => Waited::Told,
+        }
     }
 
     /// Inflate one piece of a compressed message and forward it, [`INFLATE_CHUNK_BYTES`] at a
@@ -486,6 +501,16 @@ impl Told<'_, '_> {
             Poll::Pending
         }
     }
+}
+
+/// How a wait for the backend's socket ended.
+enum Waited {
+    /// The write (or flush) completed: as [`Upstream::flush`] handles its result.
+    Done(std::io::Result<usize>),
+    /// `write_timeout` passed without progress.
+    Stalled,
+    /// Downstream changed the control block.
+    Told,
 }
 
 /// A piece of a compressed message, as the decoder handed it out.

@@ -1,7 +1,6 @@
 //! A session after the 101: take the connection from hyper, register it (admin `/sessions`),
 //! run the pump, release its claims, count it in the metrics and write its access line.
 
-use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -296,10 +295,17 @@ fn on_session_thread<E>(
 ) where
     E: FnOnce(&SessionInfo, pump::Outcome) + Send + 'static,
 {
-    plane.spawn(client, backend, move |(client, backend)| async move {
-        let info = &session.info;
-        let outcome = pump::run(info, client, &preread, backend, (shutdown, Some(&cut))).await;
-        session.finish(outcome);
+    plane.spawn(client, backend, move |sockets| {
+        // The sockets stay where the session's future keeps them; the pump borrows them (moved
+        // into it, they would take their size twice in the future).
+        let ((mut cr, mut cw), (mut br, mut bw)) = sockets;
+        async move {
+            let info = &session.info;
+            let client = (&mut cr, &mut cw);
+            let backend = (&mut br, &mut bw);
+            let outcome = pump::run(info, client, &preread, backend, (shutdown, Some(&cut))).await;
+            session.finish(outcome);
+        }
     });
 }
 
@@ -480,17 +486,15 @@ impl TlsHalf {
 }
 
 impl ReadReady for TlsHalf {
-    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::poll_fn(|cx| {
-            let stream = self.lock();
-            let (tcp, tls) = stream.get_ref();
-            // rustls wants no more bytes when it holds plaintext (or the client's close_notify)
-            // for the next read; otherwise the socket tells.
-            if !tls.wants_read() {
-                return Poll::Ready(Ok(()));
-            }
-            tcp.poll_read_ready(cx)
-        })
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream = self.lock();
+        let (tcp, tls) = stream.get_ref();
+        // rustls wants no more bytes when it holds plaintext (or the client's close_notify) for
+        // the next read; otherwise the socket tells.
+        if !tls.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        tcp.poll_read_ready(cx)
     }
 }
 
