@@ -59,6 +59,16 @@ enum DownEnd {
     Cut,
 }
 
+/// What woke downstream's main loop.
+enum DownNext {
+    /// A control future fired; `told`: upstream changed the control block.
+    Control { told: bool },
+    /// A write to the client went through (`false`: it failed).
+    Wrote(bool),
+    /// A read from the backend ended.
+    Read(std::io::Result<usize>),
+}
+
 const CLIENT_GONE: &str = "client connection lost without a Close";
 const CLIENT_STALLED: &str = "client stopped reading (write_timeout)";
 const CLIENT_UNRESPONSIVE: &str = "client did not answer a keepalive ping (pong_timeout)";
@@ -235,9 +245,11 @@ where
                 }
             }
             let room = self.out.pending() < FLUSH_THRESHOLD_BYTES;
-            tokio::select! {
-                biased;
-                told = std::future::poll_fn(|cx| control.poll(cx, |cx| {
+            let busy = self.out.busy();
+            // In this order: the control futures (polled only once one of them woke the task),
+            // the client's socket when output waits, the backend while there is room.
+            let next = std::future::poll_fn(|cx| {
+                let control = control.poll(cx, |cx| {
                     if wake.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(true);
                     }
@@ -248,8 +260,28 @@ where
                         kill_wait.as_mut().poll(cx).is_ready(),
                         cut_wait.as_mut().poll(cx).is_ready(),
                     ];
-                    if fired.contains(&true) { Poll::Ready(false) } else { Poll::Pending }
-                })) => {
+                    if fired.contains(&true) {
+                        Poll::Ready(false)
+                    } else {
+                        Poll::Pending
+                    }
+                });
+                if let Poll::Ready(told) = control {
+                    return Poll::Ready(DownNext::Control { told });
+                }
+                if busy {
+                    if let Poll::Ready(r) = self.out.poll_step(cx, &mut self.client) {
+                        return Poll::Ready(DownNext::Wrote(r.is_ok()));
+                    }
+                }
+                if room {
+                    return poll_read_more(&mut self.backend, cx, &mut rbuf).map(DownNext::Read);
+                }
+                Poll::Pending
+            })
+            .await;
+            match next {
+                DownNext::Control { told } => {
                     control_fired = true;
                     if !told {
                         continue;
@@ -261,7 +293,12 @@ where
                             self.out.buf.extend_from_slice(&c.pongs);
                             c.pongs.clear();
                         }
-                        (c.fail, c.client_close, c.client_gone, c.backend_write_failed)
+                        (
+                            c.fail,
+                            c.client_close,
+                            c.client_gone,
+                            c.backend_write_failed,
+                        )
                     };
                     if gone {
                         return DownEnd::Abort(CLIENT_GONE);
@@ -277,12 +314,12 @@ where
                         return DownEnd::Initiate(close);
                     }
                 }
-                r = std::future::poll_fn(|cx| self.out.poll_step(cx, &mut self.client)), if self.out.busy() => {
-                    if r.is_err() {
+                DownNext::Wrote(ok) => {
+                    if !ok {
                         return DownEnd::Abort(CLIENT_GONE);
                     }
                 }
-                r = std::future::poll_fn(|cx| poll_read_more(&mut self.backend, cx, &mut rbuf)), if room => {
+                DownNext::Read(r) => {
                     let eof = !matches!(r, Ok(n) if n > 0);
                     if !eof {
                         self.shared.touch();
@@ -292,15 +329,25 @@ where
                     // Everything read so far is queued, on EOF too (a last unterminated line).
                     if let Err(close) = self.queue(&mut rbuf, matches!(r, Ok(0))) {
                         return match answer {
-                            Some((code, _)) => DownEnd::Answer { code, drop_queued: false },
+                            Some((code, _)) => DownEnd::Answer {
+                                code,
+                                drop_queued: false,
+                            },
                             None => DownEnd::Initiate(close),
                         };
                     }
                     if eof {
                         if let Some((code, _)) = answer {
-                            return DownEnd::Answer { code, drop_queued: false };
+                            return DownEnd::Answer {
+                                code,
+                                drop_queued: false,
+                            };
                         }
-                        return DownEnd::Initiate(if r.is_ok() { Close::BACKEND_EOF } else { Close::BACKEND_ERROR });
+                        return DownEnd::Initiate(if r.is_ok() {
+                            Close::BACKEND_EOF
+                        } else {
+                            Close::BACKEND_ERROR
+                        });
                     }
                 }
             }

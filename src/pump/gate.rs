@@ -118,6 +118,38 @@ impl<F: Future + Unpin> Future for Gated<F> {
     }
 }
 
+/// Run two futures to their ends together (a session's halves), each polled only after a
+/// wake-up of its own ([`Gated`]). Like `tokio::join!` of two gated futures, without its
+/// per-poll bookkeeping: the first is always polled first.
+pub(crate) async fn join_gated<A, B>(a: A, b: B) -> (A::Output, B::Output)
+where
+    A: Future + Unpin,
+    B: Future + Unpin,
+{
+    let (mut a, mut b) = (Gated::new(a), Gated::new(b));
+    let (mut done_a, mut done_b) = (None, None);
+    std::future::poll_fn(move |cx| {
+        if done_a.is_none() {
+            if let Poll::Ready(out) = Pin::new(&mut a).poll(cx) {
+                done_a = Some(out);
+            }
+        }
+        if done_b.is_none() {
+            if let Poll::Ready(out) = Pin::new(&mut b).poll(cx) {
+                done_b = Some(out);
+            }
+        }
+        match (done_a.take(), done_b.take()) {
+            (Some(a), Some(b)) => Poll::Ready((a, b)),
+            (a, b) => {
+                (done_a, done_b) = (a, b);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +169,38 @@ mod tests {
         assert!(poll_once(&mut gated).await.is_pending());
         notify.notify_one();
         assert!(poll_once(&mut gated).await.is_ready());
+    }
+
+    #[tokio::test]
+    async fn joined_futures_both_finish_and_each_is_polled_on_its_own_wake_ups() {
+        let polls = std::cell::Cell::new(0);
+        let counting = std::future::poll_fn(|_| {
+            polls.set(polls.get() + 1);
+            Poll::<()>::Pending
+        });
+        let counting = std::pin::pin!(counting);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let n = notify.clone();
+        let first = std::pin::pin!(async move {
+            n.notified().await;
+            7
+        });
+        let mut joined = std::pin::pin!(join_gated(first, counting));
+        for _ in 0..3 {
+            assert!(poll_once(&mut joined).await.is_pending());
+        }
+        // The second was polled once (at the start): nothing woke it since.
+        assert_eq!(polls.get(), 1);
+        notify.notify_one();
+        assert!(poll_once(&mut joined).await.is_pending());
+        assert_eq!(polls.get(), 1);
+
+        let a = std::pin::pin!(async { 1 });
+        let b = std::pin::pin!(async {
+            tokio::task::yield_now().await;
+            "two"
+        });
+        assert_eq!(join_gated(a, b).await, (1, "two"));
     }
 
     #[tokio::test]

@@ -238,7 +238,7 @@ where
         (&info.kill, cut),
         expires
     ));
-    let ((), end) = tokio::join!(Gated::new(up), Gated::new(down));
+    let ((), end) = gate::join_gated(up, down).await;
     let client_close = shared.lock().client_close;
     Outcome {
         end,

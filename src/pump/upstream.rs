@@ -278,12 +278,18 @@ where
                 }
                 None => {}
             }
-            tokio::select! {
-                // Downstream's word and the release timer first (polled only once one of them
-                // fired): a client that always has data ready never keeps upstream from seeing
-                // `stop_up`.
-                biased;
-                () = std::future::poll_fn(|cx| wake.poll(cx, true)) => {
+            // Downstream's word and the release timer first (polled only once one of them
+            // fired): a client that always has data ready never keeps upstream from seeing
+            // `stop_up`.
+            let read = std::future::poll_fn(|cx| {
+                if wake.poll(cx, true).is_ready() {
+                    return Poll::Ready(None);
+                }
+                poll_read_more(&mut self.client, cx, &mut rbuf).map(Some)
+            })
+            .await;
+            match read {
+                None => {
                     let idle_tick = || {
                         inflater
                             .as_mut()
@@ -297,21 +303,19 @@ where
                         return;
                     }
                 }
-                r = std::future::poll_fn(|cx| poll_read_more(&mut self.client, cx, &mut rbuf)) => match r {
-                    Ok(n) if n > 0 => {
-                        if wake.release.woke() {
-                            wake.gate.open();
-                        }
-                        let now = shared.now_ms();
-                        self.shared.client_read_at(now);
-                        read_at = Some(now);
+                Some(Ok(n)) if n > 0 => {
+                    if wake.release.woke() {
+                        wake.gate.open();
                     }
-                    // EOF or error without a Close: the client is gone (1006 on its side).
-                    _ => {
-                        self.shared.tell_down(|c| c.client_gone = true);
-                        return;
-                    }
-                },
+                    let now = shared.now_ms();
+                    self.shared.client_read_at(now);
+                    read_at = Some(now);
+                }
+                // EOF or error without a Close: the client is gone (1006 on its side).
+                Some(_) => {
+                    self.shared.tell_down(|c| c.client_gone = true);
+                    return;
+                }
             }
         }
     }
