@@ -241,23 +241,24 @@ impl ReadReady for LoopRead {
     }
 }
 
-impl AsyncWrite for LoopWrite {
+impl LoopWrite {
+    /// Send up to `len` bytes with `send` once the socket has room; how many it took.
     #[inline]
-    fn poll_write(
-        self: Pin<&mut Self>,
+    fn poll_send(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        len: usize,
+        mut send: impl FnMut(&OwnedFd) -> rustix::io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let s = &this.source;
-        if buf.is_empty() {
+        let s = &self.source;
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
         loop {
-            std::task::ready!(poll_flag(&s.writable, &s.write_waker, &mut this.waker, cx));
-            match rustix::net::send(&s.fd, buf, SendFlags::NOSIGNAL) {
+            std::task::ready!(poll_flag(&s.writable, &s.write_waker, &mut self.waker, cx));
+            match send(&s.fd) {
                 Ok(n) => {
-                    if n < buf.len() {
+                    if n < len {
                         // The send queue is full: the next event says when there is room.
                         s.writable.store(false, Ordering::Release);
                     }
@@ -268,6 +269,35 @@ impl AsyncWrite for LoopWrite {
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
+    }
+}
+
+impl AsyncWrite for LoopWrite {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_send(cx, buf.len(), |fd| {
+            rustix::net::send(fd, buf, SendFlags::NOSIGNAL)
+        })
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total = bufs.iter().map(|b| b.len()).sum();
+        // writev(2): a peer that is gone gives EPIPE (the process ignores SIGPIPE).
+        self.get_mut()
+            .poll_send(cx, total, |fd| rustix::io::writev(fd, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     #[inline]

@@ -327,7 +327,11 @@ where
                         release.woke();
                     }
                     // Everything read so far is queued, on EOF too (a last unterminated line).
-                    if let Err(close) = self.queue(&mut rbuf, matches!(r, Ok(0))) {
+                    let queued = std::future::poll_fn(|cx| {
+                        Poll::Ready(self.queue(cx, &mut rbuf, matches!(r, Ok(0))))
+                    })
+                    .await;
+                    if let Err(close) = queued {
                         return match answer {
                             Some((code, _)) => DownEnd::Answer {
                                 code,
@@ -424,9 +428,15 @@ where
         due
     }
 
-    /// Turn what the backend sent into frames on the output queue. `Err`: the backend broke the
-    /// framing rules (what came before the fault is queued).
-    fn queue(&mut self, rbuf: &mut BytesMut, eof: bool) -> Result<(), Close> {
+    /// Turn what the backend sent into frames on the output queue (a large one may go out at
+    /// once, see [`Output::push_frame`]). `Err`: the backend broke the framing rules (what came
+    /// before the fault is queued).
+    fn queue(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        rbuf: &mut BytesMut,
+        eof: bool,
+    ) -> Result<(), Close> {
         loop {
             match self.from.next(rbuf, eof)? {
                 Some(m) => {
@@ -440,7 +450,7 @@ where
                         Some((d, min)) if m.payload.len() >= *min => {
                             d.encode_frame(&mut self.out.buf, opcode, m.payload);
                         }
-                        _ => encode_frame(&mut self.out.buf, opcode, m.payload),
+                        _ => self.out.push_frame(cx, &mut self.client, opcode, m.payload),
                     }
                     if let Some(rec) = self.rec {
                         let kind = if text { Kind::Text } else { Kind::Binary };

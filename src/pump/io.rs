@@ -9,7 +9,7 @@ use std::task::Poll;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{BUFFER_RELEASE, FLUSH_THRESHOLD_BYTES, READ_CHUNK_BYTES};
+use super::{BUFFER_RELEASE, DIRECT_WRITE_BYTES, FLUSH_THRESHOLD_BYTES, READ_CHUNK_BYTES};
 use crate::ws;
 
 /// A reader that can say when data is there without being handed a buffer, so that an idle
@@ -283,6 +283,51 @@ impl Output {
         }
     }
 
+    /// Queue one frame. When nothing waits before it and its payload is large, it is written
+    /// straight from `payload` (its header and payload in one vectored write): only what the
+    /// socket does not take now is copied into the queue. A write that fails or finds no room
+    /// queues the whole frame (the next write meets the same error, or waits).
+    pub(super) fn push_frame<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        w: &mut W,
+        opcode: ws::OpCode,
+        payload: &[u8],
+    ) {
+        if payload.len() < DIRECT_WRITE_BYTES || self.pending() > 0 || !w.is_write_vectored() {
+            ws::encode_frame(&mut self.buf, opcode, payload);
+            return;
+        }
+        let mut header = [0u8; ws::MAX_SERVER_HEADER_BYTES];
+        let h = ws::encode_header(true, opcode, payload.len() as u64, &mut header);
+        let total = h + payload.len();
+        let parts = [io::IoSlice::new(&header[..h]), io::IoSlice::new(payload)];
+        let written = match Pin::new(&mut *w).poll_write_vectored(cx, &parts) {
+            Poll::Ready(Ok(n)) => n.min(total),
+            Poll::Ready(Err(_)) | Poll::Pending => 0,
+        };
+        if written > 0 {
+            self.unflushed = true;
+        }
+        if written == total {
+            return;
+        }
+        // Nothing was pending, so the queue is empty: the rest of this frame goes first.
+        if written < h {
+            self.buf.reserve(total - written);
+            self.buf.extend_from_slice(&header[written..h]);
+            self.buf.extend_from_slice(payload);
+        } else {
+            self.buf.extend_from_slice(&payload[written - h..]);
+        }
+        if written > 0 {
+            // The frame's start is out: its rest is a frame in progress (kept whole by
+            // `drop_unstarted`), and the socket is full, so the stall clock starts.
+            self.partial = total - written;
+            self.stalled_since = Some(tokio::time::Instant::now());
+        }
+    }
+
     /// Where the frame that holds byte `at` ends (or `at` itself, when a frame starts there).
     fn frame_end(&self, at: usize) -> usize {
         let mut pos = self.partial;
@@ -383,6 +428,131 @@ mod tests {
         tokio::time::advance(BUFFER_RELEASE * 5).await;
         assert!(release.woke());
         assert_eq!(release.due(), Some(start + BUFFER_RELEASE * 6));
+    }
+
+    /// A socket that takes at most `room` more bytes (none: it would block).
+    struct Socket {
+        room: usize,
+        got: Vec<u8>,
+    }
+
+    impl AsyncWrite for Socket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(_cx, &[io::IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if this.room == 0 {
+                return Poll::Pending;
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(this.room - n);
+                this.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            this.room -= n;
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn push(out: &mut Output, socket: &mut Socket, payload: &[u8]) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        out.push_frame(&mut cx, socket, OpCode::Binary, payload);
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        encode_frame(&mut b, OpCode::Binary, payload);
+        b.to_vec()
+    }
+
+    #[tokio::test]
+    async fn large_frames_go_out_without_a_copy_and_what_is_left_keeps_its_place() {
+        let big: Vec<u8> = (0..DIRECT_WRITE_BYTES * 2).map(|i| i as u8).collect();
+        let whole = frame(&big);
+        // All taken: nothing queued.
+        let (mut out, mut socket) = (
+            Output::default(),
+            Socket {
+                room: usize::MAX,
+                got: Vec::new(),
+            },
+        );
+        push(&mut out, &mut socket, &big);
+        assert_eq!((out.buf.len(), out.unflushed), (0, true));
+        assert_eq!(socket.got, whole);
+        // Part taken, inside the header and inside the payload: the rest is queued, and it is the
+        // frame in progress (a Close would go after it).
+        for room in [3, 1000] {
+            let (mut out, mut socket) = (
+                Output::default(),
+                Socket {
+                    room,
+                    got: Vec::new(),
+                },
+            );
+            push(&mut out, &mut socket, &big);
+            push(&mut out, &mut socket, b"next");
+            assert_eq!(
+                [&socket.got[..], &out.buf[..]].concat(),
+                [whole.clone(), frame(b"next")].concat()
+            );
+            assert!(out.stalled_since.is_some());
+            out.drop_unstarted();
+            assert_eq!(out.buf.len(), whole.len() - room, "room {room}");
+        }
+        // No room: the frame is queued whole.
+        let (mut out, mut socket) = (
+            Output::default(),
+            Socket {
+                room: 0,
+                got: Vec::new(),
+            },
+        );
+        push(&mut out, &mut socket, &big);
+        assert_eq!((&out.buf[..], out.partial), (&whole[..], 0));
+        // Small frames are queued (and written with the next batch).
+        let (mut out, mut socket) = (
+            Output::default(),
+            Socket {
+                room: usize::MAX,
+                got: Vec::new(),
+            },
+        );
+        push(&mut out, &mut socket, b"small");
+        assert_eq!((&out.buf[..], socket.got.len()), (&frame(b"small")[..], 0));
+        // Something pending before it: queued behind, in order.
+        push(&mut out, &mut socket, &big);
+        assert_eq!(out.buf[..], [frame(b"small"), whole].concat()[..]);
+        assert!(socket.got.is_empty());
     }
 
     #[test]

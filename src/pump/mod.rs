@@ -75,6 +75,9 @@ pub use io::ReadReady;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes gathered before a write is started even though more input is waiting.
 const FLUSH_THRESHOLD_BYTES: usize = 64 * 1024;
+/// Payloads at least this large are written to their socket straight from the read buffer when
+/// nothing waits before them, rather than copied into the output first.
+const DIRECT_WRITE_BYTES: usize = 16 * 1024;
 /// Pong frames waiting to be written, in bytes. Past this, only the latest ping is answered
 /// (RFC 6455 §5.5.3 allows it), so a ping flood from a client that never reads costs nothing.
 const MAX_PENDING_PONG_BYTES: usize = 4 * 1024;

@@ -16,8 +16,8 @@ use super::io::{
 };
 use super::Extras;
 use super::{
-    Shared, Traffic, BUFFER_RELEASE, DISCARD_CHUNK_BYTES, FLUSH_THRESHOLD_BYTES,
-    MAX_PENDING_PONG_BYTES,
+    Shared, Traffic, BUFFER_RELEASE, DIRECT_WRITE_BYTES, DISCARD_CHUNK_BYTES,
+    FLUSH_THRESHOLD_BYTES, MAX_PENDING_PONG_BYTES,
 };
 use crate::config::Route;
 use crate::error::{Close, Side};
@@ -220,7 +220,21 @@ where
                             }
                         }
                         self.traffic.add_bytes(payload.len());
-                        if let Err(close) = push_piece(&mut self.out, payload, text, first, last) {
+                        // A large raw piece with nothing waiting before it goes to the backend
+                        // straight from the read buffer; only what the socket does not take now
+                        // is copied (a failed write queues it all: the flush meets the error).
+                        let mut rest = payload;
+                        if self.out.streamed()
+                            && payload.len() >= DIRECT_WRITE_BYTES
+                            && self.out.ready().is_empty()
+                        {
+                            if let Poll::Ready(Ok(n)) = write_now(&mut self.backend, payload).await
+                            {
+                                rest = &payload[n.min(payload.len())..];
+                                self.unflushed |= n > 0;
+                            }
+                        }
+                        if let Err(close) = push_piece(&mut self.out, rest, text, first, last) {
                             stop = Some(UpStop::Fail(close));
                             break;
                         }
