@@ -23,17 +23,29 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);
 
-    let mut chunks = buf.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        let x = u64::from_ne_bytes(bytes) ^ word;
-        chunk.copy_from_slice(&x.to_ne_bytes());
+    // 32 bytes a step (four words the compiler turns into vector instructions), then 8.
+    let mut wide = buf.chunks_exact_mut(32);
+    for chunk in &mut wide {
+        for part in chunk.chunks_exact_mut(8) {
+            xor_word(part, word);
+        }
     }
-    // Every full chunk is 8 bytes (a multiple of 4), so the key phase of the tail is still 0.
+    let mut chunks = wide.into_remainder().chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        xor_word(chunk, word);
+    }
+    // Every full chunk is a multiple of 4 bytes, so the key phase of the tail is still 0.
     for (b, k) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {
         *b ^= *k;
     }
+}
+
+/// XOR 8 bytes with `word`.
+#[inline(always)]
+fn xor_word(chunk: &mut [u8], word: u64) {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(chunk);
+    chunk.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
 }
 
 /// Byte-at-a-time reference implementation of [`apply_mask`], kept for tests and as documentation.
