@@ -171,16 +171,14 @@ where
         let mut keepalive = Keepalive::new(limits.ping_interval, limits.pong_timeout);
         let mut release = Release::new(None);
         // One timer for every deadline of this half (idle, keepalive, credential expiry, backend
-        // drain, write stall, the idle-buffer release). It is re-armed when it fires or when an earlier deadline appears,
-        // never per message.
+        // drain, write stall, the idle-buffer release). It is re-armed when it fires or when an
+        // earlier deadline appears, never per message.
         let housekeeping = tokio::time::sleep_until(far_future());
         tokio::pin!(housekeeping);
         let mut armed = far_future();
         // What the earliest deadline was last computed from.
         let mut seen = None;
         let shared = self.shared;
-        let wake = shared.to_down.notified();
-        tokio::pin!(wake);
         // Registered once for the life of the session, not once per pass of the loop.
         let shutdown_wait = shutdown.cancelled();
         tokio::pin!(shutdown_wait);
@@ -250,7 +248,7 @@ where
             // the client's socket when output waits, the backend while there is room.
             let next = std::future::poll_fn(|cx| {
                 let control = control.poll(cx, |cx| {
-                    if wake.as_mut().poll(cx).is_ready() {
+                    if shared.to_down.poll(cx).is_ready() {
                         return Poll::Ready(true);
                     }
                     // These only wake an idle session; the top of the loop acts on them.
@@ -286,7 +284,6 @@ where
                     if !told {
                         continue;
                     }
-                    wake.set(shared.to_down.notified());
                     let (fail, client_close, gone, write_failed) = {
                         let mut c = self.shared.lock();
                         if answer.is_none() && !c.pongs.is_empty() {
@@ -562,7 +559,7 @@ where
                 return;
             }
             tokio::select! {
-                _ = self.shared.to_down.notified() => {}
+                () = std::future::poll_fn(|cx| self.shared.to_down.poll(cx)) => {}
                 _ = tokio::time::sleep_until(deadline) => return,
             }
         }

@@ -2,7 +2,7 @@
 //!
 //! A session's two halves (and the gateway's cut-off beside them) are futures of one task, and
 //! a task is polled as a whole: without this, data arriving for one half polls the other half
-//! too, and with it every timer, token and [`tokio::sync::Notify`] that half waits on. [`Gated`]
+//! too, and with it every timer, token and word of the other half it waits on. [`Gated`]
 //! hands the future it wraps a waker of its own, which marks the future woken and then wakes the
 //! task. The task is polled as before, but the wrapped future only once at the start and then
 //! after its waker fired; other polls of the task skip it (an uncontended lock and an atomic

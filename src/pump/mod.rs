@@ -46,7 +46,7 @@ mod keepalive;
 mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -56,7 +56,6 @@ use tokio::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use downstream::Downstream;
@@ -274,9 +273,9 @@ struct Ctl {
 struct Shared {
     ctl: Mutex<Ctl>,
     /// Wakes downstream: something in `ctl` changed.
-    to_down: Notify,
+    to_down: Signal,
     /// Wakes upstream: something in `ctl` changed.
-    to_up: Notify,
+    to_up: Signal,
     started: Instant,
     /// On a session thread: the loop's clock ([`clock`]) at `started`, in milliseconds.
     started_pass_ms: Option<u64>,
@@ -291,8 +290,8 @@ impl Shared {
     fn new(started: Instant) -> Shared {
         Shared {
             ctl: Mutex::new(Ctl::default()),
-            to_down: Notify::new(),
-            to_up: Notify::new(),
+            to_down: Signal::default(),
+            to_up: Signal::default(),
             started,
             // Read where the session is created: its future is built on the thread it runs on.
             started_pass_ms: clock::pass_ms(),
@@ -309,13 +308,13 @@ impl Shared {
     /// Change the control block and wake downstream.
     fn tell_down(&self, f: impl FnOnce(&mut Ctl)) {
         f(&mut self.lock());
-        self.to_down.notify_one();
+        self.to_down.raise();
     }
 
     /// Change the control block and wake upstream.
     fn tell_up(&self, f: impl FnOnce(&mut Ctl)) {
         f(&mut self.lock());
-        self.to_up.notify_one();
+        self.to_up.raise();
     }
 
     fn now_ms(&self) -> u64 {
@@ -357,7 +356,81 @@ impl Shared {
     }
 }
 
+/// One half's word to the other: raised any number of times, seen once by the next poll. The
+/// waiting half keeps no future of its own (unlike a `Notify` waiter); the one waker of its
+/// latest poll is stored here.
+#[derive(Default)]
+struct Signal {
+    raised: AtomicBool,
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        // A panic while holding this lock leaves a valid waker (or none) in place.
+        if let Some(w) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Ready once for every raise since the last time it was (several raises may be seen as one).
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.raised.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        {
+            let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        // Raised while the waker was being stored: not lost.
+        if self.raised.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+}
+
 /// A deadline that never comes (about 30 years ahead; tokio's timer caps it anyway).
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Count(AtomicU64);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_signal_is_seen_once_and_wakes_its_waiter() {
+        let signal = Signal::default();
+        let count = Arc::new(Count(AtomicU64::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Raised before anyone waits: the next poll sees it, once.
+        signal.raise();
+        signal.raise();
+        assert!(signal.poll(&mut cx).is_ready());
+        assert!(signal.poll(&mut cx).is_pending());
+        // Raised while waiting: the waiter is woken and then sees it.
+        signal.raise();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(signal.poll(&mut cx), Poll::Ready(()));
+        assert!(signal.poll(&mut cx).is_pending());
+    }
+}
+

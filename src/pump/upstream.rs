@@ -1,14 +1,11 @@
 //! Client -> backend: decode frames, hand messages to the backend, tell downstream about
 //! Pings, the client's Close and protocol errors.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::futures::Notified;
 
 use super::gate::Gate;
 use super::io::{
@@ -156,12 +153,8 @@ where
         let mut forward = true;
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);
-        // Kept across iterations (a fresh one per loop would register a waiter per message).
         let shared = self.shared;
-        let notified = shared.to_up.notified();
-        tokio::pin!(notified);
         let mut wake = Told {
-            notified,
             release: Release::new(Some(release)),
             gate: Gate::new(),
             shared,
@@ -482,11 +475,9 @@ where
     }
 }
 
-/// Upstream's control futures: downstream's word (one wait on [`Shared::to_up`] kept across
-/// passes) and the idle-buffer release timer, polled only once one of them fired (not on every
-/// pass of the data path).
+/// Upstream's control futures: downstream's word ([`Shared::to_up`]) and the idle-buffer release
+/// timer, polled only once one of them fired (not on every pass of the data path).
 struct Told<'a, 's> {
-    notified: Pin<&'a mut Notified<'s>>,
     release: Release<'a>,
     gate: Gate,
     shared: &'s Shared,
@@ -499,17 +490,16 @@ impl Told<'_, '_> {
         if release && self.release.fired() {
             return Poll::Ready(());
         }
-        let (notified, timer) = (&mut self.notified, &mut self.release);
+        let (shared, timer) = (self.shared, &mut self.release);
         let told = std::task::ready!(self.gate.poll(cx, |cx| {
             let fired = timer.poll(cx);
-            match notified.as_mut().poll(cx) {
+            match shared.to_up.poll(cx) {
                 Poll::Ready(()) => Poll::Ready(true),
                 Poll::Pending if fired => Poll::Ready(false),
                 Poll::Pending => Poll::Pending,
             }
         }));
         if told {
-            self.notified.set(self.shared.to_up.notified());
             return Poll::Ready(());
         }
         // Only the timer fired: a caller that does not run its tick waits on.
