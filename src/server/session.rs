@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -131,7 +131,16 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         _ => None,
     };
     let stays = match first_word {
-        Some(r) => ends_at_once(r, &backend.0, &mut preread, &info, (&shutdown, &gw.cut)).await,
+        Some(r) => {
+            super::first_word::ends_at_once(
+                r,
+                &backend.0,
+                &mut preread,
+                &info,
+                (&shutdown, &gw.cut),
+            )
+            .await
+        }
         None => false,
     };
     let (client, backend) = match placement(client, backend, stays) {
@@ -454,76 +463,8 @@ fn movable(client: &ClientIo, backend: &BackendIo) -> bool {
         )
 }
 
-/// How long a session that could move to a session thread waits on this worker for the first
-/// bytes from either side before it moves anyway. Its first word decides: a session whose client
-/// closes at once (WebSocket Close or end of stream) stays here, where its end costs nothing
-/// more; any other first word (from either side) moves it at once. Short enough that no deadline
-/// of the session (idle, ping) notices the delay of an idle session's move.
-const FIRST_WORD_WAIT: Duration = Duration::from_millis(20);
-
-/// Most bytes of the client's first word read here (they become the pump's first bytes, as
-/// hyper's read-ahead does). A Close frame is at most 131 bytes; a longer message goes on
-/// being read where the session runs.
-const FIRST_WORD_BYTES: usize = 512;
-
-/// Whether a session that could move to a session thread ([`movable`]; `r` is its client's read
-/// half) ends at once, so that it stays on this worker: its client's first bytes (those hyper read past the request, or the first to arrive
-/// within [`FIRST_WORD_WAIT`]) are a WebSocket Close, or its client closed the connection. The
-/// bytes read here are appended to `preread`. Moving a session costs system calls of its own
-/// (the sockets leave this worker's epoll and join the thread's, the thread is woken), more than
-/// a session that opens and closes at once costs in all. Drain, cut and operator close end the
-/// wait; the session then stays here and the pump acts on them at once.
-async fn ends_at_once(
-    r: &OwnedReadHalf,
-    backend: &crate::backend::BackendReader,
-    preread: &mut Vec<u8>,
-    info: &SessionInfo,
-    (shutdown, cut): (&CancellationToken, &CancellationToken),
-) -> bool {
-    use crate::backend::BackendReader;
-    if !preread.is_empty() {
-        return starts_with_close(preread);
-    }
-    let backend_readable = async {
-        match backend {
-            BackendReader::Tcp(b) => b.readable().await,
-            BackendReader::Unix(b) => b.readable().await,
-            BackendReader::Tls(_) => std::future::pending().await,
-        }
-    };
-    let client_spoke = tokio::select! {
-        biased;
-        ready = r.readable() => ready.is_ok(),
-        _ = backend_readable => false,
-        () = shutdown.cancelled() => return true,
-        () = cut.cancelled() => return true,
-        () = info.kill.cancelled() => return true,
-        () = tokio::time::sleep(FIRST_WORD_WAIT) => false,
-    };
-    if !client_spoke {
-        return false;
-    }
-    let mut first = Vec::with_capacity(FIRST_WORD_BYTES);
-    match r.try_read_buf(&mut first) {
-        // The client closed its side (or the read failed: the pump meets the same end here).
-        Ok(0) => true,
-        Ok(_) => {
-            let close = starts_with_close(&first);
-            *preread = first;
-            close
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
-    }
-}
-
-/// Whether `bytes` start with a WebSocket Close frame's first byte (RFC 6455 §5.5.1: opcode 0x8,
-/// control frames are never fragmented, so FIN is set).
-fn starts_with_close(bytes: &[u8]) -> bool {
-    bytes.first().is_some_and(|b| b & 0x8f == 0x88)
-}
-
-/// A session runs on a session thread when it is [`movable`] and does not end at once (`stays`);
+/// A session runs on a session thread when it is [`movable`] and does not end at once (`stays`,
+/// see [`super::first_word`]);
 /// its sockets are taken out of tokio's reactor whole (non-blocking, their options kept).
 fn placement(client: ClientIo, backend: BackendIo, stays: bool) -> Placement {
     use crate::backend::{BackendReader, BackendWriter};
