@@ -14,7 +14,10 @@
 #   haproxy     tcp:// through HAProxy (`mode tcp`) to the TCP echo: bytes relayed, nothing
 #               decoded; bench/haproxy.cfg.template with `nbthread 1`, foreground (-db)
 # Rows: 64 B binary ping-pong on 50 connections (wsload -c 50 -s 64), and 64 KiB messages on one
-# connection with 4 in flight (wsload -c 1 -s 64KiB -k 4).
+# connection with 4 in flight (wsload -c 1 -s 64KiB -k 4); and, when asked for (ROWS=hs_ws),
+# handshakes: 8 workers each opening a new connection per handshake and closing it at once
+# (wsload --mode handshake -c 8), where one "message" is one handshake (HAProxy, which sees TCP
+# connections only, has no such row).
 #
 # Every proxy is run twice per row, serving N1 and then N2 messages (one message = client ->
 # proxy -> echo -> proxy -> client); instructions per message = (I(N2) - I(N1)) / (N2 - N1), so
@@ -22,9 +25,9 @@
 # and the client run natively.
 #
 # Environment overrides: N1 (5000), N2 (50000) for the 64 B rows; BULK_N1 (500), BULK_N2 (3000)
-# for the 64 KiB rows; TARGETS ("wsgate-raw wsgate-lp nginx haproxy"); ROWS ("echo64_c50
+# for the 64 KiB rows; HS_N1 (500), HS_N2 (2500) for the handshake row; TARGETS ("wsgate-raw wsgate-lp nginx haproxy"); ROWS ("echo64_c50
 # bulk64k_k4"); BUILD=0 (skip cargo build; the binaries must be in target/release).
-# Loopback only, ports 28320-28329; every process started here is stopped by its PID. Output: a
+# Loopback only, ports 28320-28329 (INSTR_PORT_BASE moves them); every process started here is stopped by its PID. Output: a
 # Markdown table on stdout; raw callgrind files, configurations and wsload JSON in
 # bench/results/instructions-TIMESTAMP/.
 set -euo pipefail
@@ -34,9 +37,11 @@ N1=${N1:-5000}
 N2=${N2:-50000}
 BULK_N1=${BULK_N1:-500}
 BULK_N2=${BULK_N2:-3000}
+HS_N1=${HS_N1:-500}
+HS_N2=${HS_N2:-2500}
 TARGETS=${TARGETS:-"wsgate-raw wsgate-lp nginx haproxy"}
 ROWS=${ROWS:-"echo64_c50 bulk64k_k4"}
-BASE=28320
+BASE=${INSTR_PORT_BASE:-28320}
 TCP_ECHO_PORT=$BASE
 WS_ECHO_PORT=$((BASE + 1))
 WSGATE_PORT=$((BASE + 2))
@@ -158,7 +163,7 @@ callgrind_run() {
 
 # Messages wsload counted and errors it saw, from a run's JSON.
 checked() {
-    python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(j.get("messages", "?"), j.get("errors", "?"))' \
+    python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(j.get("messages", j.get("handshakes", "?")), j.get("errors", "?"))' \
         "$OUT/wsload.$1.json" 2>/dev/null || echo "? ?"
 }
 
@@ -173,9 +178,11 @@ for row in $ROWS; do
     case "$row" in
         echo64_c50) args=(-c 50 -s 64) n1=$N1 n2=$N2 label="64 B, 50 connections" ;;
         bulk64k_k4) args=(-c 1 -s 64KiB -k 4) n1=$BULK_N1 n2=$BULK_N2 label="64 KiB, 1 connection, 4 in flight" ;;
+        hs_ws) args=(--mode handshake -c 8) n1=$HS_N1 n2=$HS_N2 label="handshakes, 8 at a time (per handshake)" ;;
         *) echo "instructions.sh: unknown row $row" >&2; exit 2 ;;
     esac
     for t in $TARGETS; do
+        [ "$row" = hs_ws ] && [ "$t" = haproxy ] && continue
         a=$(callgrind_run "$t" "$row.$t.n1" "$n1" "${args[@]}")
         b=$(callgrind_run "$t" "$row.$t.n2" "$n2" "${args[@]}")
         for name in "$row.$t.n1" "$row.$t.n2"; do

@@ -29,6 +29,7 @@
 //! The checks themselves live in `handshake`, `auth` and `backend`; the session in `pump`.
 
 mod drain;
+mod first_word;
 mod h2;
 mod reload;
 mod request;

@@ -212,7 +212,12 @@ pub(super) async fn serve_http<I>(
         let gw = gw.clone();
         let state = state.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(&gw, &state, req, conn).await) }
+        // Boxed: hyper allocates room for the service's future when the connection starts and
+        // moves it into that room for the request, so an unboxed (large) future would be copied
+        // whole, twice per connection. A box is one allocation of it, built in place.
+        let answer: BoxedAnswer =
+            Box::pin(async move { Ok::<_, Infallible>(handle(&gw, &state, req, conn).await) });
+        answer
     });
     let http = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(http);
@@ -229,6 +234,10 @@ pub(super) async fn serve_http<I>(
         }
     }
 }
+
+/// The future of [`handle`] as the HTTP/1.1 service returns it.
+type BoxedAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// One request -> one answer.
 pub(super) async fn handle(
@@ -250,7 +259,9 @@ pub(super) async fn handle(
     }
     if let Some(kind) = req.headers().get(crate::fallback::HEADER) {
         let kind = RequestKind::of(kind);
-        return fallback_request(gw, state, req, conn, kind).await;
+        // Boxed: its future (a long-poll or a stream) would otherwise make every request's
+        // larger, and requests of the fallback transport are the rare ones.
+        return Box::pin(fallback_request(gw, state, req, conn, kind)).await;
     }
     let attempt = if conn.http2 {
         req.method() == Method::CONNECT
@@ -444,7 +455,10 @@ pub(super) async fn upgrade(
     }
     let policy = route.policy();
     auth::check_origin(&policy, req.headers())?;
-    let identity = auth::authenticate(
+    // Boxed: the credential check's future (an auth service request, a key set fetch) is larger
+    // than the rest of the handshake's, and would otherwise be carried, and copied, by every
+    // request's future, whether its route checks credentials or not.
+    let identity = Box::pin(auth::authenticate(
         &policy,
         rt.auth.as_ref(),
         &auth::Request {
@@ -454,7 +468,7 @@ pub(super) async fn upgrade(
             client: peer,
             tls: conn.tls,
         },
-    )
+    ))
     .await;
     if route.auth.is_some() {
         gw.metrics
@@ -470,16 +484,19 @@ pub(super) async fn upgrade(
     // backend is touched.
     let resolved = match &rt.target {
         None => None,
-        Some(targets) => match targets
-            .resolve(req.headers(), req.uri(), identity.claimed.as_ref())
-            .await
-        {
-            Ok(r) => Some(r),
-            Err(e) => {
-                log_target_refusal(&route.path, peer, &e);
-                return Err(e.reject());
+        // Boxed, as the steps below that only some routes take: their futures would otherwise
+        // be carried by every handshake's.
+        Some(targets) => {
+            match Box::pin(targets.resolve(req.headers(), req.uri(), identity.claimed.as_ref()))
+                .await
+            {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    log_target_refusal(&route.path, peer, &e);
+                    return Err(e.reject());
+                }
             }
-        },
+        }
     };
     let open = rt.sessions.fetch_add(1, Ordering::Relaxed) + 1;
     let slot = SessionSlot(rt.sessions.clone());
@@ -545,14 +562,14 @@ pub(super) async fn upgrade(
                 }
                 Target::Unix(path) => BackendAddr::Unix(path.clone()),
             };
-            let halves = crate::backend::open_one(
+            let halves = Box::pin(crate::backend::open_one(
                 &route.path,
                 &addr,
                 route.limits.connect_timeout,
                 preface.as_deref(),
                 route.backend_tls.as_deref(),
                 &|a| r.permit.admits(a),
-            )
+            ))
             .await
             .map_err(|e| {
                 match &e {
@@ -584,7 +601,7 @@ pub(super) async fn upgrade(
 
     let recording = match &route.record {
         None => None,
-        Some(settings) => open_recording(
+        Some(settings) => Box::pin(open_recording(
             gw,
             settings,
             &route,
@@ -592,7 +609,7 @@ pub(super) async fn upgrade(
             peer,
             &backend_name,
             protocol.as_deref(),
-        )
+        ))
         .await?
         .map(Arc::new),
     };

@@ -123,8 +123,26 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
     );
 
     // A plain TCP session with a plain backend runs on a session thread from here on, its end
-    // accounted there; this task ends.
-    let (client, backend) = match placement(client, backend) {
+    // accounted there; this task ends. Unless it ends at once: then it stays here.
+    let mut preread = preread;
+    let first_word = match &client {
+        ClientIo::Tcp(r, _) if movable(&client, &backend) => Some(r),
+        _ => None,
+    };
+    let stays = match first_word {
+        Some(r) => {
+            super::first_word::ends_at_once(
+                r,
+                &backend.0,
+                &mut preread,
+                &info,
+                (&shutdown, &gw.cut),
+            )
+            .await
+        }
+        None => false,
+    };
+    let (client, backend) = match placement(client, backend, stays) {
         Placement::Here(client, backend) => (client, backend),
         Placement::Thread(moved) => {
             let token = gw.sessions.token();
@@ -438,21 +456,32 @@ enum Placement {
     Here(ClientIo, BackendIo),
 }
 
-/// A session runs on a session thread when the binary started them and its client and backend
-/// are both plain stream sockets; their sockets are taken out of tokio's reactor whole
-/// (non-blocking, their options kept).
-fn placement(client: ClientIo, backend: BackendIo) -> Placement {
+/// Whether a session could run on a session thread: the binary started them, and its client and
+/// backend are both plain stream sockets.
+fn movable(client: &ClientIo, backend: &BackendIo) -> bool {
+    use crate::backend::{BackendReader, BackendWriter};
+    crate::dataplane::get().is_some()
+        && matches!(client, ClientIo::Tcp(..))
+        && matches!(
+            backend,
+            (BackendReader::Tcp(_), BackendWriter::Tcp(_))
+                | (BackendReader::Unix(_), BackendWriter::Unix(_))
+        )
+}
+
+/// A session runs on a session thread when it is [`movable`] and does not end at once (`stays`,
+/// see [`super::first_word`]);
+/// its sockets are taken out of tokio's reactor whole (non-blocking, their options kept).
+fn placement(client: ClientIo, backend: BackendIo, stays: bool) -> Placement {
     use crate::backend::{BackendReader, BackendWriter};
     let Some(plane) = crate::dataplane::get() else {
         return Placement::Here(client, backend);
     };
-    let plain_backend = matches!(
-        backend,
-        (BackendReader::Tcp(_), BackendWriter::Tcp(_))
-            | (BackendReader::Unix(_), BackendWriter::Unix(_))
-    );
+    if stays || !movable(&client, &backend) {
+        return Placement::Here(client, backend);
+    }
     let (r, w) = match client {
-        ClientIo::Tcp(r, w) if plain_backend => (r, w),
+        ClientIo::Tcp(r, w) => (r, w),
         client => return Placement::Here(client, backend),
     };
     // Halves of one stream always reunite; only leaving the reactor can fail.

@@ -185,3 +185,60 @@ async fn a_backend_that_answers_and_closes_at_once_is_seen_to_close() {
         assert_eq!(ws.close_code().await, Some(1000));
     }
 }
+
+/// Sessions opened and closed one after the other by a client that sends its Close right after
+/// the 101.
+const SHORT_SESSIONS: u64 = 40;
+
+/// A session whose client's first word is its Close stays on the worker threads: moving it
+/// would cost more than all it does. The session thread is never woken for it (nothing else
+/// wakes it), where a session moved there wakes it at least once. The client is answered as
+/// usual.
+#[tokio::test]
+async fn sessions_that_close_at_once_stay_on_the_workers() {
+    let echo = backends::echo().await;
+    let gw = Gateway::start(&config(&echo.config_addr(), "session_threads = 1")).await;
+    let before = switches(&gw, "wsgate-session");
+    for _ in 0..SHORT_SESSIONS {
+        let mut ws = RawWs::connect(gw.addr(), "/e").await;
+        ws.send(&frames::close(Some(1000), "")).await;
+        assert_eq!(ws.close_code().await, Some(1000));
+    }
+    let woken = switches(&gw, "wsgate-session") - before;
+    // A slow moment may let a Close arrive after the wait: a few may still move.
+    assert!(
+        woken < SHORT_SESSIONS / 4,
+        "the session thread was woken {woken} times for {SHORT_SESSIONS} sessions that closed at once"
+    );
+    // A session whose first word is a message still moves.
+    assert!(session_thread_work(&gw).await >= MESSAGES as u64 / 2);
+}
+
+/// A session in which neither side speaks moves to its session thread after a short wait (it
+/// does not wait on the workers for a first word that may never come): the thread is woken for
+/// it, and the session still works there. The wait's clock stops after a second without
+/// waiting sessions; the next idle session starts it again.
+#[tokio::test]
+async fn idle_sessions_move_to_the_session_threads() {
+    let echo = backends::echo().await;
+    let gw = Gateway::start(&config(&echo.config_addr(), "session_threads = 1")).await;
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        let before = switches(&gw, "wsgate-session");
+        let mut ws = RawWs::connect(gw.addr(), "/e").await;
+        let deadline = std::time::Instant::now() + WAIT;
+        while switches(&gw, "wsgate-session") == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "an idle session (round {round}) did not reach its session thread within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ws.send(&frames::binary(b"late")).await;
+        assert_eq!(ws.next_frame().await.expect("echo").payload, b"late");
+        ws.send(&frames::close(Some(1000), "")).await;
+        assert_eq!(ws.close_code().await, Some(1000));
+    }
+}
