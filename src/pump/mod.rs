@@ -433,4 +433,3 @@ mod tests {
         assert!(signal.poll(&mut cx).is_pending());
     }
 }
-
