@@ -10,7 +10,8 @@
 //! target      per-session target: token -> source -> allow-list         -> 400 / 404 / 403 / 503
 //! backend     connect (failover), PROXY header, TLS, with a deadline    -> 502 / 503 / 504
 //! handshake   101 Switching Protocols, then the session task:
-//! dataplane   plain TCP sessions move to a session thread's event loop (the same pump)
+//! dataplane   plain TCP sessions move to a session thread's event loop (the same pump) at their
+//!             first word (server::first_word: one that closes at once stays)
 //! pump        upstream (client -> backend) and downstream (backend -> client, control events)
 //! ws          frame codec: unmasking, limits, UTF-8, control frames      -> 1002 / 1007 / 1009
 //!             permessage-deflate: inflate in bounded chunks, bomb guard  -> 1008 / 1009
