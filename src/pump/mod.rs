@@ -179,11 +179,12 @@ pub struct Outcome {
 ///
 /// `client` and `backend` are the read and write halves of each connection (owned halves where
 /// the transport has them, so the two directions never contend for a lock). `preread` holds
-/// bytes the client sent right behind its request head: they are the first frames.
+/// bytes the client sent right behind its request head: they are the first frames (their
+/// buffer becomes the session's first read buffer, freed like any other when idle).
 pub async fn run<CR, CW, BR, BW>(
     info: &SessionInfo,
     client: (CR, CW),
-    preread: &[u8],
+    preread: Vec<u8>,
     backend: (BR, BW),
     (shutdown, cut): (CancellationToken, Option<&CancellationToken>),
 ) -> Outcome

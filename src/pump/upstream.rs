@@ -123,7 +123,7 @@ where
         }
     }
 
-    pub(super) async fn run(&mut self, limits: DecoderLimits, preread: &[u8]) {
+    pub(super) async fn run(&mut self, limits: DecoderLimits, preread: Vec<u8>) {
         self.pump(limits, preread).await;
         // Whatever ended the session, the backend sees an orderly FIN.
         self.shut_backend().await;
@@ -138,7 +138,7 @@ where
         }
     }
 
-    async fn pump(&mut self, limits: DecoderLimits, preread: &[u8]) {
+    async fn pump(&mut self, limits: DecoderLimits, preread: Vec<u8>) {
         let mut decoder = Decoder::new(limits).with_compression(self.deflate.is_some());
         // Inflated sizes are held to the same limits as plain ones.
         // Boxed: a session without compression keeps a pointer, not an inflater's size.
@@ -149,7 +149,7 @@ where
                 limits.max_frame_size,
             ))
         });
-        let mut rbuf = BytesMut::from(preread);
+        let mut rbuf = first_read_buffer(preread);
         let mut forward = true;
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);
@@ -484,7 +484,7 @@ struct Told<'a, 's> {
 }
 
 impl Told<'_, '_> {
-    /// Ready when downstream changed the control block (and then waits afresh), or, with
+    /// Ready when downstream changed the control block, or, with
     /// `release`, when the release timer fired and waits for its tick (which the caller runs).
     fn poll(&mut self, cx: &mut Context<'_>, release: bool) -> Poll<()> {
         if release && self.release.fired() {
@@ -531,6 +531,12 @@ struct Piece<'a> {
     new_frame: bool,
 }
 
+/// The bytes read before the session started, as its first read buffer: the allocation is taken
+/// over (no copy), and none is held when there were none.
+fn first_read_buffer(preread: Vec<u8>) -> BytesMut {
+    BytesMut::from(bytes::Bytes::from(preread))
+}
+
 fn push_piece(
     out: &mut ToBackend,
     payload: &[u8],
@@ -562,6 +568,15 @@ fn record_piece(rec: &Recorder, out: &ToBackend, payload: &[u8], text: bool, las
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_preread_buffer_is_taken_over_and_none_is_held_without_it() {
+        let preread = b"\x82\x80abcd".to_vec();
+        let at = preread.as_ptr();
+        let buf = first_read_buffer(preread);
+        assert_eq!((buf.as_ptr(), &buf[..]), (at, &b"\x82\x80abcd"[..]));
+        assert_eq!(first_read_buffer(Vec::new()).capacity(), 0);
+    }
 
     #[test]
     fn control_rate_allows_a_burst_then_the_rate() {

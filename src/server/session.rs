@@ -177,7 +177,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
     let cut = std::pin::pin!(gw.cut.cancelled());
     let outcome = tokio::select! {
         biased;
-        outcome = client.pump(&info, &preread, backend, shutdown) => outcome,
+        outcome = client.pump(&info, preread, backend, shutdown) => outcome,
         _ = pump::Gated::new(cut) => pump::Outcome {
             end: SessionEnd::Cut { reason: crate::error::CUT_AT_GRACE, by: Side::Gateway },
             client_close: None,
@@ -321,7 +321,7 @@ fn on_session_thread<E>(
             let info = &session.info;
             let client = (&mut cr, &mut cw);
             let backend = (&mut br, &mut bw);
-            let outcome = pump::run(info, client, &preread, backend, (shutdown, Some(&cut))).await;
+            let outcome = pump::run(info, client, preread, backend, (shutdown, Some(&cut))).await;
             session.finish(outcome);
         }
     });
@@ -424,7 +424,7 @@ impl ClientIo {
     pub(super) async fn pump(
         self,
         info: &SessionInfo,
-        preread: &[u8],
+        preread: Vec<u8>,
         backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
         shutdown: CancellationToken,
     ) -> pump::Outcome {
