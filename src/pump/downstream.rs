@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 use super::gate::Gate;
 use super::io::{poll_read_more, Output, ReadReady, Release};
 use super::keepalive::{Due, Keepalive};
-use super::Extras;
 use super::{far_future, Shared, Traffic, FLUSH_THRESHOLD_BYTES};
+use super::{Extras, SessionControl, Told};
 use crate::config::Route;
 use crate::error::{Close, SessionEnd, Side};
 use crate::framing::FromBackend;
@@ -34,6 +33,20 @@ pub(super) struct Downstream<'s, R, W> {
     rec: Option<&'s Recorder>,
     /// permessage-deflate: compresses messages of at least `min_compress_bytes`.
     deflater: Option<(Deflater, usize)>,
+    /// What the gateway tells the session from outside (drain, operator close, the cut).
+    control: &'s SessionControl,
+    /// The code of the Close the session gets when the gateway drains.
+    drain_code: CloseCode,
+    /// When the client's credential expires (the session is closed with 1008 then).
+    expires: Option<tokio::time::Instant>,
+}
+
+/// What a session is told from outside its connections, for downstream: the control block, the
+/// Close code when the gateway drains, and when the client's credential expires.
+pub(super) struct Outside<'s> {
+    pub(super) control: &'s SessionControl,
+    pub(super) drain_code: CloseCode,
+    pub(super) expires: Option<tokio::time::Instant>,
 }
 
 /// How downstream's main loop ended, and so what its Close frame is.
@@ -87,9 +100,13 @@ where
         route: &'s Route,
         traffic: &'s Traffic,
         extras: Extras<'s>,
+        outside: Outside<'s>,
     ) -> Self {
         let Extras { rec, deflate } = extras;
         Downstream {
+            control: outside.control,
+            drain_code: outside.drain_code,
+            expires: outside.expires,
             backend,
             client,
             shared,
@@ -105,36 +122,28 @@ where
         }
     }
 
-    /// `shutdown`: the token that tells this session the gateway drains, and the Close it gets
-    /// then.
-    pub(super) async fn run(
-        &mut self,
-        shutdown: (CancellationToken, Close),
-        (kill, cut): (&CancellationToken, Option<&CancellationToken>),
-        expires: Option<tokio::time::Instant>,
-    ) -> SessionEnd {
-        let end = self.pump(shutdown, (kill, cut), expires).await;
+    pub(super) async fn run(&mut self) -> SessionEnd {
+        let end = self.pump().await;
         let by_gateway = matches!(end, DownEnd::Cut);
         // The cut also ends a closing handshake in progress.
-        let finished = match cut.filter(|_| !by_gateway) {
-            Some(cut) => tokio::select! {
+        let finished = if by_gateway {
+            None
+        } else {
+            tokio::select! {
                 biased;
-                () = cut.cancelled() => None,
+                _ = self.control.told_of(Told::CUT) => None,
                 sent = self.finish(end) => Some(sent),
-            },
-            None => Some(self.finish(end).await),
+            }
         };
         match finished {
             Some(Some(close)) => SessionEnd::Closed(close),
-            Some(None) if !by_gateway => SessionEnd::Cut {
+            Some(None) => SessionEnd::Cut {
                 // Every other way of ending without a Close is the client connection failing.
                 reason: self.cut.unwrap_or(CLIENT_GONE),
                 by: Side::Client,
             },
-            cut_short => {
-                if cut_short.is_none() {
-                    self.shared.tell_up(|c| c.stop_up = true);
-                }
+            None => {
+                self.shared.tell_up(|c| c.stop_up = true);
                 SessionEnd::Cut {
                     reason: crate::error::CUT_AT_GRACE,
                     by: Side::Gateway,
@@ -145,22 +154,16 @@ where
 
     /// Move backend bytes to the client until something ends the session.
     ///
-    /// Reading the backend, writing the client and every control event (shutdown, operator
-    /// close, credential expiry, the client's Close, the close, idle, keepalive and write
-    /// deadlines) are branches of one `select!`. Control is also checked at the top of every
-    /// pass after one of the control futures fired (the tokens' state, whether the deadline timer
-    /// has fired), so that a backend that always has data ready or a client that reads slowly
-    /// never keeps an event from being seen, without polling every control future on every
-    /// message: those futures are polled only after one of them woke the task (a [`Gate`]),
-    /// and first. The backend is read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for
-    /// the client (backpressure). `cut`: the gateway's `shutdown_grace` cut, when the session
-    /// is not dropped at it by its caller (on a session thread).
-    async fn pump(
-        &mut self,
-        (shutdown, drain_close): (CancellationToken, Close),
-        (kill, cut): (&CancellationToken, Option<&CancellationToken>),
-        expires: Option<tokio::time::Instant>,
-    ) -> DownEnd {
+    /// Reading the backend, writing the client and every control event (drain, operator close,
+    /// the cut, credential expiry, the client's Close, the close, idle, keepalive and write
+    /// deadlines) are the branches of one wait, polled in that order. Control is also checked
+    /// at the top of every pass after something behind the control gate fired (the control
+    /// block's flags, whether the deadline timer has fired), so that a backend that always has
+    /// data ready or a client that reads slowly never keeps an event from being seen, without
+    /// polling the control sources on every message: they are polled only after one of them
+    /// woke the task (a [`Gate`]), and first. The backend is read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for
+    /// the client (backpressure).
+    async fn pump(&mut self) -> DownEnd {
         // Only the few durations used on the way are kept (not a copy of every limit).
         let close_timeout = self.route.limits.close_timeout;
         let mut rbuf = BytesMut::new();
@@ -179,21 +182,10 @@ where
         // What the earliest deadline was last computed from.
         let mut seen = None;
         let shared = self.shared;
-        // Registered once for the life of the session, not once per pass of the loop.
-        let shutdown_wait = shutdown.cancelled();
-        tokio::pin!(shutdown_wait);
-        let kill_wait = kill.cancelled();
-        tokio::pin!(kill_wait);
-        let cut_wait = async {
-            match cut {
-                Some(cut) => cut.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(cut_wait);
-        // The five futures above are polled only when one of them woke the task.
-        let mut control = Gate::new();
-        // The tokens are looked at (each a lock) only when a control future fired since.
+        // The other half's word, the timer and the control block are polled only when one of
+        // them woke the task.
+        let mut gate = Gate::new();
+        // The control block is looked at only when something behind the gate fired since.
         let mut control_fired = true;
         loop {
             // Write what is queued as far as the socket takes it now; only a full socket waits.
@@ -201,24 +193,26 @@ where
                 return DownEnd::Abort(why);
             }
             if std::mem::take(&mut control_fired) {
-                if cut.is_some_and(CancellationToken::is_cancelled) {
+                let told = self.control.told();
+                if told.cut() {
                     return DownEnd::Cut;
                 }
                 let answering = answer.map(|(code, _)| DownEnd::Answer {
                     code,
                     drop_queued: true,
                 });
-                if shutdown.is_cancelled() {
-                    return answering.unwrap_or(DownEnd::Interrupt(drain_close));
+                if told.drain() {
+                    let close = Close::draining(self.drain_code);
+                    return answering.unwrap_or(DownEnd::Interrupt(close));
                 }
-                if kill.is_cancelled() {
+                if told.close() {
                     return answering.unwrap_or(DownEnd::Interrupt(Close::OPERATOR));
                 }
             }
             let elapsed = housekeeping.is_elapsed();
             if elapsed {
                 armed = far_future();
-                if let Some(end) = self.deadlines(answer, &mut keepalive, expires) {
+                if let Some(end) = self.deadlines(answer, &mut keepalive) {
                     return end;
                 }
                 if release.expire(tokio::time::Instant::now()) {
@@ -232,14 +226,14 @@ where
             let inputs = (answer.is_some(), self.out.stalled_since, release.due());
             if elapsed || keepalive.awaiting() || seen != Some(inputs) {
                 seen = Some(inputs);
-                let due = self.next_deadline(&answer, &mut keepalive, expires);
+                let due = self.next_deadline(&answer, &mut keepalive);
                 let due = release.due().map_or(due, |r| due.min(r));
                 if due < armed || elapsed {
                     // Never in the past: a deadline that is not acted on must not spin the loop.
                     let due = due.max(tokio::time::Instant::now() + Duration::from_millis(1));
                     housekeeping.as_mut().reset(due);
                     armed = due;
-                    control.open();
+                    gate.open();
                 }
             }
             let room = self.out.pending() < FLUSH_THRESHOLD_BYTES;
@@ -247,16 +241,14 @@ where
             // In this order: the control futures (polled only once one of them woke the task),
             // the client's socket when output waits, the backend while there is room.
             let next = std::future::poll_fn(|cx| {
-                let control = control.poll(cx, |cx| {
+                let gated = gate.poll(cx, |cx| {
                     if shared.to_down.poll(cx).is_ready() {
                         return Poll::Ready(true);
                     }
                     // These only wake an idle session; the top of the loop acts on them.
                     let fired = [
                         housekeeping.as_mut().poll(cx).is_ready(),
-                        shutdown_wait.as_mut().poll(cx).is_ready(),
-                        kill_wait.as_mut().poll(cx).is_ready(),
-                        cut_wait.as_mut().poll(cx).is_ready(),
+                        self.control.poll_told(cx, Told::ANY).is_ready(),
                     ];
                     if fired.contains(&true) {
                         Poll::Ready(false)
@@ -264,7 +256,7 @@ where
                         Poll::Pending
                     }
                 });
-                if let Poll::Ready(told) = control {
+                if let Poll::Ready(told) = gated {
                     return Poll::Ready(DownNext::Control { told });
                 }
                 if busy {
@@ -361,7 +353,6 @@ where
         &mut self,
         answer: Option<(Option<CloseCode>, tokio::time::Instant)>,
         keepalive: &mut Keepalive,
-        expires: Option<tokio::time::Instant>,
     ) -> Option<DownEnd> {
         let limits = self.route.limits;
         let now = tokio::time::Instant::now();
@@ -378,7 +369,7 @@ where
                 drop_queued: true,
             });
         }
-        if expires.is_some_and(|at| now >= at) {
+        if self.expires.is_some_and(|at| now >= at) {
             return Some(DownEnd::Interrupt(Close::CREDENTIAL_EXPIRED));
         }
         if self
@@ -403,7 +394,6 @@ where
         &self,
         answer: &Option<(Option<CloseCode>, tokio::time::Instant)>,
         keepalive: &mut Keepalive,
-        expires: Option<tokio::time::Instant>,
     ) -> tokio::time::Instant {
         let stall = self
             .out
@@ -419,7 +409,7 @@ where
         if let Some(k) = keepalive.next(self.shared.last_client_read()) {
             due = due.min(self.shared.at_ms(k));
         }
-        if let Some(e) = expires {
+        if let Some(e) = self.expires {
             due = due.min(e);
         }
         due

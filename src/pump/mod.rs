@@ -10,6 +10,7 @@
 //! - [`keepalive`]: when to ping and when a silent client is dead, as pure functions of time.
 //! - [`io`]: reading without holding a buffer while idle, and the client's output queue.
 //! - [`gate`]: each half is polled only after a wake-up of its own, not whenever the task is.
+//! - [`control`]: what the gateway tells the session from outside (drain, operator close, cut).
 //!
 //! With permessage-deflate, upstream inflates compressed messages in bounded chunks as their
 //! pieces arrive (forwarding, and waiting for the backend, between chunks) and downstream
@@ -39,6 +40,7 @@
 //! | `stop_up`              | downstream | upstream   | the session is over: upstream must return    |
 
 pub(crate) mod clock;
+mod control;
 mod downstream;
 mod gate;
 mod io;
@@ -56,7 +58,6 @@ use tokio::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
-use tokio_util::sync::CancellationToken;
 
 use downstream::Downstream;
 use upstream::Upstream;
@@ -65,8 +66,9 @@ use crate::config::Route;
 use crate::error::{Close, SessionEnd};
 use crate::framing::{FromBackend, MessageBudget, ToBackend};
 use crate::recording::Recorder;
-use crate::ws::{CloseCode, DecoderLimits};
+use crate::ws::CloseCode;
 
+pub use control::{SessionControl, Told};
 pub(crate) use gate::Gated;
 pub use io::ReadReady;
 
@@ -99,8 +101,9 @@ pub struct SessionInfo {
     pub expires_at: Option<std::time::SystemTime>,
     /// Live counters, readable while the session runs (admin `/sessions`).
     pub stats: Arc<SessionStats>,
-    /// Cancelled by an operator: the session is closed with 1008.
-    pub kill: CancellationToken,
+    /// What the gateway tells the session from outside: drain (with `drain_code`), operator
+    /// close (1008), the cut at `shutdown_grace`. Shared with its registry entry.
+    pub control: Arc<SessionControl>,
     /// The code of the Close the session gets when the gateway drains (`drain_close_code`).
     pub drain_code: CloseCode,
     /// The gateway-wide bound on client messages held whole (`partial_message_budget`).
@@ -173,9 +176,9 @@ pub struct Outcome {
     pub duration: Duration,
 }
 
-/// Run a session to its end. `shutdown` asks for a Close with `info.drain_code` (1001 or 1012);
-/// `cut`, when given, ends it at once without a Close (the gateway's `shutdown_grace` passed; a
-/// caller that drops the session at the cut itself passes `None`).
+/// Run a session to its end. Its control block (`info.control`) asks for a Close with
+/// `info.drain_code` (1001 or 1012) when the gateway drains, with 1008 when an operator closes
+/// it, and ends it at once without a Close at the cut (the gateway's `shutdown_grace` passed).
 ///
 /// `client` and `backend` are the read and write halves of each connection (owned halves where
 /// the transport has them, so the two directions never contend for a lock). `preread` holds
@@ -183,10 +186,9 @@ pub struct Outcome {
 /// buffer becomes the session's first read buffer, freed like any other when idle).
 pub async fn run<CR, CW, BR, BW>(
     info: &SessionInfo,
-    client: (CR, CW),
-    preread: Vec<u8>,
-    backend: (BR, BW),
-    (shutdown, cut): (CancellationToken, Option<&CancellationToken>),
+    mut client: (CR, CW),
+    preread: &mut Vec<u8>,
+    mut backend: (BR, BW),
 ) -> Outcome
 where
     CR: ReadReady + Send,
@@ -196,36 +198,7 @@ where
 {
     let started = Instant::now();
     let shared = Shared::new(started);
-    let (cr, cw) = client;
-    let (br, bw) = backend;
     let route = &info.route;
-    let extras = Extras {
-        rec: info.recording.as_deref(),
-        deflate: info.deflate,
-    };
-    let mut up = Upstream::new(
-        cr,
-        bw,
-        &shared,
-        ToBackend::new(route.framing, &info.budget),
-        route,
-        &info.stats.up,
-        extras,
-    );
-    let mut down = Downstream::new(
-        br,
-        cw,
-        &shared,
-        FromBackend::new(route.framing, route.limits.max_message_size),
-        route,
-        &info.stats.down,
-        extras,
-    );
-    let limits = DecoderLimits {
-        max_frame_size: route.limits.max_frame_size,
-        max_message_size: route.limits.max_message_size,
-        max_fragments: route.limits.max_fragments,
-    };
     // A credential valid beyond what the clock can represent never expires in this session.
     let expires = info.expires_at.and_then(|at| {
         let left = at
@@ -233,14 +206,39 @@ where
             .unwrap_or_default();
         tokio::time::Instant::now().checked_add(left)
     });
+    let extras = Extras {
+        rec: info.recording.as_deref(),
+        deflate: info.deflate,
+    };
+    // The halves borrow the sockets and the first bytes where this future keeps them (moved
+    // into the halves, each would take its size twice in it).
+    let mut up = Upstream::new(
+        &mut client.0,
+        &mut backend.1,
+        &shared,
+        ToBackend::new(route.framing, &info.budget),
+        route,
+        &info.stats.up,
+        extras,
+    );
+    let mut down = Downstream::new(
+        &mut backend.0,
+        &mut client.1,
+        &shared,
+        FromBackend::new(route.framing, route.limits.max_message_size),
+        route,
+        &info.stats.down,
+        extras,
+        downstream::Outside {
+            control: &info.control,
+            drain_code: info.drain_code,
+            expires,
+        },
+    );
     // Each half is polled only when something it waits on is ready (its socket, its timers, a
     // word from the other half), not whenever the other half is.
-    let up = std::pin::pin!(up.run(limits, preread));
-    let down = std::pin::pin!(down.run(
-        (shutdown, Close::draining(info.drain_code)),
-        (&info.kill, cut),
-        expires
-    ));
+    let up = std::pin::pin!(up.run(preread));
+    let down = std::pin::pin!(down.run());
     let ((), end) = gate::join_gated(up, down).await;
     let client_close = shared.lock().client_close;
     Outcome {

@@ -35,6 +35,7 @@ pub(super) struct Upstream<'s, R, W> {
     backend: W,
     shared: &'s Shared,
     out: ToBackend,
+    route: &'s Route,
     close_timeout: Duration,
     write_timeout: Duration,
     traffic: &'s Traffic,
@@ -102,7 +103,7 @@ where
         backend: W,
         shared: &'s Shared,
         out: ToBackend,
-        route: &Route,
+        route: &'s Route,
         traffic: &'s Traffic,
         extras: Extras<'s>,
     ) -> Self {
@@ -112,6 +113,7 @@ where
             backend,
             shared,
             out,
+            route,
             close_timeout: route.limits.close_timeout,
             write_timeout: route.limits.write_timeout,
             traffic,
@@ -123,8 +125,9 @@ where
         }
     }
 
-    pub(super) async fn run(&mut self, limits: DecoderLimits, preread: Vec<u8>) {
-        self.pump(limits, preread).await;
+    /// `preread`: the client's first bytes, taken over as the first read buffer.
+    pub(super) async fn run(&mut self, preread: &mut Vec<u8>) {
+        self.pump(preread).await;
         // Whatever ended the session, the backend sees an orderly FIN.
         self.shut_backend().await;
         self.shared.tell_down(|c| c.up_done = true);
@@ -138,8 +141,14 @@ where
         }
     }
 
-    async fn pump(&mut self, limits: DecoderLimits, preread: Vec<u8>) {
-        let mut decoder = Decoder::new(limits).with_compression(self.deflate.is_some());
+    async fn pump(&mut self, preread: &mut Vec<u8>) {
+        let limits = &self.route.limits;
+        let mut decoder = Decoder::new(DecoderLimits {
+            max_frame_size: limits.max_frame_size,
+            max_message_size: limits.max_message_size,
+            max_fragments: limits.max_fragments,
+        })
+        .with_compression(self.deflate.is_some());
         // Inflated sizes are held to the same limits as plain ones.
         // Boxed: a session without compression keeps a pointer, not an inflater's size.
         let mut inflater = self.deflate.map(|p| {
@@ -149,7 +158,7 @@ where
                 limits.max_frame_size,
             ))
         });
-        let mut rbuf = first_read_buffer(preread);
+        let mut rbuf = first_read_buffer(std::mem::take(preread));
         let mut forward = true;
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);

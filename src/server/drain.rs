@@ -6,14 +6,12 @@
 //! Owns the schedule only: one task walks the sessions sorted by id (the order they opened),
 //! telling session `i` of `n` at `start + window * i / n`; sessions that open after the list was
 //! taken, or that the registry no longer knows, are told together when the walk ends. (Fallback
-//! sessions are told at the start, by the shutdown token itself: their clients cannot open new
+//! sessions are told at the start, [`Registry::drain_started`]: their clients cannot open new
 //! requests once the gateway stops accepting.) It holds
 //! one id per session and no task per session. The Close itself, and the closing handshake
 //! that follows, are the pump's; the bound on the whole drain (`shutdown_grace`) is the caller's.
 
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
 use crate::ws::CloseCode;
@@ -26,10 +24,10 @@ pub(super) struct DrainPlan {
     pub(super) code: CloseCode,
 }
 
-/// Tell every open session, spread over `window`, then cancel `rest` (the parent of every
-/// session's token: whoever was not told by name is told now). With a zero window, `rest` is
-/// cancelled at once: every session is told in the same moment.
-pub(super) async fn stagger(registry: &Registry, rest: &CancellationToken, window: Duration) {
+/// Tell every open session, spread over `window`, then every session the walk did not name
+/// (those that opened since, and any that register later). With a zero window, every session is
+/// told at once.
+pub(super) async fn stagger(registry: &Registry, window: Duration) {
     if !window.is_zero() {
         let order = registry.drain_order();
         let n = order.len() as u128;
@@ -46,17 +44,18 @@ pub(super) async fn stagger(registry: &Registry, rest: &CancellationToken, windo
             registry.drain(id);
         }
     }
-    rest.cancel();
+    registry.drain_all();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pump::SessionControl;
     use crate::registry::LiveSession;
     use std::sync::Arc;
     use std::time::SystemTime;
 
-    fn session(drain: CancellationToken) -> LiveSession {
+    fn session(control: Arc<SessionControl>) -> LiveSession {
         LiveSession {
             route: "/r".into(),
             client: "127.0.0.1:1".parse().expect("addr"),
@@ -64,26 +63,25 @@ mod tests {
             backend: "b".into(),
             started: SystemTime::now(),
             stats: Arc::default(),
-            kill: CancellationToken::new(),
-            drain,
+            control,
+            drains_at_start: false,
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn sessions_are_told_evenly_over_the_window_in_id_order() {
         let registry = Registry::default();
-        let rest = CancellationToken::new();
         let mut tokens = Vec::new();
         // Inserted out of order: the schedule follows the ids.
         for id in [3u64, 0, 2, 1] {
-            let t = rest.child_token();
+            let t = Arc::new(SessionControl::default());
             registry.insert(id, session(t.clone()));
             tokens.push((id, t));
         }
         tokens.sort_by_key(|(id, _)| *id);
         let start = tokio::time::Instant::now();
         let window = Duration::from_secs(4);
-        let walk = stagger(&registry, &rest, window);
+        let walk = stagger(&registry, window);
         tokio::pin!(walk);
         let mut told_at = Vec::new();
         let mut done = false;
@@ -93,12 +91,11 @@ mod tests {
                 () = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
             for (id, t) in &tokens {
-                if t.is_cancelled() && !told_at.iter().any(|(i, _)| i == id) {
+                if t.told().drain() && !told_at.iter().any(|(i, _)| i == id) {
                     told_at.push((*id, start.elapsed()));
                 }
             }
         }
-        assert!(rest.is_cancelled());
         let ms: Vec<(u64, u128)> = told_at.iter().map(|(i, d)| (*i, d.as_millis())).collect();
         // Session i of 4 at 1 s * i (seen within the 10 ms the observer sleeps).
         assert_eq!(ms.len(), 4, "{ms:?}");
@@ -112,15 +109,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_zero_window_tells_everyone_at_once() {
         let registry = Registry::default();
-        let rest = CancellationToken::new();
-        let t = rest.child_token();
+        let t = Arc::new(SessionControl::default());
         registry.insert(7, session(t.clone()));
-        stagger(&registry, &rest, Duration::ZERO).await;
-        assert!(t.is_cancelled());
-        let late = rest.child_token();
+        stagger(&registry, Duration::ZERO).await;
+        assert!(t.told().drain());
+        let late = Arc::new(SessionControl::default());
+        registry.insert(8, session(late.clone()));
         assert!(
-            late.is_cancelled(),
+            late.told().drain(),
             "a session opened after the walk is told too"
         );
+        assert!(!late.told().close() && !late.told().cut());
     }
 }

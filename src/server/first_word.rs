@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{watch, Notify};
-use tokio_util::sync::CancellationToken;
 
 use crate::backend::BackendReader;
 use crate::pump::SessionInfo;
@@ -119,7 +118,6 @@ pub(super) async fn ends_at_once(
     backend: &BackendReader,
     preread: &mut Vec<u8>,
     info: &SessionInfo,
-    (shutdown, cut): (&CancellationToken, &CancellationToken),
 ) -> bool {
     if !preread.is_empty() {
         return starts_with_close(preread);
@@ -135,9 +133,7 @@ pub(super) async fn ends_at_once(
         biased;
         ready = r.readable() => ready.is_ok(),
         _ = backend_readable => false,
-        () = shutdown.cancelled() => return true,
-        () = cut.cancelled() => return true,
-        () = info.kill.cancelled() => return true,
+        _ = info.control.told_of(crate::pump::Told::ANY) => return true,
         () = two_ticks() => false,
     };
     if !client_spoke {

@@ -135,12 +135,10 @@ pub struct Gateway {
     /// Cancelled on shutdown: no new sessions; HTTP/2 connections get GOAWAY; fallback sessions
     /// know that their client cannot open new requests.
     shutdown: CancellationToken,
-    /// The parent of every session's drain token: cancelled at the end of the drain, so that
-    /// every session not told by name before is told then (see [`drain`]).
-    drain_rest: CancellationToken,
     /// `drain_window` and `drain_close_code`.
     drain: drain::DrainPlan,
-    /// Cancelled when `shutdown_grace` has passed: sessions still open are cut (and logged).
+    /// Cancelled when `shutdown_grace` has passed: sessions still open are cut (and logged). The
+    /// registered sessions are told through their control blocks too.
     cut: CancellationToken,
     next_session: AtomicU64,
     pub metrics: Arc<Metrics>,
@@ -338,7 +336,6 @@ pub async fn run(
         route_sessions,
         sessions: TaskTracker::new(),
         shutdown: CancellationToken::new(),
-        drain_rest: CancellationToken::new(),
         drain: drain_plan,
         cut: CancellationToken::new(),
         next_session: AtomicU64::new(1),
@@ -471,11 +468,12 @@ pub async fn run(
     // New clients of a unix listener now find no socket file instead of a silent one.
     drop(socket_files);
     gw.shutdown.cancel();
+    gw.registry.drain_started();
     gw.sessions.close();
     // The window is shorter than the grace (validated), so the walk always ends within it.
     let drained = tokio::time::timeout(grace, async {
         tokio::join!(
-            drain::stagger(&gw.registry, &gw.drain_rest, drain_plan.window),
+            drain::stagger(&gw.registry, drain_plan.window),
             gw.sessions.wait()
         )
     })
@@ -483,6 +481,7 @@ pub async fn run(
     if drained.is_err() {
         warn!(grace = ?grace, "sessions still open after shutdown_grace; cutting them");
         gw.cut.cancel();
+        gw.registry.cut_all();
         // The cut sessions write their access lines; that takes moments.
         let _ = tokio::time::timeout(Duration::from_secs(1), gw.sessions.wait()).await;
     }

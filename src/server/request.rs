@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::router::{SessionSlot, State};
@@ -127,7 +126,6 @@ pub(super) struct PendingSession {
     /// For a per-session target: the hash of the token that named it (never the token).
     pub(super) token_hash: Option<String>,
     pub(super) claims: Claims,
-    pub(super) shutdown: CancellationToken,
     /// `1.1` or `2`.
     pub(super) http_version: &'static str,
     /// An HTTP/2 session's place among its connection's open streams.
@@ -614,13 +612,6 @@ pub(super) async fn upgrade(
         .map(Arc::new),
     };
 
-    // Cancelled when the gateway drains and this session's turn comes (see `drain`). A fallback
-    // session's turn is the start: once the gateway stops accepting, its client cannot open
-    // another request, so the Close must go out in the one it has open.
-    let drain = match &accepted {
-        Opening::Fallback(..) => gw.shutdown.child_token(),
-        _ => gw.drain_rest.child_token(),
-    };
     let (client, fallback_session) = match &accepted {
         Opening::Fallback(_, transport) => {
             let id = crate::fallback::new_id().map_err(|_| {
@@ -641,9 +632,11 @@ pub(super) async fn upgrade(
                     max_frame_size: route.limits.max_frame_size,
                 },
                 *transport,
+                // A fallback session's turn in the drain is its start (see `drains_at_start`):
+                // both are the gateway's shutdown.
                 crate::fallback::Ties {
-                    draining: gw.shutdown.child_token(),
-                    closing: drain.clone(),
+                    draining: gw.shutdown.clone(),
+                    closing: gw.shutdown.clone(),
                     // Its place in the connection counts lasts until the session leaves the
                     // table: ended sessions waiting for their client are bounded like open ones.
                     claim: Box::new(conn.guard.clone()),
@@ -660,7 +653,7 @@ pub(super) async fn upgrade(
         subject: identity.subject,
         expires_at: identity.expires_at,
         stats: Arc::new(SessionStats::default()),
-        kill: CancellationToken::new(),
+        control: Arc::default(),
         drain_code: gw.drain.code,
         budget: gw.budget.clone(),
         recording,
@@ -679,7 +672,6 @@ pub(super) async fn upgrade(
         backend_name,
         token_hash,
         claims,
-        shutdown: drain,
         http_version: conn.http_version(),
         // A fallback session does not live on the stream that opened it.
         stream: conn

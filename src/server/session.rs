@@ -13,7 +13,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::request::{ClientSide, PendingSession, PlainIo};
@@ -59,7 +58,6 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         backend_name,
         token_hash,
         claims,
-        shutdown,
         http_version,
         stream,
     } = {
@@ -117,8 +115,8 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
             started: SystemTime::now(),
             backend: backend_name,
             stats: info.stats.clone(),
-            kill: info.kill.clone(),
-            drain: shutdown.clone(),
+            control: info.control.clone(),
+            drains_at_start: fallback.is_some(),
         },
     );
 
@@ -130,23 +128,13 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         _ => None,
     };
     let stays = match first_word {
-        Some(r) => {
-            super::first_word::ends_at_once(
-                r,
-                &backend.0,
-                &mut preread,
-                &info,
-                (&shutdown, &gw.cut),
-            )
-            .await
-        }
+        Some(r) => super::first_word::ends_at_once(r, &backend.0, &mut preread, &info).await,
         None => false,
     };
     let (client, backend) = match placement(client, backend, stays) {
         Placement::Here(client, backend) => (client, backend),
         Placement::Thread(moved) => {
             let token = gw.sessions.token();
-            let cut = gw.cut.clone();
             let gw = gw.clone();
             let end = move |info: &SessionInfo, outcome| {
                 drop(claims);
@@ -161,9 +149,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
                 end: Some(end),
             };
             match moved {
-                Ok((plane, fds)) => {
-                    on_session_thread(plane, fds, session, preread, (shutdown, cut))
-                }
+                Ok((plane, fds)) => on_session_thread(plane, fds, session, preread),
                 // Accounted as failed when dropped.
                 Err(e) => debug!(session = session.info.id, error = %e, "{SESSION_THREAD_FAILED}"),
             }
@@ -177,7 +163,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
     let cut = std::pin::pin!(gw.cut.cancelled());
     let outcome = tokio::select! {
         biased;
-        outcome = client.pump(&info, preread, backend, shutdown) => outcome,
+        outcome = client.pump(&info, preread, backend) => outcome,
         _ = pump::Gated::new(cut) => pump::Outcome {
             end: SessionEnd::Cut { reason: crate::error::CUT_AT_GRACE, by: Side::Gateway },
             client_close: None,
@@ -308,8 +294,7 @@ fn on_session_thread<E>(
     plane: &crate::dataplane::DataPlane,
     (client, backend): (OwnedFd, OwnedFd),
     session: ThreadSession<E>,
-    preread: Vec<u8>,
-    (shutdown, cut): (CancellationToken, CancellationToken),
+    mut preread: Vec<u8>,
 ) where
     E: FnOnce(&SessionInfo, pump::Outcome) + Send + 'static,
 {
@@ -321,7 +306,7 @@ fn on_session_thread<E>(
             let info = &session.info;
             let client = (&mut cr, &mut cw);
             let backend = (&mut br, &mut bw);
-            let outcome = pump::run(info, client, preread, backend, (shutdown, Some(&cut))).await;
+            let outcome = pump::run(info, client, &mut preread, backend).await;
             session.finish(outcome);
         }
     });
@@ -424,23 +409,14 @@ impl ClientIo {
     pub(super) async fn pump(
         self,
         info: &SessionInfo,
-        preread: Vec<u8>,
+        mut preread: Vec<u8>,
         backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
-        shutdown: CancellationToken,
     ) -> pump::Outcome {
         match self {
-            ClientIo::Tcp(r, w) => {
-                pump::run(info, (r, w), preread, backend, (shutdown, None)).await
-            }
-            ClientIo::Tls(r, w) => {
-                pump::run(info, (r, w), preread, backend, (shutdown, None)).await
-            }
-            ClientIo::Other(r, w) => {
-                pump::run(info, (r, w), preread, backend, (shutdown, None)).await
-            }
-            ClientIo::Fallback(r, w) => {
-                pump::run(info, (r, w), preread, backend, (shutdown, None)).await
-            }
+            ClientIo::Tcp(r, w) => pump::run(info, (r, w), &mut preread, backend).await,
+            ClientIo::Tls(r, w) => pump::run(info, (r, w), &mut preread, backend).await,
+            ClientIo::Other(r, w) => pump::run(info, (r, w), &mut preread, backend).await,
+            ClientIo::Fallback(r, w) => pump::run(info, (r, w), &mut preread, backend).await,
         }
     }
 }
