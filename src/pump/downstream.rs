@@ -93,8 +93,7 @@ where
     W: AsyncWrite + Unpin,
 {
     pub(super) fn new(
-        backend: R,
-        client: W,
+        (backend, client): (R, W),
         shared: &'s Shared,
         from: FromBackend,
         route: &'s Route,

@@ -222,8 +222,7 @@ where
         extras,
     );
     let mut down = Downstream::new(
-        &mut backend.0,
-        &mut client.1,
+        (&mut backend.0, &mut client.1),
         &shared,
         FromBackend::new(route.framing, route.limits.max_message_size),
         route,
