@@ -217,7 +217,7 @@ fn sessions_json(gw: &View) -> String {
             let down = s.stats.down.snapshot();
             serde_json::json!({
                 "id": id,
-                "route": s.route,
+                "route": s.route.path,
                 "client": s.client.to_string(),
                 "subject": s.subject,
                 "backend": s.backend,

@@ -4,32 +4,16 @@
 //! reads it. It depends on nothing of the server, so the admin endpoint does not either.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::pump::{SessionControl, SessionStats};
+use crate::pump::SessionInfo;
 
-/// A session as the admin endpoint shows it.
-pub struct LiveSession {
-    pub route: String,
-    pub client: SocketAddr,
-    pub subject: Option<String>,
-    /// The backend connected (`host:port` or `unix:/path`): the pool's choice or the session's
-    /// own target.
-    pub backend: String,
-    pub started: SystemTime,
-    pub stats: Arc<SessionStats>,
-    /// What the gateway tells the session: drain (its turn in the drain window), operator close,
-    /// the cut at `shutdown_grace`.
-    pub control: Arc<SessionControl>,
-    /// Told to drain as soon as the gateway starts draining, not in its turn of the window (a
-    /// fallback session: its client cannot open another request once the gateway stops
-    /// accepting, so the Close must go out in the one it has open).
-    pub drains_at_start: bool,
-}
+/// A session as the admin endpoint shows it: the block it shares with the session (its names,
+/// live counters and control block).
+pub type LiveSession = Arc<SessionInfo>;
 
 /// What the gateway told every session, those that register later included.
 const TOLD_DRAIN_STARTED: u8 = 1;
@@ -55,9 +39,9 @@ pub struct ConfigInfo {
 /// Open sessions by id, readiness, and the configuration generation in force.
 #[derive(Default)]
 pub struct Registry {
-    /// Boxed: a table sized for thousands of sessions keeps room for more than it holds, and an
-    /// empty slot then costs a pointer, not a whole entry.
-    sessions: Mutex<HashMap<u64, Box<LiveSession>>>,
+    /// Shared with the sessions: a table sized for thousands of sessions keeps room for more
+    /// than it holds, and an empty slot then costs a pointer, not a whole entry.
+    sessions: Mutex<HashMap<u64, LiveSession>>,
     /// False before the listeners are bound and while draining.
     ready: AtomicBool,
     /// `None` until the first configuration is applied.
@@ -70,7 +54,7 @@ pub struct Registry {
 impl Registry {
     /// Register session `id`. It is told at once what every session was told before: to drain
     /// (the drain walk passed, or it drains at the start and the drain started), to cut.
-    pub fn insert(&self, id: u64, session: LiveSession) {
+    pub fn insert(&self, session: LiveSession) {
         let mut sessions = self.lock();
         let told = self.told_all.load(Ordering::Relaxed);
         if told & TOLD_DRAIN_ALL != 0 || (told & TOLD_DRAIN_STARTED != 0 && session.drains_at_start)
@@ -80,16 +64,16 @@ impl Registry {
         if told & TOLD_CUT != 0 {
             session.control.cut();
         }
-        sessions.insert(id, Box::new(session));
+        sessions.insert(session.id, session);
     }
 
-    /// Take session `id` out: its entry, whose names the session's access line reuses.
+    /// Take session `id` out (it ended).
     pub fn remove(&self, id: u64) -> Option<LiveSession> {
-        self.lock().remove(&id).map(|s| *s)
+        self.lock().remove(&id)
     }
 
     /// The open sessions, locked while the guard lives (keep it short).
-    pub fn sessions(&self) -> MutexGuard<'_, HashMap<u64, Box<LiveSession>>> {
+    pub fn sessions(&self) -> MutexGuard<'_, HashMap<u64, LiveSession>> {
         self.lock()
     }
 
@@ -98,7 +82,7 @@ impl Registry {
         let sessions = self.lock();
         let s = sessions.get(&id)?;
         s.control.close();
-        Some(s.route.clone())
+        Some(s.route.path.clone())
     }
 
     /// The ids of the open sessions in the order a drain tells them (oldest first).
@@ -141,7 +125,7 @@ impl Registry {
         self.tell_all(TOLD_CUT, |s| s.control.cut());
     }
 
-    fn tell_all(&self, told: u8, tell: impl Fn(&LiveSession)) {
+    fn tell_all(&self, told: u8, tell: impl Fn(&SessionInfo)) {
         let sessions = self.lock();
         self.told_all.fetch_or(told, Ordering::Relaxed);
         for s in sessions.values() {
@@ -187,7 +171,7 @@ impl Registry {
             .clone()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Box<LiveSession>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, LiveSession>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -197,62 +181,48 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn session(drains_at_start: bool) -> (LiveSession, Arc<SessionControl>) {
-        let control = Arc::new(SessionControl::default());
-        let s = LiveSession {
-            route: "/r".into(),
-            client: "127.0.0.1:1".parse().expect("addr"),
-            subject: None,
-            backend: "b".into(),
-            started: SystemTime::now(),
-            stats: Arc::default(),
-            control: control.clone(),
-            drains_at_start,
-        };
-        (s, control)
+    fn session(id: u64, drains_at_start: bool) -> LiveSession {
+        Arc::new(SessionInfo::for_tests(id, drains_at_start))
     }
 
     #[test]
     fn the_drain_start_tells_only_the_sessions_that_drain_at_once() {
         let registry = Registry::default();
-        let (open, open_c) = session(false);
-        let (early, early_c) = session(true);
-        registry.insert(1, open);
-        registry.insert(2, early);
+        let (open, early) = (session(1, false), session(2, true));
+        registry.insert(open.clone());
+        registry.insert(early.clone());
         registry.drain_started();
-        assert!(!open_c.told().drain());
-        assert!(early_c.told().drain());
+        assert!(!open.control.told().drain());
+        assert!(early.control.told().drain());
         // Those that register later are told as they register, by the same rule.
-        let (late, late_c) = session(false);
-        let (late_early, late_early_c) = session(true);
-        registry.insert(3, late);
-        registry.insert(4, late_early);
-        assert!(!late_c.told().drain());
-        assert!(late_early_c.told().drain());
+        let (late, late_early) = (session(3, false), session(4, true));
+        registry.insert(late.clone());
+        registry.insert(late_early.clone());
+        assert!(!late.control.told().drain());
+        assert!(late_early.control.told().drain());
         registry.drain_all();
-        assert!(open_c.told().drain() && late_c.told().drain());
-        let (after, after_c) = session(false);
-        registry.insert(5, after);
-        assert!(after_c.told().drain());
-        assert!(!after_c.told().cut() && !after_c.told().close());
+        assert!(open.control.told().drain() && late.control.told().drain());
+        let after = session(5, false);
+        registry.insert(after.clone());
+        let told = after.control.told();
+        assert!(told.drain() && !told.cut() && !told.close());
     }
 
     #[test]
     fn the_cut_reaches_open_and_later_sessions_and_close_reaches_one() {
         let registry = Registry::default();
-        let (a, a_c) = session(false);
-        let (b, b_c) = session(false);
-        registry.insert(1, a);
-        registry.insert(2, b);
+        let (a, b) = (session(1, false), session(2, false));
+        registry.insert(a.clone());
+        registry.insert(b.clone());
         assert_eq!(registry.close(2).as_deref(), Some("/r"));
         assert_eq!(registry.close(9), None);
-        assert!(b_c.told().close() && !a_c.told().close());
+        assert!(b.control.told().close() && !a.control.told().close());
         registry.cut_all();
-        assert!(a_c.told().cut() && b_c.told().cut());
-        assert!(!a_c.told().drain());
-        let (c, c_c) = session(false);
-        registry.insert(3, c);
-        assert!(c_c.told().cut());
+        assert!(a.control.told().cut() && b.control.told().cut());
+        assert!(!a.control.told().drain());
+        let c = session(3, false);
+        registry.insert(c.clone());
+        assert!(c.control.told().cut());
         // A session that ended is not told.
         assert!(registry.remove(1).is_some());
         assert!(!registry.drain(1));

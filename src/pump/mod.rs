@@ -89,21 +89,31 @@ const DISCARD_CHUNK_BYTES: usize = 4 * 1024;
 /// An empty read buffer is freed after this long without data, so idle sessions hold none.
 const BUFFER_RELEASE: Duration = Duration::from_secs(1);
 
-/// Who a session is, for its log line.
-#[derive(Debug, Clone)]
+/// Who a session is and what it is told, in one block shared by the session and its registry
+/// entry (the admin endpoint's view): its log line's names, its live counters, its control block.
+#[derive(Debug)]
 pub struct SessionInfo {
     pub id: u64,
     pub route: Arc<Route>,
     pub client: SocketAddr,
     /// The authenticated subject, if the route authenticates.
     pub subject: Option<String>,
+    /// The backend connected (`host:port` or `unix:/path`): the pool's choice or the session's
+    /// own target.
+    pub backend: String,
+    /// When the session started (its 101 was sent).
+    pub started: std::time::SystemTime,
+    /// Told to drain as soon as the gateway starts draining, not in its turn of the drain window
+    /// (a fallback session: its client cannot open another request once the gateway stops
+    /// accepting, so the Close must go out in the one it has open).
+    pub drains_at_start: bool,
     /// When the client's credential expires: the session is closed with 1008 then.
     pub expires_at: Option<std::time::SystemTime>,
     /// Live counters, readable while the session runs (admin `/sessions`).
-    pub stats: Arc<SessionStats>,
+    pub stats: SessionStats,
     /// What the gateway tells the session from outside: drain (with `drain_code`), operator
-    /// close (1008), the cut at `shutdown_grace`. Shared with its registry entry.
-    pub control: Arc<SessionControl>,
+    /// close (1008), the cut at `shutdown_grace`.
+    pub control: SessionControl,
     /// The code of the Close the session gets when the gateway drains (`drain_close_code`).
     pub drain_code: CloseCode,
     /// The gateway-wide bound on client messages held whole (`partial_message_budget`).
@@ -113,6 +123,31 @@ pub struct SessionInfo {
     pub recording: Option<Arc<Recorder>>,
     /// permessage-deflate, when negotiated.
     pub deflate: Option<crate::ws::DeflateParams>,
+}
+
+#[cfg(test)]
+impl SessionInfo {
+    /// A session of route `/r` with nothing told, for tests.
+    pub(crate) fn for_tests(id: u64, drains_at_start: bool) -> SessionInfo {
+        let text = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/r\"\nbackend = \"127.0.0.1:1\"\n";
+        let config = crate::config::Config::parse(text, std::path::Path::new(".")).expect("config");
+        SessionInfo {
+            id,
+            route: config.routes[0].clone(),
+            client: "127.0.0.1:1".parse().expect("addr"),
+            subject: None,
+            backend: "127.0.0.1:1".into(),
+            started: std::time::SystemTime::now(),
+            drains_at_start,
+            expires_at: None,
+            stats: SessionStats::default(),
+            control: SessionControl::default(),
+            drain_code: CloseCode::GOING_AWAY,
+            budget: MessageBudget::new(1 << 20),
+            recording: None,
+            deflate: None,
+        }
+    }
 }
 
 /// What a session adds to the plain pipe, for each half: its recording and permessage-deflate.

@@ -50,22 +50,12 @@ pub(super) async fn stagger(registry: &Registry, window: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pump::SessionControl;
+    use crate::pump::SessionInfo;
     use crate::registry::LiveSession;
     use std::sync::Arc;
-    use std::time::SystemTime;
 
-    fn session(control: Arc<SessionControl>) -> LiveSession {
-        LiveSession {
-            route: "/r".into(),
-            client: "127.0.0.1:1".parse().expect("addr"),
-            subject: None,
-            backend: "b".into(),
-            started: SystemTime::now(),
-            stats: Arc::default(),
-            control,
-            drains_at_start: false,
-        }
+    fn session(id: u64) -> LiveSession {
+        Arc::new(SessionInfo::for_tests(id, false))
     }
 
     #[tokio::test(start_paused = true)]
@@ -74,8 +64,8 @@ mod tests {
         let mut tokens = Vec::new();
         // Inserted out of order: the schedule follows the ids.
         for id in [3u64, 0, 2, 1] {
-            let t = Arc::new(SessionControl::default());
-            registry.insert(id, session(t.clone()));
+            let t = session(id);
+            registry.insert(t.clone());
             tokens.push((id, t));
         }
         tokens.sort_by_key(|(id, _)| *id);
@@ -91,7 +81,7 @@ mod tests {
                 () = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
             for (id, t) in &tokens {
-                if t.told().drain() && !told_at.iter().any(|(i, _)| i == id) {
+                if t.control.told().drain() && !told_at.iter().any(|(i, _)| i == id) {
                     told_at.push((*id, start.elapsed()));
                 }
             }
@@ -109,16 +99,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_zero_window_tells_everyone_at_once() {
         let registry = Registry::default();
-        let t = Arc::new(SessionControl::default());
-        registry.insert(7, session(t.clone()));
+        let t = session(7);
+        registry.insert(t.clone());
         stagger(&registry, Duration::ZERO).await;
-        assert!(t.told().drain());
-        let late = Arc::new(SessionControl::default());
-        registry.insert(8, session(late.clone()));
-        assert!(
-            late.told().drain(),
-            "a session opened after the walk is told too"
-        );
-        assert!(!late.told().close() && !late.told().cut());
+        assert!(t.control.told().drain());
+        let late = session(8);
+        registry.insert(late.clone());
+        let told = late.control.told();
+        assert!(told.drain(), "a session opened after the walk is told too");
+        assert!(!told.close() && !told.cut());
     }
 }

@@ -118,11 +118,9 @@ impl UpgradeSlot {
 /// once hyper is done with it: one task per connection from accept to close, and no earlier task
 /// left behind (a finished task's memory lives on while the socket still holds its waker).
 pub(super) struct PendingSession {
-    pub(super) info: SessionInfo,
+    pub(super) info: Arc<SessionInfo>,
     pub(super) client: ClientSide,
     pub(super) backend: (crate::backend::BackendReader, crate::backend::BackendWriter),
-    /// The backend's address, for the logs and `/sessions`.
-    pub(super) backend_name: String,
     /// For a per-session target: the hash of the token that named it (never the token).
     pub(super) token_hash: Option<String>,
     pub(super) claims: Claims,
@@ -651,9 +649,12 @@ pub(super) async fn upgrade(
         route: route.clone(),
         client: peer,
         subject: identity.subject,
+        backend: backend_name,
+        started: std::time::SystemTime::now(),
+        drains_at_start: fallback_session.is_some(),
         expires_at: identity.expires_at,
-        stats: Arc::new(SessionStats::default()),
-        control: Arc::default(),
+        stats: SessionStats::default(),
+        control: crate::pump::SessionControl::default(),
         drain_code: gw.drain.code,
         budget: gw.budget.clone(),
         recording,
@@ -666,10 +667,9 @@ pub(super) async fn upgrade(
         _client: conn.client_claim.clone(),
     };
     let pending = PendingSession {
-        info,
+        info: Arc::new(info),
         client,
         backend,
-        backend_name,
         token_hash,
         claims,
         http_version: conn.http_version(),

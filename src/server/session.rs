@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -22,7 +22,6 @@ use crate::error::{Close, SessionEnd, Side};
 use crate::fallback::Transport;
 use crate::metrics::{CloseLabel, RouteLabel};
 use crate::pump::{self, ReadReady, SessionInfo};
-use crate::registry::LiveSession;
 use crate::ws::CloseCode;
 
 /// Close code logged when no Close frame was sent (RFC 6455 §7.4.1: abnormal closure).
@@ -55,7 +54,6 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         info,
         client,
         backend,
-        backend_name,
         token_hash,
         claims,
         http_version,
@@ -101,24 +99,12 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         let token_hash = token_hash.as_deref().unwrap_or("-");
         let fallback_id = fallback.as_ref().map(|s| s.id.as_str());
         let compression = compression(&info);
-        info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %backend_name, token_hash = %token_hash, http_version, compression, fallback_id, "session open");
+        info!(session = info.id, route = %info.route.path, client = %info.client, subject, backend = %info.backend, token_hash = %token_hash, http_version, compression, fallback_id, "session open");
     }
-    // What the session keeps while it runs is in the registry entry (the backend's name is taken
-    // back from it for the access line) or in `info`; the rest is freed before the pump starts.
+    // What the session keeps while it runs is in `info`, shared with its registry entry; the
+    // rest is freed before the pump starts.
     drop(token_hash);
-    gw.registry.insert(
-        info.id,
-        LiveSession {
-            route: info.route.path.clone(),
-            client: info.client,
-            subject: info.subject.clone(),
-            started: SystemTime::now(),
-            backend: backend_name,
-            stats: info.stats.clone(),
-            control: info.control.clone(),
-            drains_at_start: fallback.is_some(),
-        },
-    );
+    gw.registry.insert(info.clone());
 
     // A plain TCP session with a plain backend runs on a session thread from here on, its end
     // accounted there; this task ends. Unless it ends at once: then it stays here.
@@ -215,10 +201,7 @@ fn close_session(
         })
         .inc();
 
-    let backend_name = gw
-        .registry
-        .remove(info.id)
-        .map_or_else(String::new, |live| live.backend);
+    gw.registry.remove(info.id);
     let route_label = RouteLabel {
         route: info.route.path.clone(),
     };
@@ -271,7 +254,7 @@ fn close_session(
         route = %info.route.path,
         client = %info.client,
         subject,
-        backend = %backend_name,
+        backend = %info.backend,
         duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
         close_code,
         reason,
@@ -317,7 +300,7 @@ fn on_session_thread<E>(
 /// thread's loop, or it panicked), as cut by the gateway ([`SESSION_THREAD_FAILED`]). So its
 /// registry entry, metrics and access line never outlive it.
 struct ThreadSession<E: FnOnce(&SessionInfo, pump::Outcome)> {
-    info: SessionInfo,
+    info: Arc<SessionInfo>,
     started: Instant,
     end: Option<E>,
 }
