@@ -83,10 +83,7 @@ impl SessionControl {
         if self.told.fetch_or(event, Ordering::AcqRel) & event != 0 {
             return;
         }
-        // A panic while holding this lock leaves a valid waker (or none) in place.
-        if let Some(w) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
-            w.wake_by_ref();
-        }
+        super::wake_slot(&self.waker);
     }
 
     /// Ready with what was told once any event of `mask` is; until then the calling task is
@@ -96,12 +93,7 @@ impl SessionControl {
         if told.any_of(mask) {
             return Poll::Ready(told);
         }
-        {
-            let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
-            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *slot = Some(cx.waker().clone());
-            }
-        }
+        super::store_waker(&self.waker, cx);
         // Told while the waker was being stored: not lost.
         let told = self.told();
         if told.any_of(mask) {
@@ -118,27 +110,15 @@ impl SessionControl {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Count;
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.wake_by_ref();
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 
     #[test]
     fn each_event_is_told_once_wakes_the_waiter_and_stays_told() {
         let control = SessionControl::default();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let count = Arc::new(Count(AtomicU64::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(control.poll_told(&mut cx, Told::ANY).is_pending());
@@ -158,7 +138,7 @@ mod tests {
     #[test]
     fn a_wait_for_the_cut_ignores_the_other_events_but_is_woken_by_them() {
         let control = SessionControl::default();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let count = Arc::new(Count(AtomicU64::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(control.poll_told(&mut cx, Told::CUT).is_pending());
@@ -176,8 +156,8 @@ mod tests {
     #[test]
     fn the_latest_waiter_is_the_one_woken() {
         let control = SessionControl::default();
-        let first = Arc::new(Count(AtomicUsize::new(0)));
-        let second = Arc::new(Count(AtomicUsize::new(0)));
+        let first = Arc::new(Count(AtomicU64::new(0)));
+        let second = Arc::new(Count(AtomicU64::new(0)));
         let (w1, w2) = (Waker::from(first.clone()), Waker::from(second.clone()));
         assert!(control
             .poll_told(&mut Context::from_waker(&w1), Told::ANY)

@@ -401,10 +401,7 @@ struct Signal {
 impl Signal {
     fn raise(&self) {
         self.raised.store(true, Ordering::Release);
-        // A panic while holding this lock leaves a valid waker (or none) in place.
-        if let Some(w) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
-            w.wake_by_ref();
-        }
+        wake_slot(&self.waker);
     }
 
     /// Ready once for every raise since the last time it was (several raises may be seen as one).
@@ -412,12 +409,7 @@ impl Signal {
         if self.raised.swap(false, Ordering::AcqRel) {
             return std::task::Poll::Ready(());
         }
-        {
-            let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
-            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *slot = Some(cx.waker().clone());
-            }
-        }
+        store_waker(&self.waker, cx);
         // Raised while the waker was being stored: not lost.
         if self.raised.swap(false, Ordering::AcqRel) {
             return std::task::Poll::Ready(());
@@ -426,27 +418,46 @@ impl Signal {
     }
 }
 
+/// Wake the task whose waker is in `slot`, if any.
+fn wake_slot(slot: &Mutex<Option<std::task::Waker>>) {
+    // A panic while holding this lock leaves a valid waker (or none) in place.
+    if let Some(w) = &*slot.lock().unwrap_or_else(|e| e.into_inner()) {
+        w.wake_by_ref();
+    }
+}
+
+/// Leave the polling task's waker in `slot` (the one waiter), unless it is there already.
+fn store_waker(slot: &Mutex<Option<std::task::Waker>>, cx: &std::task::Context<'_>) {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
+    }
+}
+
 /// A deadline that never comes (about 30 years ahead; tokio's timer caps it anyway).
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
+/// A waker that counts its wake-ups, for tests.
+#[cfg(test)]
+pub(crate) struct Count(pub(crate) AtomicU64);
+
+#[cfg(test)]
+impl std::task::Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::{Context, Poll, Wake, Waker};
-
-    struct Count(AtomicU64);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.wake_by_ref();
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    use std::task::{Context, Poll, Waker};
 
     #[test]
     fn a_signal_is_seen_once_and_wakes_its_waiter() {
