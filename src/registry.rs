@@ -52,8 +52,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Register session `id`. It is told at once what every session was told before: to drain
-    /// (the drain walk passed, or it drains at the start and the drain started), to cut.
+    /// Register `session` (under its id). It is told at once what every session was told
+    /// before: to drain (the drain walk passed, or it drains at the start and the drain
+    /// started), to cut.
     pub fn insert(&self, session: LiveSession) {
         let mut sessions = self.lock();
         let told = self.told_all.load(Ordering::Relaxed);

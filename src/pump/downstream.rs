@@ -160,8 +160,8 @@ where
     /// block's flags, whether the deadline timer has fired), so that a backend that always has
     /// data ready or a client that reads slowly never keeps an event from being seen, without
     /// polling the control sources on every message: they are polled only after one of them
-    /// woke the task (a [`Gate`]), and first. The backend is read only while less than [`FLUSH_THRESHOLD_BYTES`] wait for
-    /// the client (backpressure).
+    /// woke the task (a [`Gate`]), and first. The backend is read only while less than
+    /// [`FLUSH_THRESHOLD_BYTES`] wait for the client (backpressure).
     async fn pump(&mut self) -> DownEnd {
         // Only the few durations used on the way are kept (not a copy of every limit).
         let close_timeout = self.route.limits.close_timeout;
@@ -237,7 +237,7 @@ where
             }
             let room = self.out.pending() < FLUSH_THRESHOLD_BYTES;
             let busy = self.out.busy();
-            // In this order: the control futures (polled only once one of them woke the task),
+            // In this order: the control sources (polled only once one of them woke the task),
             // the client's socket when output waits, the backend while there is room.
             let next = std::future::poll_fn(|cx| {
                 let gated = gate.poll(cx, |cx| {
