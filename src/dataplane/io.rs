@@ -21,8 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::pump::ReadReady;
 
-/// How much one read asks for (the pump's own read size).
-const READ_BYTES: usize = 64 * 1024;
+/// How much one read asks for (the pump's own read size: a 64 KiB message and its frame header
+/// in one read).
+const READ_BYTES: usize = 65 * 1024;
+const _: () = assert!(READ_BYTES >= 64 * 1024 + 14);
 /// Room made for a read into a full buffer (as tokio's `read_buf` does).
 const MIN_READ_BYTES: usize = 64;
 

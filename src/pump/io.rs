@@ -495,6 +495,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_64_kib_message_and_its_header_come_in_one_read() {
+        use tokio::io::AsyncWriteExt;
+        let (a, mut b) = tokio::io::duplex(256 * 1024);
+        let (mut r, _w) = tokio::io::split(a);
+        // A client's masked frame: 14 header bytes (64-bit length, mask key) and 64 KiB.
+        let mut frame = vec![0x82, 0xff, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4];
+        frame.extend(std::iter::repeat_n(7u8, 64 * 1024));
+        b.write_all(&frame).await.expect("write");
+        let mut buf = BytesMut::new();
+        let n = std::future::poll_fn(|cx| poll_read_more(&mut r, cx, &mut buf))
+            .await
+            .expect("read");
+        assert_eq!(n, frame.len());
+        assert_eq!(&buf[..], &frame[..]);
+    }
+
+    #[tokio::test]
     async fn large_frames_go_out_without_a_copy_and_what_is_left_keeps_its_place() {
         let big: Vec<u8> = (0..DIRECT_WRITE_BYTES * 2).map(|i| i as u8).collect();
         let whole = frame(&big);

@@ -72,8 +72,12 @@ pub use control::{SessionControl, Told};
 pub(crate) use gate::Gated;
 pub use io::ReadReady;
 
-/// How much we ask for per read, from either side.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// How much we ask for per read, from either side: 64 KiB and room for a frame header (at most
+/// 14 bytes) or a length prefix, so that a 64 KiB message, a common size, comes in one read
+/// rather than a read and a straggler of its last few bytes, each then a write, a wake-up of the
+/// next hop and a frame of their own.
+const READ_CHUNK_BYTES: usize = 65 * 1024;
+const _: () = assert!(READ_CHUNK_BYTES >= 64 * 1024 + 14);
 /// Bytes gathered before a write is started even though more input is waiting.
 const FLUSH_THRESHOLD_BYTES: usize = 64 * 1024;
 /// Payloads at least this large are written to their socket straight from the read buffer when
