@@ -253,7 +253,7 @@ async fn queue(session: &Session, kind: Kind, payload: &[u8]) {
             // record are bounded by what the pump had in flight (it reads no more from the
             // backend).
             if kind == Kind::Close
-                || session.closing.is_cancelled()
+                || session.draining.is_cancelled()
                 || d.has_room(record.len(), session.limits.buffer)
             {
                 d.push(record, kind == Kind::Close);
@@ -264,7 +264,7 @@ async fn queue(session: &Session, kind: Kind, payload: &[u8]) {
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
-            () = session.closing.cancelled() => {}
+            () = session.draining.cancelled() => {}
         }
     }
 }

@@ -315,13 +315,11 @@ pub struct Session {
     /// Cancelled when the client stopped polling: the adapter lets go of the pipe.
     pub(crate) stop: CancellationToken,
     timed_out: AtomicBool,
-    /// Cancelled when the gateway drains: what is left goes out in the responses in flight
-    /// (the client cannot make new requests), so a stream no longer ends at its budget.
+    /// Cancelled when the gateway drains, which is this session's turn in the drain too (its
+    /// client cannot make new requests): what is left goes out in the responses in flight, so a
+    /// stream no longer ends at its budget; and the pump reads no more from the backend, so the
+    /// last messages before the Close record no longer wait for room.
     pub(crate) draining: CancellationToken,
-    /// Cancelled when the gateway tells this session that it drains (its turn in the drain
-    /// window): the pump reads no more from the backend, so the last messages before the Close
-    /// record no longer wait for room.
-    pub(crate) closing: CancellationToken,
     /// What the session holds until it leaves the table (its place in the connection counts),
     /// so that ended sessions waiting for their client are bounded like open ones.
     claim: Mutex<Option<Box<dyn std::any::Any + Send>>>,
@@ -335,7 +333,6 @@ pub struct Session {
 /// table (see [`Session`]).
 pub struct Ties {
     pub draining: CancellationToken,
-    pub closing: CancellationToken,
     pub claim: Box<dyn std::any::Any + Send>,
 }
 
@@ -379,7 +376,6 @@ impl Session {
             stop: CancellationToken::new(),
             timed_out: AtomicBool::new(false),
             draining: ties.draining,
-            closing: ties.closing,
             claim: Mutex::new(Some(ties.claim)),
             control: Mutex::new(Control::default()),
             control_ready: tokio::sync::Notify::new(),

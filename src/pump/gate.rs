@@ -31,10 +31,7 @@ impl Wake for GateState {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        // A panic while holding this lock leaves a valid waker (or none) in place.
-        if let Some(task) = &*self.task.lock().unwrap_or_else(|e| e.into_inner()) {
-            task.wake_by_ref();
-        }
+        super::wake_slot(&self.task);
     }
 }
 

@@ -436,6 +436,15 @@ mod tests {
         got: Vec<u8>,
     }
 
+    impl Socket {
+        fn with_room(room: usize) -> Socket {
+            Socket {
+                room,
+                got: Vec::new(),
+            }
+        }
+    }
+
     impl AsyncWrite for Socket {
         fn poll_write(
             self: Pin<&mut Self>,
@@ -516,26 +525,14 @@ mod tests {
         let big: Vec<u8> = (0..DIRECT_WRITE_BYTES * 2).map(|i| i as u8).collect();
         let whole = frame(&big);
         // All taken: nothing queued.
-        let (mut out, mut socket) = (
-            Output::default(),
-            Socket {
-                room: usize::MAX,
-                got: Vec::new(),
-            },
-        );
+        let (mut out, mut socket) = (Output::default(), Socket::with_room(usize::MAX));
         push(&mut out, &mut socket, &big);
         assert_eq!((out.buf.len(), out.unflushed), (0, true));
         assert_eq!(socket.got, whole);
         // Part taken, inside the header and inside the payload: the rest is queued, and it is the
         // frame in progress (a Close would go after it).
         for room in [3, 1000] {
-            let (mut out, mut socket) = (
-                Output::default(),
-                Socket {
-                    room,
-                    got: Vec::new(),
-                },
-            );
+            let (mut out, mut socket) = (Output::default(), Socket::with_room(room));
             push(&mut out, &mut socket, &big);
             push(&mut out, &mut socket, b"next");
             assert_eq!(
@@ -547,23 +544,11 @@ mod tests {
             assert_eq!(out.buf.len(), whole.len() - room, "room {room}");
         }
         // No room: the frame is queued whole.
-        let (mut out, mut socket) = (
-            Output::default(),
-            Socket {
-                room: 0,
-                got: Vec::new(),
-            },
-        );
+        let (mut out, mut socket) = (Output::default(), Socket::with_room(0));
         push(&mut out, &mut socket, &big);
         assert_eq!((&out.buf[..], out.partial), (&whole[..], 0));
         // Small frames are queued (and written with the next batch).
-        let (mut out, mut socket) = (
-            Output::default(),
-            Socket {
-                room: usize::MAX,
-                got: Vec::new(),
-            },
-        );
+        let (mut out, mut socket) = (Output::default(), Socket::with_room(usize::MAX));
         push(&mut out, &mut socket, b"small");
         assert_eq!((&out.buf[..], socket.got.len()), (&frame(b"small")[..], 0));
         // Something pending before it: queued behind, in order.

@@ -105,7 +105,7 @@ pub struct SessionInfo {
     /// The backend connected (`host:port` or `unix:/path`): the pool's choice or the session's
     /// own target.
     pub backend: String,
-    /// When the session started (its 101 was sent).
+    /// When the session started (its upgrade was accepted, just before the 101 went out).
     pub started: std::time::SystemTime,
     /// Told to drain as soon as the gateway starts draining, not in its turn of the drain window
     /// (a fallback session: its client cannot open another request once the gateway stops

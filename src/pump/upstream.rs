@@ -2,7 +2,6 @@
 //! Pings, the client's Close and protocol errors.
 
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -36,8 +35,6 @@ pub(super) struct Upstream<'s, R, W> {
     shared: &'s Shared,
     out: ToBackend,
     route: &'s Route,
-    close_timeout: Duration,
-    write_timeout: Duration,
     traffic: &'s Traffic,
     /// The backend's write side has been shut.
     backend_shut: bool,
@@ -114,8 +111,6 @@ where
             shared,
             out,
             route,
-            close_timeout: route.limits.close_timeout,
-            write_timeout: route.limits.write_timeout,
             traffic,
             backend_shut: false,
             unflushed: false,
@@ -137,7 +132,8 @@ where
     async fn shut_backend(&mut self) {
         if !self.backend_shut {
             self.backend_shut = true;
-            let _ = tokio::time::timeout(self.close_timeout, self.backend.shutdown()).await;
+            let _ = tokio::time::timeout(self.route.limits.close_timeout, self.backend.shutdown())
+                .await;
         }
     }
 
@@ -386,7 +382,7 @@ where
     /// Wait until the backend takes the write (or flush) `flush` tried, at most `write_timeout`,
     /// or until downstream has a word.
     async fn wait_for_backend(&mut self, flushing: bool, wake: &mut Told<'_, 's>) -> Waited {
-        let stalled = tokio::time::sleep(self.write_timeout);
+        let stalled = tokio::time::sleep(self.route.limits.write_timeout);
         tokio::select! {
             biased;
             // `write` and `flush` are cancel-safe: if another branch wins, nothing was written.
@@ -462,7 +458,7 @@ where
     /// a reset by unread data. `buf` (the read buffer, whose content no longer matters) is reused
     /// for the discarded bytes.
     async fn discard_until_eof(&mut self, buf: &mut BytesMut, wake: &mut Told<'_, 's>) {
-        let deadline = tokio::time::Instant::now() + self.close_timeout;
+        let deadline = tokio::time::Instant::now() + self.route.limits.close_timeout;
         loop {
             buf.clear();
             if buf.capacity() < DISCARD_CHUNK_BYTES {

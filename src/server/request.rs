@@ -630,11 +630,9 @@ pub(super) async fn upgrade(
                     max_frame_size: route.limits.max_frame_size,
                 },
                 *transport,
-                // A fallback session's turn in the drain is its start (see `drains_at_start`):
-                // both are the gateway's shutdown.
+                // A fallback session's turn in the drain is its start (see `drains_at_start`).
                 crate::fallback::Ties {
                     draining: gw.shutdown.clone(),
-                    closing: gw.shutdown.clone(),
                     // Its place in the connection counts lasts until the session leaves the
                     // table: ended sessions waiting for their client are bounded like open ones.
                     claim: Box::new(conn.guard.clone()),
