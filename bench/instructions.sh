@@ -13,8 +13,9 @@
 #               bench/nginx.conf.template with `master_process off; worker_processes 1;`
 #   haproxy     tcp:// through HAProxy (`mode tcp`) to the TCP echo: bytes relayed, nothing
 #               decoded; bench/haproxy.cfg.template with `nbthread 1`, foreground (-db)
-# Rows: 64 B binary ping-pong on 50 connections (wsload -c 50 -s 64), and 64 KiB messages on one
-# connection with 4 in flight (wsload -c 1 -s 64KiB -k 4); and, when asked for (ROWS=hs_ws),
+# Rows: 64 B binary ping-pong on 50 and on 1,000 connections (wsload -c 50 -s 64, -c 1000 -s 64),
+# and 64 KiB messages on one connection with 4 in flight (wsload -c 1 -s 64KiB -k 4); and, when
+# asked for (ROWS=hs_ws),
 # handshakes: 8 workers each opening a new connection per handshake and closing it at once
 # (wsload --mode handshake -c 8), where one "message" is one handshake (HAProxy, which sees TCP
 # connections only, has no such row).
@@ -24,9 +25,10 @@
 # start-up, handshakes and shutdown cancel out. Only the proxy runs under callgrind; the backends
 # and the client run natively.
 #
-# Environment overrides: N1 (5000), N2 (50000) for the 64 B rows; BULK_N1 (500), BULK_N2 (3000)
+# Environment overrides: N1 (5000), N2 (50000) for the 64 B rows (4 x N1 and 2 x N2 on 1,000
+# connections, where every connection carries fewer messages); BULK_N1 (500), BULK_N2 (3000)
 # for the 64 KiB rows; HS_N1 (500), HS_N2 (2500) for the handshake row; TARGETS ("wsgate-raw wsgate-lp nginx haproxy"); ROWS ("echo64_c50
-# bulk64k_k4"); BUILD=0 (skip cargo build; the binaries must be in target/release).
+# echo64_c1000 bulk64k_k4"); BUILD=0 (skip cargo build; the binaries must be in target/release).
 # Loopback only, ports 28320-28329 (INSTR_PORT_BASE moves them); every process started here is stopped by its PID. Output: a
 # Markdown table on stdout; raw callgrind files, configurations and wsload JSON in
 # bench/results/instructions-TIMESTAMP/.
@@ -40,7 +42,7 @@ BULK_N2=${BULK_N2:-3000}
 HS_N1=${HS_N1:-500}
 HS_N2=${HS_N2:-2500}
 TARGETS=${TARGETS:-"wsgate-raw wsgate-lp nginx haproxy"}
-ROWS=${ROWS:-"echo64_c50 bulk64k_k4"}
+ROWS=${ROWS:-"echo64_c50 echo64_c1000 bulk64k_k4"}
 BASE=${INSTR_PORT_BASE:-28320}
 TCP_ECHO_PORT=$BASE
 WS_ECHO_PORT=$((BASE + 1))
@@ -177,6 +179,7 @@ echo "|---|---|---|---|---|---|---|"
 for row in $ROWS; do
     case "$row" in
         echo64_c50) args=(-c 50 -s 64) n1=$N1 n2=$N2 label="64 B, 50 connections" ;;
+        echo64_c1000) args=(-c 1000 -s 64) n1=$((N1 * 4)) n2=$((N2 * 2)) label="64 B, 1,000 connections" ;;
         bulk64k_k4) args=(-c 1 -s 64KiB -k 4) n1=$BULK_N1 n2=$BULK_N2 label="64 KiB, 1 connection, 4 in flight" ;;
         hs_ws) args=(--mode handshake -c 8) n1=$HS_N1 n2=$HS_N2 label="handshakes, 8 at a time (per handshake)" ;;
         *) echo "instructions.sh: unknown row $row" >&2; exit 2 ;;

@@ -2,7 +2,7 @@
 # bench/run.sh: the performance matrix, wsgate against its peers, same client, same
 # backends, same machine, one run.
 #
-#   bench/run.sh            the full matrix (3 repetitions, 5 s + 1 s warm-up per run, ~30 min)
+#   bench/run.sh            the full matrix (5 repetitions, 5 s + 1 s warm-up per run, ~60 min)
 #   bench/run.sh --quick    a reduced matrix to check the setup (1 repetition, short runs); it
 #                           writes RUN/summary.md only, never BENCHMARKS.md or bench/*.svg
 #
@@ -52,7 +52,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-REPS=${REPS:-3}
+REPS=${REPS:-5}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 IDLE_SESSIONS=${IDLE_SESSIONS:-10000}
@@ -488,26 +488,24 @@ run_row() {
 # --- flooding session (the fairness row) -----------------------------------------------------------
 # bench/flood.py (the flooding backend) and bench/slow_client.py (its slow reader) say what they do.
 
-# run_fairness TARGET: with the target started, for every repetition the ping-pong alone, then
-# beside one flooding session.
+# run_fairness TARGET REP: with the target started, the ping-pong alone, then beside one
+# flooding session.
 run_fairness() {
-    local t=$1 rep mode=raw cmode=ws port=$WSGATE_PORT path=/flood slow
+    local t=$1 rep=$2 mode=raw cmode=ws port=$WSGATE_PORT path=/flood slow
     case "$t" in
         nginx) mode=ws port=$NGINX_PORT ;;
         haproxy) cmode=tcp port=$HAPROXY_FLOOD_PORT path=- ;;
     esac
     start flood "$FLOOD_PORT" python3 "$ROOT/bench/flood.py" "$mode" "$FLOOD_PORT"
-    for rep in $(seq 1 "$REPS"); do
-        run_row "$t" fairness_alone "$rep"
-        python3 "$ROOT/bench/slow_client.py" "$cmode" "$port" "$path" $((${DURATION%.*} + ${WARMUP%.*} + 40)) \
-            >>"$RUN/slow_client.log" 2>&1 &
-        slow=$!
-        STARTED+=("$slow")
-        sleep 1
-        kill -0 "$slow" 2>/dev/null || log "$t fairness rep $rep: the flooding client ended early (see $RUN/slow_client.log)"
-        run_row "$t" fairness_flood "$rep"
-        stop_pid "$slow"
-    done
+    run_row "$t" fairness_alone "$rep"
+    python3 "$ROOT/bench/slow_client.py" "$cmode" "$port" "$path" $((${DURATION%.*} + ${WARMUP%.*} + 40)) \
+        >>"$RUN/slow_client.log" 2>&1 &
+    slow=$!
+    STARTED+=("$slow")
+    sleep 1
+    kill -0 "$slow" 2>/dev/null || log "$t fairness rep $rep: the flooding client ended early (see $RUN/slow_client.log)"
+    run_row "$t" fairness_flood "$rep"
+    stop_pid "$slow"
 }
 
 # --- peer tuning -----------------------------------------------------------------------------------
@@ -588,34 +586,40 @@ count_for() {
 # count, the handshake rows with its handshake count.
 MSG_ROWS="echo64_c1 echo64_c10 echo64_c50 echo64_c200 echo64_c1000 bulk64k_k1 bulk64k_k4 wss_echo64_c50 wss_bulk64k_k4"
 HS_ROWS="hs_ws hs_wss"
-for t in $TARGETS; do
-    for class in msg hs; do
-        rows=$MSG_ROWS
-        [ "$class" = hs ] && rows=$HS_ROWS
-        todo=""
-        for row in $rows; do has_row "$t" "$row" && todo="$todo $row"; done
-        [ -n "$todo" ] || continue
-        n=$(count_for "$t" "$class")
-        start_target "$t" "$n" "$class"
-        p=$(peer_of "$t")
-        what="$class rows"
-        [ "$p" != none ] && what="$what, ${KNOB[$p]} $n"
-        log "$t ($what): server pid(s) $SERVER_PID, backend pid ${BACKEND_PID:--}"
-        for rep in $(seq 1 "$REPS"); do
+# Repetitions outside, targets inside: every target's first repetition, then every target's
+# second, ..., the order of the targets reversed every other repetition, so that a machine whose
+# load drifts during the run (a shared VM) weighs on every target alike instead of on the ones
+# measured in its busy minutes. Every repetition starts its servers afresh.
+ORDER=$TARGETS
+REVERSED=$(echo "$TARGETS" | tr ' ' '\n' | sed '/^$/d' | tac | tr '\n' ' ')
+for rep in $(seq 1 "$REPS"); do
+    order=$ORDER
+    [ $((rep % 2)) = 0 ] && order=$REVERSED
+    for t in $order; do
+        for class in msg hs; do
+            rows=$MSG_ROWS
+            [ "$class" = hs ] && rows=$HS_ROWS
+            todo=""
+            for row in $rows; do has_row "$t" "$row" && todo="$todo $row"; done
+            [ -n "$todo" ] || continue
+            n=$(count_for "$t" "$class")
+            start_target "$t" "$n" "$class"
+            p=$(peer_of "$t")
+            what="$class rows"
+            [ "$p" != none ] && what="$what, ${KNOB[$p]} $n"
+            log "$t ($what, rep $rep): server pid(s) $SERVER_PID, backend pid ${BACKEND_PID:--}"
             for row in $todo; do run_row "$t" "$row" "$rep"; done
+            stop_all
         done
-        stop_all
-    done
-    if has_row "$t" fairness; then
-        start_target "$t" "$(count_for "$t" msg)" msg
-        run_fairness "$t"
-        stop_all
-    fi
-    # Idle sessions: a fresh server for every repetition, so that RSS growth is not hidden by
-    # memory an earlier run left allocated (the message count of workers).
-    for row in idle_plain idle_tls; do
-        has_row "$t" "$row" || continue
-        for rep in $(seq 1 "$REPS"); do
+        if has_row "$t" fairness; then
+            start_target "$t" "$(count_for "$t" msg)" msg
+            run_fairness "$t" "$rep"
+            stop_all
+        fi
+        # Idle sessions: a freshly started server, so that RSS growth is not hidden by memory
+        # an earlier run left allocated (the message rows' workers).
+        for row in idle_plain idle_tls; do
+            has_row "$t" "$row" || continue
             start_target "$t" "$(count_for "$t" msg)" msg
             run_row "$t" "$row" "$rep"
             stop_all
