@@ -90,7 +90,9 @@ const MAX_PENDING_PONG_BYTES: usize = 4 * 1024;
 /// Read size while discarding what a client sends after a protocol error.
 const DISCARD_CHUNK_BYTES: usize = 4 * 1024;
 
-/// An empty read buffer is freed after this long without data, so idle sessions hold none.
+/// A half's idle tick: after this long without data it frees what it still holds (a compression
+/// context; a read buffer it kept, though an emptied one goes back to the thread's spares at once,
+/// see [`io::poll_read_more`]), so idle sessions hold neither.
 const BUFFER_RELEASE: Duration = Duration::from_secs(1);
 
 /// Who a session is and what it is told, in one block shared by the session and its registry
