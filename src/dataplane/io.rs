@@ -1,5 +1,5 @@
 //! A socket of a session loop: readiness flags set by the loop's epoll events, and the halves
-//! the pump reads and writes through (`AsyncRead` / `AsyncWrite` / [`ReadReady`]), each call
+//! the pump reads and writes through (`AsyncRead` / `AsyncWrite` / [`ReadBytes`]), each call
 //! one system call at most.
 //!
 //! Readiness is edge-triggered: a flag is set when the loop sees an event, and cleared when a
@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::pump::ReadReady;
+use crate::pump::ReadBytes;
 
 /// How much one read asks for (the pump's own read size: a 64 KiB message and its frame header
 /// in one read).
@@ -179,7 +179,7 @@ impl LoopRead {
     }
 }
 
-/// For readers other than the pump's (which reads through [`ReadReady::poll_read_bytes`]):
+/// For readers other than the pump's (which reads through [`ReadBytes::poll_read_bytes`]):
 /// received into the initialised part of the caller's buffer.
 impl AsyncRead for LoopRead {
     #[inline]
@@ -222,13 +222,7 @@ fn recv_into(fd: &OwnedFd, buf: &mut BytesMut, want: usize) -> rustix::io::Resul
     Ok(n)
 }
 
-impl ReadReady for LoopRead {
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let s = &self.source;
-        poll_flag(&s.readable, &s.read_waker, &mut self.waker, cx).map(Ok)
-    }
-
+impl ReadBytes for LoopRead {
     #[inline]
     fn poll_read_bytes(
         &mut self,

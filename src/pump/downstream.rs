@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::gate::Gate;
-use super::io::{poll_read_more, Output, ReadReady, Release};
+use super::io::{poll_read_more, Output, ReadBytes, Release};
 use super::keepalive::{Due, Keepalive};
 use super::{far_future, Shared, Traffic, FLUSH_THRESHOLD_BYTES};
 use super::{Extras, SessionControl, Told};
@@ -89,7 +89,7 @@ const CLIENT_CLOSE_SLOW: &str = "client did not take the Close within close_time
 
 impl<'s, R, W> Downstream<'s, R, W>
 where
-    R: ReadReady + Send,
+    R: ReadBytes + Send,
     W: AsyncWrite + Unpin,
 {
     pub(super) fn new(

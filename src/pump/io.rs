@@ -12,14 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{BUFFER_RELEASE, DIRECT_WRITE_BYTES, FLUSH_THRESHOLD_BYTES, READ_CHUNK_BYTES};
 use crate::ws;
 
-/// A reader that can say when data is there without being handed a buffer, so that an idle
-/// session holds no read buffer. Transports without such a signal read into a buffer at once.
-pub trait ReadReady: AsyncRead + Unpin {
-    /// Ready when a read would make progress (or fail); the task is woken then.
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
+/// A reader the pump reads through: into a `BytesMut`'s spare capacity, without tokio's
+/// `ReadBuf` where the transport can (the session threads' sockets read with one `recv`).
+pub trait ReadBytes: AsyncRead + Unpin {
     /// Read into `buf`'s spare capacity (appended): how many bytes came, 0 at the end of the
     /// stream. The pump reads through this; a transport may read without tokio's `ReadBuf`.
     fn poll_read_bytes(
@@ -31,17 +26,12 @@ pub trait ReadReady: AsyncRead + Unpin {
     }
 }
 
-/// Read once into `buf` (see [`ReadReady::poll_read_bytes`]).
-pub(super) async fn read_bytes<R: ReadReady>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+/// Read once into `buf` (see [`ReadBytes::poll_read_bytes`]).
+pub(super) async fn read_bytes<R: ReadBytes>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
     std::future::poll_fn(|cx| r.poll_read_bytes(cx, buf)).await
 }
 
-impl<T: ReadReady + ?Sized> ReadReady for &mut T {
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
-        (**self).poll_ready(cx)
-    }
-
+impl<T: ReadBytes + ?Sized> ReadBytes for &mut T {
     #[inline]
     fn poll_read_bytes(
         &mut self,
@@ -52,97 +42,85 @@ impl<T: ReadReady + ?Sized> ReadReady for &mut T {
     }
 }
 
-impl ReadReady for tokio::net::tcp::OwnedReadHalf {
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
-        self.as_ref().poll_read_ready(cx)
-    }
-}
+impl ReadBytes for tokio::net::tcp::OwnedReadHalf {}
 
-impl ReadReady for crate::backend::BackendReader {
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            crate::backend::BackendReader::Tcp(r) => r.as_ref().poll_read_ready(cx),
-            crate::backend::BackendReader::Unix(r) => r.as_ref().poll_read_ready(cx),
-            // TLS may hold decrypted bytes the socket no longer signals: read into a buffer.
-            crate::backend::BackendReader::Tls(_) => Poll::Ready(Ok(())),
-        }
-    }
-}
+impl ReadBytes for crate::backend::BackendReader {}
 
-impl<T: AsyncRead + Send> ReadReady for tokio::io::ReadHalf<T> {}
+impl<T: AsyncRead + Send> ReadBytes for tokio::io::ReadHalf<T> {}
 
-/// Read more bytes into `buf`. A half holds a read buffer only while bytes it read wait in it:
-/// once it has passed on everything, its buffer goes back to the thread's spares ([`spare`])
-/// and the half waits until the transport has data before it takes one (the spare given back
-/// last, whose first lines are still in the CPU's cache), giving it back again if the read
-/// then finds nothing after all. So idle sessions hold no read buffers, and a thread with a
-/// thousand busy sessions reads into a few warm buffers instead of a thousand cold ones. No
-/// state of its own between polls (usable in `select!` as a `poll_fn`).
-pub(super) fn poll_read_more<R: ReadReady>(
+/// Read more bytes into `buf`. A half holds a read buffer only while bytes it read wait in it
+/// or it is reading: when a read finds nothing and nothing waits in the buffer, the buffer goes
+/// back to the thread's spare slot ([`spare`]), and the next read on the thread takes the buffer
+/// given back last, whose first lines are still in the CPU's cache. So idle sessions hold no
+/// read buffers, and a thread with a thousand busy sessions reads into one warm buffer instead
+/// of two thousand cold ones. No state of its own between polls (usable in `select!` as a
+/// `poll_fn`).
+// Always inlined: once per message each way, and its moves of the buffer fold into the caller's.
+#[inline(always)]
+pub(super) fn poll_read_more<R: ReadBytes>(
     r: &mut R,
     cx: &mut std::task::Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    if buf.is_empty() && buf.capacity() > 0 {
-        spare::give(std::mem::take(buf));
-    }
-    let idle = buf.capacity() == 0;
-    if idle {
-        std::task::ready!(r.poll_ready(cx))?;
+    if buf.capacity() == 0 {
         *buf = spare::take();
     }
     if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
         buf.reserve(READ_CHUNK_BYTES);
     }
     let read = r.poll_read_bytes(cx, buf);
-    if idle && read.is_pending() {
+    if read.is_pending() && buf.is_empty() {
         spare::give(std::mem::take(buf));
     }
     read
 }
 
-/// The read buffers of this thread that no session holds, most recently given back last.
+/// The read buffer of this thread that no session holds: the one given back last.
+///
+/// A session thread polls its sessions one at a time, and a half gives its buffer back as soon
+/// as a read finds nothing more, so with small messages one buffer serves every session of the
+/// thread in turn; a half that keeps bytes (part of a frame) keeps its buffer, and one given
+/// back while the slot is taken is freed.
 pub(super) mod spare {
-    use std::cell::RefCell;
+    use std::cell::Cell;
 
     use bytes::BytesMut;
 
     use super::READ_CHUNK_BYTES;
 
-    /// Spares kept per thread; more are freed. A session thread's sessions run one at a time,
-    /// so one or two are in use at any moment; the rest absorbs bursts.
-    const KEPT: usize = 4;
-
     thread_local! {
-        static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static SPARE: Cell<Option<BytesMut>> = const { Cell::new(None) };
     }
 
-    /// A read buffer with room for a whole read: a spare, or a new one.
+    /// A read buffer with room for a whole read: the spare, or a new one.
+    #[inline(always)]
     pub(crate) fn take() -> BytesMut {
-        SPARES
-            .with_borrow_mut(Vec::pop)
+        SPARE
+            .with(Cell::take)
             .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK_BYTES))
     }
 
-    /// Keep `buf` (empty) for the next [`take`] on this thread, if it owns its whole allocation
-    /// alone (bytes of it may still be on their way out, held elsewhere) and fewer than
-    /// [`KEPT`] are kept; otherwise it is freed.
-    pub(crate) fn give(mut buf: BytesMut) {
+    /// Keep `buf` (empty) for the next [`take`] on this thread if it is a whole read buffer (not
+    /// the small first one a session may start with); the spare it replaces, if any, is freed.
+    /// (The reader reserves room again before it reads: a buffer whose allocation is still
+    /// shared gets a new one then.)
+    #[inline(always)]
+    pub(crate) fn give(buf: BytesMut) {
         debug_assert!(buf.is_empty());
-        if !buf.try_reclaim(READ_CHUNK_BYTES) {
-            return;
+        if buf.capacity() >= READ_CHUNK_BYTES / 4 {
+            SPARE.with(|spare| spare.set(Some(buf)));
         }
-        SPARES.with_borrow_mut(|spares| {
-            if spares.len() < KEPT {
-                spares.push(buf);
-            }
-        });
     }
 
-    /// How many this thread keeps (for tests).
+    /// Whether this thread keeps a spare (for tests).
     #[cfg(test)]
-    pub(crate) fn kept() -> usize {
-        SPARES.with_borrow(Vec::len)
+    pub(crate) fn kept() -> bool {
+        SPARE.with(|spare| {
+            let kept = spare.take();
+            let is = kept.is_some();
+            spare.set(kept);
+            is
+        })
     }
 }
 
@@ -556,8 +534,8 @@ mod tests {
     }
 
     #[test]
-    fn an_emptied_read_buffer_is_the_next_one_taken_and_a_shared_one_is_not_kept() {
-        // Its own thread: the spares are per thread.
+    fn an_emptied_read_buffer_is_the_next_one_taken_and_a_small_one_is_not_kept() {
+        // Its own thread: the spare is per thread.
         std::thread::spawn(|| {
             let mut first = spare::take();
             assert!(first.capacity() >= READ_CHUNK_BYTES);
@@ -565,22 +543,19 @@ mod tests {
             let at = first.as_ptr();
             first.clear();
             spare::give(first);
-            assert_eq!(spare::kept(), 1);
+            assert!(spare::kept());
             let again = spare::take();
             assert_eq!((again.as_ptr(), again.len()), (at, 0));
-            assert_eq!(spare::kept(), 0);
-            // Bytes of it still held elsewhere: not reusable, so not kept.
-            let mut shared = again;
-            shared.extend_from_slice(b"on its way out");
-            let out = shared.split().freeze();
-            spare::give(shared);
-            assert_eq!(spare::kept(), 0);
-            drop(out);
-            // At most a few are kept.
-            for _ in 0..10 {
-                spare::give(BytesMut::with_capacity(READ_CHUNK_BYTES));
-            }
-            assert!(spare::kept() < 10);
+            assert!(!spare::kept());
+            // A small buffer (a session's first bytes, taken over) is not kept.
+            spare::give(BytesMut::with_capacity(100));
+            assert!(!spare::kept());
+            // The one given back last is the one kept.
+            spare::give(again);
+            let last = BytesMut::with_capacity(READ_CHUNK_BYTES);
+            let at = last.as_ptr();
+            spare::give(last);
+            assert_eq!(spare::take().as_ptr(), at);
         })
         .join()
         .expect("spares");
@@ -595,10 +570,15 @@ mod tests {
         let mut cx = std::task::Context::from_waker(waker);
         assert!(poll_read_more(&mut r, &mut cx, &mut buf).is_pending());
         assert_eq!(buf.capacity(), 0);
-        // An emptied buffer goes back before the wait, too.
+        // An emptied buffer goes back when the read waits, too.
         buf = spare::take();
         assert!(poll_read_more(&mut r, &mut cx, &mut buf).is_pending());
         assert_eq!(buf.capacity(), 0);
+        // One holding bytes not passed on yet is kept.
+        buf = spare::take();
+        buf.extend_from_slice(b"half a frame");
+        assert!(poll_read_more(&mut r, &mut cx, &mut buf).is_pending());
+        assert_eq!(&buf[..], b"half a frame");
     }
 
     #[tokio::test]

@@ -70,7 +70,7 @@ use crate::ws::CloseCode;
 
 pub use control::{SessionControl, Told};
 pub(crate) use gate::Gated;
-pub use io::ReadReady;
+pub use io::ReadBytes;
 
 /// How much we ask for per read, from either side: 64 KiB and room for a frame header (at most
 /// 14 bytes) or a length prefix, so that a 64 KiB message, a common size, comes in one read
@@ -91,8 +91,8 @@ const MAX_PENDING_PONG_BYTES: usize = 4 * 1024;
 const DISCARD_CHUNK_BYTES: usize = 4 * 1024;
 
 /// A half's idle tick: after this long without data it frees what it still holds (a compression
-/// context; a read buffer it kept, though an emptied one goes back to the thread's spares at once,
-/// see [`io::poll_read_more`]), so idle sessions hold neither.
+/// context; a read buffer it kept, though an emptied one goes back to its thread as soon as a
+/// read finds nothing more, see [`io::poll_read_more`]), so idle sessions hold neither.
 const BUFFER_RELEASE: Duration = Duration::from_secs(1);
 
 /// Who a session is and what it is told, in one block shared by the session and its registry
@@ -232,9 +232,9 @@ pub async fn run<CR, CW, BR, BW>(
     mut backend: (BR, BW),
 ) -> Outcome
 where
-    CR: ReadReady + Send,
+    CR: ReadBytes + Send,
     CW: AsyncWrite + Unpin + Send,
-    BR: ReadReady + Send,
+    BR: ReadBytes + Send,
     BW: AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();

@@ -8,7 +8,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::gate::Gate;
 use super::io::{
-    flush_now, poll_read_more, read_bytes, write_now, write_or_flush, ReadReady, Release,
+    flush_now, poll_read_more, read_bytes, write_now, write_or_flush, ReadBytes, Release,
 };
 use super::Extras;
 use super::{
@@ -92,7 +92,7 @@ impl ControlRate {
 
 impl<'s, R, W> Upstream<'s, R, W>
 where
-    R: ReadReady + Send,
+    R: ReadBytes + Send,
     W: AsyncWrite + Unpin,
 {
     pub(super) fn new(

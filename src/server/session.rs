@@ -21,7 +21,7 @@ use super::{ConnGuard, Gateway};
 use crate::error::{Close, SessionEnd, Side};
 use crate::fallback::Transport;
 use crate::metrics::{CloseLabel, RouteLabel};
-use crate::pump::{self, ReadReady, SessionInfo};
+use crate::pump::{self, ReadBytes, SessionInfo};
 use crate::ws::CloseCode;
 
 /// Close code logged when no Close frame was sent (RFC 6455 §7.4.1: abnormal closure).
@@ -461,10 +461,6 @@ fn placement(client: ClientIo, backend: BackendIo, stays: bool) -> Placement {
 }
 
 /// One half of a TLS client connection; both halves share the stream.
-///
-/// Unlike tokio's `split`, the read half can tell when a read would make progress (plaintext
-/// rustls already decrypted, or bytes on the socket), so an idle TLS session waits for its
-/// client without holding a read buffer, like a plain one.
 pub(super) struct TlsHalf(Arc<Mutex<TlsClient>>);
 
 impl TlsHalf {
@@ -473,18 +469,7 @@ impl TlsHalf {
     }
 }
 
-impl ReadReady for TlsHalf {
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let stream = self.lock();
-        let (tcp, tls) = stream.get_ref();
-        // rustls wants no more bytes when it holds plaintext (or the client's close_notify) for
-        // the next read; otherwise the socket tells.
-        if !tls.wants_read() {
-            return Poll::Ready(Ok(()));
-        }
-        tcp.poll_read_ready(cx)
-    }
-}
+impl ReadBytes for TlsHalf {}
 
 impl AsyncRead for TlsHalf {
     fn poll_read(
