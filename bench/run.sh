@@ -590,10 +590,9 @@ HS_ROWS="hs_ws hs_wss"
 # second, ..., the order of the targets reversed every other repetition, so that a machine whose
 # load drifts during the run (a shared VM) weighs on every target alike instead of on the ones
 # measured in its busy minutes. Every repetition starts its servers afresh.
-ORDER=$TARGETS
 REVERSED=$(echo "$TARGETS" | tr ' ' '\n' | sed '/^$/d' | tac | tr '\n' ' ')
 for rep in $(seq 1 "$REPS"); do
-    order=$ORDER
+    order=$TARGETS
     [ $((rep % 2)) = 0 ] && order=$REVERSED
     for t in $order; do
         for class in msg hs; do

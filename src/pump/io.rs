@@ -570,10 +570,12 @@ mod tests {
         let mut cx = std::task::Context::from_waker(waker);
         assert!(poll_read_more(&mut r, &mut cx, &mut buf).is_pending());
         assert_eq!(buf.capacity(), 0);
-        // An emptied buffer goes back when the read waits, too.
+        // An emptied buffer goes back to the thread when the read waits, too.
         buf = spare::take();
+        let at = buf.as_ptr();
         assert!(poll_read_more(&mut r, &mut cx, &mut buf).is_pending());
         assert_eq!(buf.capacity(), 0);
+        assert_eq!(spare::take().as_ptr(), at);
         // One holding bytes not passed on yet is kept.
         buf = spare::take();
         buf.extend_from_slice(b"half a frame");

@@ -3,14 +3,12 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
@@ -21,7 +19,7 @@ use super::{ConnGuard, Gateway};
 use crate::error::{Close, SessionEnd, Side};
 use crate::fallback::Transport;
 use crate::metrics::{CloseLabel, RouteLabel};
-use crate::pump::{self, ReadBytes, SessionInfo};
+use crate::pump::{self, SessionInfo};
 use crate::ws::CloseCode;
 
 /// Close code logged when no Close frame was sent (RFC 6455 §7.4.1: abnormal closure).
@@ -353,7 +351,7 @@ pub(super) enum ClientIo {
     /// Plain TCP: owned halves, no lock between the directions.
     Tcp(OwnedReadHalf, OwnedWriteHalf),
     /// TLS: the stream itself (not hyper's boxed wrapper), shared by the two halves.
-    Tls(TlsHalf, TlsHalf),
+    Tls(ReadHalf<TlsClient>, WriteHalf<TlsClient>),
     /// Any other transport hyper hands back.
     Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
     /// The fallback transport's adapter, on the other end of an in-process pipe.
@@ -375,9 +373,8 @@ impl ClientIo {
         };
         match upgraded.downcast::<TokioIo<TlsClient>>() {
             Ok(parts) => {
-                let tls = Arc::new(Mutex::new(parts.io.into_inner()));
-                let client = ClientIo::Tls(TlsHalf(tls.clone()), TlsHalf(tls));
-                (client, parts.read_buf.to_vec())
+                let (r, w) = tokio::io::split(parts.io.into_inner());
+                (ClientIo::Tls(r, w), parts.read_buf.to_vec())
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
@@ -458,55 +455,4 @@ fn placement(client: ClientIo, backend: BackendIo, stays: bool) -> Placement {
         Ok((client, backend))
     });
     Placement::Thread(fds.map(|fds| (plane, fds)))
-}
-
-/// One half of a TLS client connection; both halves share the stream.
-pub(super) struct TlsHalf(Arc<Mutex<TlsClient>>);
-
-impl TlsHalf {
-    fn lock(&self) -> MutexGuard<'_, TlsClient> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl ReadBytes for TlsHalf {}
-
-impl AsyncRead for TlsHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.lock()).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.lock().is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_shutdown(cx)
-    }
 }
