@@ -440,7 +440,7 @@ async fn every_backend_down_is_502() {
 /// `wsgate_local_resource_errors_total` say why.
 #[tokio::test]
 async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation() {
-    const HELD: usize = 150;
+    const FD_LIMIT: u32 = 64;
     let a = backends::echo().await;
     let b = backends::echo().await;
     let config = config(
@@ -451,25 +451,31 @@ async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation()
     let gw = Gateway::start_with(
         &config,
         Opts {
-            fd_limit: Some(64),
+            fd_limit: Some(FD_LIMIT),
             ..Opts::default()
         },
     )
     .await;
+    let idle = gw.open_fds();
     session_roundtrip(&gw.url("/p"), "before").await;
     session_roundtrip(&gw.url("/p"), "before, the other backend").await;
     let made = [a.connections_made().await, b.connections_made().await];
     assert_eq!(made, [1, 1]);
+    gw.wait_for_open_fds(idle, WAIT).await;
 
     // An upgrade request missing its last CRLF: accepted, and waiting for the end of its head.
     let request = frames::upgrade_request(gw.addr(), "/p", &[]);
     let (head, last) = request.split_at(request.len() - 2);
     let mut pending = frames::connect(gw.addr()).await;
     pending.write_all(head.as_bytes()).await.unwrap();
-    // Then every descriptor the gateway has left goes to idle connections (the kernel completes
-    // the rest in the listen backlog).
+    gw.wait_for_open_fds(idle + 1, WAIT).await;
+    // Then every descriptor the gateway has left goes to idle connections, and a few more wait
+    // in the listen backlog: the next accept fails. Only a few, so that once they are gone the
+    // gateway is back where it was at once, with nothing queued that could take descriptors
+    // from the sessions after.
+    let free = gw.free_fds(FD_LIMIT);
     let mut held = Vec::new();
-    for _ in 0..HELD {
+    for _ in 0..free + 3 {
         let s = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(gw.addr()))
             .await
             .expect("connect timed out")
@@ -477,6 +483,7 @@ async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation()
         held.push(s);
     }
     gw.wait_for_log("accept failed; backing off", WAIT).await;
+    assert_eq!(gw.free_fds(FD_LIMIT), 0, "{}", gw.logs());
 
     // The request completes: the backend connect has no descriptor.
     pending.write_all(last.as_bytes()).await.unwrap();
@@ -496,9 +503,12 @@ async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation()
         "{}",
         resp.raw
     );
-    let logs = gw
-        .wait_for_log("the gateway is out of a local resource", WAIT)
-        .await;
+    // The refusal's access line may be written just after the response went out.
+    let logs = gw.wait_for_log("handshake refused", WAIT).await;
+    assert!(
+        logs.contains("the gateway is out of a local resource"),
+        "{logs}"
+    );
     assert!(
         logs.lines().any(|l| l.contains("handshake refused")
             && l.contains("status=503")
@@ -508,8 +518,11 @@ async fn running_out_of_descriptors_is_503_and_leaves_the_backends_in_rotation()
     assert!(!logs.contains("backend connect failed"), "{logs}");
     assert!(!logs.contains("backend skipped"), "{logs}");
 
+    // The connections go, the queued ones are accepted and closed: the gateway is back to its
+    // idle descriptors.
     drop(held);
     drop(pending);
+    gw.wait_for_open_fds(idle, WAIT).await;
     let m = ops::metrics(gw.admin(), None).await;
     for backend in [a.config_addr(), b.config_addr()] {
         let labels = [("route", "/p"), ("backend", backend.as_str())];

@@ -296,6 +296,35 @@ impl Gateway {
         procfs::rss_bytes(self.pid())
     }
 
+    /// How many file descriptors the process has open.
+    pub fn open_fds(&self) -> usize {
+        procfs::open_fds(self.pid()).len()
+    }
+
+    /// How many descriptor numbers below `limit` (its `ulimit -n`) the process has free: what
+    /// it can still open.
+    pub fn free_fds(&self, limit: u32) -> usize {
+        let open = procfs::open_fds(self.pid());
+        (0..limit).filter(|n| !open.contains(n)).count()
+    }
+
+    /// Wait until the process has `want` descriptors open, or panic with the count and the log.
+    pub async fn wait_for_open_fds(&self, want: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let open = self.open_fds();
+            if open == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway has {open} descriptors open, not {want}, after {timeout:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// How many of the process's threads have a name starting with `prefix`.
     pub fn threads_named(&self, prefix: &str) -> usize {
         procfs::threads_named(self.pid(), prefix)

@@ -1,4 +1,5 @@
-//! What Linux's /proc says about a process: resident memory, CPU time, named threads.
+//! What Linux's /proc says about a process: resident memory, CPU time, named threads, open
+//! descriptors.
 
 use std::process::Command;
 use std::time::Duration;
@@ -50,4 +51,12 @@ pub fn threads_named(pid: u32, prefix: &str) -> usize {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|name| name.starts_with(prefix))
         .count()
+}
+
+/// The file descriptors process `pid` has open (`/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
