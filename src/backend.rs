@@ -31,6 +31,8 @@ use crate::config::{Balance, Health};
 use crate::metrics::{BackendLabel, Metrics};
 
 use http::StatusCode;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
@@ -251,7 +253,7 @@ impl ConnectError {
     }
 
     /// An I/O failure connecting to `addr`: the gateway's own shortage, or the backend's failure.
-    fn io(addr: &str, source: io::Error) -> ConnectError {
+    fn io(addr: &dyn std::fmt::Display, source: io::Error) -> ConnectError {
         let addr = addr.to_string();
         match LocalResource::of(&source) {
             Some(resource) => ConnectError::Local {
@@ -281,29 +283,28 @@ pub async fn connect_admitting(
     deadline: Duration,
     admit: Admit<'_>,
 ) -> Result<BackendStream, ConnectError> {
-    let name = addr.to_string();
-    match tokio::time::timeout(deadline, connect_inner(addr, &name, admit)).await {
+    match tokio::time::timeout(deadline, connect_inner(addr, admit)).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout {
-            addr: name,
+            addr: addr.to_string(),
             after: deadline,
         }),
     }
 }
 
+/// (The address is formatted only for an error.)
 async fn connect_inner(
     addr: &BackendAddr,
-    name: &str,
     admit: Admit<'_>,
 ) -> Result<BackendStream, ConnectError> {
     match addr {
         BackendAddr::Unix(path) => UnixStream::connect(path)
             .await
             .map(BackendStream::Unix)
-            .map_err(|source| ConnectError::io(name, source)),
+            .map_err(|source| ConnectError::io(addr, source)),
         // A `tls://` backend's TCP connection; the TLS handshake is [`open_addr`]'s.
         BackendAddr::Tcp { host, port } | BackendAddr::Tls { host, port } => {
-            connect_tcp(host, *port, name, admit)
+            connect_tcp(host, *port, addr, admit)
                 .await
                 .map(BackendStream::Tcp)
         }
@@ -314,7 +315,7 @@ async fn connect_inner(
 async fn connect_tcp(
     host: &str,
     port: u16,
-    name: &str,
+    name: &(dyn std::fmt::Display + Sync),
     admit: Admit<'_>,
 ) -> Result<TcpStream, ConnectError> {
     let addrs = tokio::net::lookup_host((host, port))
@@ -323,7 +324,7 @@ async fn connect_tcp(
             addr: name.to_string(),
             source,
         })?;
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+    let mut last = None;
     let mut refused = 0usize;
     let mut tried = 0usize;
     for a in addrs {
@@ -340,7 +341,7 @@ async fn connect_tcp(
             }
             // Out of descriptors or ports: the next address would fail the same way.
             Err(e) if LocalResource::of(&e).is_some() => return Err(ConnectError::io(name, e)),
-            Err(e) => last = e,
+            Err(e) => last = Some(e),
         }
     }
     if tried == 0 && refused > 0 {
@@ -348,6 +349,9 @@ async fn connect_tcp(
             addr: name.to_string(),
         });
     }
+    let last = last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address")
+    });
     Err(ConnectError::io(name, last))
 }
 
@@ -373,7 +377,7 @@ async fn open_tls(
             addr: name.to_string(),
         })?;
     let opening = async {
-        let mut tcp = connect_tcp(host, port, name, admit).await?;
+        let mut tcp = connect_tcp(host, port, &name, admit).await?;
         if let Some(bytes) = preface {
             tcp.write_all(bytes)
                 .await
@@ -482,6 +486,9 @@ pub struct Pool {
 struct Member {
     addr: BackendAddr,
     label: BackendLabel,
+    /// Its `wsgate_backend_up` and connect-time handles, resolved once.
+    up: Gauge,
+    connect_seconds: Histogram,
     /// Sessions using this backend now.
     active: AtomicUsize,
     /// Consecutive failed connects.
@@ -499,6 +506,11 @@ pub struct Lease {
 impl Lease {
     pub fn backend(&self) -> &BackendAddr {
         &self.pool.members[self.index].addr
+    }
+
+    /// The backend's name as the configuration and the metrics write it (formatted once).
+    pub fn name(&self) -> &str {
+        &self.pool.members[self.index].label.backend
     }
 }
 
@@ -525,10 +537,17 @@ impl Pool {
                     route: route.to_string(),
                     backend: a.to_string(),
                 };
-                metrics.backend_up.get_or_create(&label).set(1);
+                let up = metrics.backend_up.get_or_create(&label).clone();
+                up.set(1);
+                let connect_seconds = metrics
+                    .backend_connect_seconds
+                    .get_or_create(&label)
+                    .clone();
                 Member {
                     addr: a.clone(),
                     label,
+                    up,
+                    connect_seconds,
                     active: AtomicUsize::new(0),
                     failures: AtomicU32::new(0),
                     down_until_ms: AtomicU64::new(0),
@@ -615,10 +634,7 @@ impl Pool {
             let started = Instant::now();
             match open_addr(&m.addr, timeout, preface, tls, &|_| true).await {
                 Ok(stream) => {
-                    self.metrics
-                        .backend_connect_seconds
-                        .get_or_create(&m.label)
-                        .observe(started.elapsed().as_secs_f64());
+                    m.connect_seconds.observe(started.elapsed().as_secs_f64());
                     self.mark_up(m);
                     m.active.fetch_add(1, Ordering::Relaxed);
                     return Ok((
@@ -666,7 +682,7 @@ impl Pool {
         if m.down_until_ms.swap(0, Ordering::Relaxed) != 0 {
             info!(route = %self.route, backend = %m.addr, "backend back in rotation");
         }
-        self.metrics.backend_up.get_or_create(&m.label).set(1);
+        m.up.set(1);
     }
 
     fn mark_down(&self, m: &Member, why: &str) {
@@ -675,7 +691,7 @@ impl Pool {
         if m.down_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
             warn!(route = %self.route, backend = %m.addr, cooloff = ?self.health.cooloff, why, "backend skipped");
         }
-        self.metrics.backend_up.get_or_create(&m.label).set(0);
+        m.up.set(0);
     }
 
     /// Start the active health checks, if configured. They stop when the pool is dropped. A

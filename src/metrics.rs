@@ -5,7 +5,9 @@
 //! handles resolved once per session ([`RouteCounters`]); label sets are small and bounded (route
 //! paths come from the config, status and close codes from fixed tables).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::error::Side;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -319,7 +321,199 @@ impl Metrics {
     }
 }
 
-/// Per-route traffic counters, resolved once per session.
+/// The metrics a route's sessions update, each resolved from its family once per route and
+/// kept: a session's start and end are then atomic operations on shared handles, with no label
+/// built, hashed or looked up (about 20 of those per session otherwise). A handle is resolved on
+/// first use, so a route shows in the exposition only what it has counted, as before.
+pub struct RouteMetrics {
+    metrics: Arc<Metrics>,
+    route: String,
+    sessions_open: OnceLock<Gauge>,
+    sessions_total: OnceLock<Counter>,
+    session_seconds: OnceLock<Histogram>,
+    counters: OnceLock<RouteCounters>,
+    /// Handshakes answered 101 (WebSocket) and 200 (fallback `open`).
+    handshakes_101: OnceLock<Counter>,
+    handshakes_200: OnceLock<Counter>,
+    /// Sessions by HTTP version: "1.1", "2".
+    by_version: [OnceLock<Counter>; 2],
+    /// Sessions by transport: "websocket", "streaming", "polling".
+    by_transport: [OnceLock<Counter>; 3],
+    /// Closes by (code sent, side): the few combinations a route sees, searched in order.
+    closes: RwLock<Vec<(Option<u16>, Side, Counter)>>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteMetrics {
+    pub fn new(metrics: Arc<Metrics>, route: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics {
+            metrics,
+            route: route.to_string(),
+            sessions_open: OnceLock::new(),
+            sessions_total: OnceLock::new(),
+            session_seconds: OnceLock::new(),
+            counters: OnceLock::new(),
+            handshakes_101: OnceLock::new(),
+            handshakes_200: OnceLock::new(),
+            by_version: Default::default(),
+            by_transport: Default::default(),
+            closes: RwLock::new(Vec::new()),
+        })
+    }
+
+    fn label(&self) -> RouteLabel {
+        RouteLabel {
+            route: self.route.clone(),
+        }
+    }
+
+    /// A handshake of this route answered with `status`.
+    pub fn handshake(&self, status: u16) {
+        let slot = match status {
+            101 => &self.handshakes_101,
+            200 => &self.handshakes_200,
+            _ => return self.metrics.handshake(&self.route, status),
+        };
+        slot.get_or_init(|| {
+            self.metrics
+                .handshakes
+                .get_or_create(&HandshakeLabel {
+                    route: self.route.clone(),
+                    status,
+                })
+                .clone()
+        })
+        .inc();
+    }
+
+    /// A session started over HTTP `http_version` ("1.1" or "2").
+    pub fn session_opened(&self, http_version: &'static str) {
+        self.sessions_open
+            .get_or_init(|| {
+                self.metrics
+                    .sessions_open
+                    .get_or_create(&self.label())
+                    .clone()
+            })
+            .inc();
+        self.sessions_total
+            .get_or_init(|| {
+                self.metrics
+                    .sessions_total
+                    .get_or_create(&self.label())
+                    .clone()
+            })
+            .inc();
+        let slot = &self.by_version[usize::from(http_version != "1.1")];
+        slot.get_or_init(|| {
+            self.metrics
+                .sessions_by_version
+                .get_or_create(&VersionLabel {
+                    route: self.route.clone(),
+                    http_version,
+                })
+                .clone()
+        })
+        .inc();
+    }
+
+    /// A session ended after `duration`, over `transport`, its Close `code` (`None`: none was
+    /// sent) decided by `by`.
+    pub fn session_closed(
+        &self,
+        duration: std::time::Duration,
+        transport: &'static str,
+        code: Option<u16>,
+        by: Side,
+    ) {
+        let slot = match transport {
+            "websocket" => Some(&self.by_transport[0]),
+            "streaming" => Some(&self.by_transport[1]),
+            "polling" => Some(&self.by_transport[2]),
+            _ => None,
+        };
+        let label = || TransportLabel {
+            route: self.route.clone(),
+            transport,
+        };
+        match slot {
+            Some(slot) => {
+                slot.get_or_init(|| {
+                    self.metrics
+                        .sessions_by_transport
+                        .get_or_create(&label())
+                        .clone()
+                })
+                .inc();
+            }
+            None => {
+                self.metrics
+                    .sessions_by_transport
+                    .get_or_create(&label())
+                    .inc();
+            }
+        }
+        self.sessions_open
+            .get_or_init(|| {
+                self.metrics
+                    .sessions_open
+                    .get_or_create(&self.label())
+                    .clone()
+            })
+            .dec();
+        self.session_seconds
+            .get_or_init(|| {
+                self.metrics
+                    .session_seconds
+                    .get_or_create(&self.label())
+                    .clone()
+            })
+            .observe(duration.as_secs_f64());
+        self.close_counter(code, by).inc();
+    }
+
+    fn close_counter(&self, code: Option<u16>, by: Side) -> Counter {
+        let find = |closes: &[(Option<u16>, Side, Counter)]| {
+            closes
+                .iter()
+                .find(|(c, b, _)| *c == code && *b == by)
+                .map(|(_, _, counter)| counter.clone())
+        };
+        if let Some(c) = find(&self.closes.read().unwrap_or_else(|e| e.into_inner())) {
+            return c;
+        }
+        let mut closes = self.closes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = find(&closes) {
+            return c;
+        }
+        let counter = self
+            .metrics
+            .closes
+            .get_or_create(&CloseLabel {
+                route: self.route.clone(),
+                code: code.map_or_else(|| "none".to_string(), |c| c.to_string()),
+                by: by.to_string(),
+            })
+            .clone();
+        closes.push((code, by, counter.clone()));
+        counter
+    }
+
+    /// The route's traffic counters.
+    pub fn counters(&self) -> &RouteCounters {
+        self.counters
+            .get_or_init(|| self.metrics.route_counters(&self.route))
+    }
+}
+
+/// Per-route traffic counters, resolved once per route ([`RouteMetrics::counters`]).
 #[derive(Clone, Debug, Default)]
 pub struct RouteCounters {
     pub bytes_up: Counter,
@@ -383,6 +577,7 @@ pub(crate) fn openmetrics_to_prometheus_text(om: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn prometheus_text_names_counters_with_total() {
@@ -411,6 +606,49 @@ mod tests {
             text.contains("# TYPE wsgate_handshakes_total counter"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn route_handles_count_under_the_route_labels() {
+        let m = Metrics::new();
+        let r = RouteMetrics::new(m.clone(), "/echo");
+        let text = m.encode();
+        assert!(
+            !text.contains("route=\"/echo\""),
+            "nothing before use: {text}"
+        );
+        r.handshake(101);
+        r.handshake(101);
+        r.handshake(403);
+        r.session_opened("1.1");
+        r.session_opened("2");
+        r.session_closed(
+            Duration::from_millis(5),
+            "websocket",
+            Some(1000),
+            Side::Client,
+        );
+        r.session_closed(Duration::from_millis(5), "polling", None, Side::Gateway);
+        r.counters().bytes_up.inc_by(7);
+        // Another handle of the same route (a reload) counts into the same series.
+        RouteMetrics::new(m.clone(), "/echo").session_closed(
+            Duration::ZERO,
+            "websocket",
+            Some(1000),
+            Side::Client,
+        );
+        let text = m.encode();
+        for line in [
+            "wsgate_handshakes_total{route=\"/echo\",status=\"101\"} 2",
+            "wsgate_handshakes_total{route=\"/echo\",status=\"403\"} 1",
+            "wsgate_sessions_total{route=\"/echo\"} 2",
+            "wsgate_sessions_open{route=\"/echo\"} -1",
+            "wsgate_closes_total{route=\"/echo\",code=\"1000\",by=\"client\"} 2",
+            "wsgate_closes_total{route=\"/echo\",code=\"none\",by=\"gateway\"} 1",
+            "wsgate_bytes_total{route=\"/echo\",direction=\"up\"} 7",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[test]

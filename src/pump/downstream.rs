@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::gate::Gate;
-use super::io::{poll_read_more, Output, ReadBytes, Release};
+use super::io::{poll_read_more, spare, Output, ReadBytes, Release};
 use super::keepalive::{Due, Keepalive};
 use super::{far_future, Shared, Traffic, FLUSH_THRESHOLD_BYTES};
 use super::{Extras, SessionControl, Told};
@@ -165,7 +165,7 @@ where
     async fn pump(&mut self) -> DownEnd {
         // Only the few durations used on the way are kept (not a copy of every limit).
         let close_timeout = self.route.limits.close_timeout;
-        let mut rbuf = BytesMut::new();
+        let mut rbuf = spare::Recycled(BytesMut::new());
         // Set once the client has sent Close: the code we echo, and until when the backend may
         // still send (it got a FIN).
         let mut answer: Option<(Option<CloseCode>, tokio::time::Instant)> = None;

@@ -101,6 +101,8 @@ const BUFFER_RELEASE: Duration = Duration::from_secs(1);
 pub struct SessionInfo {
     pub id: u64,
     pub route: Arc<Route>,
+    /// The route's metric handles.
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
     pub client: SocketAddr,
     /// The authenticated subject, if the route authenticates.
     pub subject: Option<String>,
@@ -140,6 +142,7 @@ impl SessionInfo {
         SessionInfo {
             id,
             route: config.routes[0].clone(),
+            metrics: crate::metrics::RouteMetrics::new(crate::metrics::Metrics::new(), "/r"),
             client: "127.0.0.1:1".parse().expect("addr"),
             subject: None,
             backend: "127.0.0.1:1".into(),

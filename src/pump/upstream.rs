@@ -8,7 +8,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::gate::Gate;
 use super::io::{
-    flush_now, poll_read_more, read_bytes, write_now, write_or_flush, ReadBytes, Release,
+    flush_now, poll_read_more, read_bytes, spare, write_now, write_or_flush, ReadBytes, Release,
 };
 use super::Extras;
 use super::{
@@ -154,7 +154,7 @@ where
                 limits.max_frame_size,
             ))
         });
-        let mut rbuf = first_read_buffer(std::mem::take(preread));
+        let mut rbuf = spare::Recycled(first_read_buffer(std::mem::take(preread)));
         let mut forward = true;
         let release = tokio::time::sleep(BUFFER_RELEASE);
         tokio::pin!(release);

@@ -267,16 +267,20 @@ pub(super) async fn handle(
     if !attempt {
         return plain_http(state, &req, conn.peer).await.map(Body::from);
     }
-    let path = req.uri().path().to_string();
     // Metrics carry the route's own path (a prefix route's `/prefix/*`), never the request's.
-    let label = state.route(&path).map_or("-", |rt| rt.route.path.as_str());
+    let route_metrics = state.route(req.uri().path()).map(|rt| rt.metrics.clone());
+    let count = |status: u16| match &route_metrics {
+        Some(m) => m.handshake(status),
+        None => gw.metrics.handshake("-", status),
+    };
     match upgrade(gw, state, &mut req, &conn, None).await {
         Ok(resp) => {
-            gw.metrics.handshake(label, 101);
+            count(101);
             resp
         }
         Err(reject) => {
-            gw.metrics.handshake(label, reject.status.as_u16());
+            count(reject.status.as_u16());
+            let path = req.uri().path();
             info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, by = %reject.by, http_version = conn.http_version(), transport = "websocket", "handshake refused");
             reject_response(&reject).map(Body::from)
         }
@@ -294,7 +298,11 @@ async fn fallback_request(
     kind: Option<RequestKind>,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let label = state.route(&path).map_or("-", |rt| rt.route.path.as_str());
+    let route_metrics = state.route(&path).map(|rt| rt.metrics.clone());
+    let count = |status: u16| match &route_metrics {
+        Some(m) => m.handshake(status),
+        None => gw.metrics.handshake("-", status),
+    };
     let result = match kind {
         None => Err(Reject::client(
             StatusCode::BAD_REQUEST,
@@ -311,9 +319,9 @@ async fn fallback_request(
                 ))
             };
             match &r {
-                Ok(_) => gw.metrics.handshake(label, 200),
+                Ok(_) => count(200),
                 Err(reject) => {
-                    gw.metrics.handshake(label, reject.status.as_u16());
+                    count(reject.status.as_u16());
                     info!(target: "wsgate::access", client = %conn.peer, path = %path, status = reject.status.as_u16(), reason = reject.reason, by = %reject.by, http_version = conn.http_version(), transport = transport.label(), "handshake refused");
                 }
             }
@@ -590,7 +598,7 @@ pub(super) async fn upgrade(
                 )
                 .await
                 .map_err(|e| e.reject())?;
-            let name = lease.backend().to_string();
+            let name = lease.name().to_string();
             (halves, name, Some(lease), None)
         }
     };
@@ -645,6 +653,7 @@ pub(super) async fn upgrade(
     let info = SessionInfo {
         id,
         route: route.clone(),
+        metrics: rt.metrics.clone(),
         client: peer,
         subject: identity.subject,
         backend: backend_name,

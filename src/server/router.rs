@@ -29,6 +29,8 @@ pub struct RouteRt {
     /// Sessions open on this route path, shared with every generation that has the path (see
     /// [`SessionCounts`]).
     pub(super) sessions: Arc<AtomicUsize>,
+    /// The route's metric handles (kept across reloads that keep the path).
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
 }
 
 /// Open sessions per route path, across configuration generations: a route removed by one reload
@@ -97,6 +99,10 @@ impl State {
                 }
             };
             let sessions = counts.counter(&r.path);
+            let route_metrics = old.map_or_else(
+                || crate::metrics::RouteMetrics::new(metrics.clone(), &r.path),
+                |o| o.metrics.clone(),
+            );
             routes.insert(
                 r.path.clone(),
                 Arc::new(RouteRt {
@@ -105,6 +111,7 @@ impl State {
                     auth: r.auth.as_ref().map(crate::auth::RouteAuth::new),
                     target: r.target.as_ref().map(crate::target::RouteTargets::new),
                     sessions,
+                    metrics: route_metrics,
                 }),
             );
         }

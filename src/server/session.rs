@@ -18,7 +18,6 @@ use super::router::SessionSlot;
 use super::{ConnGuard, Gateway};
 use crate::error::{Close, SessionEnd, Side};
 use crate::fallback::Transport;
-use crate::metrics::{CloseLabel, RouteLabel};
 use crate::pump::{self, SessionInfo};
 use crate::ws::CloseCode;
 
@@ -79,19 +78,7 @@ pub(super) async fn run_session(gw: Arc<Gateway>, pending: Box<PendingSession>) 
         }
     };
     let started = Instant::now();
-    let route_label = RouteLabel {
-        route: info.route.path.clone(),
-    };
-    gw.metrics.sessions_open.get_or_create(&route_label).inc();
-    gw.metrics.sessions_total.get_or_create(&route_label).inc();
-    drop(route_label);
-    gw.metrics
-        .sessions_by_version
-        .get_or_create(&crate::metrics::VersionLabel {
-            route: info.route.path.clone(),
-            http_version,
-        })
-        .inc();
+    info.metrics.session_opened(http_version);
     {
         let subject = info.subject.as_deref().unwrap_or("-");
         let token_hash = token_hash.as_deref().unwrap_or("-");
@@ -191,31 +178,17 @@ fn close_session(
     http_version: &'static str,
     transport: Transport,
 ) {
-    gw.metrics
-        .sessions_by_transport
-        .get_or_create(&crate::metrics::TransportLabel {
-            route: info.route.path.clone(),
-            transport: transport.label(),
-        })
-        .inc();
-
     gw.registry.remove(info.id);
-    let route_label = RouteLabel {
-        route: info.route.path.clone(),
-    };
-    gw.metrics.sessions_open.get_or_create(&route_label).dec();
-    gw.metrics
-        .session_seconds
-        .get_or_create(&route_label)
-        .observe(outcome.duration.as_secs_f64());
-    let counters = gw.metrics.route_counters(&info.route.path);
+    let code = outcome.end.code().map(CloseCode::get);
+    let reason = outcome.end.reason();
+    let by = outcome.end.by();
+    info.metrics
+        .session_closed(outcome.duration, transport.label(), code, by);
+    let counters = info.metrics.counters();
     counters.bytes_up.inc_by(outcome.up.bytes);
     counters.bytes_down.inc_by(outcome.down.bytes);
     counters.messages_up.inc_by(outcome.up.messages);
     counters.messages_down.inc_by(outcome.down.messages);
-    let code = outcome.end.code().map(CloseCode::get);
-    let reason = outcome.end.reason();
-    let by = outcome.end.by().to_string();
     // Numbers in the log: 1006 when no Close was sent, 1005 for a Close without a code (their
     // meanings in RFC 6455 §7.4.1; neither ever goes on the wire).
     let close_code = code.unwrap_or(CLOSE_CODE_NONE_SENT);
@@ -228,14 +201,6 @@ fn close_session(
         rec.finish(close_code, reason);
     }
     let record = info.recording.as_ref().map(|r| r.file_name());
-    gw.metrics
-        .closes
-        .get_or_create(&CloseLabel {
-            route: info.route.path.clone(),
-            code: code.map_or_else(|| "none".to_string(), |c| c.to_string()),
-            by: by.clone(),
-        })
-        .inc();
     if outcome.end == SessionEnd::Closed(Close::draining(info.drain_code)) {
         gw.metrics
             .drain_closes
