@@ -11,7 +11,7 @@ use crate::error::Side;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -343,6 +343,20 @@ pub struct RouteMetrics {
     closes: RwLock<Vec<(Option<u16>, Side, Counter)>>,
 }
 
+/// The handle in `slot`, resolved from `family` with `label` the first time.
+fn resolved<'a, L, M, C>(
+    slot: &'a OnceLock<M>,
+    family: &Family<L, M, C>,
+    label: impl FnOnce() -> L,
+) -> &'a M
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    slot.get_or_init(|| family.get_or_create(&label()).clone())
+}
+
 impl std::fmt::Debug for RouteMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteMetrics")
@@ -381,45 +395,30 @@ impl RouteMetrics {
             200 => &self.handshakes_200,
             _ => return self.metrics.handshake(&self.route, status),
         };
-        slot.get_or_init(|| {
-            self.metrics
-                .handshakes
-                .get_or_create(&HandshakeLabel {
-                    route: self.route.clone(),
-                    status,
-                })
-                .clone()
+        resolved(slot, &self.metrics.handshakes, || HandshakeLabel {
+            route: self.route.clone(),
+            status,
         })
         .inc();
     }
 
+    fn open(&self) -> &Gauge {
+        resolved(&self.sessions_open, &self.metrics.sessions_open, || {
+            self.label()
+        })
+    }
+
     /// A session started over HTTP `http_version` ("1.1" or "2").
     pub fn session_opened(&self, http_version: &'static str) {
-        self.sessions_open
-            .get_or_init(|| {
-                self.metrics
-                    .sessions_open
-                    .get_or_create(&self.label())
-                    .clone()
-            })
-            .inc();
-        self.sessions_total
-            .get_or_init(|| {
-                self.metrics
-                    .sessions_total
-                    .get_or_create(&self.label())
-                    .clone()
-            })
-            .inc();
+        self.open().inc();
+        resolved(&self.sessions_total, &self.metrics.sessions_total, || {
+            self.label()
+        })
+        .inc();
         let slot = &self.by_version[usize::from(http_version != "1.1")];
-        slot.get_or_init(|| {
-            self.metrics
-                .sessions_by_version
-                .get_or_create(&VersionLabel {
-                    route: self.route.clone(),
-                    http_version,
-                })
-                .clone()
+        resolved(slot, &self.metrics.sessions_by_version, || VersionLabel {
+            route: self.route.clone(),
+            http_version,
         })
         .inc();
     }
@@ -433,49 +432,22 @@ impl RouteMetrics {
         code: Option<u16>,
         by: Side,
     ) {
-        let slot = match transport {
-            "websocket" => Some(&self.by_transport[0]),
-            "streaming" => Some(&self.by_transport[1]),
-            "polling" => Some(&self.by_transport[2]),
-            _ => None,
-        };
         let label = || TransportLabel {
             route: self.route.clone(),
             transport,
         };
-        match slot {
-            Some(slot) => {
-                slot.get_or_init(|| {
-                    self.metrics
-                        .sessions_by_transport
-                        .get_or_create(&label())
-                        .clone()
-                })
-                .inc();
-            }
-            None => {
-                self.metrics
-                    .sessions_by_transport
-                    .get_or_create(&label())
-                    .inc();
-            }
-        }
-        self.sessions_open
-            .get_or_init(|| {
-                self.metrics
-                    .sessions_open
-                    .get_or_create(&self.label())
-                    .clone()
-            })
-            .dec();
-        self.session_seconds
-            .get_or_init(|| {
-                self.metrics
-                    .session_seconds
-                    .get_or_create(&self.label())
-                    .clone()
-            })
-            .observe(duration.as_secs_f64());
+        let family = &self.metrics.sessions_by_transport;
+        match transport {
+            "websocket" => resolved(&self.by_transport[0], family, label).inc(),
+            "streaming" => resolved(&self.by_transport[1], family, label).inc(),
+            "polling" => resolved(&self.by_transport[2], family, label).inc(),
+            _ => family.get_or_create(&label()).inc(),
+        };
+        self.open().dec();
+        resolved(&self.session_seconds, &self.metrics.session_seconds, || {
+            self.label()
+        })
+        .observe(duration.as_secs_f64());
         self.close_counter(code, by).inc();
     }
 
