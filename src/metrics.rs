@@ -2,7 +2,7 @@
 //! (OpenMetrics, or the Prometheus text format 0.0.4 for clients that ask for it).
 //!
 //! Owns the registry and every metric family. Hot-path updates are single atomic operations on
-//! handles resolved once per session ([`RouteCounters`]); label sets are small and bounded (route
+//! handles resolved once per route ([`RouteMetrics`], [`RouteCounters`]); label sets are small and bounded (route
 //! paths come from the config, status and close codes from fixed tables).
 
 use std::sync::{Arc, OnceLock, RwLock};
