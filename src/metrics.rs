@@ -2,12 +2,13 @@
 //! (OpenMetrics, or the Prometheus text format 0.0.4 for clients that ask for it).
 //!
 //! Owns the registry and every metric family. Hot-path updates are single atomic operations on
-//! handles resolved once per route ([`RouteMetrics`], [`RouteCounters`]); label sets are small and bounded (route
-//! paths come from the config, status and close codes from fixed tables).
+//! handles resolved once per route ([`RouteMetrics`], [`RouteCounters`]); label sets are small
+//! and bounded (route paths come from the config, status and close codes from fixed tables).
 
 use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::Side;
+use crate::fallback::Transport;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -428,21 +429,20 @@ impl RouteMetrics {
     pub fn session_closed(
         &self,
         duration: std::time::Duration,
-        transport: &'static str,
+        transport: Transport,
         code: Option<u16>,
         by: Side,
     ) {
         let label = || TransportLabel {
             route: self.route.clone(),
-            transport,
+            transport: transport.label(),
         };
-        let family = &self.metrics.sessions_by_transport;
-        match transport {
-            "websocket" => resolved(&self.by_transport[0], family, label).inc(),
-            "streaming" => resolved(&self.by_transport[1], family, label).inc(),
-            "polling" => resolved(&self.by_transport[2], family, label).inc(),
-            _ => family.get_or_create(&label()).inc(),
-        };
+        resolved(
+            &self.by_transport[transport as usize],
+            &self.metrics.sessions_by_transport,
+            label,
+        )
+        .inc();
         self.open().dec();
         resolved(&self.session_seconds, &self.metrics.session_seconds, || {
             self.label()
@@ -596,16 +596,21 @@ mod tests {
         r.session_opened("2");
         r.session_closed(
             Duration::from_millis(5),
-            "websocket",
+            Transport::WebSocket,
             Some(1000),
             Side::Client,
         );
-        r.session_closed(Duration::from_millis(5), "polling", None, Side::Gateway);
+        r.session_closed(
+            Duration::from_millis(5),
+            Transport::Polling,
+            None,
+            Side::Gateway,
+        );
         r.counters().bytes_up.inc_by(7);
         // Another handle of the same route (a reload) counts into the same series.
         RouteMetrics::new(m.clone(), "/echo").session_closed(
             Duration::ZERO,
-            "websocket",
+            Transport::WebSocket,
             Some(1000),
             Side::Client,
         );

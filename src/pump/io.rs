@@ -100,16 +100,23 @@ pub(super) mod spare {
             .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK_BYTES))
     }
 
-    /// Keep `buf` (empty) for the next [`take`] on this thread if it is a whole read buffer (not
-    /// the small first one a session may start with); the spare it replaces, if any, is freed.
+    /// Keep `buf` (empty) for the next [`take`] on this thread if it is [`whole`]; the spare it
+    /// replaces, if any, is freed.
     /// (The reader reserves room again before it reads: a buffer whose allocation is still
     /// shared gets a new one then.)
     #[inline(always)]
     pub(crate) fn give(buf: BytesMut) {
         debug_assert!(buf.is_empty());
-        if buf.capacity() >= READ_CHUNK_BYTES / 4 {
+        if whole(&buf) {
             SPARE.with(|spare| spare.set(Some(buf)));
         }
+    }
+
+    /// A buffer worth keeping as the spare: room for a whole read, not the small first buffer a
+    /// session may start with.
+    #[inline(always)]
+    fn whole(buf: &BytesMut) -> bool {
+        buf.capacity() >= READ_CHUNK_BYTES / 4
     }
 
     /// A half's read buffer, which goes to the thread's spare when the half ends (if it is
@@ -120,7 +127,7 @@ pub(super) mod spare {
 
     impl Drop for Recycled {
         fn drop(&mut self) {
-            if self.0.is_empty() && self.0.capacity() >= READ_CHUNK_BYTES / 4 {
+            if self.0.is_empty() && whole(&self.0) {
                 let buf = std::mem::take(&mut self.0);
                 SPARE.with(|spare| {
                     let kept = spare.take();

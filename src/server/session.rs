@@ -183,7 +183,7 @@ fn close_session(
     let reason = outcome.end.reason();
     let by = outcome.end.by();
     info.metrics
-        .session_closed(outcome.duration, transport.label(), code, by);
+        .session_closed(outcome.duration, transport, code, by);
     let counters = info.metrics.counters();
     counters.bytes_up.inc_by(outcome.up.bytes);
     counters.bytes_down.inc_by(outcome.down.bytes);

@@ -212,7 +212,10 @@ async fn upgrade_under_a_connect_loop_refuses_nothing() {
         late <= drained,
         "the old process opened {late} sessions after it stopped accepting ({drained} drained)"
     );
-    let new_opened = opened(&new.logs());
+    // The new process's log may lag its last sessions by a moment: wait for the count the
+    // sessions add up to (the equality below then checks it is not more).
+    let want_new = (ok + drained + before.len()).saturating_sub(old_opened);
+    let new_opened = opened(&new.wait_for_count("session open", want_new, WAIT).await);
     assert!(
         new_opened >= 20,
         "the new process served {new_opened} sessions"
@@ -360,6 +363,8 @@ async fn unix_listener_is_handed_over_and_its_file_kept() {
     // The old process left the socket file to the new one, which serves on it.
     assert!(ws_path.exists(), "the unix socket file is gone");
     unix_echo(&ws_path).await;
-    assert_eq!(opened(&new.logs()), 1, "{}", new.logs());
+    // The session's line may follow its echo by a moment.
+    let log = new.wait_for_count("session open", 1, WAIT).await;
+    assert_eq!(opened(&log), 1, "{log}");
     assert!(new.logs().contains("handed_over=true"), "{}", new.logs());
 }
