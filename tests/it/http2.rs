@@ -343,8 +343,11 @@ async fn a_hundred_streams_on_one_connection_and_a_stalled_one_stalls_alone() {
             .expect("a stream beside the stalled one did not finish")
             .expect("stream task");
     }
-    // The stalled stream is still open and has not taken everything it was sent.
-    let logs = gw.logs();
+    // The stalled stream is still open and has not taken everything it was sent. (A session's
+    // access line follows its Close reply by a moment: wait for the 99, then check no more.)
+    let logs = gw
+        .wait_for_count("session closed", 99, Duration::from_secs(30))
+        .await;
     assert_eq!(
         logs.lines()
             .filter(|l| l.contains("session closed"))

@@ -23,6 +23,7 @@ const ACTIVATE: &str = "systemd-socket-activate";
 struct Activated {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
     /// Holds the config file.
     _dir: tempfile::TempDir,
 }
@@ -58,7 +59,7 @@ impl Activated {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut l = sink.lock().unwrap();
@@ -69,6 +70,7 @@ impl Activated {
         Activated {
             child: Some(child),
             log,
+            reader: Some(reader),
             _dir: dir,
         }
     }
@@ -94,8 +96,14 @@ impl Activated {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                // The rest of the log (the pipe is closed now).
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // The rest of the log: the pipe is closed now, so the reader reaches its end
+                // (a fixed pause could end before it, under load).
+                if let Some(reader) = self.reader.take() {
+                    let joined = tokio::task::spawn_blocking(move || reader.join());
+                    let _ = tokio::time::timeout(WAIT, joined)
+                        .await
+                        .expect("the log reader did not reach the end of the pipe");
+                }
                 return s;
             }
             assert!(Instant::now() < deadline, "did not exit:\n{}", self.logs());

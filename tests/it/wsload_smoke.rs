@@ -5,8 +5,10 @@
 use crate::support;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::ops::WAIT;
 use support::Gateway;
 
 /// The load generator's binary: a member of the same workspace, built into the same directory as
@@ -61,6 +63,25 @@ fn wsload(args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
+}
+
+/// The log once every session that opened has its access line: the sessions of a wsload run end
+/// as it exits, and their lines come a moment after.
+async fn wait_every_session_closed(gw: &Gateway) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let logs = gw.logs();
+        let count = |needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+        let (opened, closed) = (count("session open"), count("session closed"));
+        if closed == opened {
+            return logs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{closed} access lines for {opened} sessions after {WAIT:?}:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn assert_latencies_ordered(report: &Value) {
@@ -138,7 +159,7 @@ async fn wsload_drives_wsgate_and_reports_json() {
     );
 
     // The gateway saw every session end cleanly (no protocol errors from the client).
-    let logs = gw.logs();
+    let logs = wait_every_session_closed(&gw).await;
     assert!(!logs.contains("code=1002"), "{logs}");
     drop(gw);
 }
@@ -224,7 +245,7 @@ compression = "permessage-deflate"
         "{r}"
     );
 
-    let logs = gw.logs();
+    let logs = wait_every_session_closed(&gw).await;
     assert!(
         !logs.contains("code=1002") && !logs.contains("code=1007"),
         "{logs}"
