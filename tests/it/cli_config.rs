@@ -290,7 +290,11 @@ async fn worker_threads_sets_the_number_of_runtime_threads() {
             support::Gateway::start(&format!("{GOOD}\n[runtime]\nworker_threads = {n}\n")).await;
         // The runtime's threads are named "wsgate-worker"; right after start there are no
         // others of that name (threads for blocking work are started only when needed).
-        assert_eq!(gw.threads_named("wsgate-worker"), n, "worker_threads = {n}");
+        assert_eq!(
+            gw.threads_named_once("wsgate-worker", n).await,
+            n,
+            "worker_threads = {n}"
+        );
         // And the gateway serves on them.
         let s = tokio::time::timeout(
             Duration::from_secs(10),

@@ -329,6 +329,20 @@ impl Gateway {
     pub fn threads_named(&self, prefix: &str) -> usize {
         procfs::threads_named(self.pid(), prefix)
     }
+
+    /// [`Self::threads_named`] once at least `n` threads have that name, or after 10 s. A thread
+    /// names itself once it runs, which on a busy machine can be a moment after the gateway
+    /// listens; the caller checks the count (so also that there are not more).
+    pub async fn threads_named_once(&self, prefix: &str, n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let count = self.threads_named(prefix);
+            if count >= n || Instant::now() >= deadline {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Gateway {
