@@ -25,6 +25,8 @@ const MAX_STATUS_BYTES: usize = 1024;
 #[derive(Debug, Default)]
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
+    /// The last `STATUS=` line sent, whatever message carried it.
+    last_status: std::sync::Mutex<String>,
 }
 
 /// Why `NOTIFY_SOCKET` cannot be used.
@@ -124,6 +126,7 @@ impl Notifier {
         socket.set_nonblocking(true).map_err(failed)?;
         Ok(Notifier {
             target: Some((socket, addr)),
+            last_status: Default::default(),
         })
     }
 
@@ -132,11 +135,14 @@ impl Notifier {
         self.target.is_some()
     }
 
-    /// Send one message (newline-separated `KEY=VALUE` lines).
-    fn send(&self, message: &str) {
+    /// Send one message (newline-separated `KEY=VALUE` lines), ending with `status` (a
+    /// `STATUS=` line).
+    fn send(&self, head: &str, status: String) {
         let Some((socket, addr)) = &self.target else {
             return;
         };
+        let message = format!("{head}{status}");
+        *self.last_status.lock().unwrap_or_else(|e| e.into_inner()) = status;
         if let Err(e) = socket.send_to_addr(message.as_bytes(), addr) {
             debug!(error = %e, "cannot send a systemd notification");
         }
@@ -144,36 +150,37 @@ impl Notifier {
 
     /// `READY=1`: every listener is bound (or a reload is done), with a status line.
     pub fn ready(&self, status: &str) {
-        self.send(&format!("READY=1\n{}", status_line(status)));
+        self.send("READY=1\n", status_line(status));
     }
 
     /// `MAINPID=` (this process) and `READY=1`: a binary upgrade made this process the service's
     /// main process (the unit needs `NotifyAccess=all` for systemd to accept it).
     pub fn ready_as_main(&self, status: &str) {
-        self.send(&format!(
-            "MAINPID={}\nREADY=1\n{}",
-            std::process::id(),
-            status_line(status)
-        ));
+        self.send(
+            &format!("MAINPID={}\nREADY=1\n", std::process::id()),
+            status_line(status),
+        );
     }
 
     /// `RELOADING=1`: a configuration reload starts now.
     pub fn reloading(&self) {
-        self.send(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}\n{}",
-            monotonic_usec(),
-            status_line("reloading the configuration")
-        ));
+        self.send(
+            &format!("RELOADING=1\nMONOTONIC_USEC={}\n", monotonic_usec()),
+            status_line("reloading the configuration"),
+        );
     }
 
     /// `STOPPING=1`: the drain starts; no new connections are accepted.
     pub fn stopping(&self, status: &str) {
-        self.send(&format!("STOPPING=1\n{}", status_line(status)));
+        self.send("STOPPING=1\n", status_line(status));
     }
 
-    /// A `STATUS=` line alone.
+    /// A `STATUS=` line alone, if it differs from the last one sent (by any message).
     pub fn status(&self, status: &str) {
-        self.send(&status_line(status));
+        let line = status_line(status);
+        if *self.last_status.lock().unwrap_or_else(|e| e.into_inner()) != line {
+            self.send("", line);
+        }
     }
 }
 
@@ -235,6 +242,30 @@ mod tests {
     }
 
     #[cfg(target_os = "linux")]
+    #[test]
+    fn a_status_is_sent_only_when_it_differs_from_the_last_one_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let n = Notifier::to(path.to_str().unwrap()).unwrap();
+        n.ready("ready; 0 sessions open");
+        assert_eq!(recv(&socket), "READY=1\nSTATUS=ready; 0 sessions open");
+        // The same text as the ready message's: nothing new to say.
+        n.status("ready; 0 sessions open");
+        n.status("ready; 1 session open");
+        n.status("ready; 1 session open");
+        assert_eq!(recv(&socket), "STATUS=ready; 1 session open");
+        // A message of another kind counts as the last status too.
+        n.stopping("draining");
+        assert_eq!(recv(&socket), "STOPPING=1\nSTATUS=draining");
+        n.status("draining");
+        n.status("ready; 1 session open");
+        assert_eq!(recv(&socket), "STATUS=ready; 1 session open");
+        let mut buf = [0u8; 64];
+        assert!(socket.recv(&mut buf).is_err(), "a repeated status was sent");
+    }
+
     #[test]
     fn messages_reach_an_abstract_socket() {
         use std::os::linux::net::SocketAddrExt;

@@ -718,18 +718,15 @@ fn adopt(key: &str, fd: std::os::fd::OwnedFd, bind: &ListenAddr) -> Result<Liste
 const NOTIFY_STATUS_INTERVAL_MS: u64 = 1000;
 
 /// Keep systemd's status line current (`systemctl status wsgate`): sessions and connections open.
+/// The notifier compares with the last line it sent (with `READY=1` too), so a change between
+/// the ready message and this task's start is not missed.
 async fn status_updates(gw: Arc<Gateway>, stop: CancellationToken) {
-    let mut last = gw.status_text("ready");
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(NOTIFY_STATUS_INTERVAL_MS)) => {}
         }
-        let now = gw.status_text("ready");
-        if now != last {
-            gw.notify.status(&now);
-            last = now;
-        }
+        gw.notify.status(&gw.status_text("ready"));
     }
 }
 

@@ -291,7 +291,7 @@ async fn worker_threads_sets_the_number_of_runtime_threads() {
         // The runtime's threads are named "wsgate-worker"; right after start there are no
         // others of that name (threads for blocking work are started only when needed).
         assert_eq!(
-            gw.threads_named_once("wsgate-worker", n).await,
+            gw.threads_named_settled("wsgate-worker", n).await,
             n,
             "worker_threads = {n}"
         );

@@ -123,7 +123,7 @@ async fn random_messages_arrive_intact_and_in_order_on_a_session_thread() {
         "[runtime]\nsession_threads = 1",
     ))
     .await;
-    assert_eq!(gw.threads_named_once("wsgate-session", 1).await, 1);
+    assert_eq!(gw.threads_named_settled("wsgate-session", 1).await, 1);
     check(gw.addr(), rec).await;
 }
 

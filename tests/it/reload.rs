@@ -228,7 +228,7 @@ worker_threads = {threads}
     };
     let gw = Gateway::start(&cfg(1, "/before")).await;
     let workers = || gw.threads_named("wsgate-worker");
-    assert_eq!(gw.threads_named_once("wsgate-worker", 1).await, 1);
+    assert_eq!(gw.threads_named_settled("wsgate-worker", 1).await, 1);
 
     std::fs::write(gw.config_path(), cfg(3, "/after")).unwrap();
     gw.signal("HUP");

@@ -77,7 +77,7 @@ async fn session_thread_work(gw: &Gateway) -> u64 {
 async fn plain_tcp_sessions_run_on_the_session_threads() {
     let echo = backends::echo().await;
     let gw = Gateway::start(&config(&echo.config_addr(), "session_threads = 2")).await;
-    assert_eq!(gw.threads_named_once("wsgate-session", 2).await, 2);
+    assert_eq!(gw.threads_named_settled("wsgate-session", 2).await, 2);
     // Each message wakes the session's loop twice (the client's frame, the backend's answer),
     // and it waits in between: at least one switch per message, with room for batching.
     let work = session_thread_work(&gw).await;
@@ -126,7 +126,7 @@ async fn tls_sessions_stay_on_the_workers() {
         echo.config_addr()
     );
     let gw = Gateway::start_in(dir, &config).await;
-    assert_eq!(gw.threads_named_once("wsgate-session", 1).await, 1);
+    assert_eq!(gw.threads_named_settled("wsgate-session", 1).await, 1);
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();

@@ -330,14 +330,15 @@ impl Gateway {
         procfs::threads_named(self.pid(), prefix)
     }
 
-    /// [`Self::threads_named`] once at least `n` threads have that name, or after 10 s. A thread
-    /// names itself once it runs, which on a busy machine can be a moment after the gateway
-    /// listens; the caller checks the count (so also that there are not more).
-    pub async fn threads_named_once(&self, prefix: &str, n: usize) -> usize {
+    /// [`Self::threads_named`] once exactly `n` threads have that name, or the count after 10 s.
+    /// A thread starts with its creator's name and renames itself once it runs, which on a busy
+    /// machine can be a moment later: threads the gateway starts from a worker thread show as
+    /// workers at first, and a new thread may not have its name yet.
+    pub async fn threads_named_settled(&self, prefix: &str, n: usize) -> usize {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let count = self.threads_named(prefix);
-            if count >= n || Instant::now() >= deadline {
+            if count == n || Instant::now() >= deadline {
                 return count;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
