@@ -241,7 +241,6 @@ mod tests {
         );
     }
 
-    #[cfg(target_os = "linux")]
     #[test]
     fn a_status_is_sent_only_when_it_differs_from_the_last_one_sent() {
         let dir = tempfile::tempdir().unwrap();
@@ -266,6 +265,7 @@ mod tests {
         assert!(socket.recv(&mut buf).is_err(), "a repeated status was sent");
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn messages_reach_an_abstract_socket() {
         use std::os::linux::net::SocketAddrExt;
