@@ -22,7 +22,7 @@ use auth::{
 use support::backends::{self, Recorder};
 use support::Gateway;
 
-const LOG_WAIT: Duration = Duration::from_secs(5);
+const LOG_WAIT: Duration = Duration::from_secs(15);
 const HS_SECRET: &str = "test-only-hs256-secret-for-wsgate-jwt-tests-0123456789";
 
 /// How the route's verification key is configured.
