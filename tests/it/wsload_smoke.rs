@@ -5,10 +5,9 @@
 use crate::support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::ops::WAIT;
+use support::ops::{self, WAIT};
 use support::Gateway;
 
 /// The load generator's binary: a member of the same workspace, built into the same directory as
@@ -65,23 +64,22 @@ fn wsload(args: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
 }
 
-/// The log once every session that opened has its access line: the sessions of a wsload run end
-/// as it exits, and their lines come a moment after.
+/// The log once every session that opened has its access line (the sessions of a wsload run end
+/// as it exits, and their lines come a moment after); at least one session must have opened, so
+/// that checks on the access lines are not vacuous.
 async fn wait_every_session_closed(gw: &Gateway) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let count = |logs: &str, needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+    ops::eventually("an access line for every session opened", WAIT, || {
         let logs = gw.logs();
-        let count = |needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
-        let (opened, closed) = (count("session open"), count("session closed"));
-        if closed == opened {
-            return logs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{closed} access lines for {opened} sessions after {WAIT:?}:\n{logs}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        count(&logs, "session closed") == count(&logs, "session open")
+    })
+    .await;
+    let logs = gw.logs();
+    assert!(
+        count(&logs, "session open") > 0,
+        "no session in the log:\n{logs}"
+    );
+    logs
 }
 
 fn assert_latencies_ordered(report: &Value) {
