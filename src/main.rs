@@ -140,10 +140,15 @@ fn serve(config: wsgate::Config, path: Option<PathBuf>, upgrade: bool) -> ExitCo
     let session_threads = config.runtime.session_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
+    let session_io = config.runtime.session_io;
     let run = async {
         // Started inside the runtime: the session threads use its timers.
-        if let Err(e) = wsgate::start_session_threads(session_threads) {
-            return Err(format!("cannot start the session threads: {e}"));
+        match wsgate::start_session_threads(session_threads, session_io) {
+            Ok(Some(io)) => {
+                tracing::info!(threads = session_threads, io, "session threads started")
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot start the session threads: {e}")),
         }
         match path {
             Some(path) if upgrade => {

@@ -44,7 +44,7 @@ pub use limits::{
     DEFAULT_WRITE_TIMEOUT_SECS, MAX_CONTROL_FRAMES_PER_SECOND,
 };
 pub use listeners::{ListenAddr, Listener};
-pub use process::{LogConfig, LogFormat, LogLevel, RuntimeConfig, MAX_WORKER_THREADS};
+pub use process::{LogConfig, LogFormat, LogLevel, RuntimeConfig, SessionIo, MAX_WORKER_THREADS};
 pub use recording::{
     RecordingSettings, DEFAULT_RECORD_MAX_BYTES, DEFAULT_RECORD_PREFIX, MAX_RECORD_PREFIX_BYTES,
     MIN_RECORD_BYTES,
@@ -203,6 +203,16 @@ impl Config {
             Some(n) => writeln!(s, "sessions: {n} session threads"),
             None => writeln!(s, "sessions: one session thread per CPU"),
         };
+        if self.runtime.session_threads != Some(0) {
+            let _ = match self.runtime.session_io {
+                SessionIo::Auto => writeln!(
+                    s,
+                    "session threads: io_uring where the kernel allows it, else epoll"
+                ),
+                SessionIo::IoUring => writeln!(s, "session threads: io_uring"),
+                SessionIo::Epoll => writeln!(s, "session threads: epoll"),
+            };
+        }
         let _ = match self.runtime.notify {
             Some(true) => writeln!(s, "systemd notify: on"),
             Some(false) => writeln!(s, "systemd notify: off"),

@@ -20,6 +20,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[runtime] session_io`: how the session threads move their sockets' bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionIo {
+    /// io_uring where the kernel allows it, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring, or the gateway does not start.
+    IoUring,
+    Epoll,
+}
+
 /// `[log] level`: the least severe lines written when `WSGATE_LOG` is not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -65,6 +77,8 @@ pub struct RuntimeConfig {
     /// Threads that run sessions after the handshake (src/dataplane); `None`: one per CPU the
     /// process may use; 0: sessions stay on the worker threads.
     pub session_threads: Option<usize>,
+    /// How the session threads move bytes.
+    pub session_io: SessionIo,
     /// `notify`: send systemd's readiness messages to `NOTIFY_SOCKET`; `None`: when it is set.
     pub notify: Option<bool>,
     /// `upgrade_socket`: the unix socket a successor (`wsgate --upgrade`) connects to for the
@@ -116,6 +130,7 @@ impl Ctx<'_> {
         Ok(RuntimeConfig {
             worker_threads: r.worker_threads.map(|n| n.usize()),
             session_threads: r.session_threads.map(|n| n.usize()),
+            session_io: r.session_io.unwrap_or_default(),
             notify: r.notify,
             upgrade_socket,
         })

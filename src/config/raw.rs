@@ -46,6 +46,7 @@ pub struct RawConfig {
 pub struct RawRuntime {
     pub worker_threads: Option<Bounded<1, MAX_WORKER_THREADS>>,
     pub session_threads: Option<Bounded<0, MAX_WORKER_THREADS>>,
+    pub session_io: Option<super::SessionIo>,
     /// systemd readiness notification (`Type=notify`); absent: on when `NOTIFY_SOCKET` is set.
     pub notify: Option<bool>,
     /// A unix socket a successor (`wsgate --upgrade`) takes the listening sockets from.

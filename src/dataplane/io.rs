@@ -1,4 +1,4 @@
-//! A socket of a session loop: readiness flags set by the loop's epoll events, and the halves
+//! A socket of an epoll session loop: readiness flags set by the loop's epoll events, and the halves
 //! the pump reads and writes through (`AsyncRead` / `AsyncWrite` / [`ReadBytes`]), each call
 //! one system call at most.
 //!
@@ -85,13 +85,13 @@ impl Source {
     }
 
     /// Split into the two halves a session uses.
-    pub(super) fn halves(self: &Arc<Source>) -> (LoopRead, LoopWrite) {
+    pub(super) fn halves(self: &Arc<Source>) -> (EpollRead, EpollWrite) {
         (
-            LoopRead {
+            EpollRead {
                 source: self.clone(),
                 waker: None,
             },
-            LoopWrite {
+            EpollWrite {
                 source: self.clone(),
                 waker: None,
                 shut: false,
@@ -135,7 +135,7 @@ fn would_block(e: rustix::io::Errno) -> bool {
 }
 
 /// The read half of a loop socket.
-pub(crate) struct LoopRead {
+pub(crate) struct EpollRead {
     source: Arc<Source>,
     /// The waker last left in the source's read slot.
     waker: Option<Waker>,
@@ -143,14 +143,14 @@ pub(crate) struct LoopRead {
 
 /// The write half of a loop socket. Dropping it without a shutdown shuts the write side (like
 /// tokio's owned write halves), so the peer sees a FIN, not a silent close.
-pub(crate) struct LoopWrite {
+pub(crate) struct EpollWrite {
     source: Arc<Source>,
     /// The waker last left in the source's write slot.
     waker: Option<Waker>,
     shut: bool,
 }
 
-impl LoopRead {
+impl EpollRead {
     /// One read: `recv` fills up to `want` bytes through `fill` (which returns how many came).
     /// Readiness is waited for first and cleared by an empty queue (see the module doc).
     #[inline]
@@ -181,7 +181,7 @@ impl LoopRead {
 
 /// For readers other than the pump's (which reads through [`ReadBytes::poll_read_bytes`]):
 /// received into the initialised part of the caller's buffer.
-impl AsyncRead for LoopRead {
+impl AsyncRead for EpollRead {
     #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
@@ -222,7 +222,7 @@ fn recv_into(fd: &OwnedFd, buf: &mut BytesMut, want: usize) -> rustix::io::Resul
     Ok(n)
 }
 
-impl ReadBytes for LoopRead {
+impl ReadBytes for EpollRead {
     #[inline]
     fn poll_read_bytes(
         &mut self,
@@ -237,7 +237,7 @@ impl ReadBytes for LoopRead {
     }
 }
 
-impl LoopWrite {
+impl EpollWrite {
     /// Send up to `len` bytes with `send` once the socket has room; how many it took.
     #[inline]
     fn poll_send(
@@ -268,7 +268,7 @@ impl LoopWrite {
     }
 }
 
-impl AsyncWrite for LoopWrite {
+impl AsyncWrite for EpollWrite {
     #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
@@ -307,7 +307,7 @@ impl AsyncWrite for LoopWrite {
     }
 }
 
-impl Drop for LoopWrite {
+impl Drop for EpollWrite {
     fn drop(&mut self) {
         if !self.shut {
             let _ = rustix::net::shutdown(&self.source.fd, Shutdown::Write);

@@ -3,25 +3,34 @@
 //! The HTTP phase, TLS, authentication, the admin endpoint and every timer stay on tokio. A
 //! session whose client and backend are both plain stream sockets (TCP, or a unix-socket
 //! backend) is handed, after the 101, to one of these threads (`[runtime] session_threads`):
-//! the two sockets are taken out of tokio's reactor and registered with the loop's own epoll
-//! instance (mio, edge-triggered), and the session's future, the unchanged [`crate::pump`], is
-//! polled by the loop. Its sockets are [`io::LoopRead`] / [`io::LoopWrite`]: one system call per
-//! read or write, readiness kept as two flags set by the loop's events. Everything else the
-//! pump waits on (timers, the drain and operator-close tokens, the other half's word) is
-//! runtime-independent and wakes the session through its waker from whichever thread fired it:
-//! a wake from the loop's own thread is a push on a local queue, one from elsewhere goes
-//! through a locked inbox and the loop's eventfd.
+//! the two sockets are taken out of tokio's reactor and the session's future, the unchanged
+//! [`crate::pump`], is polled by the loop. A loop moves its sockets' bytes one of two ways
+//! (`[runtime] session_io`):
+//!
+//! - **io_uring** (`uring`): the sessions polled in a pass queue their reads and writes as
+//!   submission entries, and one `io_uring_enter` per pass submits them all and waits for the
+//!   next completions.
+//! - **epoll** (`io`): the sockets are registered with the loop's own epoll instance (mio,
+//!   edge-triggered); a read or write is one system call, readiness two flags set by the
+//!   loop's events.
+//!
+//! Everything else the pump waits on (timers, the drain and operator-close tokens, the other
+//! half's word) is runtime-independent and wakes the session through its waker from whichever
+//! thread fired it: a wake from the loop's own thread is a push on a local queue, one from
+//! elsewhere goes through a locked inbox and the loop's eventfd.
 //!
 //! Why: a message through tokio's reactor and scheduler costs a readiness check with a waker
-//! registration per call, a task wake-up and a scheduler pass per event. Here an event sets a
-//! flag and queues the session; the session's own calls are plain system calls. BENCHMARKS.md
-//! has the numbers.
+//! registration per call, a task wake-up and a scheduler pass per event. Here an event or a
+//! completion sets a flag and queues the session. BENCHMARKS.md has the numbers.
 //!
 //! The loops are started by the binary (`wsgate --config`): a gateway embedded in another
 //! program (the library's `run`) keeps every session on its own runtime, and so runs under a
 //! test's paused clock.
 
 mod io;
+// The ring's entries point into the loop's buffers: see the module's SAFETY notes.
+#[allow(unsafe_code)]
+mod uring;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -34,8 +43,7 @@ use std::task::{Context, Wake, Waker};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use io::Source;
-pub(crate) use io::{LoopRead, LoopWrite};
+use io::{EpollRead, EpollWrite, Source};
 
 /// The loops of this process, once the binary started them.
 static DATA_PLANE: OnceLock<DataPlane> = OnceLock::new();
@@ -43,45 +51,102 @@ static DATA_PLANE: OnceLock<DataPlane> = OnceLock::new();
 /// The token of the loop's own waker (remote wake-ups and new sessions).
 const WAKE_TOKEN: Token = Token(usize::MAX);
 
+pub use crate::config::SessionIo;
+
 /// Start `threads` session loops for this process (the binary does, from `[runtime]
-/// session_threads`); sessions started from then on may run on them. Must be called from
-/// inside the tokio runtime: the loops enter it, so that the sessions' timers are tokio's.
-pub fn start(threads: usize) -> std::io::Result<()> {
+/// session_threads` and `session_io`); sessions started from then on may run on them. Must be
+/// called from inside the tokio runtime: the loops enter it, so that the sessions' timers are
+/// tokio's. Returns what the loops use ("io_uring" or "epoll"; `None` when none started).
+pub fn start(threads: usize, io: SessionIo) -> std::io::Result<Option<&'static str>> {
     if threads == 0 || DATA_PLANE.get().is_some() {
-        return Ok(());
+        return Ok(None);
     }
+    let use_uring = match io {
+        SessionIo::Epoll => false,
+        SessionIo::IoUring => {
+            uring::probe().map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("session_io = \"io_uring\", but io_uring cannot run here: {e}"),
+                )
+            })?;
+            true
+        }
+        SessionIo::Auto => match uring::probe() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "io_uring is not available here: the session threads use epoll");
+                false
+            }
+        },
+    };
     let handle = tokio::runtime::Handle::current();
     let mut loops = Vec::with_capacity(threads);
     for i in 0..threads {
-        let poll = Poll::new()?;
-        let shared = Arc::new(LoopShared {
-            waker: mio::Waker::new(poll.registry(), WAKE_TOKEN)?,
-            inbox: Mutex::new(Inbox::default()),
-            has_inbox: AtomicBool::new(false),
-            sessions: AtomicUsize::new(0),
-        });
+        let name =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("session loop {i}: {e}"));
+        let shared;
+        let body: LoopBody;
+        if use_uring {
+            // Blocking: a read of it in the ring waits for a wake-up (writers never block: the
+            // counter would have to reach 2^64 - 1).
+            let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
+                .map_err(|e| name(e.into()))?;
+            let loop_fd = fd.try_clone().map_err(name)?;
+            shared = Arc::new(LoopShared::new(LoopWaker::EventFd(fd)));
+            body = Box::new(move |shared| {
+                let l = uring::UringLoop::new(shared, loop_fd)?;
+                Ok(Box::new(move || l.run()))
+            });
+        } else {
+            let poll = Poll::new().map_err(name)?;
+            let waker = mio::Waker::new(poll.registry(), WAKE_TOKEN).map_err(name)?;
+            shared = Arc::new(LoopShared::new(LoopWaker::Epoll(waker)));
+            body = Box::new(move |shared| {
+                let l = EventLoop {
+                    shared,
+                    poll,
+                    tasks: Tasks::default(),
+                    sources: Vec::new(),
+                    free_sources: Vec::new(),
+                };
+                Ok(Box::new(move || l.run()))
+            });
+        }
         let handle = handle.clone();
         let loop_shared = shared.clone();
+        // The loop is built on its own thread (an io_uring ring belongs to the thread that
+        // submits to it), which says whether that worked before it runs.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("wsgate-session".into())
             .spawn(move || {
                 let _runtime = handle.enter();
-                EventLoop {
-                    shared: loop_shared,
-                    poll,
-                    tasks: Vec::new(),
-                    free_tasks: Vec::new(),
-                    sources: Vec::new(),
-                    free_sources: Vec::new(),
+                match body(loop_shared) {
+                    Ok(run) => {
+                        let _ = ready_tx.send(Ok(()));
+                        run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
-                .run();
             })
-            .map_err(|e| std::io::Error::other(format!("session loop {i}: {e}")))?;
+            .map_err(name)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(name(e)),
+            Err(_) => return Err(name(std::io::Error::other("the thread ended at its start"))),
+        }
         loops.push(shared);
     }
     let _ = DATA_PLANE.set(DataPlane { loops });
-    Ok(())
+    Ok(Some(if use_uring { "io_uring" } else { "epoll" }))
 }
+
+/// Builds a loop on its thread (from what the other threads share with it) and returns its run.
+type LoopBody =
+    Box<dyn FnOnce(Arc<LoopShared>) -> std::io::Result<Box<dyn FnOnce() + 'static>> + Send>;
 
 /// The session loops, if the binary started them.
 pub(crate) fn get() -> Option<&'static DataPlane> {
@@ -91,6 +156,96 @@ pub(crate) fn get() -> Option<&'static DataPlane> {
 /// The running loops.
 pub(crate) struct DataPlane {
     loops: Vec<Arc<LoopShared>>,
+}
+
+/// The read half of a socket on a session loop.
+pub(crate) enum LoopRead {
+    Epoll(EpollRead),
+    Uring(uring::UringRead),
+}
+
+/// The write half of a socket on a session loop.
+pub(crate) enum LoopWrite {
+    Epoll(EpollWrite),
+    Uring(uring::UringWrite),
+}
+
+impl crate::pump::ReadBytes for LoopRead {
+    #[inline]
+    fn poll_read_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self {
+            LoopRead::Epoll(r) => r.poll_read_bytes(cx, buf),
+            LoopRead::Uring(r) => r.poll_read_bytes(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for LoopRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            LoopRead::Epoll(r) => Pin::new(r).poll_read(cx, buf),
+            LoopRead::Uring(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for LoopWrite {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            LoopWrite::Epoll(w) => Pin::new(w).poll_write(cx, buf),
+            LoopWrite::Uring(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            LoopWrite::Epoll(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            LoopWrite::Uring(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            LoopWrite::Epoll(w) => Pin::new(w).poll_flush(cx),
+            LoopWrite::Uring(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            LoopWrite::Epoll(w) => Pin::new(w).poll_shutdown(cx),
+            LoopWrite::Uring(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
 }
 
 /// What a session gets on its loop: the read and write halves of its client and backend sockets.
@@ -139,14 +294,43 @@ struct NewSession {
     make: MakeSession,
 }
 
+/// How other threads wake a loop.
+enum LoopWaker {
+    Epoll(mio::Waker),
+    /// An eventfd the loop reads through its ring.
+    EventFd(OwnedFd),
+}
+
+impl LoopWaker {
+    fn wake(&self) -> std::io::Result<()> {
+        match self {
+            LoopWaker::Epoll(w) => w.wake(),
+            LoopWaker::EventFd(fd) => rustix::io::write(fd, &1u64.to_ne_bytes())
+                .map(drop)
+                .map_err(Into::into),
+        }
+    }
+}
+
 /// What other threads share with a loop.
 struct LoopShared {
-    waker: mio::Waker,
+    waker: LoopWaker,
     inbox: Mutex<Inbox>,
     /// The inbox has something (read without its lock on every pass).
     has_inbox: AtomicBool,
     /// Sessions running on this loop (for choosing the least busy one).
     sessions: AtomicUsize,
+}
+
+impl LoopShared {
+    fn new(waker: LoopWaker) -> LoopShared {
+        LoopShared {
+            waker,
+            inbox: Mutex::new(Inbox::default()),
+            has_inbox: AtomicBool::new(false),
+            sessions: AtomicUsize::new(0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -210,12 +394,68 @@ struct Task {
     sources: [usize; 2],
 }
 
+/// A loop's sessions (either kind of loop).
+#[derive(Default)]
+struct Tasks {
+    tasks: Vec<Option<Task>>,
+    free: Vec<usize>,
+}
+
+impl Tasks {
+    /// Add a session (the tokens of its two sockets) and queue it for its first poll.
+    fn start(
+        &mut self,
+        shared: &Arc<LoopShared>,
+        future: Pin<Box<dyn Future<Output = ()>>>,
+        sources: [usize; 2],
+    ) {
+        let index = self.free.pop().unwrap_or(self.tasks.len());
+        let state = Arc::new(TaskWaker {
+            index,
+            queued: AtomicBool::new(true),
+            shared: shared.clone(),
+        });
+        let task = Task {
+            future,
+            waker: Waker::from(state.clone()),
+            state,
+            sources,
+        };
+        if index == self.tasks.len() {
+            self.tasks.push(Some(task));
+        } else {
+            self.tasks[index] = Some(task);
+        }
+        LOCAL.with(|l| l.borrow_mut().1.push_back(index));
+    }
+
+    /// Poll a session; when it is done, the tokens of its sockets (its future is dropped).
+    fn poll(&mut self, index: usize) -> Option<[usize; 2]> {
+        let Some(Some(task)) = self.tasks.get_mut(index) else {
+            return None;
+        };
+        task.state.queued.store(false, Ordering::Release);
+        let mut cx = Context::from_waker(&task.waker);
+        let future = task.future.as_mut();
+        // A session that panics ends alone (its caller sees its result channel closed), as a
+        // panicking task would on tokio; the loop and its other sessions go on.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(&mut cx)))
+            .map_or(true, |p| p.is_ready());
+        if !done {
+            return None;
+        }
+        let task = self.tasks[index].take()?;
+        drop(task.future);
+        self.free.push(index);
+        Some(task.sources)
+    }
+}
+
 /// One loop, owned by its thread.
 struct EventLoop {
     shared: Arc<LoopShared>,
     poll: Poll,
-    tasks: Vec<Option<Task>>,
-    free_tasks: Vec<usize>,
+    tasks: Tasks,
     sources: Vec<Option<Arc<Source>>>,
     free_sources: Vec<usize>,
 }
@@ -231,7 +471,12 @@ impl EventLoop {
                 self.take_inbox();
             }
             while let Some(index) = LOCAL.with(|l| l.borrow_mut().1.pop_front()) {
-                self.poll_task(index);
+                if let Some(done) = self.tasks.poll(index) {
+                    for token in done {
+                        self.release(token);
+                    }
+                    self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             let idle = LOCAL.with(|l| l.borrow().1.is_empty())
                 && !self.shared.has_inbox.load(Ordering::Acquire);
@@ -298,24 +543,11 @@ impl EventLoop {
             self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
             return;
         };
-        let index = self.free_tasks.pop().unwrap_or(self.tasks.len());
-        let state = Arc::new(TaskWaker {
-            index,
-            queued: AtomicBool::new(true),
-            shared: self.shared.clone(),
-        });
-        let task = Task {
-            future: make((client, backend)),
-            waker: Waker::from(state.clone()),
-            state,
-            sources: [c, b],
-        };
-        if index == self.tasks.len() {
-            self.tasks.push(Some(task));
-        } else {
-            self.tasks[index] = Some(task);
-        }
-        LOCAL.with(|l| l.borrow_mut().1.push_back(index));
+        let sockets = (
+            (LoopRead::Epoll(client.0), LoopWrite::Epoll(client.1)),
+            (LoopRead::Epoll(backend.0), LoopWrite::Epoll(backend.1)),
+        );
+        self.tasks.start(&self.shared, make(sockets), [c, b]);
     }
 
     /// Register a socket (edge-triggered, both directions); its token.
@@ -340,31 +572,6 @@ impl EventLoop {
             self.sources[token] = Some(source);
         }
         Some(token)
-    }
-
-    fn poll_task(&mut self, index: usize) {
-        let Some(Some(task)) = self.tasks.get_mut(index) else {
-            return;
-        };
-        task.state.queued.store(false, Ordering::Release);
-        let mut cx = Context::from_waker(&task.waker);
-        let future = task.future.as_mut();
-        // A session that panics ends alone (its caller sees its result channel closed), as a
-        // panicking task would on tokio; the loop and its other sessions go on.
-        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(&mut cx)))
-            .map_or(true, |p| p.is_ready());
-        if !done {
-            return;
-        }
-        let Some(task) = self.tasks[index].take() else {
-            return;
-        };
-        drop(task.future);
-        for token in task.sources {
-            self.release(token);
-        }
-        self.free_tasks.push(index);
-        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Forget a socket: it is closed once no half holds it (a finished session's halves went with

@@ -89,7 +89,7 @@ const CLIENT_CLOSE_SLOW: &str = "client did not take the Close within close_time
 
 impl<'s, R, W> Downstream<'s, R, W>
 where
-    R: ReadBytes + Send,
+    R: ReadBytes,
     W: AsyncWrite + Unpin,
 {
     pub(super) fn new(

@@ -235,10 +235,10 @@ pub async fn run<CR, CW, BR, BW>(
     mut backend: (BR, BW),
 ) -> Outcome
 where
-    CR: ReadBytes + Send,
-    CW: AsyncWrite + Unpin + Send,
-    BR: ReadBytes + Send,
-    BW: AsyncWrite + Unpin + Send,
+    CR: ReadBytes,
+    CW: AsyncWrite + Unpin,
+    BR: ReadBytes,
+    BW: AsyncWrite + Unpin,
 {
     let started = Instant::now();
     let shared = Shared::new(started);

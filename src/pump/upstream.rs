@@ -92,7 +92,7 @@ impl ControlRate {
 
 impl<'s, R, W> Upstream<'s, R, W>
 where
-    R: ReadBytes + Send,
+    R: ReadBytes,
     W: AsyncWrite + Unpin,
 {
     pub(super) fn new(

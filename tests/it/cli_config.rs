@@ -271,6 +271,32 @@ fn worker_threads_out_of_range_names_the_key() {
 }
 
 #[test]
+fn session_io_takes_auto_io_uring_or_epoll() {
+    let text = format!("{GOOD}\n[runtime]\nsession_io = \"uring\"\n");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("session_io"))
+        .unwrap()
+        + 1;
+    let err = assert_config_error(&text, line, "session_io");
+    for value in ["auto", "io_uring", "epoll"] {
+        assert!(err.contains(value), "the message must list {value}: {err}");
+    }
+    for (value, says) in [
+        (
+            "auto",
+            "session threads: io_uring where the kernel allows it, else epoll",
+        ),
+        ("io_uring", "session threads: io_uring"),
+        ("epoll", "session threads: epoll"),
+    ] {
+        let (_dir, path) = config_file(&format!("{GOOD}\n[runtime]\nsession_io = \"{value}\"\n"));
+        let text = stdout(&run(&["check"], Some(&path)));
+        assert!(text.contains(says), "{value}: {text}");
+    }
+}
+
+#[test]
 fn check_prints_the_runtime() {
     let (_dir, path) = config_file(GOOD);
     let text = stdout(&run(&["check"], Some(&path)));

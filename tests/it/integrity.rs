@@ -127,6 +127,19 @@ async fn random_messages_arrive_intact_and_in_order_on_a_session_thread() {
     check(gw.addr(), rec).await;
 }
 
+/// The same traffic on a session thread whose loop uses epoll rather than io_uring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_messages_arrive_intact_and_in_order_on_an_epoll_session_thread() {
+    let rec = backends::recording_echo().await;
+    let gw = support::Gateway::start(&config(
+        &rec.backend.config_addr(),
+        "[runtime]\nsession_threads = 1\nsession_io = \"epoll\"",
+    ))
+    .await;
+    assert_eq!(gw.threads_named_settled("wsgate-session", 1).await, 1);
+    check(gw.addr(), rec).await;
+}
+
 /// Send the random traffic through the gateway at `addr` to `rec` and check both directions.
 async fn check(addr: std::net::SocketAddr, mut rec: backends::Recorder) {
     let mut rng = Rng(SEED);
