@@ -119,38 +119,55 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
         .build(entries)
 }
 
-/// The pool of receive buffers. The kernel writes into a buffer between the read that takes it
-/// and its completion; the loop reads it between the completion and its return to the pool.
+/// The pool of receive buffers, one allocation each (of `BUF_BYTES`, kept empty: `len` 0). The
+/// kernel writes into a buffer's spare capacity between the read that takes it and its
+/// completion; the loop reads it between the completion and its return to the pool. A buffer
+/// filled by a large read may be handed to the session whole, the session's empty read buffer
+/// taking its place in the pool (no copy).
 struct Pool {
-    /// The start of `BUFS` buffers of `BUF_BYTES`, allocated once per loop and never freed (the
-    /// loop runs as long as the process). Only ever accessed through raw pointers and slices of
-    /// one buffer at a time, never as a whole.
-    base: *mut u8,
+    bufs: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Pool {
     fn new() -> Pool {
-        // Zeroed and large: mapped lazily, so the pages of buffers never used take no memory.
-        let memory: &'static mut [u8] = Vec::leak(vec![0u8; BUF_BYTES * BUFS as usize]);
+        // Untouched until the kernel writes them: pages of buffers never used take no memory.
         Pool {
-            base: memory.as_mut_ptr(),
+            bufs: RefCell::new((0..BUFS).map(|_| Vec::with_capacity(BUF_BYTES)).collect()),
         }
     }
 
     fn addr(&self, bid: u16) -> *mut u8 {
-        debug_assert!(bid < BUFS);
-        self.base.wrapping_add(bid as usize * BUF_BYTES)
+        self.bufs.borrow_mut()[bid as usize].as_mut_ptr()
     }
 
-    /// The first `len` bytes of buffer `bid`, which a completed read filled.
-    fn filled(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(bid < BUFS && len <= BUF_BYTES);
-        // SAFETY: buffer `bid` lies inside the pool's allocation (checked above), which lives as
-        // long as the process. A completed read handed it to the loop: the kernel no longer
-        // writes it until the loop provides it again, which happens only after this slice is
-        // gone (the caller copies out of it first), and the kernel wrote its first `len` bytes
-        // (the read's result). The pool memory is zero-initialised anyway.
-        unsafe { std::slice::from_raw_parts(self.addr(bid), len) }
+    /// Copy the first `len` bytes of buffer `bid`, which a completed read filled, to `put`.
+    fn copy(&self, bid: u16, len: usize, put: impl FnOnce(&[u8])) {
+        let bufs = self.bufs.borrow();
+        let buf = &bufs[bid as usize];
+        assert!(len <= buf.capacity());
+        // SAFETY: a completed read handed buffer `bid` to the loop: the kernel no longer writes
+        // it until the loop provides it again, which happens only after this slice is gone, and
+        // the kernel wrote its first `len` bytes (the read's result), within its capacity
+        // (checked above; the read was given at most `BUF_BYTES`, which each buffer has).
+        put(unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) });
+    }
+
+    /// Take buffer `bid`, which a completed read filled with `len` bytes, as a read buffer, and
+    /// put `empty` (an empty read buffer) in its place, or a new buffer when it is too small.
+    fn swap(&self, bid: u16, len: usize, empty: BytesMut) -> BytesMut {
+        let mut replacement = Vec::from(empty);
+        replacement.clear();
+        if replacement.capacity() < BUF_BYTES {
+            replacement = Vec::with_capacity(BUF_BYTES);
+        }
+        let mut filled = std::mem::replace(&mut self.bufs.borrow_mut()[bid as usize], replacement);
+        assert!(len <= filled.capacity());
+        // SAFETY: as in `copy`: the kernel is done with this buffer and wrote its first `len`
+        // bytes, within its capacity (checked above).
+        unsafe { filled.set_len(len) };
+        // Without a copy: a `Bytes` made from a `Vec` keeps its allocation, and a unique `Bytes`
+        // becomes a `BytesMut` in place.
+        BytesMut::from(bytes::Bytes::from(filled))
     }
 }
 
@@ -304,12 +321,13 @@ impl UringRead {
             return Poll::Ready(Ok(n));
         }
         if let Some((bid, len)) = st.chunk.take() {
-            let bytes = s.ctx.pool.filled(bid, len);
             let n = len.min(room);
-            put(&bytes[..n]);
-            if n < len {
-                st.leftover.extend_from_slice(&bytes[n..]);
-            }
+            s.ctx.pool.copy(bid, len, |bytes| {
+                put(&bytes[..n]);
+                if n < len {
+                    st.leftover.extend_from_slice(&bytes[n..]);
+                }
+            });
             s.ctx.returned.borrow_mut().push(bid);
             return Poll::Ready(Ok(n));
         }
@@ -334,6 +352,19 @@ impl ReadBytes for UringRead {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            // A large read into an empty buffer: the pool's buffer becomes the session's.
+            let s = &*self.source;
+            let mut st = s.st.borrow_mut();
+            if let Some((bid, len)) = st.chunk.filter(|&(_, len)| len >= DIRECT_BYTES) {
+                if st.leftover.is_empty() {
+                    st.chunk = None;
+                    *buf = s.ctx.pool.swap(bid, len, std::mem::take(buf));
+                    s.ctx.returned.borrow_mut().push(bid);
+                    return Poll::Ready(Ok(len));
+                }
+            }
+        }
         if buf.capacity() == buf.len() {
             buf.reserve(MIN_READ_BYTES);
         }
@@ -534,12 +565,7 @@ impl UringLoop {
         let id = Arc::as_ptr(&self.shared) as usize;
         LOCAL.with(|l| l.borrow_mut().0 = id);
         // The whole pool to the kernel.
-        self.push(
-            opcode::ProvideBuffers::new(self.ctx.pool.base, BUF_LEN.cast_signed(), BUFS, GROUP, 0)
-                .build()
-                .user_data(UD_NOTHING)
-                .flags(squeue::Flags::SKIP_SUCCESS),
-        );
+        self.ctx.returned.borrow_mut().extend(0..BUFS);
         crate::pump::clock::start_pass();
         loop {
             if self.shared.has_inbox.swap(false, Ordering::AcqRel) {
@@ -596,8 +622,8 @@ impl UringLoop {
     fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every entry points only at memory that stays valid and untouched by the
-            // loop until its completion: pool buffers (the pool is never freed; a buffer given
-            // to the kernel is read by the loop only after a read completed with it), a socket's
+            // loop until its completion: pool buffers (the loop's pool keeps each buffer given
+            // to the kernel, unmoved and unread, until a read completed with it), a socket's
             // `inflight` send buffer (not modified while `send_armed`, and the socket is kept
             // until its last completion: see `release`), and `wake_buf` (owned by the loop, read
             // only after the eventfd read completed). File descriptors are the sockets', open
