@@ -31,9 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN = "<!-- BEGIN GENERATED (bench/report.py) -->"
 END = "<!-- END GENERATED -->"
 
-TARGETS = ["wsgate-raw", "wsgate-lp", "websockify", "nginx", "haproxy", "direct-ws", "direct-tcp"]
+TARGETS = ["wsgate-raw", "wsgate-epoll", "wsgate-lp", "websockify", "nginx", "haproxy", "direct-ws", "direct-tcp"]
 TARGET_DESC = {
     "wsgate-raw": "wsgate, `raw` route -> TCP echo",
+    "wsgate-epoll": "wsgate, `raw` route, session threads on epoll (`session_io = \"epoll\"`) -> TCP echo",
     "wsgate-lp": "wsgate, `length-prefixed` route -> TCP echo",
     "websockify": "websockify -> TCP echo",
     "nginx": "nginx (proxy_buffer_size 64k) -> ws echo",
@@ -58,6 +59,7 @@ PEERS = ["nginx", "haproxy"]
 KNOBS = {"wsgate": "worker_threads", "nginx": "worker_processes", "haproxy": "nbthread"}
 COLORS = {
     "wsgate-raw": "#d62728",
+    "wsgate-epoll": "#e377c2",
     "wsgate-lp": "#ff7f0e",
     "websockify": "#8c564b",
     "nginx": "#2ca02c",

@@ -14,7 +14,7 @@
 # that does not rewrite BENCHMARKS.md and bench/*.svg; DOCS=1 makes a quick run write them).
 #
 # Peer tuning (before the matrix): every tuned peer (nginx worker_processes, HAProxy nbthread,
-# wsgate [runtime] worker_threads, the same for wsgate-raw and wsgate-lp) is probed with each
+# wsgate [runtime] worker_threads, the same for wsgate-raw, wsgate-epoll and wsgate-lp) is probed with each
 # count of TUNE_CANDIDATES ("1 2"), alternating, TUNE_REPS (3; --quick 1) times TUNE_DURATION
 # (3 s; --quick 1) after TUNE_WARMUP (0.5 s): 64 B ping-pong on 50 connections for the message
 # rows and hs_ws for the handshake rows (HAProxy, driven with tcp://, uses its message choice
@@ -35,8 +35,9 @@
 # backend floods a client that reads 16 KiB every 5 ms; rows fairness_alone / fairness_flood).
 #
 # Targets: wsgate-raw, wsgate-lp (wsgate's raw / length-prefixed route in front of the TCP echo
-# example), websockify (in front of the same TCP echo), nginx (WebSocket proxy in front of the
-# ws echo example), haproxy (mode tcp in front of the TCP echo; driven with tcp://), direct-ws
+# example), wsgate-epoll (the raw route with the session threads on epoll, `session_io =
+# "epoll"`, where wsgate-raw has the default, io_uring here), websockify (in front of the same
+# TCP echo), nginx (WebSocket proxy in front of the ws echo example), haproxy (mode tcp in front of the TCP echo; driven with tcp://), direct-ws
 # and direct-tcp (the client against the backends).
 #
 # Everything listens on and connects to 127.0.0.1 only. Every run is bounded in time (wsload
@@ -62,7 +63,7 @@ WEBSOCKIFY_IDLE_SESSIONS=${WEBSOCKIFY_IDLE_SESSIONS:-400}
 IDLE_HOLD=${IDLE_HOLD:-3}
 HS_WORKERS=${HS_WORKERS:-8}
 PORT_BASE=${BENCH_PORT_BASE:-28100}
-TARGETS=${TARGETS:-"wsgate-raw wsgate-lp websockify nginx haproxy direct-ws direct-tcp"}
+TARGETS=${TARGETS:-"wsgate-raw wsgate-epoll wsgate-lp websockify nginx haproxy direct-ws direct-tcp"}
 ROWS=${ROWS:-"echo64_c1 echo64_c10 echo64_c50 echo64_c200 echo64_c1000 bulk64k_k1 bulk64k_k4 wss_echo64_c50 wss_bulk64k_k4 hs_ws hs_wss idle_plain idle_tls fairness"}
 CODEC=${CODEC:-1}
 BUILD=${BUILD:-1}
@@ -313,6 +314,9 @@ COUNTS=$(printf '%s\n' $TUNE_CANDIDATES ${WSGATE_WORKERS:-} ${NGINX_WORKERS:-} $
 for n in $COUNTS; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: worker count '$n' is not a positive integer" >&2; exit 2; }
     fill bench/wsgate.toml.template "$RUN/wsgate-$n.toml" "$n"
+    sed 's/^session_io = "auto"$/session_io = "epoll"/' "$RUN/wsgate-$n.toml" >"$RUN/wsgate-epoll-$n.toml"
+    grep -q '^session_io = "epoll"$' "$RUN/wsgate-epoll-$n.toml" || { echo "run.sh: no session_io in bench/wsgate.toml.template" >&2; exit 2; }
+    "$BIN/wsgate" check --config "$RUN/wsgate-epoll-$n.toml" >/dev/null
     fill bench/nginx.conf.template "$RUN/nginx-$n.conf" "$n"
     fill bench/haproxy.cfg.template "$RUN/haproxy-$n.cfg" "$n"
     "$BIN/wsgate" check --config "$RUN/wsgate-$n.toml" >/dev/null
@@ -323,7 +327,7 @@ done
 # peer_of TARGET: the tuned program behind a target (none for websockify and direct-*).
 peer_of() {
     case "$1" in
-        wsgate-raw | wsgate-lp) echo wsgate ;;
+        wsgate-raw | wsgate-lp | wsgate-epoll) echo wsgate ;;
         nginx) echo nginx ;;
         haproxy) echo haproxy ;;
         *) echo none ;;
@@ -342,7 +346,7 @@ start_target() {
         TUNING="{\"peer\":\"$peer\",\"setting\":\"${KNOB[$peer]}\",\"value\":$n,\"class\":\"$class\"}"
     fi
     case "$t" in
-        wsgate-raw | wsgate-lp | websockify | haproxy | direct-tcp)
+        wsgate-raw | wsgate-lp | wsgate-epoll | websockify | haproxy | direct-tcp)
             start tcp_echo "$TCP_ECHO_PORT" "$BIN/examples/tcp_echo" "127.0.0.1:$TCP_ECHO_PORT"
             BACKEND_PID=$LAST_PID
             ;;
@@ -352,8 +356,10 @@ start_target() {
             ;;
     esac
     case "$t" in
-        wsgate-raw | wsgate-lp)
-            WSGATE_LOG=warn start wsgate "$WSGATE_TLS_PORT" "$BIN/wsgate" --config "$RUN/wsgate-$n.toml"
+        wsgate-raw | wsgate-lp | wsgate-epoll)
+            local conf=$RUN/wsgate-$n.toml
+            [ "$t" = wsgate-epoll ] && conf=$RUN/wsgate-epoll-$n.toml
+            WSGATE_LOG=warn start wsgate "$WSGATE_TLS_PORT" "$BIN/wsgate" --config "$conf"
             SERVER_PID=$LAST_PID
             local path=/raw
             [ "$t" = wsgate-lp ] && path=/lp

@@ -12,9 +12,12 @@
 //! - **Reads** are single-shot `RECV`s with a buffer the kernel picks from the loop's pool
 //!   (provided buffers, 64 of 65 KiB each): a read is armed only when the session asks to read
 //!   (so a session that does not read leaves its bytes in its socket, as before: backpressure),
-//!   and an idle session holds no buffer, only its armed request. The received bytes are copied
-//!   into the session's own read buffer when it reads, and the pool buffer goes straight back.
-//!   A read that finds the pool empty (`ENOBUFS`) is armed again once a buffer came back.
+//!   and an idle session holds no buffer, only its armed request. When the session reads, small
+//!   reads are copied into its own read buffer and the pool buffer goes straight back; a large
+//!   one (16 KiB and more) into an empty read buffer becomes the session's buffer whole, its
+//!   empty buffer taking the place in the pool. A read whose last one emptied the socket waits
+//!   for bytes before it tries (`IORING_RECVSEND_POLL_FIRST`). A read that finds the pool empty
+//!   (`ENOBUFS`) is armed again once a buffer came back.
 //! - **Writes** are copied into the socket's send queue and accepted at once; the queue goes out
 //!   as one `SEND` per pass (a send the socket cannot take whole is continued when it has room).
 //!   A write waits (`Pending`) while 64 KiB are queued, which is what makes a client that does
@@ -27,8 +30,11 @@
 //!   the socket is closed when the last of their completions came back (the kernel holds
 //!   pointers into the socket's buffers until then).
 //!
-//! Everything runs on the loop's thread: a socket's state is a `RefCell`, shared by its halves
-//! and the loop through an `Rc`.
+//! The ring is the loop thread's alone (`IORING_SETUP_SINGLE_ISSUER`), completions are posted
+//! only when the loop enters the kernel (`IORING_SETUP_DEFER_TASKRUN`: no interruptions while
+//! it polls sessions), and sockets are named by their slot in the ring's table of registered
+//! files (no file lookup per request). Everything runs on the loop's thread: a socket's state is
+//! a `RefCell`, shared by its halves and the loop through an `Rc`.
 
 use std::cell::RefCell;
 use std::io;
@@ -656,6 +662,9 @@ impl UringLoop {
             .user_data(UD_WAKE);
             self.push(read);
         }
+        if !self.ctx.starved.borrow().is_empty() && self.ctx.returned.borrow().is_empty() {
+            self.unhold();
+        }
         let returned = std::mem::take(&mut *self.ctx.returned.borrow_mut());
         for &bid in &returned {
             let provide = opcode::ProvideBuffers::new(
@@ -712,6 +721,24 @@ impl UringLoop {
             }
             for e in entries.into_iter().flatten() {
                 self.push(e);
+            }
+        }
+    }
+
+    /// Reads wait for the pool, and no buffer came back in this pass: the pool is held by
+    /// bytes received for sessions that have not read them (yet). Their bytes move to the
+    /// sessions' own buffers, and the pool's buffers go back, so that the other sessions on this
+    /// thread are not kept waiting by them (rare: a session reads what it asked for in the same
+    /// pass, unless it stopped reading in between).
+    fn unhold(&mut self) {
+        for s in self.sources.iter().flatten() {
+            let mut st = s.st.borrow_mut();
+            if let Some((bid, len)) = st.chunk.take() {
+                let leftover = &mut st.leftover;
+                self.ctx
+                    .pool
+                    .copy(bid, len, |bytes| leftover.extend_from_slice(bytes));
+                self.ctx.returned.borrow_mut().push(bid);
             }
         }
     }
