@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, BytesMut};
+
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustix::net::{SendFlags, Shutdown};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -187,17 +188,17 @@ struct Ctx {
     /// Sockets whose read found the pool empty, to arm again once buffers came back.
     starved: RefCell<Vec<usize>>,
     /// Empty send buffers, for the next queue.
-    spare: RefCell<Vec<BytesMut>>,
+    spare: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Ctx {
-    fn take_buffer(&self, at_least: usize) -> BytesMut {
+    fn take_buffer(&self, at_least: usize) -> Vec<u8> {
         let mut b = self.spare.borrow_mut().pop().unwrap_or_default();
         b.reserve(at_least);
         b
     }
 
-    fn give_buffer(&self, mut b: BytesMut) {
+    fn give_buffer(&self, mut b: Vec<u8>) {
         b.clear();
         let mut spare = self.spare.borrow_mut();
         if spare.len() < SPARE_SEND_BUFFERS && b.capacity() <= QUEUE_BYTES + DIRECT_BYTES {
@@ -222,18 +223,18 @@ struct State {
     want_read: bool,
     recv_armed: bool,
     /// A completed read: its pool buffer and length.
-    chunk: Option<(u16, usize)>,
+    chunk: Option<(u16, u32)>,
     /// Bytes of a completed read the reader had no room for.
-    leftover: BytesMut,
+    leftover: Option<Box<BytesMut>>,
     read_end: Option<ReadEnd>,
     /// The last read took less than a buffer: the socket's queue was emptied, so the next read
     /// waits for bytes before it tries (rather than failing once first).
     emptied: bool,
     read_waker: Option<Waker>,
     /// Written and not yet submitted.
-    out: BytesMut,
+    out: Vec<u8>,
     /// Submitted (`sent` bytes of it already taken by the socket).
-    inflight: BytesMut,
+    inflight: Vec<u8>,
     sent: usize,
     send_armed: bool,
     write_err: Option<i32>,
@@ -320,18 +321,22 @@ impl UringRead {
     ) -> Poll<io::Result<usize>> {
         let s = &*self.source;
         let mut st = s.st.borrow_mut();
-        if !st.leftover.is_empty() {
-            let n = st.leftover.len().min(room);
-            put(&st.leftover[..n]);
-            st.leftover.advance(n);
+        if let Some(leftover) = st.leftover.as_mut() {
+            let n = leftover.len().min(room);
+            put(&leftover[..n]);
+            leftover.advance(n);
+            if leftover.is_empty() {
+                st.leftover = None;
+            }
             return Poll::Ready(Ok(n));
         }
         if let Some((bid, len)) = st.chunk.take() {
+            let len = len as usize;
             let n = len.min(room);
             s.ctx.pool.copy(bid, len, |bytes| {
                 put(&bytes[..n]);
                 if n < len {
-                    st.leftover.extend_from_slice(&bytes[n..]);
+                    st.leftover = Some(Box::new(BytesMut::from(&bytes[n..])));
                 }
             });
             s.ctx.returned.borrow_mut().push(bid);
@@ -362,9 +367,10 @@ impl ReadBytes for UringRead {
             // A large read into an empty buffer: the pool's buffer becomes the session's.
             let s = &*self.source;
             let mut st = s.st.borrow_mut();
-            if let Some((bid, len)) = st.chunk.filter(|&(_, len)| len >= DIRECT_BYTES) {
-                if st.leftover.is_empty() {
+            if let Some((bid, len)) = st.chunk.filter(|&(_, len)| len as usize >= DIRECT_BYTES) {
+                if st.leftover.is_none() {
                     st.chunk = None;
+                    let len = len as usize;
                     *buf = s.ctx.pool.swap(bid, len, std::mem::take(buf));
                     s.ctx.returned.borrow_mut().push(bid);
                     return Poll::Ready(Ok(len));
@@ -734,7 +740,9 @@ impl UringLoop {
         for s in self.sources.iter().flatten() {
             let mut st = s.st.borrow_mut();
             if let Some((bid, len)) = st.chunk.take() {
-                let leftover = &mut st.leftover;
+                // Nothing was left over: a read is armed only when the last one was taken.
+                let leftover = st.leftover.get_or_insert_default();
+                let len = len as usize;
                 self.ctx
                     .pool
                     .copy(bid, len, |bytes| leftover.extend_from_slice(bytes));
@@ -799,7 +807,7 @@ impl UringLoop {
                 if res > 0 {
                     match bid {
                         Some(bid) => {
-                            st.chunk = Some((bid, res.unsigned_abs() as usize));
+                            st.chunk = Some((bid, res.unsigned_abs()));
                             st.emptied = (res.unsigned_abs() as usize) < BUF_BYTES;
                         }
                         None => st.read_end = Some(ReadEnd::Err(libc_errno(rustix::io::Errno::IO))),

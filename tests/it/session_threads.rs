@@ -320,3 +320,53 @@ async fn session_io_io_uring_runs_the_session_threads_on_io_uring() {
     assert!(line.contains("io=\"io_uring\""), "{line}");
     assert!(session_thread_work(&gw).await >= MESSAGES as u64 / 2);
 }
+
+/// Sessions on one session thread at once, more than its loop's pool of receive buffers (64).
+const CROWD: usize = 200;
+
+/// More sessions than the session thread's receive buffers get their messages in the same
+/// instant: the reads that find the pool empty wait for buffers to come back and then go on,
+/// and every message arrives whole (on io_uring; the same holds on epoll, which has no pool).
+#[tokio::test]
+async fn more_sessions_than_receive_buffers_all_get_their_messages() {
+    let echo = backends::echo().await;
+    for io in ["auto", "epoll"] {
+        let gw = Gateway::start(&config(
+            &echo.config_addr(),
+            &format!("session_threads = 1\nsession_io = \"{io}\""),
+        ))
+        .await;
+        let mut sessions = Vec::with_capacity(CROWD);
+        for _ in 0..CROWD {
+            sessions.push(RawWs::connect(gw.addr(), "/e").await);
+        }
+        for round in 0..3u8 {
+            let messages: Vec<Vec<u8>> = (0..CROWD)
+                .map(|i| vec![round.wrapping_add(i as u8); 4096 + i])
+                .collect();
+            // Every session sends before any reads: the backend's answers arrive together.
+            for (ws, msg) in sessions.iter_mut().zip(&messages) {
+                ws.send(&frames::binary(msg)).await;
+            }
+            for (i, (ws, msg)) in sessions.iter_mut().zip(&messages).enumerate() {
+                let got = ws.next_frame_within(WAIT).await;
+                let got = got.unwrap_or_else(|| panic!("{io}: session {i} round {round}: no echo"));
+                assert_eq!(
+                    got.payload.len(),
+                    msg.len(),
+                    "{io}: session {i} round {round}"
+                );
+                assert!(
+                    got.payload == *msg,
+                    "{io}: session {i} round {round}: bytes differ"
+                );
+            }
+        }
+        for ws in &mut sessions {
+            ws.send(&frames::close(Some(1000), "")).await;
+        }
+        for ws in &mut sessions {
+            assert_eq!(ws.close_code().await, Some(1000));
+        }
+    }
+}
