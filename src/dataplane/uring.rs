@@ -841,11 +841,7 @@ impl UringLoop {
                         || e == libc_errno(rustix::io::Errno::AGAIN)
                     {
                         // Try the same bytes again.
-                        let entry = send_entry(&s, &st);
-                        st.send_armed = true;
-                        st.ops += 1;
-                        drop(st);
-                        self.push(entry);
+                        self.send_rest(&s, st);
                         return;
                     }
                     st.write_err = Some(e);
@@ -854,11 +850,7 @@ impl UringLoop {
                     st.sent += res.unsigned_abs() as usize;
                     if st.sent < st.inflight.len() {
                         // The socket took part of it: the rest when it has room.
-                        let entry = send_entry(&s, &st);
-                        st.send_armed = true;
-                        st.ops += 1;
-                        drop(st);
-                        self.push(entry);
+                        self.send_rest(&s, st);
                         return;
                     }
                     if st.out.is_empty() {
@@ -882,6 +874,15 @@ impl UringLoop {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// Submit what the socket's in-flight send has not sent yet.
+    fn send_rest(&mut self, s: &Source, mut st: std::cell::RefMut<'_, State>) {
+        let entry = send_entry(s, &st);
+        st.send_armed = true;
+        st.ops += 1;
+        drop(st);
+        self.push(entry);
     }
 
     /// New sessions and wake-ups from other threads.
