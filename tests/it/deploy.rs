@@ -259,6 +259,30 @@ fn unit_value(text: &str, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The service's system call filter lets the session threads use io_uring (the default
+/// `session_io = "auto"` calls `io_uring_setup` at start; a filtered call would kill the
+/// process, since the unit sets no `SystemCallErrorNumber`).
+#[test]
+fn systemd_service_allows_io_uring() {
+    let units = unit_files();
+    let (_, service) = units
+        .iter()
+        .find(|(name, _)| *name == "wsgate.service")
+        .expect("wsgate.service");
+    let allowed: Vec<&str> = service
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("SystemCallFilter="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(allowed.contains(&"@system-service"), "{allowed:?}");
+    for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+        assert!(
+            allowed.contains(&call),
+            "SystemCallFilter must allow {call}: {allowed:?}"
+        );
+    }
+}
+
 #[test]
 fn systemd_units_verify() {
     let units = unit_files();
