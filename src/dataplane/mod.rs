@@ -323,6 +323,30 @@ struct LoopShared {
 }
 
 impl LoopShared {
+    /// On the loop's thread, before its first pass: wake-ups from this thread go to its local
+    /// queue.
+    fn enter(self: &Arc<Self>) {
+        let id = Arc::as_ptr(self) as usize;
+        LOCAL.with(|l| l.borrow_mut().0 = id);
+        crate::pump::clock::start_pass();
+    }
+
+    /// New sessions from other threads (their wake-ups are queued locally).
+    fn take_inbox(&self) -> Vec<NewSession> {
+        if !self.has_inbox.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        let Inbox { spawn, woken } =
+            std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        LOCAL.with(|l| l.borrow_mut().1.extend(woken));
+        spawn
+    }
+
+    /// Nothing is queued to poll, from this thread or another.
+    fn nothing_to_poll(&self) -> bool {
+        LOCAL.with(|l| l.borrow().1.is_empty()) && !self.has_inbox.load(Ordering::Acquire)
+    }
+
     fn new(waker: LoopWaker) -> LoopShared {
         LoopShared {
             waker,
@@ -429,6 +453,17 @@ impl Tasks {
         LOCAL.with(|l| l.borrow_mut().1.push_back(index));
     }
 
+    /// Poll the sessions woken since the last pass; the tokens of the sockets of those that
+    /// ended are added to `ended`.
+    fn poll_woken(&mut self, shared: &LoopShared, ended: &mut Vec<usize>) {
+        while let Some(index) = LOCAL.with(|l| l.borrow_mut().1.pop_front()) {
+            if let Some(done) = self.poll(index) {
+                shared.sessions.fetch_sub(1, Ordering::Relaxed);
+                ended.extend(done);
+            }
+        }
+    }
+
     /// Poll a session; when it is done, the tokens of its sockets (its future is dropped).
     fn poll(&mut self, index: usize) -> Option<[usize; 2]> {
         let Some(Some(task)) = self.tasks.get_mut(index) else {
@@ -462,25 +497,18 @@ struct EventLoop {
 
 impl EventLoop {
     fn run(mut self) {
-        let id = Arc::as_ptr(&self.shared) as usize;
-        LOCAL.with(|l| l.borrow_mut().0 = id);
+        self.shared.enter();
         let mut events = Events::with_capacity(256);
-        crate::pump::clock::start_pass();
+        let mut ended = Vec::new();
         loop {
-            if self.shared.has_inbox.swap(false, Ordering::AcqRel) {
-                self.take_inbox();
+            for new in self.shared.take_inbox() {
+                self.start(new);
             }
-            while let Some(index) = LOCAL.with(|l| l.borrow_mut().1.pop_front()) {
-                if let Some(done) = self.tasks.poll(index) {
-                    for token in done {
-                        self.release(token);
-                    }
-                    self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
-                }
+            self.tasks.poll_woken(&self.shared, &mut ended);
+            for token in ended.drain(..) {
+                self.release(token);
             }
-            let idle = LOCAL.with(|l| l.borrow().1.is_empty())
-                && !self.shared.has_inbox.load(Ordering::Acquire);
-            let timeout = if idle {
+            let timeout = if self.shared.nothing_to_poll() {
                 None
             } else {
                 Some(std::time::Duration::ZERO)
@@ -509,16 +537,6 @@ impl EventLoop {
                     );
                 }
             }
-        }
-    }
-
-    /// New sessions and wake-ups from other threads.
-    fn take_inbox(&mut self) {
-        let Inbox { spawn, woken } =
-            std::mem::take(&mut *self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner()));
-        LOCAL.with(|l| l.borrow_mut().1.extend(woken));
-        for new in spawn {
-            self.start(new);
         }
     }
 

@@ -41,7 +41,6 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -51,7 +50,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustix::net::{SendFlags, Shutdown};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{LoopShared, NewSession, Tasks, LOCAL};
+use super::{LoopShared, NewSession, Tasks};
 use crate::pump::ReadBytes;
 
 /// One pool buffer: a 64 KiB message and its frame header in one read (the pump's read size).
@@ -574,27 +573,21 @@ impl UringLoop {
     }
 
     pub(super) fn run(mut self) {
-        let id = Arc::as_ptr(&self.shared) as usize;
-        LOCAL.with(|l| l.borrow_mut().0 = id);
+        self.shared.enter();
         // The whole pool to the kernel.
         self.ctx.returned.borrow_mut().extend(0..BUFS);
-        crate::pump::clock::start_pass();
+        let mut ended = Vec::new();
         loop {
-            if self.shared.has_inbox.swap(false, Ordering::AcqRel) {
-                self.take_inbox();
+            for new in self.shared.take_inbox() {
+                self.start(new);
             }
-            while let Some(index) = LOCAL.with(|l| l.borrow_mut().1.pop_front()) {
-                if let Some(done) = self.tasks.poll(index) {
-                    self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
-                    for token in done {
-                        self.release(token);
-                    }
-                }
+            self.tasks.poll_woken(&self.shared, &mut ended);
+            for token in ended.drain(..) {
+                self.release(token);
             }
             self.prepare();
             // Nothing to poll, and nothing a completion taken while submitting left to submit.
-            let idle = LOCAL.with(|l| l.borrow().1.is_empty())
-                && !self.shared.has_inbox.load(Ordering::Acquire)
+            let idle = self.shared.nothing_to_poll()
                 && self.ctx.submit.borrow().is_empty()
                 && self.ctx.returned.borrow().is_empty();
             match self.enter(u32::from(idle)) {
@@ -885,35 +878,26 @@ impl UringLoop {
         self.push(entry);
     }
 
-    /// New sessions and wake-ups from other threads.
-    fn take_inbox(&mut self) {
-        let super::Inbox { spawn, woken } =
-            std::mem::take(&mut *self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner()));
-        LOCAL.with(|l| l.borrow_mut().1.extend(woken));
-        for new in spawn {
-            let NewSession {
-                client,
-                backend,
-                make,
-            } = new;
-            let c = self.add(client);
-            let b = self.add(backend);
-            let sockets = (
-                self.sources[c].as_ref().map(Source::halves),
-                self.sources[b].as_ref().map(Source::halves),
-            );
-            let (Some(cs), Some(bs)) = sockets else {
-                continue;
-            };
-            let sockets = (
-                (super::LoopRead::Uring(cs.0), super::LoopWrite::Uring(cs.1)),
-                (super::LoopRead::Uring(bs.0), super::LoopWrite::Uring(bs.1)),
-            );
-            self.tasks.start(&self.shared, make(sockets), [c, b]);
-        }
+    /// A new session: its two sockets, and its future made from their halves.
+    fn start(&mut self, new: NewSession) {
+        let NewSession {
+            client,
+            backend,
+            make,
+        } = new;
+        let (c, client) = self.add(client);
+        let (b, backend) = self.add(backend);
+        let (cr, cw) = client.halves();
+        let (br, bw) = backend.halves();
+        let sockets = (
+            (super::LoopRead::Uring(cr), super::LoopWrite::Uring(cw)),
+            (super::LoopRead::Uring(br), super::LoopWrite::Uring(bw)),
+        );
+        self.tasks.start(&self.shared, make(sockets), [c, b]);
     }
 
-    fn add(&mut self, fd: OwnedFd) -> usize {
+    /// A socket joins the loop: its token and its state.
+    fn add(&mut self, fd: OwnedFd) -> (usize, Rc<Source>) {
         let token = self.free_sources.pop().unwrap_or(self.sources.len());
         let fixed = self.free_slots.pop().and_then(|slot| {
             match self
@@ -936,11 +920,11 @@ impl UringLoop {
             st: RefCell::new(State::default()),
         });
         if token == self.sources.len() {
-            self.sources.push(Some(source));
+            self.sources.push(Some(source.clone()));
         } else {
-            self.sources[token] = Some(source);
+            self.sources[token] = Some(source.clone());
         }
-        token
+        (token, source)
     }
 
     /// A session is done (its halves are gone): offer what is queued to the socket once, cancel
