@@ -26,14 +26,37 @@ pub fn one_route_config(path: &str, backend: &str, limits: &str) -> String {
     )
 }
 
-/// A free loopback port (bind to 0, read it, release it). Only for services whose address must
-/// be written into a config before they start (the demo backend); prefer binding to 0 directly.
+/// A free loopback port, for services whose address must be written into a config before they
+/// start (the demo backend, HAProxy); prefer binding to 0 directly.
+///
+/// The port is taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), from a
+/// counter shared by the whole test process, and checked free by binding it. A port from the
+/// ephemeral range (bind to 0, release) could be taken by any outgoing connection of a concurrent
+/// test before the service binds it; one below it can only be taken by an explicit bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let lo = 10_000u32;
+    let hi = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(lo + 1_000, 65_535);
+    let span = hi - lo;
+    // Each test process starts at its own offset, so two test binaries rarely meet.
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = lo + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port in {lo}..{hi}");
 }
 
 /// The repository root (for the shipped demo directory and config).
