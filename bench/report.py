@@ -506,7 +506,10 @@ def targets_section(runs, run_dirs):
     w = instructions_per_message(table, W)
     found = [(v, t) for t in PEERS for v in [instructions_per_message(table, t)] if v is not None]
     ref, label = min(found) if found else (None, "-")
-    line("user-space instructions per message, 64 B, 50 connections (callgrind, 1 worker)", w, "", ref,
+    # bench/instructions.sh says which session loop wsgate ran under callgrind.
+    loop = re.search(r"session threads under callgrind: (\w+)", table or "")
+    what = f"callgrind, 1 worker, session threads on {loop.group(1)}" if loop else "callgrind, 1 worker"
+    line(f"user-space instructions per message, 64 B, 50 connections ({what})", w, "", ref,
          label, "<= 3,000", None if w is None else w <= 3000)
     at_least("bulk64k_k1", "payload_mb_per_s", "64 KiB messages, 1 in flight, MB/s", " MB/s", PEERS)
     at_least("bulk64k_k4", "payload_mb_per_s", "64 KiB messages, 4 in flight, MB/s", " MB/s", PEERS)

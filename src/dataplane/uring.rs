@@ -17,7 +17,11 @@
 //!   one (16 KiB and more) into an empty read buffer becomes the session's buffer whole, its
 //!   empty buffer taking the place in the pool. A read whose last one emptied the socket waits
 //!   for bytes before it tries (`IORING_RECVSEND_POLL_FIRST`). A read that finds the pool empty
-//!   (`ENOBUFS`) is armed again once a buffer came back.
+//!   (`ENOBUFS`) is armed again once a buffer came back. The kernel takes a group's buffers in
+//!   the order they were given back, so a large read lands in the buffer used longest ago: for
+//!   bulk transfers, cold memory (64 x 64 KiB is more than a core's cache). A socket whose last
+//!   read was large therefore reads from a second group of 4 buffers, which stay warm; when that
+//!   group is empty its read goes to the main pool at once.
 //! - **Writes** are copied into the socket's send queue and accepted at once; the queue goes out
 //!   as one `SEND` per pass (a send the socket cannot take whole is continued when it has room).
 //!   A write waits (`Pending`) while 64 KiB are queued, which is what makes a client that does
@@ -60,6 +64,10 @@ const BUF_BYTES: usize = BUF_LEN as usize;
 const BUFS: u16 = 64;
 /// The pool's buffer group.
 const GROUP: u16 = 0;
+/// The few buffers reads after a large read take (buffer ids `BUFS..BUFS + BULK_BUFS`), in their
+/// own group.
+const BULK_BUFS: u16 = 4;
+const BULK_GROUP: u16 = 1;
 /// Submission queue entries; a pass with more requests submits in several calls.
 const SQ_ENTRIES: u32 = 1024;
 /// Completion queue entries (every armed read may complete in the same pass).
@@ -138,7 +146,20 @@ impl Pool {
     fn new() -> Pool {
         // Untouched until the kernel writes them: pages of buffers never used take no memory.
         Pool {
-            bufs: RefCell::new((0..BUFS).map(|_| Vec::with_capacity(BUF_BYTES)).collect()),
+            bufs: RefCell::new(
+                (0..BUFS + BULK_BUFS)
+                    .map(|_| Vec::with_capacity(BUF_BYTES))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The group buffer `bid` belongs to.
+    fn group(bid: u16) -> u16 {
+        if bid < BUFS {
+            GROUP
+        } else {
+            BULK_GROUP
         }
     }
 
@@ -229,6 +250,9 @@ struct State {
     /// The last read took less than a buffer: the socket's queue was emptied, so the next read
     /// waits for bytes before it tries (rather than failing once first).
     emptied: bool,
+    /// The last read was large (`DIRECT_BYTES` and more): the next one takes a buffer of the bulk
+    /// group.
+    bulk: bool,
     read_waker: Option<Waker>,
     /// Written and not yet submitted.
     out: Vec<u8>,
@@ -575,7 +599,7 @@ impl UringLoop {
     pub(super) fn run(mut self) {
         self.shared.enter();
         // The whole pool to the kernel.
-        self.ctx.returned.borrow_mut().extend(0..BUFS);
+        self.ctx.returned.borrow_mut().extend(0..BUFS + BULK_BUFS);
         let mut ended = Vec::new();
         loop {
             for new in self.shared.take_inbox() {
@@ -670,7 +694,7 @@ impl UringLoop {
                 self.ctx.pool.addr(bid),
                 BUF_LEN.cast_signed(),
                 1,
-                GROUP,
+                Pool::group(bid),
                 bid,
             )
             .build()
@@ -678,7 +702,8 @@ impl UringLoop {
             .flags(squeue::Flags::SKIP_SUCCESS);
             self.push(provide);
         }
-        if !returned.is_empty() {
+        // Reads starved of the main pool: a buffer of it came back.
+        if returned.iter().any(|&bid| bid < BUFS) {
             let starved = std::mem::take(&mut *self.ctx.starved.borrow_mut());
             for token in starved {
                 if let Some(Some(s)) = self.sources.get(token) {
@@ -704,7 +729,7 @@ impl UringLoop {
                     st.want_read = false;
                     st.recv_armed = true;
                     st.ops += 1;
-                    entries[0] = Some(recv_entry(&s, st.emptied));
+                    entries[0] = Some(recv_entry(&s, st.emptied, st.bulk));
                 }
                 if !st.send_armed && st.write_err.is_none() && !st.out.is_empty() {
                     let out = std::mem::take(&mut st.out);
@@ -802,15 +827,22 @@ impl UringLoop {
                         Some(bid) => {
                             st.chunk = Some((bid, res.unsigned_abs()));
                             st.emptied = (res.unsigned_abs() as usize) < BUF_BYTES;
+                            st.bulk = res.unsigned_abs() as usize >= DIRECT_BYTES;
                         }
                         None => st.read_end = Some(ReadEnd::Err(libc_errno(rustix::io::Errno::IO))),
                     }
                 } else if res == 0 {
                     st.read_end = Some(ReadEnd::Eof);
                 } else if -res == libc_errno(rustix::io::Errno::NOBUFS) {
-                    // The pool is empty: armed again once a buffer came back.
                     st.want_read = true;
-                    self.ctx.starved.borrow_mut().push(token);
+                    if st.bulk {
+                        // The bulk group is empty: the main pool, in the next pass.
+                        st.bulk = false;
+                        s.queue(&mut st);
+                    } else {
+                        // The pool is empty: armed again once a buffer came back.
+                        self.ctx.starved.borrow_mut().push(token);
+                    }
                     return;
                 } else if -res == libc_errno(rustix::io::Errno::INTR)
                     || -res == libc_errno(rustix::io::Errno::AGAIN)
@@ -1016,14 +1048,14 @@ fn send_entry(s: &Source, st: &State) -> squeue::Entry {
     .user_data(user_data(s.token, KIND_SEND))
 }
 
-/// A read into a buffer of the pool.
-fn recv_entry(s: &Source, poll_first: bool) -> squeue::Entry {
+/// A read into a buffer of the pool (of its bulk group when `bulk`).
+fn recv_entry(s: &Source, poll_first: bool, bulk: bool) -> squeue::Entry {
     let len = BUF_LEN;
     match s.fixed {
         Some(slot) => opcode::Recv::new(types::Fixed(slot), std::ptr::null_mut(), len),
         None => opcode::Recv::new(types::Fd(s.fd.as_raw_fd()), std::ptr::null_mut(), len),
     }
-    .buf_group(GROUP)
+    .buf_group(if bulk { BULK_GROUP } else { GROUP })
     .ioprio(if poll_first { RECV_POLL_FIRST } else { 0 })
     .build()
     .flags(squeue::Flags::BUFFER_SELECT)
