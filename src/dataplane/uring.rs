@@ -685,7 +685,10 @@ impl UringLoop {
             .user_data(UD_WAKE);
             self.push(read);
         }
-        if !self.ctx.starved.borrow().is_empty() && self.ctx.returned.borrow().is_empty() {
+        // Bulk buffers coming back do not help reads starved of the main pool.
+        if !self.ctx.starved.borrow().is_empty()
+            && !self.ctx.returned.borrow().iter().any(|&bid| bid < BUFS)
+        {
             self.unhold();
         }
         let returned = std::mem::take(&mut *self.ctx.returned.borrow_mut());
@@ -749,7 +752,7 @@ impl UringLoop {
         }
     }
 
-    /// Reads wait for the pool, and no buffer came back in this pass: the pool is held by
+    /// Reads wait for the pool, and no buffer of it came back in this pass: the pool is held by
     /// bytes received for sessions that have not read them (yet). Their bytes move to the
     /// sessions' own buffers, and the pool's buffers go back, so that the other sessions on this
     /// thread are not kept waiting by them (rare: a session reads what it asked for in the same
