@@ -163,6 +163,11 @@ impl Pool {
         }
     }
 
+    /// Whether any of `bids` is a buffer of the main group (what reads starved of it wait for).
+    fn any_main(bids: &[u16]) -> bool {
+        bids.iter().any(|&bid| Pool::group(bid) == GROUP)
+    }
+
     fn addr(&self, bid: u16) -> *mut u8 {
         self.bufs.borrow_mut()[bid as usize].as_mut_ptr()
     }
@@ -686,9 +691,7 @@ impl UringLoop {
             self.push(read);
         }
         // Bulk buffers coming back do not help reads starved of the main pool.
-        if !self.ctx.starved.borrow().is_empty()
-            && !self.ctx.returned.borrow().iter().any(|&bid| bid < BUFS)
-        {
+        if !self.ctx.starved.borrow().is_empty() && !Pool::any_main(&self.ctx.returned.borrow()) {
             self.unhold();
         }
         let returned = std::mem::take(&mut *self.ctx.returned.borrow_mut());
@@ -706,7 +709,7 @@ impl UringLoop {
             self.push(provide);
         }
         // Reads starved of the main pool: a buffer of it came back.
-        if returned.iter().any(|&bid| bid < BUFS) {
+        if Pool::any_main(&returned) {
             let starved = std::mem::take(&mut *self.ctx.starved.borrow_mut());
             for token in starved {
                 if let Some(Some(s)) = self.sources.get(token) {
